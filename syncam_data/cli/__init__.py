@@ -1,0 +1,20 @@
+"""`syncam-data` command line. Importing this package registers every subcommand."""
+
+from syncam_data.cli.app import app
+from syncam_data.cli import (  # noqa: F401  (each module registers its command)
+    build_shards,
+    demo,
+    eval,
+    filter_videos,
+    inspect,
+    render,
+    sample_frames,
+    validate,
+)
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,43 @@
+"""The `syncam-data` Typer application; each subcommand lives in its own module in this package."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+app = typer.Typer(
+    name="syncam-data",
+    help=(
+        "SynCam data toolkit: render multi-camera scenes, sample posed frame sets, filter web videos, "
+        "pack everything into Parquet shards, and check them."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root(
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log output (-v info, -vv debug)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors."),
+) -> None:
+    setup_logging(verbose, quiet)
+
+
+def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+
+
+def fail(message: str, code: int = 1) -> "typer.Exit":
+    """Print a one-line error and return an Exit to raise."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def not_landed(command: str, issue: int) -> "typer.Exit":
+    typer.echo(f"syncam-data {command}: not available yet in this version (tracked in issue {issue}).", err=True)
+    return typer.Exit(3)

@@ -1,0 +1,140 @@
+"""The Arrow schema of a shard row (DESIGN.md, Contract 3) and the record type that fills it.
+
+Column names are the contract: add columns, never rename.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import pyarrow as pa
+
+from syncam_data.ids import check_id, sample_id as make_sample_id
+
+SCHEMA_VERSION = 1
+KINDS = ("multiview_video", "multiview_image", "single_video")
+MEDIA_FORMATS = ("mp4", "jpeg", "png")
+BLOB_COLUMNS = ("media", "depth")
+
+SCHEMA = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("group_id", pa.string(), nullable=False),
+        pa.field("view_id", pa.string(), nullable=False),
+        pa.field("caption", pa.string()),
+        pa.field("num_frames", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("fps", pa.float32()),
+        pa.field("frame_indices", pa.list_(pa.int32())),
+        pa.field("K", pa.list_(pa.float32(), 4)),
+        pa.field("c2w", pa.list_(pa.float32(), 12)),
+        pa.field("media", pa.binary(), nullable=False),
+        pa.field("media_format", pa.string(), nullable=False),
+        pa.field("depth", pa.binary()),
+        pa.field("subject_motion", pa.float32()),
+        pa.field("camera_motion", pa.float32()),
+        pa.field("source_uri", pa.string()),
+        pa.field("extra", pa.string()),
+        # Added columns (allowed by the contract): content hash of the view's
+        # group, used to skip duplicate groups on incremental builds.
+        pa.field("group_hash", pa.string()),
+    ],
+    metadata={"syncam_schema_version": str(SCHEMA_VERSION)},
+)
+
+INDEX_EXTRA = [
+    pa.field("shard", pa.string(), nullable=False),
+    pa.field("row_group", pa.int32(), nullable=False),
+    pa.field("row_in_group", pa.int32(), nullable=False),
+    pa.field("media_bytes", pa.int64(), nullable=False),
+]
+INDEX_SCHEMA = pa.schema([f for f in SCHEMA if f.name not in BLOB_COLUMNS] + INDEX_EXTRA)
+SMALL_COLUMNS = [f.name for f in SCHEMA if f.name not in BLOB_COLUMNS]
+
+
+class RecordError(ValueError):
+    pass
+
+
+@dataclass
+class ViewRecord:
+    """One shard row: a camera's clip, or one image, with everything Contract 3 names."""
+
+    dataset: str
+    kind: str
+    group_id: str
+    view_id: str
+    media: bytes
+    media_format: str
+    num_frames: int
+    height: int
+    width: int
+    fps: float | None = None
+    caption: str = ""
+    frame_indices: Sequence[int] | None = None
+    K: Sequence[float] | None = None
+    c2w: Sequence[float] | None = None
+    depth: bytes | None = None
+    subject_motion: float | None = None
+    camera_motion: float | None = None
+    source_uri: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+    group_hash: str | None = None
+
+    @property
+    def sample_id(self) -> str:
+        return make_sample_id(self.dataset, self.group_id, self.view_id)
+
+    def validate(self) -> None:
+        check_id(self.dataset, "dataset")
+        check_id(self.group_id, "group_id")
+        check_id(self.view_id, "view_id")
+        if self.kind not in KINDS:
+            raise RecordError(f"{self.sample_id}: kind {self.kind!r} is not one of {KINDS}")
+        if self.media_format not in MEDIA_FORMATS:
+            raise RecordError(f"{self.sample_id}: media_format {self.media_format!r} is not one of {MEDIA_FORMATS}")
+        if not self.media:
+            raise RecordError(f"{self.sample_id}: empty media")
+        if self.K is not None and len(self.K) != 4:
+            raise RecordError(f"{self.sample_id}: K must have 4 numbers (fx, fy, cx, cy)")
+        if self.c2w is not None and len(self.c2w) != 12:
+            raise RecordError(f"{self.sample_id}: c2w must have 12 numbers")
+        if self.num_frames < 1 or self.height < 1 or self.width < 1:
+            raise RecordError(f"{self.sample_id}: num_frames/height/width must be positive")
+
+    def to_row(self) -> dict[str, Any]:
+        return {
+            "sample_id": self.sample_id,
+            "dataset": self.dataset,
+            "kind": self.kind,
+            "group_id": self.group_id,
+            "view_id": self.view_id,
+            "caption": self.caption or "",
+            "num_frames": int(self.num_frames),
+            "height": int(self.height),
+            "width": int(self.width),
+            "fps": None if self.fps is None else float(self.fps),
+            "frame_indices": None if self.frame_indices is None else [int(i) for i in self.frame_indices],
+            "K": None if self.K is None else [float(v) for v in self.K],
+            "c2w": None if self.c2w is None else [float(v) for v in self.c2w],
+            "media": bytes(self.media),
+            "media_format": self.media_format,
+            "depth": None if self.depth is None else bytes(self.depth),
+            "subject_motion": self.subject_motion,
+            "camera_motion": self.camera_motion,
+            "source_uri": self.source_uri or "",
+            "extra": json.dumps(self.extra, sort_keys=True) if self.extra else "{}",
+            "group_hash": self.group_hash,
+        }
+
+    def nbytes(self) -> int:
+        return len(self.media) + (len(self.depth) if self.depth else 0) + 512
+
+
+def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=SCHEMA)

@@ -1,0 +1,321 @@
+"""Size-bounded, crash-safe Parquet shard writer (Contract 3).
+
+Groups are the unit of commit: a group's rows always land in one shard, and
+a shard becomes part of the dataset only when it is complete, renamed from its
+temporary name, and listed in ``dataset.json`` (rewritten, with
+``index.parquet``, after every shard). A killed build therefore leaves a valid
+dataset holding every shard that was finished; its open shard is a ``.tmp``
+file that the next run deletes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from syncam_data.ids import check_id
+from syncam_data.shards.schema import (
+    BLOB_COLUMNS,
+    INDEX_SCHEMA,
+    SCHEMA,
+    SCHEMA_VERSION,
+    SMALL_COLUMNS,
+    ViewRecord,
+    rows_to_table,
+)
+
+log = logging.getLogger(__name__)
+
+DATASET_JSON = "dataset.json"
+INDEX_FILE = "index.parquet"
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str | int) -> int:
+    """'512MB', '1G', '64KiB', 1000 -> bytes (binary multiples)."""
+    if isinstance(text, int):
+        return text
+    m = _SIZE_RE.match(str(text))
+    if not m:
+        raise ValueError(f"cannot parse size {text!r}: use e.g. 512MB, 1GB, 64KB")
+    num, unit = float(m.group(1)), (m.group(2) or "").upper().rstrip("B").rstrip("I")
+    mult = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[unit]
+    return int(num * mult)
+
+
+def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def parquet_writer(path: Path, schema: pa.Schema = SCHEMA) -> pq.ParquetWriter:
+    """Blob columns PLAIN, uncompressed, no dictionary; small columns zstd + dictionary; page index on."""
+    small = [f.name for f in schema if f.name not in BLOB_COLUMNS]
+    compression = {f.name: ("NONE" if f.name in BLOB_COLUMNS else "ZSTD") for f in schema}
+    encodings = {c: "PLAIN" for c in BLOB_COLUMNS if c in schema.names}
+    return pq.ParquetWriter(
+        str(path),
+        schema,
+        compression=compression,
+        use_dictionary=small,
+        column_encoding=encodings or None,
+        write_page_index=True,
+        write_statistics=small,
+    )
+
+
+@dataclass
+class ShardInfo:
+    file: str
+    num_rows: int
+    sha256: str
+    num_bytes: int
+    num_groups: int
+
+
+@dataclass
+class _OpenShard:
+    file: str
+    tmp_path: Path
+    writer: pq.ParquetWriter
+    rows: int = 0
+    row_groups: int = 0
+    groups: int = 0
+    index_rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+class ShardWriter:
+    """Write view records, group by group, into ``<out>/<name>-NNNNN.parquet``.
+
+    Use as a context manager; ``close()`` finishes the open shard and writes
+    ``index.parquet`` and ``dataset.json``. Opening an existing dataset
+    appends new shards after the committed ones (incremental builds).
+    """
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        name: str = "syncam",
+        shard_size: int | str = "512MB",
+        row_group_size: int | str = "96MB",
+        build_args: dict[str, Any] | None = None,
+        shard_prefix_suffix: str = "",
+    ) -> None:
+        self.out = Path(out_dir)
+        self.name = check_id(name, "dataset name")
+        self.shard_size = parse_size(shard_size)
+        self.row_group_size = parse_size(row_group_size)
+        if self.row_group_size > self.shard_size:
+            self.row_group_size = self.shard_size
+        self.build_args = build_args or {}
+        self.suffix = shard_prefix_suffix
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._clean_stale_tmp()
+        self.manifest = load_manifest(self.out) or {}
+        self.shards: list[dict[str, Any]] = list(self.manifest.get("shards", []))
+        self._index_tables: list[pa.Table] = []
+        if (self.out / INDEX_FILE).exists() and self.shards:
+            self._index_tables.append(pq.read_table(self.out / INDEX_FILE))
+        self.known_groups: set[tuple[str, str]] = set()
+        self.known_hashes: set[str] = set()
+        for t in self._index_tables:
+            self.known_groups.update(zip(t.column("dataset").to_pylist(), t.column("group_id").to_pylist()))
+            self.known_hashes.update(h for h in t.column("group_hash").to_pylist() if h)
+        self._open: _OpenShard | None = None
+        self._buffer: list[dict[str, Any]] = []
+        self._buffer_bytes = 0
+        self._next_number = self._first_free_number()
+        self.stats = {"groups_written": 0, "rows_written": 0, "groups_skipped_duplicate": 0}
+
+    # --- public -----------------------------------------------------------
+    def has_group(self, dataset: str, group_id: str) -> bool:
+        return (dataset, group_id) in self.known_groups
+
+    def has_hash(self, group_hash: str) -> bool:
+        return group_hash in self.known_hashes
+
+    def write_group(self, records: list[ViewRecord]) -> bool:
+        """Write one group's views (all in the same shard). Returns False if skipped as duplicate."""
+        if not records:
+            return False
+        for r in records:
+            r.validate()
+        ds, gid = records[0].dataset, records[0].group_id
+        if any((r.dataset, r.group_id) != (ds, gid) for r in records):
+            raise ValueError("write_group: records belong to different groups")
+        if len({r.view_id for r in records}) != len(records):
+            raise ValueError(f"write_group: duplicate view ids in group {ds}/{gid}")
+        ghash = records[0].group_hash
+        if (ds, gid) in self.known_groups or (ghash and ghash in self.known_hashes):
+            self.stats["groups_skipped_duplicate"] += 1
+            return False
+        rows = [r.to_row() for r in records]
+        nbytes = sum(r.nbytes() for r in records)
+        shard = self._ensure_shard()
+        self._buffer.extend(rows)
+        self._buffer_bytes += nbytes
+        shard.groups += 1
+        self.known_groups.add((ds, gid))
+        if ghash:
+            self.known_hashes.add(ghash)
+        self.stats["groups_written"] += 1
+        self.stats["rows_written"] += len(rows)
+        if self._buffer_bytes >= self.row_group_size:
+            self._flush_row_group()
+        if self._open_bytes() >= self.shard_size:
+            self._finish_shard()
+        return True
+
+    def close(self, stats: dict[str, Any] | None = None) -> dict[str, Any]:
+        if self._open is not None:
+            self._finish_shard()
+        self._write_manifest(stats)
+        return self.manifest
+
+    def abort(self) -> None:
+        """Drop the open shard (its groups were never committed)."""
+        if self._open is not None:
+            self._open.writer.close()
+            self._open.tmp_path.unlink(missing_ok=True)
+            self._open = None
+        self._buffer.clear()
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            # Keep what is complete; the partial shard is dropped and its groups redone next run.
+            self.abort()
+            self._write_manifest(None)
+
+    # --- internals --------------------------------------------------------
+    def _clean_stale_tmp(self) -> None:
+        for p in self.out.glob(".*.tmp*"):
+            log.info("removing incomplete file from an interrupted run: %s", p)
+            p.unlink(missing_ok=True)
+
+    def _first_free_number(self) -> int:
+        pat = re.compile(rf"^{re.escape(self.name)}{re.escape(self.suffix)}-(\d{{5}})\.parquet$")
+        used = [int(m.group(1)) for p in self.out.iterdir() if (m := pat.match(p.name))]
+        return max(used, default=-1) + 1
+
+    def _ensure_shard(self) -> _OpenShard:
+        if self._open is None:
+            fname = f"{self.name}{self.suffix}-{self._next_number:05d}.parquet"
+            self._next_number += 1
+            tmp = self.out / f".{fname}.tmp{os.getpid()}"
+            self._open = _OpenShard(fname, tmp, parquet_writer(tmp))
+        return self._open
+
+    def _open_bytes(self) -> int:
+        if self._open is None:
+            return 0
+        return (self._open.tmp_path.stat().st_size if self._open.tmp_path.exists() else 0) + self._buffer_bytes
+
+    def _flush_row_group(self) -> None:
+        if not self._buffer:
+            return
+        shard = self._open
+        assert shard is not None
+        table = rows_to_table(self._buffer)
+        shard.writer.write_table(table, row_group_size=len(self._buffer))
+        for i, row in enumerate(self._buffer):
+            idx = {c: row[c] for c in SMALL_COLUMNS}
+            idx.update(shard=shard.file, row_group=shard.row_groups, row_in_group=i, media_bytes=len(row["media"]))
+            shard.index_rows.append(idx)
+        shard.rows += len(self._buffer)
+        shard.row_groups += 1
+        self._buffer = []
+        self._buffer_bytes = 0
+
+    def _finish_shard(self) -> None:
+        shard = self._open
+        assert shard is not None
+        self._flush_row_group()
+        shard.writer.close()
+        self._open = None
+        if shard.rows == 0:
+            shard.tmp_path.unlink(missing_ok=True)
+            return
+        with open(shard.tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        final = self.out / shard.file
+        os.replace(shard.tmp_path, final)
+        info = ShardInfo(shard.file, shard.rows, sha256_file(final), final.stat().st_size, shard.groups)
+        self.shards.append(info.__dict__)
+        self._index_tables.append(pa.Table.from_pylist(shard.index_rows, schema=INDEX_SCHEMA))
+        log.info("committed shard %s (%d rows, %.1f MB)", shard.file, shard.rows, info.num_bytes / 1e6)
+        # Commit after every shard so a kill loses at most the shard being written.
+        self._write_manifest(None)
+
+    def _write_manifest(self, stats: dict[str, Any] | None) -> None:
+        index = pa.concat_tables(self._index_tables) if self._index_tables else INDEX_SCHEMA.empty_table()
+        tmp = self.out / f".{INDEX_FILE}.tmp{os.getpid()}"
+        pq.write_table(index, tmp, compression="zstd")
+        os.replace(tmp, self.out / INDEX_FILE)
+        prev_stats = self.manifest.get("stats", {})
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "name": self.name,
+            "num_rows": int(sum(s["num_rows"] for s in self.shards)),
+            "num_groups": len(set(zip(index.column("dataset").to_pylist(), index.column("group_id").to_pylist()))),
+            "shards": self.shards,
+            "build_args": {**self.manifest.get("build_args", {}), **self.build_args},
+            "stats": {**prev_stats, **(stats or {})},
+            "summary": summarize_index(index),
+        }
+        atomic_write_text(self.out / DATASET_JSON, json.dumps(manifest, indent=2, sort_keys=True))
+        self.manifest = manifest
+
+
+def summarize_index(index: pa.Table) -> dict[str, Any]:
+    """Counts per dataset and kind, for dataset.json."""
+    out: dict[str, Any] = {}
+    if index.num_rows == 0:
+        return out
+    t = index.group_by(["dataset", "kind"]).aggregate([("group_id", "count_distinct"), ("sample_id", "count")])
+    for row in t.to_pylist():
+        out[f"{row['dataset']}/{row['kind']}"] = {"groups": row["group_id_count_distinct"], "views": row["sample_id_count"]}
+    return out
+
+
+def load_manifest(out_dir: Path) -> dict[str, Any] | None:
+    p = Path(out_dir) / DATASET_JSON
+    if not p.exists():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{p}: not valid JSON ({e})") from None
+
+
+def write_records(out_dir: str | os.PathLike, groups: Iterable[list[ViewRecord]], **kw: Any) -> dict[str, Any]:
+    """Convenience: write an iterable of groups and close."""
+    with ShardWriter(out_dir, **kw) as w:
+        for g in groups:
+            w.write_group(g)
+    return w.manifest

@@ -1,0 +1,318 @@
+"""Video I/O with PyAV: H.264 encoding, fast decoding of chosen frames, probing, limits.
+
+Every function that reads untrusted media checks ``VideoLimits`` so a crafted
+file cannot exhaust memory, and raises ``VideoError`` naming the file.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import BinaryIO, Iterable, Sequence, Union
+
+import av
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+Source = Union[str, os.PathLike, bytes, BinaryIO]
+
+
+class VideoError(RuntimeError):
+    """A video that cannot be read or written; the message names the file."""
+
+
+@dataclass(frozen=True)
+class VideoLimits:
+    """Upper bounds for untrusted media (configurable per call)."""
+
+    max_pixels: int = 4096 * 4096
+    max_frames: int = 100_000
+    max_duration_s: float = 4 * 3600.0
+    max_decoded_bytes: int = 8 << 30
+
+    def check(self, info: "VideoInfo", name: str) -> None:
+        if info.width * info.height > self.max_pixels:
+            raise VideoError(f"{name}: {info.width}x{info.height} exceeds the pixel limit {self.max_pixels}")
+        if info.num_frames > self.max_frames:
+            raise VideoError(f"{name}: {info.num_frames} frames exceed the limit {self.max_frames}")
+        if info.duration_s > self.max_duration_s:
+            raise VideoError(f"{name}: duration {info.duration_s:.0f}s exceeds the limit {self.max_duration_s:.0f}s")
+
+
+DEFAULT_LIMITS = VideoLimits()
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    num_frames: int
+    fps: float
+    width: int
+    height: int
+    codec: str
+    duration_s: float
+    pix_fmt: str | None = None
+
+
+def _name(src: Source) -> str:
+    if isinstance(src, (str, os.PathLike)):
+        return os.fspath(src)
+    return "<in-memory video>"
+
+
+def _open(src: Source):
+    name = _name(src)
+    if isinstance(src, (str, os.PathLike)):
+        p = Path(src)
+        if not p.exists():
+            raise VideoError(f"{name}: no such file")
+        if p.stat().st_size == 0:
+            raise VideoError(f"{name}: file is empty")
+        target: object = os.fspath(p)
+    elif isinstance(src, (bytes, bytearray, memoryview)):
+        if len(src) == 0:
+            raise VideoError(f"{name}: empty byte string")
+        target = io.BytesIO(bytes(src))
+    else:
+        target = src
+    try:
+        container = av.open(target, mode="r")
+    except (av.error.FFmpegError, OSError, ValueError) as e:
+        raise VideoError(f"{name}: not a readable video ({e})") from None
+    if not container.streams.video:
+        container.close()
+        raise VideoError(f"{name}: contains no video stream")
+    return container
+
+
+def _info_from(container, name: str) -> VideoInfo:
+    stream = container.streams.video[0]
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    fps = float(rate) if rate else 0.0
+    n = int(stream.frames or 0)
+    duration = 0.0
+    if stream.duration is not None and stream.time_base is not None:
+        duration = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        duration = container.duration / 1e6
+    if n <= 0 and fps > 0 and duration > 0:
+        n = int(round(duration * fps))
+    if duration <= 0 and fps > 0:
+        duration = n / fps
+    ctx = stream.codec_context
+    return VideoInfo(
+        num_frames=n,
+        fps=fps,
+        width=int(ctx.width),
+        height=int(ctx.height),
+        codec=str(ctx.name),
+        duration_s=duration,
+        pix_fmt=getattr(ctx, "pix_fmt", None),
+    )
+
+
+def probe(src: Source, limits: VideoLimits | None = DEFAULT_LIMITS, count_frames: bool = False) -> VideoInfo:
+    """Frames, fps, size and codec. ``count_frames`` demuxes packets to count exactly."""
+    name = _name(src)
+    container = _open(src)
+    try:
+        info = _info_from(container, name)
+        if count_frames or info.num_frames <= 0:
+            stream = container.streams.video[0]
+            n = sum(1 for pkt in container.demux(stream) if pkt.size)
+            info = VideoInfo(n, info.fps, info.width, info.height, info.codec, info.duration_s or (n / info.fps if info.fps else 0.0), info.pix_fmt)
+        if info.width <= 0 or info.height <= 0:
+            raise VideoError(f"{name}: video stream has no size")
+        if limits is not None:
+            limits.check(info, name)
+        return info
+    except av.error.FFmpegError as e:
+        raise VideoError(f"{name}: corrupt video ({e})") from None
+    finally:
+        container.close()
+
+
+def _frame_index(frame, stream, fps: float, start: float) -> int:
+    if frame.pts is None or stream.time_base is None:
+        return -1
+    t = float(frame.pts * stream.time_base) - start
+    return int(round(t * fps))
+
+
+def decode(
+    src: Source,
+    indices: Sequence[int] | None = None,
+    limits: VideoLimits | None = DEFAULT_LIMITS,
+    size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Decode RGB frames as uint8 (N, H, W, 3).
+
+    ``indices=None`` decodes every frame. Otherwise only the requested frame
+    numbers, in the requested order (duplicates allowed): the decoder seeks
+    backward to the keyframe before the first wanted frame and decodes forward,
+    seeking again only across large gaps. ``size=(W, H)`` rescales while
+    converting (cheaper than resizing afterwards).
+    """
+    name = _name(src)
+    container = _open(src)
+    try:
+        info = _info_from(container, name)
+        if limits is not None:
+            limits.check(info, name)
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        out_w, out_h = size if size else (info.width, info.height)
+        fmt = dict(format="rgb24", width=out_w, height=out_h)
+        frames_needed = info.num_frames if indices is None else len(indices)
+        if limits is not None and frames_needed * out_w * out_h * 3 > limits.max_decoded_bytes:
+            raise VideoError(f"{name}: decoding {frames_needed} frames at {out_w}x{out_h} exceeds the memory limit")
+
+        if indices is None:
+            frames = []
+            for frame in container.decode(stream):
+                frames.append(frame.to_ndarray(**fmt))
+                if limits is not None and len(frames) > limits.max_frames:
+                    raise VideoError(f"{name}: more than {limits.max_frames} frames")
+            if not frames:
+                raise VideoError(f"{name}: no decodable frames")
+            return np.stack(frames)
+
+        wanted = sorted(set(int(i) for i in indices))
+        if wanted and wanted[0] < 0:
+            raise VideoError(f"{name}: negative frame index {wanted[0]}")
+        got = _decode_sorted(container, stream, info, wanted, fmt, name)
+        missing = [i for i in wanted if i not in got]
+        if missing:
+            raise VideoError(f"{name}: frame(s) {missing[:5]} not in video ({info.num_frames} frames)")
+        return np.stack([got[int(i)] for i in indices])
+    except av.error.FFmpegError as e:
+        raise VideoError(f"{name}: corrupt video ({e})") from None
+    finally:
+        container.close()
+
+
+def _decode_sorted(container, stream, info: VideoInfo, wanted: list[int], fmt: dict, name: str) -> dict[int, np.ndarray]:
+    fps = info.fps or 1.0
+    tb = stream.time_base
+    start = float(stream.start_time * tb) if (stream.start_time is not None and tb is not None) else 0.0
+    got: dict[int, np.ndarray] = {}
+    pos = 0
+    # Seek only when the next wanted frame is far ahead; nearby frames decode faster forward.
+    seek_gap = 32
+    current = -1
+    while pos < len(wanted):
+        target = wanted[pos]
+        if current < 0 or target - current > seek_gap:
+            ts = int((target / fps + start) / tb) if tb else 0
+            container.seek(max(ts, 0), stream=stream, backward=True, any_frame=False)
+        progressed = False
+        for frame in container.decode(stream):
+            idx = _frame_index(frame, stream, fps, start)
+            current = idx
+            progressed = True
+            if idx < target:
+                continue
+            while pos < len(wanted) and wanted[pos] <= idx:
+                if wanted[pos] == idx:
+                    got[idx] = frame.to_ndarray(**fmt)
+                pos += 1
+            if pos >= len(wanted):
+                break
+            if wanted[pos] - idx > seek_gap:
+                break
+        else:
+            break  # end of stream
+        if not progressed:
+            break
+    return got
+
+
+def iter_frames(src: Source, limits: VideoLimits | None = DEFAULT_LIMITS, size: tuple[int, int] | None = None, every: int = 1):
+    """Yield (index, RGB uint8 frame) lazily; ``every=k`` keeps every k-th frame."""
+    name = _name(src)
+    container = _open(src)
+    try:
+        info = _info_from(container, name)
+        if limits is not None:
+            limits.check(info, name)
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        w, h = size if size else (info.width, info.height)
+        for i, frame in enumerate(container.decode(stream)):
+            if limits is not None and i >= limits.max_frames:
+                raise VideoError(f"{name}: more than {limits.max_frames} frames")
+            if i % every == 0:
+                yield i, frame.to_ndarray(format="rgb24", width=w, height=h)
+    except av.error.FFmpegError as e:
+        raise VideoError(f"{name}: corrupt video ({e})") from None
+    finally:
+        container.close()
+
+
+def _even(frames: np.ndarray) -> np.ndarray:
+    """H.264 yuv420p needs even sizes: pad the last row/column by edge replication."""
+    h, w = frames.shape[1:3]
+    ph, pw = h % 2, w % 2
+    if ph or pw:
+        frames = np.pad(frames, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
+    return frames
+
+
+def encode(
+    frames: np.ndarray | Iterable[np.ndarray],
+    dst: str | os.PathLike | None = None,
+    fps: float = 24.0,
+    crf: int = 18,
+    preset: str = "medium",
+    gop: int | None = None,
+) -> bytes | Path:
+    """Encode RGB uint8 frames (N, H, W, 3) to H.264 mp4 (yuv420p).
+
+    Returns the bytes when ``dst`` is None, else writes ``dst`` atomically
+    (temporary name, then rename) and returns its path. Odd sizes are padded
+    by one row/column. ``gop`` sets the keyframe interval (short GOPs make
+    random access cheaper at some size cost).
+    """
+    arr = np.asarray(frames if isinstance(frames, np.ndarray) else np.stack(list(frames)))
+    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.shape[0] == 0:
+        raise VideoError(f"encode expects (N, H, W, 3) frames, got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        raise VideoError(f"encode expects uint8 frames, got {arr.dtype}")
+    arr = _even(arr)
+    buf = io.BytesIO()
+    rate = Fraction(fps).limit_denominator(1001)
+    with av.open(buf, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.width, stream.height = arr.shape[2], arr.shape[1]
+        stream.pix_fmt = "yuv420p"
+        opts = {"crf": str(crf), "preset": preset}
+        if gop:
+            opts["g"] = str(gop)
+        stream.options = opts
+        # Deterministic output: one encoder thread (x264's threaded lookahead is not bit-reproducible).
+        stream.codec_context.thread_count = 1
+        for img in arr:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    data = buf.getvalue()
+    if dst is None:
+        return data
+    path = Path(dst)
+    atomic_write_bytes(path, data)
+    return path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
