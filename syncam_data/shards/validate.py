@@ -1,0 +1,224 @@
+"""Check a shard dataset against Contract 3: manifest, checksums, schema, index, every row's media and cameras."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from syncam_data.cameras import CameraError, check_rotation
+from syncam_data.engine import run_tasks
+from syncam_data.ids import UnsafeIdError, check_id
+from syncam_data.shards.schema import BLOB_COLUMNS, KINDS, MEDIA_FORMATS, SCHEMA, SCHEMA_VERSION
+from syncam_data.shards.writer import DATASET_JSON, INDEX_FILE, sha256_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ValidationReport:
+    root: str
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    rows_checked: int = 0
+    shards_checked: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"root": self.root, "ok": self.ok, "rows_checked": self.rows_checked, "shards_checked": self.shards_checked, "problems": self.problems, "warnings": self.warnings}
+
+
+def validate_dataset(root: str | Path, decode_media: bool = True, workers: int = 1, max_problems: int = 200) -> ValidationReport:
+    root = Path(root)
+    rep = ValidationReport(str(root))
+    mpath = root / DATASET_JSON
+    if not mpath.is_file():
+        rep.problems.append(f"{mpath}: missing (no committed build)")
+        return rep
+    try:
+        manifest = json.loads(mpath.read_text())
+    except json.JSONDecodeError as e:
+        rep.problems.append(f"{mpath}: not valid JSON ({e})")
+        return rep
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        rep.problems.append(f"{mpath}: schema_version {manifest.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+    shards = manifest.get("shards", [])
+    listed = {s.get("file") for s in shards}
+    for p in sorted(root.glob("*.parquet")):
+        if p.name != INDEX_FILE and p.name not in listed:
+            rep.warnings.append(f"{p}: not listed in dataset.json (left by an interrupted build; ignored)")
+    for p in sorted(root.glob(".*.tmp*")):
+        rep.warnings.append(f"{p}: temporary file of an interrupted build (ignored)")
+
+    total = sum(int(s.get("num_rows", 0)) for s in shards)
+    if manifest.get("num_rows") != total:
+        rep.problems.append(f"{mpath}: num_rows {manifest.get('num_rows')} != sum over shards {total}")
+
+    index = None
+    ipath = root / INDEX_FILE
+    if not ipath.is_file():
+        rep.problems.append(f"{ipath}: missing")
+    else:
+        try:
+            index = pq.read_table(ipath)
+        except Exception as e:
+            rep.problems.append(f"{ipath}: unreadable ({e})")
+    if index is not None:
+        _check_index(index, shards, ipath, rep)
+
+    tasks = [(str(root / s["file"]), s, decode_media) for s in shards if "file" in s]
+    for r in run_tasks(_check_shard, tasks, workers=workers, desc="validate", unit="shard"):
+        if not r.ok:
+            rep.problems.append(f"{r.item[0]}: {r.error}")
+            continue
+        probs, nrows = r.value
+        rep.problems.extend(probs)
+        rep.rows_checked += nrows
+        rep.shards_checked += 1
+    if len(rep.problems) > max_problems:
+        n = len(rep.problems)
+        rep.problems = rep.problems[:max_problems] + [f"... and {n - max_problems} more problems"]
+    return rep
+
+
+def _check_index(index, shards, ipath: Path, rep: ValidationReport) -> None:
+    need = set(SCHEMA.names) - set(BLOB_COLUMNS) | {"shard", "row_group"}
+    missing = need - set(index.column_names)
+    if missing:
+        rep.problems.append(f"{ipath}: missing columns {sorted(missing)}")
+        return
+    total = sum(int(s.get("num_rows", 0)) for s in shards)
+    if index.num_rows != total:
+        rep.problems.append(f"{ipath}: {index.num_rows} rows, dataset.json lists {total}")
+    ids = index.column("sample_id").to_pylist()
+    if len(set(ids)) != len(ids):
+        rep.problems.append(f"{ipath}: duplicate sample_id values")
+    listed = {s["file"] for s in shards}
+    unknown = set(index.column("shard").to_pylist()) - listed
+    if unknown:
+        rep.problems.append(f"{ipath}: rows point at shards not in dataset.json: {sorted(unknown)[:5]}")
+    # A group is one scene: its views must agree on kind and (for video groups) frame count.
+    groups: dict[tuple[str, str], set] = {}
+    for d, g, k, n in zip(index.column("dataset").to_pylist(), index.column("group_id").to_pylist(), index.column("kind").to_pylist(), index.column("num_frames").to_pylist()):
+        groups.setdefault((d, g), set()).add((k, n if k == "multiview_video" else 0))
+    for (d, g), kinds in groups.items():
+        if len(kinds) > 1:
+            rep.problems.append(f"{ipath}: group {d}/{g} mixes kinds or frame counts {sorted(kinds)}")
+
+
+def _check_shard(task: tuple[str, dict, bool]) -> tuple[list[str], int]:
+    path_s, info, decode_media = task
+    path = Path(path_s)
+    probs: list[str] = []
+    if not path.is_file():
+        return [f"{path}: listed in dataset.json but missing"], 0
+    digest = sha256_file(path)
+    if info.get("sha256") and digest != info["sha256"]:
+        probs.append(f"{path}: sha256 mismatch (file changed or truncated)")
+    try:
+        pf = pq.ParquetFile(str(path))
+    except Exception as e:
+        return probs + [f"{path}: not a readable Parquet file ({e})"], 0
+    names = set(pf.schema_arrow.names)
+    missing = set(SCHEMA.names) - names
+    if missing:
+        probs.append(f"{path}: missing columns {sorted(missing)}")
+        return probs, 0
+    for f in SCHEMA:
+        if not pf.schema_arrow.field(f.name).type.equals(f.type):
+            probs.append(f"{path}: column {f.name} has type {pf.schema_arrow.field(f.name).type}, expected {f.type}")
+    if pf.metadata.num_rows != info.get("num_rows"):
+        probs.append(f"{path}: {pf.metadata.num_rows} rows, dataset.json says {info.get('num_rows')}")
+    n = 0
+    for rg in range(pf.num_row_groups):
+        for row in pf.read_row_group(rg).to_pylist():
+            n += 1
+            probs.extend(f"{path}: {row.get('sample_id')}: {p}" for p in check_row(row, decode_media))
+    return probs, n
+
+
+def check_row(row: dict[str, Any], decode_media: bool = True) -> list[str]:
+    """Problems with one shard row (empty list when it is valid)."""
+    p: list[str] = []
+    try:
+        for key in ("dataset", "group_id", "view_id"):
+            check_id(row[key], key)
+        if row["sample_id"] != f"{row['dataset']}/{row['group_id']}/{row['view_id']}":
+            p.append("sample_id is not <dataset>/<group_id>/<view_id>")
+    except UnsafeIdError as e:
+        p.append(str(e))
+    if row["kind"] not in KINDS:
+        p.append(f"unknown kind {row['kind']!r}")
+    if row["media_format"] not in MEDIA_FORMATS:
+        p.append(f"unknown media_format {row['media_format']!r}")
+    fi = row.get("frame_indices")
+    if fi is not None and len(fi) != row["num_frames"]:
+        p.append(f"frame_indices has {len(fi)} entries, num_frames is {row['num_frames']}")
+    K = row.get("K")
+    if K is not None and not (K[0] > 0 and K[1] > 0 and all(np.isfinite(K))):
+        p.append(f"invalid intrinsics {K}")
+    c2w = row.get("c2w")
+    if c2w is not None:
+        try:
+            check_rotation(np.asarray(c2w, dtype=np.float64).reshape(3, 4)[:, :3], tol=1e-3, what="c2w rotation")
+        except CameraError as e:
+            p.append(str(e))
+    try:
+        json.loads(row.get("extra") or "{}")
+    except json.JSONDecodeError:
+        p.append("extra is not valid JSON")
+    if decode_media:
+        p.extend(_check_media(row))
+        if row.get("depth") is not None:
+            p.extend(_check_depth(row))
+    return p
+
+
+def _check_media(row: dict[str, Any]) -> list[str]:
+    from syncam_data.video import VideoError, decode
+
+    fmt, blob = row["media_format"], row["media"]
+    if not blob:
+        return ["empty media"]
+    if fmt == "mp4":
+        try:
+            frames = decode(blob)
+        except VideoError as e:
+            return [f"media does not decode: {e}"]
+        n, h, w = frames.shape[:3]
+    else:
+        import cv2
+
+        img = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR)
+        if img is None:
+            return [f"{fmt} media does not decode"]
+        if fmt == "jpeg" and not blob.startswith(b"\xff\xd8"):
+            return ["media_format says jpeg but the blob is not a JPEG"]
+        if fmt == "png" and not blob.startswith(b"\x89PNG"):
+            return ["media_format says png but the blob is not a PNG"]
+        n, (h, w) = 1, img.shape[:2]
+    probs = []
+    if (n, h, w) != (row["num_frames"], row["height"], row["width"]):
+        probs.append(f"media is {n} frames of {w}x{h}, row says {row['num_frames']} of {row['width']}x{row['height']}")
+    return probs
+
+
+def _check_depth(row: dict[str, Any]) -> list[str]:
+    try:
+        with np.load(io.BytesIO(row["depth"]), allow_pickle=False) as z:
+            d = z["depth"]
+    except Exception as e:
+        return [f"depth is not an npz with array 'depth' ({e})"]
+    if d.shape != (row["num_frames"], row["height"], row["width"]):
+        return [f"depth shape {d.shape} != (frames, H, W) = {(row['num_frames'], row['height'], row['width'])}"]
+    return []
+
