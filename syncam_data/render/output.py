@@ -18,15 +18,18 @@ from __future__ import annotations
 import io
 import json
 import os
-from dataclasses import dataclass, field
+import shutil
+import zipfile
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
 
 from syncam_data.cameras import Camera
 from syncam_data.ids import check_id
-from syncam_data.video import atomic_write_bytes, encode
+from syncam_data.video import atomic_write_bytes
 
 SCENE_JSON = "scene.json"
 CAMERAS_JSON = "cameras.json"
@@ -46,66 +49,164 @@ def load_npz_array(path_or_bytes: Path | bytes, key: str) -> np.ndarray:
         return z[key]
 
 
-@dataclass
-class _CamBuffer:
-    camera: Camera
-    raw: dict[str, Any] | None
-    rgb: list[np.ndarray] = field(default_factory=list)
-    depth: list[np.ndarray] = field(default_factory=list)
-    ids: list[np.ndarray] = field(default_factory=list)
+class _CamStream:
+    """One camera's outputs while its scene renders: an open H.264 encoder plus raw depth/id files.
+
+    Frames go to disk as they arrive, so a 36-camera, 100-frame scene never
+    sits in RAM; ``finish`` turns the raw files into the Contract 2 npz arrays.
+    """
+
+    def __init__(self, cam_id: str, camera: Camera, raw: dict[str, Any] | None, work: Path, fps: float, crf: int, depth_dtype: np.dtype) -> None:
+        self.cam_id, self.camera, self.raw = cam_id, camera, raw
+        self.frames = 0
+        self.depth_frames = 0
+        self.ids_frames = 0
+        self.depth_dtype = depth_dtype
+        self.video_tmp = work / f"{cam_id}.mp4"
+        self.depth_raw = work / f"{cam_id}.depth.raw"
+        self.ids_raw = work / f"{cam_id}.ids.raw"
+        self._depth_f: Any = None
+        self._ids_f: Any = None
+        self._container = av.open(str(self.video_tmp), mode="w", format="mp4")
+        self._stream = self._container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        # Same settings as syncam_data.video.encode (even size, yuv420p, one thread for bit-reproducible output).
+        self._stream.width, self._stream.height = camera.width + camera.width % 2, camera.height + camera.height % 2
+        self._stream.pix_fmt = "yuv420p"
+        self._stream.options = {"crf": str(crf), "preset": "medium"}
+        self._stream.codec_context.thread_count = 1
+
+    def write(self, rgb: np.ndarray, depth: np.ndarray | None, ids: np.ndarray | None) -> None:
+        img = _even_frame(rgb)
+        for packet in self._stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
+            self._container.mux(packet)
+        if depth is not None:
+            d = depth.astype(np.float32)
+            if self.depth_dtype == np.float16:
+                d = np.where(d > 65000, np.inf, d)  # beyond float16 range means "empty", not "far"
+            self._depth_f = self._depth_f or open(self.depth_raw, "wb")
+            self._depth_f.write(np.ascontiguousarray(d.astype(self.depth_dtype)).tobytes())
+            self.depth_frames += 1
+        if ids is not None:
+            self._ids_f = self._ids_f or open(self.ids_raw, "wb")
+            self._ids_f.write(np.ascontiguousarray(ids.astype(np.uint8)).tobytes())
+            self.ids_frames += 1
+        self.frames += 1
+
+    def close(self) -> None:
+        """Flush the encoder and the raw files (idempotent)."""
+        if self._container is not None:
+            try:
+                for packet in self._stream.encode():
+                    self._container.mux(packet)
+            finally:
+                self._container.close()
+                self._container = None
+        for f in (self._depth_f, self._ids_f):
+            if f is not None:
+                f.close()
+        self._depth_f = self._ids_f = None
+
+    def abort(self) -> None:
+        try:
+            self.close()
+        except Exception:  # a half-written stream is discarded anyway
+            pass
+
+    def raw_array(self, path: Path, dtype: np.dtype, frames: int) -> np.ndarray:
+        h, w = self.camera.height, self.camera.width
+        return np.memmap(path, dtype=dtype, mode="r", shape=(frames, h, w))
+
+
+def _even_frame(img: np.ndarray) -> np.ndarray:
+    """H.264 yuv420p needs even sizes: pad the last row/column by edge replication (as video.encode does)."""
+    h, w = img.shape[:2]
+    if h % 2 or w % 2:
+        img = np.pad(img, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    return img
 
 
 class SceneOutput:
-    """Collects per-camera frames of one scene and writes the Contract 2 folder.
+    """Streams per-camera frames of one scene to disk and writes the Contract 2 folder.
 
     Usage: ``add_camera`` for each camera, then ``add_frame`` per camera per
-    frame (frames in order), then ``finish(scene_json)``.
+    frame (frames in order), then ``finish(scene_json)``; ``abort()`` releases
+    the encoders of a scene that failed. Videos are encoded while frames
+    arrive (one open encoder per camera); depth and ids go to raw files in
+    ``<folder>/.work`` and become npz files in ``finish``.
     """
+
+    WORK = ".work"
 
     def __init__(self, folder: Path, fps: float, depth_dtype: str = "float16", crf: int = 18) -> None:
         self.folder = Path(folder)
         self.fps = fps
         self.depth_dtype = np.dtype(depth_dtype)
         self.crf = crf
-        self.cams: dict[str, _CamBuffer] = {}
+        self.cams: dict[str, _CamStream] = {}
+        self._work = self.folder / self.WORK
 
     def add_camera(self, cam_id: str, camera: Camera, raw: dict[str, Any] | None = None) -> None:
         check_id(cam_id, "camera id")
-        self.cams[cam_id] = _CamBuffer(camera, raw)
+        if cam_id in self.cams:
+            raise ValueError(f"camera {cam_id} added twice")
+        self._work.mkdir(parents=True, exist_ok=True)
+        self.cams[cam_id] = _CamStream(cam_id, camera, raw, self._work, self.fps, self.crf, self.depth_dtype)
 
     def add_frame(self, cam_id: str, rgb: np.ndarray, depth: np.ndarray | None = None, ids: np.ndarray | None = None) -> None:
-        b = self.cams[cam_id]
+        try:
+            b = self.cams[cam_id]
+        except KeyError:
+            raise ValueError(f"camera {cam_id} was not added (add_camera first)") from None
         h, w = b.camera.height, b.camera.width
         if rgb.shape != (h, w, 3) or rgb.dtype != np.uint8:
             raise ValueError(f"camera {cam_id}: expected uint8 RGB {h}x{w}x3, got {rgb.dtype} {rgb.shape}")
-        b.rgb.append(rgb)
-        if depth is not None:
-            if depth.shape != (h, w):
-                raise ValueError(f"camera {cam_id}: depth shape {depth.shape} != {(h, w)}")
-            b.depth.append(depth.astype(np.float32))
-        if ids is not None:
-            if ids.shape != (h, w):
-                raise ValueError(f"camera {cam_id}: mask shape {ids.shape} != {(h, w)}")
-            b.ids.append(ids.astype(np.uint8))
+        if depth is not None and depth.shape != (h, w):
+            raise ValueError(f"camera {cam_id}: depth shape {depth.shape} != {(h, w)}")
+        if ids is not None and ids.shape != (h, w):
+            raise ValueError(f"camera {cam_id}: mask shape {ids.shape} != {(h, w)}")
+        b.write(rgb, depth, ids)
+
+    def abort(self) -> None:
+        """Close every encoder and raw file without writing the scene (the caller removes the folder)."""
+        for b in self.cams.values():
+            b.abort()
 
     def finish(self, scene_json: dict[str, Any]) -> None:
-        counts = {k: len(b.rgb) for k, b in self.cams.items()}
+        counts = {k: b.frames for k, b in self.cams.items()}
+        if not counts:
+            raise ValueError("no cameras were added")
         if len(set(counts.values())) != 1 or 0 in counts.values():
+            self.abort()
             raise ValueError(f"cameras have different frame counts (not synchronized): {counts}")
-        self.folder.mkdir(parents=True, exist_ok=True)
+        n = next(iter(counts.values()))
+        for cam_id, b in self.cams.items():
+            if b.depth_frames not in (0, n) or b.ids_frames not in (0, n):
+                self.abort()
+                raise ValueError(f"camera {cam_id}: {b.depth_frames} depth and {b.ids_frames} mask frames for {n} video frames")
         entries = []
         for cam_id, b in self.cams.items():
-            encode(np.stack(b.rgb), self.folder / "videos" / f"{cam_id}.mp4", fps=self.fps, crf=self.crf)
-            if b.depth:
-                d = np.stack(b.depth)
-                if self.depth_dtype == np.float16:
-                    d = np.where(d > 65000, np.inf, d)
-                atomic_write_bytes(self.folder / "depth" / f"{cam_id}.npz", npz_bytes(depth=d.astype(self.depth_dtype)))
-            if b.ids:
-                atomic_write_bytes(self.folder / "masks" / f"{cam_id}.npz", npz_bytes(ids=np.stack(b.ids)))
+            b.close()
+            (self.folder / "videos").mkdir(parents=True, exist_ok=True)
+            os.replace(b.video_tmp, self.folder / "videos" / f"{cam_id}.mp4")
+            if b.depth_frames:
+                _write_npz_streaming(self.folder / "depth" / f"{cam_id}.npz", "depth", b.raw_array(b.depth_raw, self.depth_dtype, n))
+            if b.ids_frames:
+                _write_npz_streaming(self.folder / "masks" / f"{cam_id}.npz", "ids", b.raw_array(b.ids_raw, np.dtype(np.uint8), n))
             entries.append(b.camera.to_dict(id=cam_id, raw=b.raw or {}))
+        shutil.rmtree(self._work, ignore_errors=True)
         write_json(self.folder / CAMERAS_JSON, {"cameras": entries})
+        # scene.json last: together with cameras.json it marks the folder complete.
         write_json(self.folder / SCENE_JSON, scene_json)
+
+
+def _write_npz_streaming(path: Path, key: str, arr: np.ndarray) -> None:
+    """``np.savez_compressed`` equivalent that streams a (memory-mapped) array in chunks, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with zipfile.ZipFile(tmp, mode="w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
+        with zf.open(f"{key}.npy", mode="w", force_zip64=True) as f:
+            np.lib.format.write_array(f, arr, allow_pickle=False)
+    os.replace(tmp, path)
 
 
 def write_json(path: Path, obj: Any) -> None:
