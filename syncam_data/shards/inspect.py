@@ -120,6 +120,10 @@ def _draw_group(ax, reader: ShardReader, rows: list[int]) -> None:
     centre = _closest_point_to_axes(c2ws)
     if centre is not None:
         ax.scatter(*centre, color="red", marker="x", s=30)
+        for c2w in c2ws:
+            t, z = c2w[:, 3], c2w[:, 2]
+            reach = max(float(np.dot(centre - t, z)), 0.0)
+            ax.plot(*zip(t, t + z * reach), color="grey", lw=0.5, ls="--")
     ax.scatter(pos[:, 0], pos[:, 1], pos[:, 2], color="k", s=4)
     _equal_axes(ax, np.vstack([pos] + ([centre[None]] if centre is not None else [])))
     ax.set_xlabel("x (m)")
