@@ -1,0 +1,268 @@
+"""Typed training configuration, validated on construction.
+
+A ``TrainConfig`` is built from a YAML file (``syncam_model/configs/paper.yaml``
+holds the paper's defaults) plus command-line overrides. Every error names the
+dotted key to change (``data.frames``, ``curriculum.schedule[1].max_angle``),
+and the resolved config is saved in every checkpoint so a run records what
+made it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+KINDS = ("multiview_video", "multiview_image", "single_video")
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class CurriculumStage(_Strict):
+    """From ``start_step`` on, multi-view-video views lie within [min_angle, max_angle] degrees of view 0."""
+
+    start_step: int = Field(ge=0)
+    min_angle: float = Field(ge=0, le=180)
+    max_angle: float = Field(ge=0, le=180)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "CurriculumStage":
+        if self.min_angle > self.max_angle:
+            raise ValueError(f"min_angle {self.min_angle} is larger than max_angle {self.max_angle}")
+        return self
+
+
+class CurriculumConfig(_Strict):
+    schedule: list[CurriculumStage] = Field(
+        default_factory=lambda: [
+            CurriculumStage(start_step=0, min_angle=0, max_angle=60),
+            CurriculumStage(start_step=10_000, min_angle=30, max_angle=90),
+            CurriculumStage(start_step=20_000, min_angle=60, max_angle=120),
+        ]
+    )
+    # Multi-view image sets come from one posed video whose frames overlap; the
+    # paper applies the angle curriculum to the rendered multi-camera video only.
+    apply_to_images: bool = False
+
+    @field_validator("schedule")
+    @classmethod
+    def _sorted(cls, v: list[CurriculumStage]) -> list[CurriculumStage]:
+        if not v:
+            raise ValueError("needs at least one stage")
+        if v[0].start_step != 0:
+            raise ValueError("the first stage must start at step 0")
+        starts = [s.start_step for s in v]
+        if starts != sorted(set(starts)):
+            raise ValueError(f"start_step values must increase strictly, got {starts}")
+        return v
+
+
+class DataConfig(_Strict):
+    height: int = Field(384, ge=8, description="training height in pixels (after resize + centre crop)")
+    width: int = Field(672, ge=8, description="training width in pixels")
+    frames: int = Field(49, ge=1, description="frames per video clip; CogVideoX's VAE needs 4k+1")
+    frame_stride: int = Field(1, ge=1, description="step between sampled source frames (reduced for short clips)")
+    frame_sampling: Literal["random", "first"] = "random"
+    num_views: int | tuple[int, int] = Field(4, description="views per multi-view sample: a number or [min, max]")
+    mix: dict[str, float] = Field(default_factory=lambda: {"multiview_video": 0.6, "multiview_image": 0.2, "single_video": 0.2})
+    translation_scale: float = Field(1.0, gt=0, description="relative translations are divided by this (metres)")
+    micro_batch_size: int = Field(1, ge=1)
+    num_workers: int = Field(2, ge=0)
+    prefetch_factor: int = Field(2, ge=1)
+    max_decode_retries: int = Field(8, ge=0, description="replacement draws after a view fails to decode")
+
+    @field_validator("frames")
+    @classmethod
+    def _vae_frames(cls, v: int) -> int:
+        if v % 4 != 1:
+            raise ValueError(f"{v} is not 4k+1 (CogVideoX's VAE compresses time by 4 after the first frame), e.g. 49, 13, 9")
+        return v
+
+    @field_validator("num_views")
+    @classmethod
+    def _views(cls, v: int | tuple[int, int]) -> int | tuple[int, int]:
+        lo, hi = (v, v) if isinstance(v, int) else v
+        if lo < 1 or hi < lo:
+            raise ValueError(f"needs 1 <= min <= max, got {v}")
+        return v
+
+    @field_validator("mix")
+    @classmethod
+    def _mix(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = sorted(set(v) - set(KINDS))
+        if bad:
+            raise ValueError(f"unknown kind(s) {bad}; kinds are {list(KINDS)}")
+        if any(w < 0 for w in v.values()) or sum(v.values()) <= 0:
+            raise ValueError("weights must be >= 0 with a positive sum")
+        return v
+
+    @model_validator(mode="after")
+    def _multiple_of_16(self) -> "DataConfig":
+        # 8x VAE downsampling then 2x2 patches.
+        for key in ("height", "width"):
+            if getattr(self, key) % 16:
+                raise ValueError(f"{key}={getattr(self, key)} must be a multiple of 16 (VAE 8x then 2x2 patches)")
+        return self
+
+    @property
+    def views_range(self) -> tuple[int, int]:
+        return (self.num_views, self.num_views) if isinstance(self.num_views, int) else tuple(self.num_views)  # type: ignore[return-value]
+
+
+class CacheConfig(_Strict):
+    use: Literal["auto", "never", "require"] = Field("auto", description="auto: use a matching latent cache if one exists")
+    dir: str | None = Field(None, description="cache folder; default <shards>/latent_cache")
+    sample: Literal["mean", "sample"] = Field(
+        "sample", description="how training turns a cached posterior into latents: its mean, or a fresh sample"
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+
+
+class ModelConfig(_Strict):
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="weights of the frozen base; auto = bfloat16 on a GPU that supports it, else float32"
+    )
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    gradient_checkpointing: bool = True
+    train_base: bool = False
+    tiny_config: dict[str, Any] | None = Field(None, description="overrides for --pretrained tiny")
+
+
+class OptimConfig(_Strict):
+    lr: float = Field(1e-4, gt=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = Field(1e-4, ge=0)
+    eps: float = Field(1e-8, gt=0)
+    warmup_steps: int = Field(200, ge=0)
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    max_grad_norm: float = Field(1.0, gt=0)
+    global_batch_size: int = Field(32, ge=1, description="samples per optimizer step over all ranks (gradient accumulation fills it)")
+
+
+class DiffusionConfig(_Strict):
+    text_dropout: float = Field(0.1, ge=0, le=1, description="probability of training a sample on the empty prompt")
+    novel_view: bool = Field(False, description="novel-view training: view 0 is the clean input latent, not in the loss")
+    novel_view_prob: float = Field(0.9, ge=0, le=1)
+    timestep_buckets: int = Field(4, ge=1, description="log the loss in this many equal timestep ranges")
+
+
+class CheckpointConfig(_Strict):
+    every: int = Field(1000, ge=1)
+    keep: int = Field(3, ge=1)
+
+
+class ValidationConfig(_Strict):
+    every: int = Field(0, ge=0, description="0 = never")
+    prompts: list[str] = Field(default_factory=lambda: ["A person walking in a park, sunny day."])
+    cameras: str = Field("azimuth:0,30,60,90", description="camera preset understood by syncam-generate")
+    frames: int | None = None
+    steps: int = Field(25, ge=1)
+    guidance: float = Field(6.0, ge=1)
+
+
+class LogConfig(_Strict):
+    every: int = Field(10, ge=1)
+    tensorboard: bool = False
+
+
+class TrainConfig(_Strict):
+    seed: int = 0
+    steps: int = Field(50_000, ge=1)
+    data: DataConfig = Field(default_factory=DataConfig)
+    curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+    def grad_accumulation(self, world_size: int) -> int:
+        """Micro-steps per optimizer step so that micro_batch x accumulation x ranks = global batch."""
+        per_step = self.data.micro_batch_size * world_size
+        if self.optim.global_batch_size % per_step:
+            raise ConfigError(
+                f"optim.global_batch_size={self.optim.global_batch_size} is not a multiple of "
+                f"data.micro_batch_size x ranks = {self.data.micro_batch_size} x {world_size}"
+            )
+        return self.optim.global_batch_size // per_step
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "<root>"
+
+
+def _format(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{_loc(tuple(e['loc']))}: {msg}")
+    return f"{source}: invalid training config: " + "; ".join(lines)
+
+
+def deep_update(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+    """``set_dotted(d, "optim.lr", 1e-4)``; creates intermediate sections."""
+    parts = key.split(".")
+    for p in parts[:-1]:
+        d = d.setdefault(p, {})
+        if not isinstance(d, dict):
+            raise ConfigError(f"{key}: {p} is not a section")
+    d[parts[-1]] = value
+
+
+def build_config(data: dict[str, Any] | None = None, source: str = "<config>") -> TrainConfig:
+    try:
+        return TrainConfig.model_validate(data or {})
+    except ValidationError as e:
+        raise ConfigError(_format(e, source)) from None
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A file path, or the name of a bundled config (``paper``, ``tiny``)."""
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    bundled = CONFIG_DIR / f"{name_or_path}.yaml"
+    if bundled.exists():
+        return bundled
+    raise ConfigError(f"{name_or_path}: no such config file (bundled configs: {sorted(q.stem for q in CONFIG_DIR.glob('*.yaml'))})")
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a YAML config (default: the bundled paper config) and apply dotted-key overrides."""
+    src = resolve_config_path(path or "paper")
+    try:
+        raw = yaml.safe_load(src.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{src}: not valid YAML ({e})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{src}: the top level must be a mapping of sections")
+    for key, value in (overrides or {}).items():
+        set_dotted(raw, key, value)
+    return build_config(raw, str(src))
