@@ -1,0 +1,432 @@
+"""The filter-videos job: plan (resume by content hash), process each video, record rows.
+
+One video goes through ``decode_stage`` (probe, cheap checks, downsampled
+decode, scene-cut scores; CPU) then ``analyze_stage`` (segment the first
+frame, track points, score, decide; the GPU part with SAM/CoTracker). Any
+failure becomes an error row; nothing stops the run. Locally both stages run
+in one task per video (``--workers`` processes); on Ray, decoding runs as
+Ray Data CPU tasks and analysis in a pool of (GPU) actors.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from syncam_data.engine import run_tasks
+from syncam_data.filter.cuts import cut_scores, first_shot_length
+from syncam_data.filter.decode import Clip, RejectedInput, decode_clip, sha256_of
+from syncam_data.filter.score import decide, score_tracks
+from syncam_data.filter.settings import FilterSettings
+from syncam_data.filter.store import ScoresStore
+from syncam_data.video import VideoError, VideoInfo
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp"}
+LIST_EXTENSIONS = {".txt", ".csv", ".lst"}
+
+
+class VideoTimeout(Exception):
+    """The per-video time limit ran out (not an OSError, so no I/O handler swallows it)."""
+
+
+@dataclass(frozen=True)
+class VideoItem:
+    path: str
+    content_hash: str
+    file_size: int
+    mtime_ns: int
+
+
+@dataclass
+class RunSummary:
+    total: int = 0
+    processed: int = 0
+    reused: int = 0
+    counts: dict[str, int] = field(default_factory=dict)  # status -> rows in the final table
+    reasons: dict[str, int] = field(default_factory=dict)  # reason -> rows
+
+
+# ---------------------------------------------------------------- time limit
+
+
+@contextmanager
+def time_limit(seconds: float, name: str) -> Iterator[Callable[[], None]]:
+    """Yield a ``check()`` that raises VideoTimeout after ``seconds``.
+
+    In a main thread a SIGALRM also interrupts long single calls (SAM,
+    CoTracker); elsewhere (threads) only the cooperative checks apply.
+    """
+    deadline = time.monotonic() + seconds
+
+    def check() -> None:
+        if time.monotonic() > deadline:
+            raise VideoTimeout(f"{name}: exceeded the per-video time limit of {seconds:g}s")
+
+    def on_alarm(signum, frame) -> None:  # noqa: ARG001
+        raise VideoTimeout(f"{name}: exceeded the per-video time limit of {seconds:g}s")
+
+    use_signal = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
+    old = None
+    if use_signal:
+        old = signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield check
+    finally:
+        if use_signal:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+
+
+# ---------------------------------------------------------------- models (one per process)
+
+_MODELS: dict[tuple, tuple[Any, Any]] = {}
+
+
+def get_models(s: FilterSettings) -> tuple[Any, Any]:
+    """Segmenter and tracker for ``s``, built once per process (weights load once per worker)."""
+    from syncam_data.filter.segment import GridSegmenter, SamSegmenter
+    from syncam_data.filter.track import CoTrackerTracker, LKTracker, load_cotracker
+
+    key = (s.segmenter, s.sam_model, s.sam_checkpoint, s.sam_points_per_side, s.tracker, s.cotracker_repo,
+           s.cotracker_checkpoint, s.cotracker_entry, s.device, s.lk_window, s.lk_levels, s.fb_threshold_px)
+    if key not in _MODELS:
+        if s.segmenter == "sam":
+            seg: Any = SamSegmenter(s.sam_model, s.sam_checkpoint, s.device, s.sam_points_per_side)
+        else:
+            seg = GridSegmenter()
+        if s.tracker == "cotracker":
+            trk: Any = CoTrackerTracker(load_cotracker(s.cotracker_repo, s.cotracker_checkpoint, s.cotracker_entry, s.device), s.device)
+        else:
+            trk = LKTracker(s.lk_window, s.lk_levels, s.fb_threshold_px)
+        _MODELS[key] = (seg, trk)
+    return _MODELS[key]
+
+
+# ---------------------------------------------------------------- rows
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def base_row(item: VideoItem, s: FilterSettings) -> dict[str, Any]:
+    return {
+        "path": item.path, "content_hash": item.content_hash, "status": "error", "reason": "", "subject_motion": None,
+        "camera_motion": None, "duration_s": 0.0, "fps": 0.0, "width": 0, "height": 0, "num_frames": 0, "codec": "",
+        "error": None, "settings": s.to_json(), "file_size": item.file_size, "mtime_ns": item.mtime_ns,
+        "camera_motion_per_pair": None, "track_speed": None, "track_candidate": None, "finished_at": _now(),
+    }
+
+
+def _fill_info(row: dict[str, Any], info: VideoInfo | None) -> None:
+    if info is None:
+        return
+    row.update(duration_s=float(info.duration_s), fps=float(info.fps), width=int(info.width), height=int(info.height),
+               num_frames=int(info.num_frames), codec=info.codec)
+
+
+def _error_reason(e: BaseException) -> str:
+    msg = str(e)
+    if isinstance(e, VideoTimeout):
+        return "timeout"
+    if isinstance(e, VideoError):
+        if "file is empty" in msg or "empty byte string" in msg:
+            return "empty_file"
+        if "no such file" in msg:
+            return "missing_file"
+        if "contains no video stream" in msg:
+            return "no_video_stream"
+        return "decode_error"
+    if isinstance(e, (FileNotFoundError, PermissionError)):
+        return "missing_file"
+    return "internal_error"
+
+
+def error_row(row: dict[str, Any], e: BaseException) -> dict[str, Any]:
+    row.update(status="error", reason=_error_reason(e), error=f"{type(e).__name__}: {e}"
+               if not isinstance(e, (VideoError, VideoTimeout)) else str(e), finished_at=_now())
+    return row
+
+
+# ---------------------------------------------------------------- the two stages
+
+
+def decode_stage(item: VideoItem, s: FilterSettings, check: Callable[[], None]) -> tuple[dict[str, Any], Clip | None, float | None]:
+    """(row, clip, scene-cut score). ``clip`` is None when the row is already final."""
+    row = base_row(item, s)
+    try:
+        clip = decode_clip(item.path, s.short_side, s.sample_fps, s.max_seconds, s.min_duration_s, s.min_short_side, check)
+    except RejectedInput as e:
+        _fill_info(row, e.info)
+        row.update(status="rejected", reason=e.reason, error=None)
+        return row, None, None
+    _fill_info(row, clip.info)
+    if not row["duration_s"]:
+        row["duration_s"] = len(clip.frames) / clip.fps
+    cuts = cut_scores(clip.frames)
+    check()
+    return row, clip, float(cuts.max()) if len(cuts) else 0.0
+
+
+def analyze_stage(
+    row: dict[str, Any], clip: Clip, cut_score: float, s: FilterSettings, check: Callable[[], None], debug_dir: Path | None
+) -> dict[str, Any]:
+    from syncam_data.filter.segment import query_points
+
+    segmenter, tracker = get_models(s)
+    frames = clip.frames
+    if cut_score > s.scene_cut_threshold:
+        # Measure motion on the first shot only: tracks cannot cross a cut.
+        frames = frames[: first_shot_length(cut_scores(frames), s.scene_cut_threshold)]
+    h, w = frames.shape[1:3]
+    masks = segmenter.segment(frames[0])
+    check()
+    points, labels = query_points(masks, h, w, s.grid_size, s.points_per_mask)
+    if len(frames) >= 2:
+        tracks, visible = tracker.track(frames, points)
+    else:
+        tracks, visible = np.zeros((1, len(points), 2), np.float32), np.zeros((1, len(points)), bool)
+    check()
+    ms = score_tracks(tracks, visible, labels, clip.fps, w, h, s.ransac_threshold_px)
+    d = decide(s, row["width"], row["height"], row["duration_s"], cut_score, ms.camera_per_pair, ms.track_speed, ms.track_candidate)
+    row.update(
+        status=d.status, reason=d.reason, subject_motion=d.subject_motion, camera_motion=d.camera_motion, error=None,
+        sampled_fps=float(clip.fps), analyzed_frames=int(len(frames)), analyzed_width=int(w), analyzed_height=int(h),
+        num_masks=len(masks), num_tracks=ms.num_tracks, inlier_fraction=float(ms.inlier_fraction), scene_cut_score=cut_score,
+        camera_motion_per_pair=[float(v) for v in ms.camera_per_pair], track_speed=[float(v) for v in ms.track_speed],
+        track_candidate=[bool(v) for v in ms.track_candidate], finished_at=_now(),
+    )
+    if debug_dir is not None:
+        from syncam_data.filter.debug import render_debug, write_debug_png
+
+        fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+        title = f"{d.status} {d.reason} subj={fmt(d.subject_motion)} cam={fmt(d.camera_motion)}"
+        img = render_debug(frames[0], masks, tracks, visible, ms.track_speed, s.threshold, title)
+        write_debug_png(debug_dir / f"{row['content_hash']}.png", img)
+    return row
+
+
+def filter_video(item: VideoItem, settings: FilterSettings, debug_dir: str | None = None) -> dict[str, Any]:
+    """Process one video into one row; never raises for a bad video (returns an error row)."""
+    t0 = time.perf_counter()
+    row = base_row(item, settings)
+    try:
+        with time_limit(settings.timeout_s, item.path) as check:
+            row, clip, cut = decode_stage(item, settings, check)
+            if clip is not None:
+                row = analyze_stage(row, clip, cut, settings, check, Path(debug_dir) if debug_dir else None)
+    except Exception as e:  # per-video failure: recorded as an error row, the run goes on
+        log.debug("error on %s", item.path, exc_info=True)
+        row = error_row(row, e)
+    row["seconds"] = time.perf_counter() - t0
+    return row
+
+
+# ---------------------------------------------------------------- inputs and planning
+
+
+def _read_list(path: Path) -> list[str]:
+    """Paths from a .txt (one per line, # comments) or .csv (a 'path' column, else the first column)."""
+    text = path.read_text(encoding="utf-8")
+    base = path.parent
+    if path.suffix.lower() == ".csv":
+        reader = csv.reader(io.StringIO(text))
+        rows = [r for r in reader if r]
+        if not rows:
+            return []
+        header = [c.strip().lower() for c in rows[0]]
+        col = header.index("path") if "path" in header else 0
+        body = rows[1:] if "path" in header else rows
+        entries = [r[col].strip() for r in body if len(r) > col and r[col].strip()]
+    else:
+        entries = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    return [str(Path(e) if Path(e).is_absolute() else base / e) for e in entries]
+
+
+def expand_inputs(inputs: Iterable[str | Path]) -> list[str]:
+    """Absolute video paths from files, folders (recursive, by extension) and list files; order kept, no duplicates."""
+    out: dict[str, None] = {}
+    for raw in inputs:
+        p = Path(raw).expanduser()
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS:
+                    out[str(f.resolve())] = None
+        elif p.suffix.lower() in LIST_EXTENSIONS and p.is_file():
+            for e in _read_list(p):
+                out[str(Path(e).resolve())] = None
+        else:
+            out[str(p.resolve())] = None  # a missing file becomes an error row, not a crash
+    return list(out)
+
+
+@dataclass
+class Plan:
+    todo: list[VideoItem]
+    ready: list[dict[str, Any]]  # rows produced without processing (reused by hash, missing files)
+    skipped: int  # paths already done and unchanged
+
+
+def plan_work(paths: list[str], done: dict[str, dict[str, Any]], s: FilterSettings, force: bool, retry_errors: bool) -> Plan:
+    """Skip what is done: same path with the same size and mtime, or the same content under another path."""
+    by_hash: dict[str, dict[str, Any]] = {}
+    for r in done.values():
+        if r.get("content_hash") and r["status"] != "error":
+            by_hash.setdefault(r["content_hash"], r)
+    todo: list[VideoItem] = []
+    ready: list[dict[str, Any]] = []
+    skipped = 0
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            row = base_row(VideoItem(path, "", 0, 0), s)
+            ready.append(error_row(row, VideoError(f"{path}: no such file ({e.strerror})")))
+            continue
+        prev = done.get(path)
+        redo = force or (prev is not None and prev["status"] == "error" and retry_errors)
+        if prev is not None and not redo and prev.get("file_size") == st.st_size and prev.get("mtime_ns") == st.st_mtime_ns:
+            skipped += 1
+            continue
+        try:
+            digest = sha256_of(path)
+        except OSError as e:
+            row = base_row(VideoItem(path, "", int(st.st_size), int(st.st_mtime_ns)), s)
+            ready.append(error_row(row, e))
+            continue
+        item = VideoItem(path, digest, int(st.st_size), int(st.st_mtime_ns))
+        same = by_hash.get(digest)
+        if same is not None and not force:
+            ready.append(dict(same, path=path, file_size=item.file_size, mtime_ns=item.mtime_ns, finished_at=_now()))
+            continue
+        todo.append(item)
+    return Plan(todo, ready, skipped)
+
+
+def _warn_if_settings_changed(done: dict[str, dict[str, Any]], s: FilterSettings) -> None:
+    for r in done.values():
+        if r.get("settings") and r["status"] != "error":
+            try:
+                old = FilterSettings.from_json(r["settings"])
+            except (ValueError, TypeError):
+                return
+            if old.compute_key() != s.compute_key():
+                log.warning("existing rows in this output were computed with other decoding/tracking settings; "
+                            "they are kept as they are (use --force to recompute, --rescore to change thresholds)")
+            return
+
+
+# ---------------------------------------------------------------- run
+
+
+def _local_rows(todo: list[VideoItem], s: FilterSettings, workers: int, debug_dir: str | None, progress: bool) -> Iterator[dict[str, Any]]:
+    fn = partial(filter_video, settings=s, debug_dir=debug_dir)
+    for res in run_tasks(fn, todo, engine="local", workers=workers, desc="filter-videos", unit="video", progress=progress):
+        if res.ok:
+            yield res.value
+        else:  # the worker process died (e.g. out of memory): still one row for the video
+            yield error_row(base_row(res.item, s), RuntimeError(res.error or "worker failed"))
+
+
+def run_filter(
+    inputs: Iterable[str | Path],
+    out: str | Path,
+    settings: FilterSettings,
+    workers: int = 1,
+    engine: str = "local",
+    ray_address: str | None = None,
+    debug: bool = False,
+    force: bool = False,
+    retry_errors: bool = False,
+    progress: bool = True,
+) -> RunSummary:
+    """Filter ``inputs`` into ``out``; resumable (rows are saved as each video finishes)."""
+    store = ScoresStore(out)
+    store.out.mkdir(parents=True, exist_ok=True)
+    paths = expand_inputs(inputs)
+    done = store.load()
+    _warn_if_settings_changed(done, settings)
+    plan = plan_work(paths, done, settings, force, retry_errors)
+    log.info("%d inputs: %d to process, %d already done, %d reused by content hash or failed early",
+             len(paths), len(plan.todo), plan.skipped, len(plan.ready))
+    for row in plan.ready:
+        store.append(row)
+    debug_dir = str(store.debug) if debug else None
+    if engine == "ray":
+        from syncam_data.filter.ray_engine import ray_rows
+
+        rows = ray_rows(plan.todo, settings, workers, ray_address, debug_dir, progress)
+    elif engine == "local":
+        rows = _local_rows(plan.todo, settings, workers, debug_dir, progress)
+    else:
+        raise ValueError(f"unknown engine {engine!r}: use 'local' or 'ray'")
+    for row in rows:
+        store.append(row)
+        if row["status"] == "error":
+            log.warning("%s: %s (%s)", row["path"], row["reason"], row["error"])
+    table = store.write_all()
+    return _summary(table.to_pylist(), len(paths), len(plan.todo), len(plan.ready))
+
+
+def _summary(rows: list[dict[str, Any]], total: int, processed: int, reused: int) -> RunSummary:
+    s = RunSummary(total=total, processed=processed, reused=reused)
+    for r in rows:
+        s.counts[r["status"]] = s.counts.get(r["status"], 0) + 1
+        if r["reason"]:
+            s.reasons[r["reason"]] = s.reasons.get(r["reason"], 0) + 1
+    return s
+
+
+def rescore(out: str | Path, **changes: Any) -> RunSummary:
+    """Apply new decision settings to stored raw scores; no decoding or tracking."""
+    store = ScoresStore(out)
+    rows = store.load()
+    if not rows:
+        raise FileNotFoundError(f"{store.scores}: no scores to rescore (run filter-videos first)")
+    stale = 0
+    for r in rows.values():
+        if r["status"] == "error" or not r.get("settings"):
+            continue
+        s = FilterSettings.from_json(r["settings"]).with_decisions(**changes)
+        r["settings"] = s.to_json()
+        if r.get("track_speed") is None:
+            # Rejected before tracking (too short/small): re-check what can be checked, else keep.
+            if min(r["width"], r["height"]) < s.min_short_side:
+                r.update(status="rejected", reason="too_small")
+            elif r["duration_s"] < s.min_duration_s:
+                r.update(status="rejected", reason="too_short")
+            else:
+                stale += 1
+            continue
+        d = decide(s, r["width"], r["height"], r["duration_s"], r["scene_cut_score"],
+                   np.asarray(r["camera_motion_per_pair"], np.float32), np.asarray(r["track_speed"], np.float32),
+                   np.asarray(r["track_candidate"], bool))
+        r.update(status=d.status, reason=d.reason, subject_motion=d.subject_motion, camera_motion=d.camera_motion)
+    if stale:
+        log.warning("%d video(s) were rejected before tracking and now pass the size/duration checks: "
+                    "rerun filter-videos with --force on them to measure their motion", stale)
+    table = store.write_all(rows)
+    return _summary(table.to_pylist(), len(rows), 0, 0)
+
+
+def summary_text(s: RunSummary) -> str:
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(s.counts.items()))
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(s.reasons.items()))
+    return f"{s.total} inputs ({s.processed} processed now): {counts}" + (f"; reasons: {reasons}" if reasons else "")
