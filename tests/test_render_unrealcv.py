@@ -1,0 +1,248 @@
+"""The UnrealCV backend against the local UnrealCV stand-in (tests/unrealcv_standin.py), over the real wire protocol.
+
+Unreal Engine cannot run here; the stand-in speaks UnrealCV's framing and
+renders exact geometry with its own Unreal projection, so these tests check
+that the exported canonical cameras reproject the server's markers to where
+the server drew them, that every frame is synchronized, and that the backend
+survives a dropped connection and detects missing capabilities.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from syncam_data.cameras import Camera, look_at, spherical_position
+from syncam_data.render.base import WorkerSlot, get_backend
+from syncam_data.render.output import SceneOutput, load_npz_array, read_cameras_json
+from syncam_data.scenes import AnimationSpec, BackgroundSpec, CameraSpec, SceneSpec, SubjectSpec, TrajectorySpec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from unrealcv_standin import SUBJECT_RADIUS_CM, StandinServer, level_markers  # noqa: E402
+
+W, H = 128, 96
+MAP = "/Game/Maps/TestLevel"
+
+
+def make_spec(scene_id: str = "scene_a", num_frames: int = 3, num_cameras: int = 3, hfov: float = 70.0, subjects: int = 2) -> SceneSpec:
+    centre = (0.0, 0.0, 1.0)
+    f = W / (2 * math.tan(math.radians(hfov) / 2))
+    cams = []
+    for i in range(num_cameras):
+        eye = spherical_position(centre, 4.5 + 0.5 * i, 10.0 + 12.0 * i, 25.0 + 115.0 * i)
+        cams.append(CameraSpec.from_camera(f"cam{i:02d}", Camera(W, H, f, f, W / 2, H / 2, look_at(eye, centre))))
+    subs = [
+        SubjectSpec(
+            instance_id=1, asset_id="walker", kind="unreal", asset="/Game/Characters/Walker/BP_Walker.BP_Walker_C",
+            animation=AnimationSpec(id="walk", clip="/Game/Characters/Walker/Anim_Walk.Anim_Walk", speed=1.5),
+            trajectory=TrajectorySpec(type="line", start=(-0.8, -0.6), end=(0.6, 0.9)),
+        ),
+        SubjectSpec(
+            instance_id=2, asset_id="dog", kind="unreal", asset="/Game/Animals/Dog/BP_Dog.BP_Dog_C", scale=0.8,
+            animation=AnimationSpec(id="trot", clip="/Game/Animals/Dog/Anim_Trot.Anim_Trot"),
+            trajectory=TrajectorySpec(type="circle", center=(0.2, -0.2), radius=0.9, turns=0.25, phase_deg=30),
+        ),
+    ][:subjects]
+    return SceneSpec(
+        scene_id=scene_id, seed=0, background=BackgroundSpec(id="test_level", kind="unreal_level", asset=MAP),
+        subjects=subs, center=centre, cameras=cams, num_frames=num_frames, fps=12.0, width=W, height=H,
+    )
+
+
+def render(backend, spec: SceneSpec, folder: Path):
+    out = SceneOutput(folder, fps=spec.fps, depth_dtype="float32")
+    seen: list[int] = []
+    result = backend.render_scene(spec, out, on_frame=seen.append)
+    out.finish({"spec": spec.model_dump(), "backend": result.backend, "info": result.info})
+    return result, seen
+
+
+def ue_to_canonical(p_cm) -> np.ndarray:
+    """The test's own statement of the convention: mirror Y, centimetres to metres."""
+    p = np.asarray(p_cm, dtype=np.float64)
+    return np.array([p[0], -p[1], p[2]]) / 100.0
+
+
+def sphere_pixels(cam: Camera, depth: np.ndarray, centre_m: np.ndarray, radius_m: float) -> np.ndarray:
+    """Pixels whose unprojected depth lands on the sphere's surface (independent of colours)."""
+    g = cam.pixel_grid().reshape(-1, 2)
+    d = depth.reshape(-1).astype(np.float64)
+    ok = np.isfinite(d)
+    pts = cam.unproject(g[ok], d[ok])
+    on = np.abs(np.linalg.norm(pts - centre_m, axis=1) - radius_m) < 0.01
+    idx = np.flatnonzero(ok)[on]
+    return g[idx]
+
+
+@pytest.fixture
+def server():
+    with StandinServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def backend_for(request):
+    made = []
+
+    def _make(srv: StandinServer, **opts):
+        b = get_backend("unrealcv", WorkerSlot(0, 1), port=[srv.port], connect_timeout=5, timeout=20, **opts)
+        b.open()
+        made.append(b)
+        return b
+
+    yield _make
+    for b in made:
+        b.close()
+
+
+def test_cameras_reproject_server_markers_within_a_pixel(server, backend_for, tmp_path):
+    spec = make_spec()
+    backend = backend_for(server)
+    result, seen = render(backend, spec, tmp_path / "scene_a")
+    assert seen == list(range(spec.num_frames))
+    assert result.info["animation_sync"] == "exact"
+    cams = read_cameras_json(tmp_path / "scene_a" / "cameras.json")
+    assert [c[0] for c in cams] == [c.id for c in spec.cameras]
+    checked = 0
+    for cam_id, cam, entry in cams:
+        assert entry["raw"]["convention"] == "unreal"
+        # The exported pose equals the spec's (the engine reported what was set).
+        np.testing.assert_allclose(cam.c2w, np.asarray(next(c for c in spec.cameras if c.id == cam_id).c2w).reshape(3, 4), atol=1e-4)
+        depth = load_npz_array(tmp_path / "scene_a" / "depth" / f"{cam_id}.npz", "depth")[0]
+        for m in level_markers(MAP):
+            centre = ue_to_canonical(m.location)
+            (uv,), (z,) = cam.project(centre[None])
+            if not (z > 0 and 3 <= uv[0] <= W - 3 and 3 <= uv[1] <= H - 3):
+                continue
+            px = sphere_pixels(cam, depth, centre, m.radius / 100.0)
+            if len(px) < 12:  # hidden behind a subject or another marker
+                continue
+            # The server drew the marker where our exported camera projects its centre.
+            assert np.abs(px.mean(axis=0) - uv).max() < 1.0, (cam_id, m.name)
+            # And the depth at the projected centre is the marker's front surface, in metres.
+            iu, iv = int(uv[0]), int(uv[1])
+            assert depth[iv, iu] == pytest.approx(z - m.radius / 100.0, abs=0.02)
+            checked += 1
+    assert checked >= 6
+    # Sky is inf (UnrealCV's 65504 cm sky), the ground is finite.
+    d0 = load_npz_array(tmp_path / "scene_a" / "depth" / "cam00.npz", "depth")
+    assert np.isinf(d0).any() and np.isfinite(d0).any()
+
+
+def test_every_capture_is_synchronized_with_the_spec(server, backend_for, tmp_path):
+    spec = make_spec(num_frames=4)
+    render(backend_for(server), spec, tmp_path / "s")
+    lit = [c for c in server.captures if c.mode == "lit"]
+    assert len(lit) == spec.num_frames * len(spec.cameras)
+    for i, cap in enumerate(lit):
+        k = i // len(spec.cameras)
+        assert cap.paused, "captured while the world was running"
+        for s in spec.subjects:
+            state = cap.actors[f"SynCamSubject_{s.instance_id}"]
+            xyz, yaw = s.trajectory.pose(k, spec.num_frames)
+            np.testing.assert_allclose(state["location"], [xyz[0] * 100, -xyz[1] * 100, xyz[2] * 100], atol=1e-3)
+            assert math.isclose(math.cos(math.radians(state["rotation"][1] + yaw)), 1.0, abs_tol=1e-6)
+            assert state["anim_time"] == pytest.approx(s.animation_time(k, spec.fps), abs=1e-5)
+            assert state["animation"] == s.animation.clip
+    # All cameras of one frame were captured in the same engine tick.
+    ticks = [c.tick for c in lit]
+    for k in range(spec.num_frames):
+        assert len(set(ticks[k * 3 : k * 3 + 3])) == 1
+    assert len(set(ticks)) == spec.num_frames
+
+
+def test_subject_masks_hold_instance_ids_where_the_server_drew_them(server, backend_for, tmp_path):
+    spec = make_spec(num_frames=2)
+    render(backend_for(server), spec, tmp_path / "s")
+    for cam_id, cam, _ in read_cameras_json(tmp_path / "s" / "cameras.json"):
+        ids = load_npz_array(tmp_path / "s" / "masks" / f"{cam_id}.npz", "ids")
+        assert ids.shape == (2, H, W)
+        assert set(np.unique(ids)) <= {0, 1, 2}
+        for s in spec.subjects:
+            for k in range(2):
+                xyz, _ = s.trajectory.pose(k, spec.num_frames)
+                r = SUBJECT_RADIUS_CM * s.scale / 100.0
+                (uv,), (z,) = cam.project(np.array([[xyz[0], xyz[1], xyz[2] + r]]))
+                if z > 0 and 0 <= uv[0] < W and 0 <= uv[1] < H:
+                    # The body centre pixel carries the subject's id unless the other subject hides it.
+                    assert ids[k, int(uv[1]), int(uv[0])] in (s.instance_id, 3 - s.instance_id)
+                    assert (ids[k] == s.instance_id).sum() > 20
+
+
+def test_dropped_connection_is_reconnected_and_scene_retried(backend_for, tmp_path, caplog):
+    with StandinServer(drop_after=40) as srv:
+        spec = make_spec(num_frames=3)
+        backend = backend_for(srv)
+        with caplog.at_level(logging.WARNING):
+            result, seen = render(backend, spec, tmp_path / "s")
+        assert srv.drops == 1 and srv.connections >= 2
+        assert result.info["retries"] == 1
+        assert "retrying the scene" in caplog.text
+        # The retry discarded the interrupted attempt's frames: every video has exactly num_frames.
+        from syncam_data.video import probe
+
+        for c in spec.cameras:
+            assert probe(tmp_path / "s" / "videos" / f"{c.id}.mp4").num_frames == spec.num_frames
+        assert load_npz_array(tmp_path / "s" / "depth" / "cam00.npz", "depth").shape[0] == spec.num_frames
+
+
+def test_without_plugin_falls_back_with_a_warning(backend_for, tmp_path, caplog):
+    with StandinServer(plugin=False) as srv:
+        spec = make_spec(num_frames=2, num_cameras=2)
+        with caplog.at_level(logging.WARNING):
+            result, _ = render(backend_for(srv), spec, tmp_path / "s")
+        assert result.info["animation_sync"] == "approximate"
+        assert "animation sync is APPROXIMATE" in caplog.text
+        lit = [c for c in srv.captures if c.mode == "lit"]
+        # Transforms are still exact; animation time comes from the engine clock.
+        s = spec.subjects[0]
+        xyz, _ = s.trajectory.pose(1, spec.num_frames)
+        np.testing.assert_allclose(lit[-1].actors["SynCamSubject_1"]["location"], [xyz[0] * 100, -xyz[1] * 100, xyz[2] * 100], atol=1e-3)
+        assert lit[-1].actors["SynCamSubject_1"]["anim_time"] > lit[0].actors["SynCamSubject_1"]["anim_time"]
+
+
+def test_require_plugin_fails_clearly_without_it(backend_for, tmp_path):
+    with StandinServer(plugin=False) as srv:
+        backend = backend_for(srv, require_plugin=True)
+        with pytest.raises(Exception, match="SynCam UE plugin"):
+            backend.render_scene(make_spec(num_frames=1), SceneOutput(tmp_path / "s", fps=12))
+
+
+def test_missing_capability_is_named(monkeypatch, tmp_path):
+    import unrealcv_standin as standin
+
+    monkeypatch.setattr(standin, "COMMAND_TEMPLATES", [t for t in standin.COMMAND_TEMPLATES if t != "vbatch [uint]"])
+    with StandinServer() as srv:
+        backend = get_backend("unrealcv", WorkerSlot(), port=srv.port, connect_timeout=5)
+        with pytest.raises(Exception, match=r"batch requests into one tick \('vbatch 2'\)"):
+            backend.open()
+        backend.close()
+
+
+def test_unix_socket_and_cine_lens(tmp_path, backend_for):
+    sock = str(tmp_path / "unrealcv_{port}.socket")
+    with StandinServer(unix_socket=sock) as srv:
+        spec = make_spec(num_frames=1, num_cameras=2, subjects=1)
+        backend = backend_for(srv, unix_socket=sock, lens="cine", sensor_width_mm=23.76)
+        assert backend.endpoint == srv.unix_socket
+        render(backend, spec, tmp_path / "s")
+        cams = read_cameras_json(tmp_path / "s" / "cameras.json")
+        for (cid, cam, _), c in zip(cams, spec.cameras):
+            assert cam.fx == pytest.approx(c.fx, rel=1e-5)
+        assert srv.world.cameras[1].focal_mm == pytest.approx(spec.cameras[0].fx * 23.76 / W, rel=1e-6)
+
+
+def test_rejects_specs_unreal_cannot_render(server, backend_for, tmp_path):
+    backend = backend_for(server)
+    spec = make_spec(num_frames=1)
+    bad = spec.model_copy(update={"background": BackgroundSpec(id="p", kind="procedural", asset="plane")})
+    with pytest.raises(ValueError, match="unreal_level"):
+        backend.render_scene(bad, SceneOutput(tmp_path / "a", fps=12))
+    cam = spec.cameras[0].model_copy(update={"cx": W / 2 + 5})
+    with pytest.raises(ValueError, match="centred principal point"):
+        backend.render_scene(spec.model_copy(update={"cameras": [cam]}), SceneOutput(tmp_path / "b", fps=12))
