@@ -246,3 +246,51 @@ def test_rejects_specs_unreal_cannot_render(server, backend_for, tmp_path):
     cam = spec.cameras[0].model_copy(update={"cx": W / 2 + 5})
     with pytest.raises(ValueError, match="centred principal point"):
         backend.render_scene(spec.model_copy(update={"cameras": [cam]}), SceneOutput(tmp_path / "b", fps=12))
+
+
+def _free_port_pair() -> int:
+    """A base port p with p and p+1 free (for two launched instances)."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            p = s.getsockname()[1]
+        try:
+            with socket.socket() as s2:
+                s2.bind(("127.0.0.1", p + 1))
+            return p
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair")
+
+
+def test_launch_one_engine_per_worker_and_restart_a_dead_one(tmp_path):
+    """--launch with K workers: each slot starts its own instance (the stand-in script as the "engine")."""
+    import os
+    import signal
+
+    script = Path(__file__).resolve().parent / "unrealcv_standin.py"
+    launch = f"{sys.executable} {script} --port {{port}}"
+    base = _free_port_pair()
+    backends = [get_backend("unrealcv", WorkerSlot(i, 2), port=[base], launch=launch, connect_timeout=30, timeout=20) for i in range(2)]
+    try:
+        for b in backends:
+            b.open()
+        assert [b.port for b in backends] == [base, base + 1]
+        for i, b in enumerate(backends):
+            spec = make_spec(scene_id=f"w{i}", num_frames=2, num_cameras=2, subjects=1)
+            render(b, spec, tmp_path / spec.scene_id)
+            assert len(read_cameras_json(tmp_path / spec.scene_id / "cameras.json")) == 2
+        # The engine of worker 0 dies: the next scene reconnects to a freshly started one.
+        dead = backends[0].proc
+        os.killpg(dead.pid, signal.SIGKILL)
+        dead.wait(timeout=10)
+        result, _ = render(backends[0], make_spec(scene_id="again", num_frames=1, num_cameras=1, subjects=1), tmp_path / "again")
+        assert result.info["retries"] == 1
+        assert backends[0].proc is not None and backends[0].proc.pid != dead.pid
+    finally:
+        procs = [b.proc for b in backends]
+        for b in backends:
+            b.close()
+    assert all(p.poll() is not None for p in procs if p is not None)
