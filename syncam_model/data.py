@@ -299,7 +299,8 @@ class PlanSampler(torch.utils.data.Sampler):
 
     def _plan_slot(self, kind: str, n: int, win: Window | None, rng: np.random.Generator) -> SlotPlan:
         st = self.state
-        tries = len(self.index.rank_groups[kind])
+        # Two epochs' worth of draws visit every group at least once, even across an epoch boundary.
+        tries = 2 * len(self.index.rank_groups[kind])
         for _ in range(tries):
             g = self._group_at(kind, st.draws[kind])
             st.draws[kind] += 1
