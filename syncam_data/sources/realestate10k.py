@@ -1,0 +1,384 @@
+"""RealEstate10K reader: per-sequence camera files, frames from images or from the video.
+
+On-disk format (REFERENCE.md): one ``<sequence>.txt`` per sequence, anywhere
+under the root (``train/``, ``test/`` split folders included). Line 1 is the
+YouTube URL; every further line is one frame: timestamp (µs), fx fy cx cy
+normalized by the image width/height, two zeros, then a row-major 3×4
+world-to-camera in OpenCV axes.
+
+Frames are found by timestamp, in one of two common layouts:
+
+- images ``<sequence>/<timestamp>.png|jpg`` beside the ``.txt`` or under
+  ``--frames-dir`` (``<frames-dir>/<split>/<sequence>/`` or
+  ``<frames-dir>/<sequence>/``);
+- the video ``<sequence>.mp4`` beside the ``.txt`` or under ``--videos-dir``
+  (also ``<youtube id>.mp4``), decoded by seeking to the frame nearest the
+  timestamp. Timestamps are times in the YouTube video; a video cut to the
+  sequence starts at the first timestamp instead (``--video-time``).
+
+Frame index: the position of the pose line in the ``.txt`` (0-based, the
+first pose line is index 0). The pose lines are themselves a subsample of the
+video (about every 8–9th frame at 29.97 fps), so each frame also has a *video
+frame number*: round(timestamp · fps), with the video's fps, or ``--fps`` when
+frames come as images.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from syncam_data.cameras import Camera, CameraError, parse_realestate10k_line
+from syncam_data.ids import UnsafeIdError, check_id, sanitize_id
+from syncam_data.sources.frameset import SourceError, SourceFrame, read_image_rgb
+from syncam_data.video import VideoError, decode, probe
+
+log = logging.getLogger(__name__)
+
+SOURCE = "realestate10k"
+DEFAULT_FPS = 30000 / 1001
+IMAGE_EXTS = (".png", ".jpg", ".jpeg")
+VIDEO_EXTS = (".mp4", ".mkv", ".webm", ".mov")
+FRAMES_FROM = ("auto", "images", "video")
+VIDEO_TIME = ("auto", "absolute", "relative")
+GAP_UNITS = ("video-frames", "index")
+
+
+@dataclass(frozen=True)
+class Re10kOptions:
+    """Where frames live and how timestamps map to them."""
+
+    frames_dir: str | None = None
+    videos_dir: str | None = None
+    frames_from: str = "auto"  # auto: an image folder when one exists, else the video
+    video_time: str = "auto"  # absolute: YouTube time; relative: video starts at the first timestamp
+    fps: float = DEFAULT_FPS  # for video frame numbers when frames come as images
+    gap_unit: str = "video-frames"
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("frames_from", FRAMES_FROM), ("video_time", VIDEO_TIME), ("gap_unit", GAP_UNITS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name.replace('_', '-')} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not self.fps > 0:
+            raise ValueError(f"fps must be positive, got {self.fps}")
+
+
+@dataclass(frozen=True)
+class SequenceRef:
+    """A camera file found under the root: cheap to create, to pickle and to keep in a queue."""
+
+    sequence_id: str
+    path: str  # the .txt
+    rel_dir: str  # its folder relative to the root ("" or e.g. "train")
+
+    @property
+    def uri(self) -> str:
+        return self.path
+
+
+# --- discovery ---------------------------------------------------------------------
+
+
+def iter_sequence_refs(root: str | Path, exclude: Path | None = None) -> Iterator[SequenceRef]:
+    """Yield every ``*.txt`` under ``root`` in sorted order, one directory listing at a time.
+
+    Frame folders (a sub-folder named like a camera file beside it) are not
+    descended into: they hold images, and listing them would dominate the scan.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise SourceError(f"{root}: RealEstate10K root is not a directory")
+    yield from _walk(root, root, exclude.resolve() if exclude else None)
+
+
+def _walk(folder: Path, root: Path, exclude: Path | None) -> Iterator[SequenceRef]:
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as e:
+        log.warning("cannot list %s: %s", folder, e)
+        return
+    stems = {e.name[:-4] for e in entries if e.name.endswith(".txt") and e.is_file()}
+    rel = os.path.relpath(folder, root)
+    rel = "" if rel == "." else rel
+    for e in entries:
+        if e.name.startswith("."):
+            continue
+        if e.is_file() and e.name.endswith(".txt"):
+            yield SequenceRef(_sequence_id(e.name[:-4]), e.path, rel)
+        elif e.is_dir() and e.name not in stems:
+            sub = Path(e.path)
+            if exclude is not None and sub.resolve() == exclude:
+                continue
+            yield from _walk(sub, root, exclude)
+
+
+def _sequence_id(stem: str) -> str:
+    try:
+        return check_id(stem, "sequence id")
+    except UnsafeIdError:
+        return sanitize_id(stem)
+
+
+# --- the camera file ----------------------------------------------------------------
+
+
+@dataclass
+class CameraFile:
+    """A parsed ``.txt``: per pose line its timestamp, normalized intrinsics and canonical pose."""
+
+    path: Path
+    url: str
+    timestamps_us: np.ndarray  # (N,) int64
+    intrinsics_norm: np.ndarray  # (N, 4) fx/W fy/H cx/W cy/H
+    c2w: np.ndarray  # (N, 3, 4) canonical OpenCV camera-to-world
+    w2c: np.ndarray  # (N, 3, 4) as in the file
+    line_numbers: np.ndarray  # (N,) 1-based line in the file
+
+    def __len__(self) -> int:
+        return len(self.timestamps_us)
+
+    def camera(self, i: int, width: int, height: int) -> Camera:
+        fx, fy, cx, cy = self.intrinsics_norm[i]
+        return Camera(width, height, fx * width, fy * height, cx * width, cy * height, self.c2w[i])
+
+    def raw(self, i: int) -> dict[str, Any]:
+        return {
+            "convention": "realestate10k_w2c",
+            "w2c": [float(v) for v in self.w2c[i].reshape(-1)],
+            "intrinsics_normalized": [float(v) for v in self.intrinsics_norm[i]],
+            "line": int(self.line_numbers[i]),
+        }
+
+
+def read_camera_file(path: str | Path) -> CameraFile:
+    """Parse a RealEstate10K camera file; SourceError names the file and line of any bad pose."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SourceError(f"{path}: cannot read camera file ({e})") from None
+    lines = text.splitlines()
+    if not lines or not lines[0].strip().lower().startswith(("http://", "https://")):
+        raise SourceError(f"{path}: line 1: not a RealEstate10K camera file (first line must be the video URL)")
+    ts, intr, c2w, w2c, nums = [], [], [], [], []
+    for n, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        try:
+            t, cam = parse_realestate10k_line(line, 1, 1)
+        except CameraError as e:
+            raise SourceError(f"{path}: line {n}: bad pose line: {e}") from None
+        parts = line.split()
+        if ts and t <= ts[-1]:
+            raise SourceError(f"{path}: line {n}: timestamp {t} does not increase (previous {ts[-1]})")
+        ts.append(t)
+        intr.append([cam.fx, cam.fy, cam.cx, cam.cy])
+        c2w.append(cam.c2w)
+        w2c.append(np.array([float(v) for v in parts[7:19]]).reshape(3, 4))
+        nums.append(n)
+    if not ts:
+        raise SourceError(f"{path}: no pose lines")
+    return CameraFile(path, lines[0].strip(), np.array(ts, np.int64), np.array(intr), np.stack(c2w), np.stack(w2c), np.array(nums))
+
+
+def youtube_id(url: str) -> str | None:
+    m = re.search(r"(?:v=|youtu\.be/|/embed/|/shorts/)([A-Za-z0-9_-]{6,})", url)
+    return m.group(1) if m else None
+
+
+# --- frames ----------------------------------------------------------------------------
+
+
+def _image_dirs(ref: SequenceRef, opts: Re10kOptions) -> list[Path]:
+    txt = Path(ref.path)
+    dirs = [txt.parent / txt.stem]
+    if opts.frames_dir:
+        fd = Path(opts.frames_dir)
+        if ref.rel_dir:
+            dirs.append(fd / ref.rel_dir / txt.stem)
+        dirs.append(fd / txt.stem)
+    return dirs
+
+
+def _video_candidates(ref: SequenceRef, url: str, opts: Re10kOptions) -> list[Path]:
+    txt = Path(ref.path)
+    names = [txt.stem]
+    yid = youtube_id(url)
+    if yid and yid != txt.stem:
+        names.append(yid)
+    folders = [txt.parent]
+    if opts.videos_dir:
+        vd = Path(opts.videos_dir)
+        if ref.rel_dir:
+            folders.append(vd / ref.rel_dir)
+        folders.append(vd)
+    return [f / (n + ext) for f in folders for n in names for ext in VIDEO_EXTS]
+
+
+def timestamps_to_video_frames(ts_us: np.ndarray, fps: float, num_frames: int, mode: str, name: str) -> tuple[np.ndarray, str]:
+    """Nearest video frame for each timestamp; ``auto`` picks absolute time when it fits the video."""
+    tried = ("absolute", "relative") if mode == "auto" else (mode,)
+    for m in tried:
+        exact = (ts_us - (ts_us[0] if m == "relative" else 0)) * fps / 1e6
+        idx = np.rint(exact).astype(np.int64)
+        # A time in the second half of the last frame's display interval rounds one past the end.
+        idx[(idx == num_frames) & (exact < num_frames)] = num_frames - 1
+        if idx.min() >= 0 and idx.max() < num_frames:
+            return idx, m
+    last = ts_us[-1] / 1e6
+    raise SourceError(
+        f"{name}: timestamps (up to {last:.2f} s, {(ts_us[-1] - ts_us[0]) / 1e6:.2f} s after the first) "
+        f"do not fit the video ({num_frames} frames at {fps:.3f} fps, --video-time {mode})"
+    )
+
+
+@dataclass
+class Re10kSequence:
+    """One opened sequence: poses, how frames are fetched, and the positions --max-gap is measured in."""
+
+    ref: SequenceRef
+    cameras: CameraFile
+    frames_kind: str  # images | video
+    frames_path: Path  # the image folder or the video file
+    video_frames: np.ndarray | None  # (N,) video frame number per pose line (None: images without --fps use)
+    gap_positions: np.ndarray
+    video_fps: float | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    source = SOURCE
+
+    @property
+    def sequence_id(self) -> str:
+        return self.ref.sequence_id
+
+    @property
+    def source_uri(self) -> str:
+        return self.ref.path
+
+    @property
+    def c2w(self) -> np.ndarray:
+        return self.cameras.c2w
+
+    @property
+    def frame_indices(self) -> np.ndarray:
+        return np.arange(len(self.cameras))
+
+    def header(self) -> dict[str, Any]:
+        h: dict[str, Any] = {"url": self.cameras.url, "frames_from": self.frames_kind, "frames_uri": str(self.frames_path)}
+        if self.video_fps:
+            h["video_fps"] = self.video_fps
+        return h
+
+    def describe_entry(self, i: int) -> str:
+        return f"line {int(self.cameras.line_numbers[i])} of {self.cameras.path}"
+
+    def load_frames(self, entries: list[int]) -> dict[int, SourceFrame]:
+        if self.frames_kind == "images":
+            return {i: self._frame_from_image(i) for i in entries}
+        return self._frames_from_video(entries)
+
+    def _extra(self, i: int, uri: str) -> dict[str, Any]:
+        ex: dict[str, Any] = {"timestamp_us": int(self.cameras.timestamps_us[i])}
+        if self.video_frames is not None:
+            ex["video_frame"] = int(self.video_frames[i])
+        ex["source_uri"] = uri
+        return ex
+
+    def _frame_from_image(self, i: int) -> SourceFrame:
+        ts = int(self.cameras.timestamps_us[i])
+        path = next((self.frames_path / f"{ts}{ext}" for ext in IMAGE_EXTS if (self.frames_path / f"{ts}{ext}").is_file()), None)
+        if path is None:
+            raise SourceError(f"{self.frames_path}/{ts}.png: image file is missing (frame {i}, {self.describe_entry(i)})")
+        img = read_image_rgb(path)
+        h, w = img.shape[:2]
+        return SourceFrame(i, img, self.cameras.camera(i, w, h), self.cameras.raw(i), self._extra(i, str(path)))
+
+    def _frames_from_video(self, entries: list[int]) -> dict[int, SourceFrame]:
+        assert self.video_frames is not None
+        wanted = [int(self.video_frames[i]) for i in entries]
+        imgs = decode(self.frames_path, wanted)
+        h, w = imgs.shape[1:3]
+        out = {}
+        for i, k, img in zip(entries, wanted, imgs):
+            out[i] = SourceFrame(i, img, self.cameras.camera(i, w, h), self.cameras.raw(i), self._extra(i, f"{self.frames_path}#frame={k}"))
+        return out
+
+
+def open_sequence(ref: SequenceRef, opts: Re10kOptions) -> Re10kSequence:
+    """Parse the camera file and locate its frames; SourceError / VideoError name what is wrong."""
+    cf = read_camera_file(ref.path)
+    kind, path = _locate_frames(ref, cf.url, opts)
+    video_frames, fps = None, None
+    warnings: list[str] = []
+    if kind == "video":
+        info = probe(path)
+        fps = info.fps
+        if not fps > 0:
+            raise SourceError(f"{path}: video has no frame rate")
+        video_frames, used = timestamps_to_video_frames(cf.timestamps_us, fps, info.num_frames, opts.video_time, str(path))
+        if opts.video_time == "auto":
+            log.debug("%s: timestamps read as %s video time", path, used)
+        if np.any(np.diff(video_frames) <= 0):
+            dup = int(np.argmax(np.diff(video_frames) <= 0)) + 1
+            raise SourceError(f"{ref.path}: line {int(cf.line_numbers[dup])}: timestamp maps to the same video frame as the previous line in {path}")
+    else:
+        fps = None
+        video_frames = np.rint((cf.timestamps_us - cf.timestamps_us[0]) * opts.fps / 1e6).astype(np.int64)
+        if np.any(np.diff(video_frames) <= 0):
+            video_frames = None  # timestamps closer than one frame at --fps: no usable video frame numbers
+            if opts.gap_unit == "video-frames":
+                raise SourceError(f"{ref.path}: timestamps are closer than one frame at --fps {opts.fps:g}; use --gap-unit index")
+    if kind == "images":
+        _check_images(cf, path)
+    gap = video_frames if opts.gap_unit == "video-frames" else np.arange(len(cf))
+    assert gap is not None
+    return Re10kSequence(ref, cf, kind, path, video_frames, np.asarray(gap, np.int64), fps, warnings)
+
+
+def _check_images(cf: CameraFile, folder: Path) -> None:
+    """Every pose line needs its image; one directory listing instead of a stat per frame."""
+    try:
+        with os.scandir(folder) as it:
+            names = {e.name for e in it}
+    except OSError as e:
+        raise SourceError(f"{folder}: cannot list frame folder ({e})") from None
+    for i, ts in enumerate(cf.timestamps_us):
+        if not any(f"{int(ts)}{ext}" in names for ext in IMAGE_EXTS):
+            raise SourceError(f"{folder}/{int(ts)}.png: image file is missing (frame {i}, line {int(cf.line_numbers[i])} of {cf.path})")
+
+
+def _locate_frames(ref: SequenceRef, url: str, opts: Re10kOptions) -> tuple[str, Path]:
+    if opts.frames_from in ("auto", "images"):
+        for d in _image_dirs(ref, opts):
+            if d.is_dir():
+                return "images", d
+    if opts.frames_from in ("auto", "video"):
+        for v in _video_candidates(ref, url, opts):
+            if v.is_file():
+                return "video", v
+    looked = [str(d) for d in _image_dirs(ref, opts)] if opts.frames_from != "video" else []
+    if opts.frames_from != "images":
+        looked.append(f"{Path(ref.path).with_suffix('.mp4')}" + (f" and {opts.videos_dir}/" if opts.videos_dir else ""))
+    raise SourceError(f"{ref.path}: no frames found (looked for {', '.join(looked)})")
+
+
+__all__ = [
+    "SOURCE",
+    "Re10kOptions",
+    "SequenceRef",
+    "CameraFile",
+    "Re10kSequence",
+    "iter_sequence_refs",
+    "read_camera_file",
+    "open_sequence",
+    "timestamps_to_video_frames",
+    "youtube_id",
+    "VideoError",
+]
