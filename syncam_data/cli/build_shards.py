@@ -2,9 +2,123 @@
 
 from __future__ import annotations
 
-from syncam_data.cli.app import app, not_landed
+import json
+from pathlib import Path
+
+import typer
+
+from syncam_data.cli.app import app, fail
 
 
-@app.command("build-shards", help="Pack renders, frame sets, filtered videos and SynCamVideo data into Parquet shards.", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def build_shards() -> None:
-    raise not_landed("build-shards", 7)
+def parse_intrinsics(text: str | None) -> tuple[float, float, float, float] | None:
+    if not text:
+        return None
+    try:
+        vals = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise fail(f"--intrinsics {text!r}: expected four numbers fx,fy,cx,cy") from None
+    if len(vals) != 4 or vals[0] <= 0 or vals[1] <= 0:
+        raise fail(f"--intrinsics {text!r}: expected four numbers fx,fy,cx,cy with fx, fy > 0")
+    return vals  # type: ignore[return-value]
+
+
+def parse_mix(text: str | None) -> dict[str, float] | None:
+    """'multiview_video=0.6,multiview_image=0.2,single_video=0.2' -> dict."""
+    if not text:
+        return None
+    out = {}
+    for part in text.split(","):
+        key, sep, val = part.partition("=")
+        try:
+            out[key.strip()] = float(val)
+        except ValueError:
+            raise fail(f"--mix {text!r}: expected NAME=WEIGHT pairs separated by commas") from None
+        if not sep or not key.strip() or out[key.strip()] < 0:
+            raise fail(f"--mix {text!r}: expected NAME=WEIGHT pairs with non-negative weights")
+    return out
+
+
+@app.command("build-shards")
+def build_shards(
+    out: Path = typer.Option(..., "--out", "-o", help="Dataset folder to create or extend (dataset.json, index.parquet, shards). On Ray it must be on storage every node sees."),
+    renders: list[Path] = typer.Option([], "--renders", help="Folder of render scene folders (Contract 2) -> multiview_video rows (syncam-blender / syncam-unreal). Repeatable."),
+    frames: list[Path] = typer.Option([], "--frames", help="Folder of sample-frames group folders -> multiview_image rows (realestate10k / dl3dv). Repeatable."),
+    videos: list[Path] = typer.Option([], "--videos", help="A filter-videos scores.parquet; its kept rows -> single_video rows (web). Repeatable."),
+    syncamvideo: list[Path] = typer.Option([], "--syncamvideo", help="Released SynCamVideo/MultiCamVideo data: the root, one subset or one sceneN folder -> multiview_video rows (syncamvideo). Repeatable."),
+    captions: Path | None = typer.Option(None, "--captions", help="JSONL or CSV mapping sample_id, group_id or source path to a caption (see docs/build-shards.md). Missing captions are counted, never invented."),
+    name: str = typer.Option("syncam", "--name", help="Shard file prefix: <name>-00000.parquet, ..."),
+    shard_size: str = typer.Option("512MB", "--shard-size", help="Target shard size (e.g. 512MB, 1GB); also the unit of parallel work."),
+    row_group_size: str = typer.Option("96MB", "--row-group-size", help="Target row-group size inside a shard (64-128MB suits random access)."),
+    engine: str = typer.Option("local", "--engine", help="local (processes on this machine) or ray (Ray tasks on a cluster)."),
+    workers: int = typer.Option(1, "--workers", "-w", min=1, help="Local engine: parallel processes (1 = in this process)."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster address (e.g. auto or ray://head:10001); default starts a local Ray."),
+    fov: float | None = typer.Option(None, "--fov", help="SynCamVideo: horizontal field of view in degrees (instead of the lens/filmback)."),
+    intrinsics: str | None = typer.Option(None, "--intrinsics", help="SynCamVideo: fx,fy,cx,cy in pixels of the videos (overrides --fov and the lens)."),
+    focal_mm: float = typer.Option(24.0, "--focal-mm", help="SynCamVideo: lens focal length in mm (SynCamVideo 2025: 24)."),
+    sensor_mm: float = typer.Option(23.76, "--sensor-mm", help="SynCamVideo: filmback (sensor) width in mm (SynCamVideo 2025: 23.76); scaled to the video width."),
+    max_frames: int = typer.Option(1000, "--max-frames", min=1, help="Web videos: clips longer than this are re-encoded keeping their first MAX_FRAMES frames."),
+    max_size: str = typer.Option("128MB", "--max-size", help="Web videos: clips bigger than this are re-encoded (and refused if still bigger)."),
+    crf: int = typer.Option(20, "--crf", min=0, max=51, help="Web videos: x264 quality when re-encoding (lower = better, bigger)."),
+    mix: str | None = typer.Option(None, "--mix", help="Training mix to record in dataset.json, e.g. multiview_video=0.6,multiview_image=0.2,single_video=0.2."),
+    max_groups: int | None = typer.Option(None, "--max-groups", min=1, help="Write at most this many new groups this run (the rest on a later run)."),
+    fail_on_error: bool = typer.Option(False, "--fail-on-error", help="Exit 1 when any group failed (they are always recorded and skipped)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write this build's summary as JSON to this file."),
+) -> None:
+    """Pack renders, frame sets, filtered web videos and SynCamVideo data into one Parquet shard dataset (Contract 3).
+
+    Incremental: a re-run adds only groups that are not in the dataset yet, and
+    skips duplicate groups (same content hash). Crash-safe: a killed build
+    leaves a valid dataset of the shards it committed. `--engine local` and
+    `--engine ray` write the same shard files.
+    """
+    from syncam_data.shards.adapters import AdapterOptions
+    from syncam_data.shards.build import BuildConfig, BuildError, build_shards as run_build
+    from syncam_data.shards.captions import CaptionsError
+    from syncam_data.shards.writer import parse_size
+
+    try:
+        options = AdapterOptions(
+            intrinsics=parse_intrinsics(intrinsics),
+            fov_deg=fov,
+            focal_mm=focal_mm,
+            sensor_mm=sensor_mm,
+            max_frames=max_frames,
+            max_size=parse_size(max_size),
+            crf=crf,
+        )
+        cfg = BuildConfig(
+            out=out,
+            renders=list(renders),
+            frames=list(frames),
+            videos=list(videos),
+            syncamvideo=list(syncamvideo),
+            captions=captions,
+            name=name,
+            shard_size=shard_size,
+            row_group_size=row_group_size,
+            engine=engine,
+            workers=workers,
+            ray_address=ray_address,
+            options=options,
+            mix=parse_mix(mix),
+            max_groups=max_groups,
+        )
+        summary = run_build(cfg)
+    except (BuildError, CaptionsError, ValueError) as e:
+        raise fail(str(e)) from None
+    d = summary.to_dict()
+    if json_out:
+        json_out.write_text(json.dumps(d, indent=2))
+    typer.echo(
+        f"{out}: wrote {summary.groups_written} group(s), {summary.views_written} view(s), "
+        f"{summary.bytes_written / 1e6:.1f} MB in {len(summary.shards_written)} shard(s) in {summary.seconds:.1f}s; "
+        f"skipped {summary.skipped_existing} already present, {summary.skipped_duplicate} duplicate(s)"
+    )
+    c = summary.captions
+    typer.echo(f"captions: {c['from_file']} from --captions, {c['from_source']} from the source, {c['missing']} missing")
+    for e in summary.errors[:20]:
+        typer.echo(f"error: {e['input']}: {e['error']}", err=True)
+    if len(summary.errors) > 20:
+        typer.echo(f"... and {len(summary.errors) - 20} more errors (see dataset.json stats.builds)", err=True)
+    if summary.errors and fail_on_error:
+        raise typer.Exit(1)

@@ -31,8 +31,12 @@ SCHEMA = pa.schema(
         pa.field("width", pa.int32(), nullable=False),
         pa.field("fps", pa.float32()),
         pa.field("frame_indices", pa.list_(pa.int32())),
-        pa.field("K", pa.list_(pa.float32(), 4)),
-        pa.field("c2w", pa.list_(pa.float32(), 12)),
+        # K (4 numbers) and c2w (12) are stored as variable-size lists whose length the
+        # writer and validate check: pyarrow <= 25 (pinned: numpy < 2) cannot read a
+        # fixed_size_list column holding a null back from Parquet (apache/arrow#35692),
+        # and web clips have null cameras. Readers see the same Python values.
+        pa.field("K", pa.list_(pa.float32())),
+        pa.field("c2w", pa.list_(pa.float32())),
         pa.field("media", pa.binary(), nullable=False),
         pa.field("media_format", pa.string(), nullable=False),
         pa.field("depth", pa.binary()),
@@ -46,6 +50,9 @@ SCHEMA = pa.schema(
     ],
     metadata={"syncam_schema_version": str(SCHEMA_VERSION)},
 )
+
+# Types older datasets may carry for a column (readable while they hold no null).
+LEGACY_TYPES = {"K": pa.list_(pa.float32(), 4), "c2w": pa.list_(pa.float32(), 12)}
 
 INDEX_EXTRA = [
     pa.field("shard", pa.string(), nullable=False),

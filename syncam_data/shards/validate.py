@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from syncam_data.cameras import CameraError, check_rotation
 from syncam_data.engine import run_tasks
 from syncam_data.ids import UnsafeIdError, check_id
-from syncam_data.shards.schema import BLOB_COLUMNS, KINDS, MEDIA_FORMATS, SCHEMA, SCHEMA_VERSION
+from syncam_data.shards.schema import BLOB_COLUMNS, KINDS, LEGACY_TYPES, MEDIA_FORMATS, SCHEMA, SCHEMA_VERSION
 from syncam_data.shards.writer import DATASET_JSON, INDEX_FILE, sha256_file
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,8 @@ def _check_shard(task: tuple[str, dict, bool]) -> tuple[list[str], int]:
         probs.append(f"{path}: missing columns {sorted(missing)}")
         return probs, 0
     for f in SCHEMA:
-        if not pf.schema_arrow.field(f.name).type.equals(f.type):
+        got = pf.schema_arrow.field(f.name).type
+        if not got.equals(f.type) and not (f.name in LEGACY_TYPES and got.equals(LEGACY_TYPES[f.name])):
             probs.append(f"{path}: column {f.name} has type {pf.schema_arrow.field(f.name).type}, expected {f.type}")
     if pf.metadata.num_rows != info.get("num_rows"):
         probs.append(f"{path}: {pf.metadata.num_rows} rows, dataset.json says {info.get('num_rows')}")
@@ -164,10 +165,14 @@ def check_row(row: dict[str, Any], decode_media: bool = True) -> list[str]:
     if fi is not None and len(fi) != row["num_frames"]:
         p.append(f"frame_indices has {len(fi)} entries, num_frames is {row['num_frames']}")
     K = row.get("K")
-    if K is not None and not (K[0] > 0 and K[1] > 0 and all(np.isfinite(K))):
+    if K is not None and len(K) != 4:
+        p.append(f"K has {len(K)} numbers, expected 4 (fx, fy, cx, cy)")
+    elif K is not None and not (K[0] > 0 and K[1] > 0 and all(np.isfinite(K))):
         p.append(f"invalid intrinsics {K}")
     c2w = row.get("c2w")
-    if c2w is not None:
+    if c2w is not None and len(c2w) != 12:
+        p.append(f"c2w has {len(c2w)} numbers, expected 12")
+    elif c2w is not None:
         try:
             check_rotation(np.asarray(c2w, dtype=np.float64).reshape(3, 4)[:, :3], tol=1e-3, what="c2w rotation")
         except CameraError as e:

@@ -187,6 +187,37 @@ class ShardWriter:
             self._finish_shard()
         return True
 
+    def reserve_shard_names(self, n: int) -> list[str]:
+        """The next ``n`` shard file names, for shards written elsewhere (worker processes, Ray tasks)."""
+        names = [f"{self.name}{self.suffix}-{self._next_number + k:05d}.parquet" for k in range(n)]
+        self._next_number += n
+        return names
+
+    def adopt_shard(self, tmp_path: str | os.PathLike, file: str, index: pa.Table, num_groups: int, sha256: str | None = None) -> ShardInfo:
+        """Commit a complete shard written elsewhere under a temporary name in this folder.
+
+        The file is renamed to ``file``, listed in ``dataset.json`` (shards kept
+        sorted by name, so the manifest does not depend on which task finished
+        first) and its ``index`` rows (INDEX_SCHEMA) added; the manifest is
+        rewritten at once, as for shards this writer writes itself.
+        """
+        tmp = Path(tmp_path)
+        final = self.out / file
+        if final.exists() or any(s["file"] == file for s in self.shards):
+            raise FileExistsError(f"{final}: shard name already used")
+        os.replace(tmp, final)
+        info = ShardInfo(file, index.num_rows, sha256 or sha256_file(final), final.stat().st_size, num_groups)
+        pos = sum(1 for s in self.shards if s["file"] < file)
+        self.shards.insert(pos, info.__dict__)
+        self._index_tables.append(index.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA))
+        self.known_groups.update(zip(index.column("dataset").to_pylist(), index.column("group_id").to_pylist()))
+        self.known_hashes.update(h for h in index.column("group_hash").to_pylist() if h)
+        self.stats["groups_written"] += num_groups
+        self.stats["rows_written"] += index.num_rows
+        log.info("committed shard %s (%d rows, %.1f MB)", file, info.num_rows, info.num_bytes / 1e6)
+        self._write_manifest(None)
+        return info
+
     def close(self, stats: dict[str, Any] | None = None) -> dict[str, Any]:
         if self._open is not None:
             self._finish_shard()

@@ -1,0 +1,197 @@
+"""The released SynCamVideo / MultiCamVideo layout -> ``multiview_video`` groups (dataset ``syncamvideo``).
+
+``<root>/<subset>/sceneN/videos/camXX.mp4`` + ``.../sceneN/cameras/camera_extrinsics.json``
+(a UE row-vector 4x4 in cm per ``frameN`` and ``camXX``; see REFERENCE.md).
+``--syncamvideo`` may point at the root, at a subset or at one scene. The group
+id is ``<subset>-<scene>`` (the scene folder's parent and name), stable
+whichever level was given.
+
+Cameras: the first frame's extrinsics converted with
+``cameras.c2w_from_ue_row_matrix`` (canonical, metres). The released cameras
+are static; when a camera moves anyway, a warning is logged and its
+per-frame canonical poses are kept in ``extra.c2w_per_frame``. Intrinsics
+(none are shipped): explicit ``intrinsics`` > horizontal ``fov_deg`` > the
+lens/filmback (``focal_mm`` on a ``sensor_mm``-wide sensor: 24 mm on
+23.76 mm for SynCamVideo 2025), always for the actual video size.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from syncam_data.cameras import CameraError, c2w_from_ue_row_matrix, intrinsics_from_filmback, intrinsics_from_hfov, parse_ue_row_matrix
+from syncam_data.ids import sanitize_id
+from syncam_data.shards.adapters.base import (
+    AdapterError,
+    AdapterOptions,
+    GroupPlan,
+    GroupRef,
+    ViewPlan,
+    file_digest,
+    group_hash,
+    probe_clip,
+    read_bytes,
+)
+from syncam_data.shards.schema import ViewRecord
+
+log = logging.getLogger(__name__)
+
+SOURCE = "syncamvideo"
+KIND = "multiview_video"
+DATASET = "syncamvideo"
+EXTRINSICS = Path("cameras") / "camera_extrinsics.json"
+_FRAME_RE = re.compile(r"^frame(\d+)$")
+
+
+def is_scene(folder: Path) -> bool:
+    return (folder / EXTRINSICS).is_file() and (folder / "videos").is_dir()
+
+
+def discover(path: Path, options: AdapterOptions) -> list[GroupRef]:
+    """Scenes at ``path`` itself, among its children (a subset), or its grandchildren (the root)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise AdapterError(f"{path}: --syncamvideo must be a folder (dataset root, subset or scene)")
+    if is_scene(path):
+        scenes = [path]
+    else:
+        kids = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+        scenes = [k for k in kids if is_scene(k)]
+        if not scenes:
+            scenes = [g for k in kids for g in sorted(k.iterdir()) if g.is_dir() and not g.name.startswith(".") and is_scene(g)]
+    if not scenes:
+        log.warning("%s: no SynCamVideo scene found (expected sceneN/videos/camXX.mp4 and sceneN/%s)", path, EXTRINSICS)
+    return [GroupRef(SOURCE, str(s.resolve()), dataset=DATASET, group_id=group_id_for(s.resolve())) for s in scenes]
+
+
+def group_id_for(scene: Path) -> str:
+    return sanitize_id(f"{scene.parent.name}-{scene.name}")
+
+
+def load_extrinsics(scene: Path) -> dict[int, dict[str, str]]:
+    """frame number -> {cam: UE row-matrix text}, frames sorted."""
+    p = scene / EXTRINSICS
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise AdapterError(f"{p}: cannot read ({e})") from None
+    if not isinstance(data, dict) or not data:
+        raise AdapterError(f"{p}: expected an object keyed frameN -> camXX -> matrix text")
+    out: dict[int, dict[str, str]] = {}
+    for key, cams in data.items():
+        m = _FRAME_RE.match(key)
+        if not m or not isinstance(cams, dict):
+            raise AdapterError(f"{p}: unexpected entry {key!r} (expected frameN -> {{camXX: matrix}})")
+        out[int(m.group(1))] = cams
+    return dict(sorted(out.items()))
+
+
+def _views(scene: Path, extr: dict[int, dict[str, str]]) -> list[str]:
+    first = extr[next(iter(extr))]
+    videos = {p.stem for p in (scene / "videos").glob("*.mp4")}
+    no_pose = sorted(videos - set(first))
+    if no_pose:
+        log.warning("%s: videos without extrinsics skipped: %s", scene, no_pose)
+    no_video = sorted(set(first) - videos)
+    if no_video:
+        log.warning("%s: cameras without a video skipped: %s", scene, no_video)
+    views = sorted(videos & set(first))
+    if not views:
+        raise AdapterError(f"{scene}: no camera has both a video and extrinsics")
+    return views
+
+
+def scan(ref: GroupRef, options: AdapterOptions) -> GroupPlan:
+    scene = Path(ref.path)
+    extr = load_extrinsics(scene)
+    views = _views(scene, extr)
+    digests = [file_digest(scene / "videos" / f"{v}.mp4") for v in views]
+    digests.append(file_digest(scene / EXTRINSICS))
+    nbytes = sum((scene / "videos" / f"{v}.mp4").stat().st_size for v in views)
+    plans = [ViewPlan(v, str(scene / "videos" / f"{v}.mp4")) for v in views]
+    return GroupPlan(ref, DATASET, group_id_for(scene), group_hash(KIND, digests), plans, nbytes)
+
+
+def intrinsics_for(width: int, height: int, options: AdapterOptions) -> tuple[tuple[float, float, float, float], str]:
+    if options.intrinsics is not None:
+        return tuple(float(v) for v in options.intrinsics), "given"  # type: ignore[return-value]
+    if options.fov_deg is not None:
+        return intrinsics_from_hfov(width, height, options.fov_deg), f"hfov {options.fov_deg} deg"
+    return intrinsics_from_filmback(width, height, options.focal_mm, options.sensor_mm), f"lens {options.focal_mm} mm on {options.sensor_mm} mm filmback"
+
+
+def camera_track(scene: Path, extr: dict[int, dict[str, str]], cam: str, options: AdapterOptions) -> tuple[np.ndarray, list[list[float]] | None]:
+    """(first-frame canonical c2w, per-frame c2w list when the camera moves else None)."""
+    where = scene / EXTRINSICS
+    try:
+        mats = [parse_ue_row_matrix(frames[cam]) for frames in extr.values()]
+    except KeyError:
+        raise AdapterError(f"{where}: camera {cam} is missing in some frames") from None
+    except CameraError as e:
+        raise AdapterError(f"{where}: camera {cam}: {e}") from None
+    stack = np.stack(mats)
+    dt = np.abs(stack[:, 3, :3] - stack[0, 3, :3]).max()
+    dr = np.abs(stack[:, :3, :3] - stack[0, :3, :3]).max()
+    c2w0 = c2w_from_ue_row_matrix(mats[0])
+    if dt <= options.static_tol_cm and dr <= options.static_tol_rot:
+        return c2w0, None
+    log.warning("%s: camera %s moves (up to %.3g cm, %.3g rotation) — storing per-frame poses in extra.c2w_per_frame", where, cam, dt, dr)
+    return c2w0, [[float(v) for v in c2w_from_ue_row_matrix(m).reshape(-1)] for m in mats]
+
+
+def convert(plan: GroupPlan, options: AdapterOptions) -> list[ViewRecord]:
+    scene = Path(plan.ref.path)
+    extr = load_extrinsics(scene)
+    first_key = next(iter(extr))
+    records = []
+    counts: dict[str, int] = {}
+    for cam in [v.view_id for v in plan.views]:
+        video = scene / "videos" / f"{cam}.mp4"
+        media = read_bytes(video, "video")
+        info = probe_clip(media, str(video))
+        counts[cam] = info.num_frames
+        c2w, per_frame = camera_track(scene, extr, cam, options)
+        K, how = intrinsics_for(info.width, info.height, options)
+        extra: dict[str, Any] = {
+            "subset": scene.parent.name,
+            "scene": scene.name,
+            "intrinsics_from": how,
+            "raw": {"convention": "ue_row_matrix_cm", "frame": f"frame{first_key}", "matrix": extr[first_key][cam]},
+        }
+        if per_frame is not None:
+            extra["c2w_per_frame"] = per_frame
+        if len(extr) != info.num_frames:
+            extra["extrinsics_frames"] = len(extr)
+        records.append(
+            ViewRecord(
+                dataset=DATASET,
+                kind=KIND,
+                group_id=plan.group_id,
+                view_id=cam,
+                media=media,
+                media_format="mp4",
+                num_frames=info.num_frames,
+                height=info.height,
+                width=info.width,
+                fps=info.fps,
+                caption=plan.view_captions.get(cam, plan.caption),
+                frame_indices=list(range(info.num_frames)),
+                K=list(K),
+                c2w=[float(v) for v in c2w.reshape(-1)],
+                source_uri=str(video),
+                extra=extra,
+                group_hash=plan.group_hash,
+            )
+        )
+    if len(set(counts.values())) > 1:
+        raise AdapterError(f"{scene}: videos have different frame counts (not synchronized): {counts}")
+    n = next(iter(counts.values()))
+    if len(extr) != n:
+        log.warning("%s: %d extrinsics frames for %d video frames", scene / EXTRINSICS, len(extr), n)
+    return records
