@@ -1,17 +1,202 @@
-"""`syncam-generate`: Generate synchronized multi-view videos from text (or re-render an input video from new cameras)."""
+"""`syncam-generate`: Generate synchronized multi-view videos from text (or re-render an input video from new cameras).
+
+    syncam-generate --pretrained /models/CogVideoX-2b --checkpoint run/adapter.safetensors \\
+        --prompt "a corgi runs on the beach" --cameras azimuth:0,30,60 --out out/corgi
+
+    syncam-generate --pretrained /models/CogVideoX-2b --checkpoint run/adapter.safetensors \\
+        --prompt "a corgi runs on the beach" --cameras azimuth:0,45,90 --input-video corgi.mp4 --out out/rerender
+
+Writes ``<out>/videos/<view>.mp4``, ``<out>/grid.mp4`` (views side by side),
+``<out>/cameras.json`` (render-output form, absolute canonical cameras) and
+``<out>/generation.json`` (prompt, settings, checkpoint, base model). The
+folder is assembled under a temporary name and renamed when complete.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
 import typer
 
-app = typer.Typer(name="syncam-generate", help="Generate synchronized multi-view videos from text (or re-render an input video from new cameras).", add_completion=False, pretty_exceptions_enable=False)
+log = logging.getLogger("syncam_model.generate")
+
+app = typer.Typer(
+    name="syncam-generate",
+    help="Generate synchronized multi-view videos from text (or re-render an input video from new cameras).",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16"}
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def generate() -> None:
+def parse_resolution(text: str) -> tuple[int, int]:
+    """``"480x720"`` -> (480, 720) as (height, width)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise typer.BadParameter(f"resolution must look like 480x720 (HxW), got {text!r}") from None
+    return h, w
+
+
+def load_input_video(path: Path, num_frames: int, height: int, width: int):
+    """The first ``num_frames`` frames of ``path``, resized and centre-cropped to ``height x width``, as ``[F, 3, H, W]`` in [-1, 1]."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from syncam_data.video import decode, probe
+
+    info = probe(path, count_frames=True)
+    if info.num_frames < num_frames:
+        raise typer.BadParameter(f"{path}: has {info.num_frames} frames, --frames asks for {num_frames}")
+    frames = decode(path, indices=list(range(num_frames)))
+    video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    scale = max(height / video.shape[2], width / video.shape[3])
+    rh, rw = max(height, round(video.shape[2] * scale)), max(width, round(video.shape[3] * scale))
+    video = F.interpolate(video, size=(rh, rw), mode="bilinear", antialias=True, align_corners=False)
+    top, left = (rh - height) // 2, (rw - width) // 2
+    return video[:, :, top : top + height, left : left + width].clamp(-1, 1).contiguous()
+
+
+def to_uint8(video) -> "np.ndarray":  # noqa: F821
+    """``[F, 3, H, W]`` in [-1, 1] -> ``(F, H, W, 3)`` uint8."""
+    return ((video.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+def write_outputs(out: Path, videos, rig, generation: dict, fps: float) -> None:
+    """Write the output folder atomically: build it under a temporary name, then rename."""
+    import numpy as np
+
+    from syncam_data.render.output import write_json
+    from syncam_data.video import encode
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        frames = [to_uint8(v) for v in videos]
+        for cid, f in zip(rig.ids, frames):
+            encode(f, tmp / "videos" / f"{cid}.mp4", fps=fps)
+        encode(np.concatenate(frames, axis=2), tmp / "grid.mp4", fps=fps)
+        write_json(tmp / "cameras.json", rig.to_json())
+        write_json(tmp / "generation.json", generation)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@app.command()
+def generate(
+    prompt: str = typer.Option(..., "--prompt", "-p", help="Text prompt shared by all views."),
+    pretrained: str = typer.Option(..., "--pretrained", help="Local diffusers CogVideoX folder (transformer/, vae/, text_encoder/, tokenizer/, scheduler/), or 'tiny' for a tiny random model."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="Multi-view adapter weights (.safetensors from syncam-train). Without it the modules are at their identity initialization (views are independent)."),
+    cameras: str = typer.Option("azimuth:0,30,60", "--cameras", help="Camera preset ('azimuth:0,30,60', 'elevation:...', 'distance:...', parts joined by ';') or a cameras.json; view 0 is the reference (and the input video's camera)."),
+    views: Optional[str] = typer.Option(None, "--views", help="Comma-separated camera ids to use from a cameras.json, in order (default: all)."),
+    frames: int = typer.Option(49, "--frames", help="Frames per video (4k+1; CogVideoX is trained on 49)."),
+    resolution: str = typer.Option("480x720", "--resolution", help="Output size HxW, multiples of 16."),
+    steps: int = typer.Option(50, "--steps", help="Denoising steps."),
+    guidance: float = typer.Option(6.0, "--guidance", help="Text classifier-free guidance scale for text-to-views (1 disables it)."),
+    dynamic_cfg: bool = typer.Option(False, "--dynamic-cfg/--no-dynamic-cfg", help="CogVideoX's cosine guidance schedule (use_dynamic_cfg)."),
+    negative_prompt: str = typer.Option("", "--negative-prompt", help="Unconditional prompt for guidance."),
+    input_video: Optional[Path] = typer.Option(None, "--input-video", help="Re-render this video (view 0's camera) from the other cameras."),
+    text_guidance: float = typer.Option(7.5, "--text-guidance", help="Text guidance scale in re-rendering mode."),
+    video_guidance: float = typer.Option(1.8, "--video-guidance", help="Video guidance scale in re-rendering mode."),
+    sampler: str = typer.Option("ddim", "--sampler", help="'ddim' (CogVideoXDDIMScheduler) or 'dpm' (CogVideoXDPMScheduler)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the initial noise."),
+    translation_scale: Optional[float] = typer.Option(None, "--translation-scale", help="Divide relative translations by this (default: the value recorded in the checkpoint, else 1.0)."),
+    hfov: float = typer.Option(60.0, "--hfov", help="Horizontal field of view (degrees) of preset cameras, for cameras.json."),
+    fps: float = typer.Option(8.0, "--fps", help="Frame rate of the written videos (CogVideoX: 8)."),
+    dtype: str = typer.Option("bfloat16", "--dtype", help="Weight dtype: bfloat16, float32 (float16 gives NaNs with CogVideoX). 'tiny' always uses float32."),
+    device: str = typer.Option("cuda", "--device", help="Torch device; falls back to cpu when CUDA is unavailable."),
+    tiny_variant: Optional[str] = typer.Option(None, "--tiny-variant", help="With --pretrained tiny: '2b', '5b' or '1.5' (default: the checkpoint's, else 2b)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (replaced if it exists)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing non-empty output folder."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
     """Generate synchronized multi-view videos from text (or re-render an input video from new cameras)."""
-    typer.echo("syncam-generate: not available yet in this version (tracked in issue 8).", err=True)
-    raise typer.Exit(3)
+    import torch
+
+    from syncam_model.generate import generate as run_generation
+    from syncam_model.model import load_components, load_adapter, read_adapter_meta
+    from syncam_model.rig import RigError, resolve_rig
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    height, width = parse_resolution(resolution)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise typer.BadParameter(f"{out}: exists and is not empty (use --overwrite)")
+    if dtype not in _DTYPES:
+        raise typer.BadParameter(f"--dtype must be one of {sorted(set(_DTYPES.values()))}, got {dtype!r}")
+    meta = read_adapter_meta(checkpoint) if checkpoint else {}
+    tiny_config = None
+    torch_dtype = getattr(torch, _DTYPES[dtype])
+    if pretrained == "tiny":
+        saved_tiny = meta.get("base_id", {}).get("tiny", {})
+        tiny_config = {"variant": tiny_variant or saved_tiny.get("variant", "2b"), "seed": saved_tiny.get("seed", 0)}
+        torch_dtype = torch.float32
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        log.warning("CUDA is not available; running on cpu")
+        device = "cpu"
+    scale = translation_scale if translation_scale is not None else float(meta.get("translation_scale", 1.0))
+    try:
+        rig = resolve_rig(cameras, width, height, hfov, views.split(",") if views else None)
+    except (RigError, ValueError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--cameras") from None
+
+    start = time.time()
+    components = load_components(pretrained, dtype=torch_dtype, device=device, tiny_config=tiny_config)
+    if checkpoint:
+        load_adapter(components.transformer, checkpoint, components.base_id)
+    else:
+        log.warning("no --checkpoint: multi-view modules are at initialization, views will not be synchronized")
+    video = load_input_video(input_video, frames, height, width) if input_video else None
+    videos = run_generation(
+        components,
+        prompt,
+        rig.relative(scale),
+        num_frames=frames,
+        height=height,
+        width=width,
+        steps=steps,
+        guidance=guidance,
+        seed=seed,
+        input_video=video,
+        text_guidance=text_guidance,
+        video_guidance=video_guidance,
+        negative_prompt=negative_prompt,
+        use_dynamic_cfg=dynamic_cfg,
+        sampler=sampler,
+        progress=progress,
+    )
+    generation = {
+        "prompt": prompt,
+        "negative_prompt": negative_prompt,
+        "mode": "rerender" if input_video else "text",
+        "input_video": str(input_video) if input_video else None,
+        "views": rig.ids,
+        "settings": {
+            "frames": frames, "height": height, "width": width, "steps": steps, "guidance": guidance,
+            "dynamic_cfg": dynamic_cfg, "text_guidance": text_guidance, "video_guidance": video_guidance,
+            "sampler": sampler, "seed": seed, "translation_scale": scale, "cameras": cameras, "fps": fps,
+            "dtype": str(torch_dtype).removeprefix("torch."), "device": str(components.device),
+        },
+        "checkpoint": str(checkpoint) if checkpoint else None,
+        "checkpoint_meta": {k: v for k, v in meta.items() if k != "base_id"},
+        "pretrained": pretrained,
+        "base_id": components.base_id,
+        "seconds": round(time.time() - start, 2),
+    }
+    write_outputs(out, videos, rig, generation, fps)
+    log.info("wrote %d views (%s) to %s", len(rig), "x".join(map(str, videos.shape[1:])), out)
 
 
 def main() -> None:

@@ -1,0 +1,206 @@
+"""Sampling n synchronized views with the adapted CogVideoX transformer.
+
+Two modes, one loop (numbered like diffusers' CogVideoX pipeline):
+
+- **text -> n views**: classifier-free guidance exactly as ``CogVideoXPipeline``
+  does it: one batched pass on ``[negative, prompt]``,
+  ``v = v_uncond + guidance * (v_text - v_uncond)`` (optionally with its
+  "dynamic CFG" schedule), DDIM steps of ``CogVideoXDDIMScheduler``.
+- **novel-view re-rendering** (``input_video``): view 0 is the clean latent of
+  the input video (its camera is view 0); the other views are generated.
+  InstructPix2Pix-style guidance with three passes, batched together::
+
+      v = v(none, none) + s_video * (v(video, none) - v(none, none))
+                        + s_text  * (v(video, text) - v(video, none))
+
+  "none" text is the negative (empty) prompt; "none" video means view 0 is not
+  replaced and is denoised along with the others (the training dropout case,
+  10 %). With the video, view 0's latent is the clean latent and its timestep
+  is 0 (``video_cond_mask``, see ``MultiViewTransformer.forward``).
+
+All views share the initial noise generator, the schedule and the timestep.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from syncam_model.model import Components, check_video_size, decode_latents, encode_video
+from syncam_model.text import encode_prompts
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SamplingPlan:
+    """Shapes of one generation: latent frames (after 1.5 padding), padding frames and latent size."""
+
+    latent_frames: int
+    padding_frames: int
+    channels: int
+    height: int
+    width: int
+
+
+def plan_latents(components: Components, num_frames: int, height: int, width: int) -> SamplingPlan:
+    """Latent shape for ``num_frames x height x width``; CogVideoX 1.5 pads latent frames to a multiple of ``patch_size_t``."""
+    f, c, h, w = components.latent_shape(num_frames, height, width)
+    p_t = components.transformer.config.patch_size_t
+    pad = (p_t - f % p_t) % p_t if p_t else 0
+    return SamplingPlan(latent_frames=f + pad, padding_frames=pad, channels=c, height=h, width=w)
+
+
+def _check_inputs(
+    components: Components, cameras: torch.Tensor, num_frames: int, height: int, width: int, steps: int, input_video: torch.Tensor | None
+) -> None:
+    if cameras.ndim != 2 or cameras.shape[1] != 12 or cameras.shape[0] < 1:
+        raise ValueError(f"cameras must be (n, 12) relative poses, got shape {tuple(cameras.shape)}")
+    if not torch.isfinite(cameras).all():
+        raise ValueError("cameras contain NaN or Inf")
+    check_video_size(num_frames, height, width, components.vae_scale_factor_spatial, components.vae_scale_factor_temporal)
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if input_video is not None:
+        if tuple(input_video.shape) != (num_frames, 3, height, width):
+            raise ValueError(f"input video must be ({num_frames}, 3, {height}, {width}), got {tuple(input_video.shape)}")
+        if cameras.shape[0] < 2:
+            raise ValueError("re-rendering needs the input view plus at least one new camera")
+
+
+def make_scheduler(components: Components, sampler: str) -> Any:
+    """A fresh scheduler of the requested kind with the base model's scheduler config (schedulers keep state)."""
+    from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler
+
+    kinds = {"ddim": CogVideoXDDIMScheduler, "dpm": CogVideoXDPMScheduler}
+    if sampler not in kinds:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(kinds)}")
+    return kinds[sampler].from_config(components.scheduler.config)
+
+
+def _cfg_scale(guidance: float, dynamic: bool, t: int, steps: int) -> float:
+    """The pipeline's guidance weight; with ``dynamic`` its cosine schedule (``use_dynamic_cfg``)."""
+    if not dynamic:
+        return guidance
+    return 1 + guidance * ((1 - math.cos(math.pi * ((steps - t) / steps) ** 5.0)) / 2)
+
+
+@torch.no_grad()
+def generate(
+    components: Components,
+    prompt: str,
+    cameras: torch.Tensor | np.ndarray,
+    num_frames: int = 49,
+    height: int = 480,
+    width: int = 720,
+    steps: int = 50,
+    guidance: float = 6.0,
+    seed: int = 0,
+    input_video: torch.Tensor | None = None,
+    text_guidance: float = 7.5,
+    video_guidance: float = 1.8,
+    negative_prompt: str = "",
+    use_dynamic_cfg: bool = False,
+    sampler: str = "ddim",
+    progress: bool = True,
+) -> torch.Tensor:
+    """Generate ``n`` synchronized videos ``[n, F, 3, H, W]`` in [-1, 1] (float32, CPU).
+
+    Args:
+        components: from :func:`syncam_model.model.load_components` (adapter loaded).
+        prompt: the text prompt shared by all views.
+        cameras: ``(n, 12)`` relative poses (view 0 = identity, Contract 1).
+        num_frames, height, width: output size (frames 4k+1; CogVideoX uses 8N+1, e.g. 49).
+        steps: DDIM steps.
+        guidance: text CFG scale for text -> views (1 disables CFG).
+        seed: seeds the initial noise (a CPU generator, so results match across devices).
+        input_video: ``[F, 3, H, W]`` in [-1, 1]: re-render it from cameras 1..n-1.
+        text_guidance, video_guidance: the two scales of re-rendering.
+        negative_prompt: the unconditional prompt (empty, as CogVideoX).
+        use_dynamic_cfg: the pipeline's cosine guidance schedule (text mode).
+        sampler: "ddim" (``CogVideoXDDIMScheduler``) or "dpm" (``CogVideoXDPMScheduler``, the
+            5B pipelines' default), both built from the components' scheduler config.
+    """
+    device, dtype = components.device, components.dtype
+    cams = torch.as_tensor(np.asarray(cameras, dtype=np.float32) if not torch.is_tensor(cameras) else cameras, dtype=torch.float32)
+    # 1. check inputs
+    _check_inputs(components, cams, num_frames, height, width, steps, input_video)
+    n = cams.shape[0]
+    rerender = input_video is not None
+
+    # 2. encode prompts
+    text = encode_prompts(components, [negative_prompt, prompt])
+    neg_text, pos_text = text[:1], text[1:]
+
+    # 3. timesteps (a private copy: schedulers keep state)
+    scheduler = make_scheduler(components, sampler)
+    scheduler.set_timesteps(steps, device=device)
+    timesteps = scheduler.timesteps
+
+    # 4. latents: one generator for all views, drawn on the CPU for reproducibility
+    plan = plan_latents(components, num_frames, height, width)
+    gen = torch.Generator("cpu").manual_seed(int(seed))
+    shape = (1, n, plan.latent_frames, plan.channels, plan.height, plan.width)
+    latents = (torch.randn(shape, generator=gen, dtype=torch.float32) * scheduler.init_noise_sigma).to(device=device, dtype=dtype)
+    cond = None
+    if rerender:
+        cond = encode_video(components, input_video[None], sample=False).to(dtype)  # posterior mean: deterministic
+        if plan.padding_frames:
+            # The 1.5 pipeline drops the first latent frames after sampling; pad the condition the same way.
+            cond = torch.cat([cond[:, :1].expand(-1, plan.padding_frames, -1, -1, -1), cond], dim=1)
+
+    # 5. batch layout of the guidance passes
+    cams_b = cams.to(device=device, dtype=dtype)[None]
+    do_cfg = (not rerender) and guidance > 1.0
+    if rerender:
+        batch_text = torch.cat([neg_text, neg_text, pos_text])  # (none,none), (video,none), (video,text)
+        cond_mask = torch.zeros(3, n, dtype=torch.bool, device=device)
+        cond_mask[1:, 0] = True
+    elif do_cfg:
+        batch_text, cond_mask = torch.cat([neg_text, pos_text]), None
+    else:
+        batch_text, cond_mask = pos_text, None
+    passes = batch_text.shape[0]
+
+    # 6. denoising loop
+    model = components.transformer
+    old_pred = None
+    for i, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress, leave=False)):
+        x = latents.expand(passes, -1, -1, -1, -1, -1).clone()
+        if rerender:
+            x[1:, 0] = cond[0]
+        x = scheduler.scale_model_input(x, t)
+        v = model(x, batch_text, t.reshape(1).expand(passes).to(device), cams_b.expand(passes, -1, -1), cond_mask).float()
+        if rerender:
+            v_none, v_video, v_full = v.chunk(3)
+            v = v_none + video_guidance * (v_video - v_none) + text_guidance * (v_full - v_video)
+        elif do_cfg:
+            v_uncond, v_text = v.chunk(2)
+            v = v_uncond + _cfg_scale(guidance, use_dynamic_cfg, int(t), steps) * (v_text - v_uncond)
+        latents, old_pred = _step(scheduler, v, t, latents, i, timesteps, old_pred, gen)
+        latents = latents.to(dtype)
+
+    # 7. decode, one view at a time (the VAE is the memory peak at real sizes)
+    if rerender:
+        latents[:, 0] = cond[0]
+    latents = latents[:, :, plan.padding_frames :]
+    videos = [decode_latents(components, latents[:, j]).float().cpu()[0] for j in range(n)]
+    return torch.stack(videos)
+
+
+def _step(scheduler: Any, v: torch.Tensor, t: torch.Tensor, latents: torch.Tensor, i: int, timesteps, old_pred, gen) -> tuple[torch.Tensor, Any]:
+    """One scheduler step: CogVideoX's DDIM (deterministic), or its DPM-solver when a caller swaps that in."""
+    from diffusers import CogVideoXDPMScheduler
+
+    sample = latents.float()
+    if isinstance(scheduler, CogVideoXDPMScheduler):
+        prev_t = timesteps[i - 1] if i > 0 else None
+        # diffusers' randn_tensor draws on the CPU generator and moves the noise to the sample's device.
+        return scheduler.step(v, old_pred, t, prev_t, sample, generator=gen, return_dict=False)
+    return scheduler.step(v, t, sample, return_dict=False)[0], None
