@@ -105,12 +105,26 @@ def ring_cameras(
     step_deg: float = 20.0,
     hfov_deg: float = 70.0,
     target: tuple[float, float, float] = (0.3, 0.3, 0.5),
+    height_jitter: float = 0.9,
 ) -> list[Camera]:
-    """``n`` cameras on an arc around ``target``, ``step_deg`` apart, looking at it (Contract 1 c2w)."""
+    """``n`` cameras on an arc around ``target``, ``step_deg`` apart, looking at it (Contract 1 c2w).
+
+    Heights vary by up to ``height_jitter`` metres (deterministically): with
+    every camera at one height all epipolar lines are nearly horizontal, and
+    some wrong cameras (a mirrored x axis, two swapped cameras) would hardly
+    move them.
+    """
     fx, fy, cx, cy = intrinsics_from_hfov(width, height, hfov_deg)
     cams = []
     for i in range(n):
         a = math.radians(start_deg + i * step_deg)
-        eye = (target[0] + radius * math.sin(a), target[1] - radius * math.cos(a), height_m)
+        eye = (target[0] + radius * math.sin(a), target[1] - radius * math.cos(a), height_m + height_jitter * math.sin(2.3 * i))
         cams.append(Camera(width, height, fx, fy, cx, cy, look_at(eye, target)))
     return cams
+
+
+def render_views(n: int, width: int, height: int, seed: int = 0, **ring: float) -> tuple[list[Camera], list[np.ndarray]]:
+    """``n`` cameras on an arc (see :func:`ring_cameras`) and their renders of ``textured_scene(seed)``."""
+    scene = textured_scene(seed)
+    cams = ring_cameras(n, width, height, **ring)
+    return cams, [render(scene, c) for c in cams]
