@@ -352,4 +352,18 @@ def _choose_image_dir(base: Path, opts: Dl3dvOptions, transforms_path: Path) -> 
 def open_scene(ref: SceneRef, opts: Dl3dvOptions) -> Dl3dvScene:
     base = Path(ref.path)
     tr = read_transforms(base / TRANSFORMS, opts.applied_transform)
-    return Dl3dvScene(ref, tr, _choose_image_dir(base, opts, base / TRANSFORMS), opts)
+    image_dir = _choose_image_dir(base, opts, base / TRANSFORMS)
+    _check_images(tr, image_dir)
+    return Dl3dvScene(ref, tr, image_dir, opts)
+
+
+def _check_images(tr: Transforms, image_dir: Path) -> None:
+    """Every frame needs its image; one directory listing instead of a stat per frame."""
+    try:
+        with os.scandir(image_dir) as it:
+            names = {e.name for e in it}
+    except OSError as e:
+        raise SourceError(f"{image_dir}: cannot list image folder ({e})") from None
+    for i, name in enumerate(tr.files):
+        if name not in names:
+            raise SourceError(f"{image_dir / name}: image file is missing (frame {int(tr.frame_numbers[i])} of {tr.path})")
