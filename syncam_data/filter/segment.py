@@ -85,10 +85,15 @@ class SamSegmenter:
         return masks
 
 
-def grid_points(h: int, w: int, n: int) -> np.ndarray:
-    """``n`` x ``n`` cell centres, (n*n, 2) float32 as (x, y)."""
-    xs = (np.arange(n) + 0.5) * w / n
-    ys = (np.arange(n) + 0.5) * h / n
+def grid_points(h: int, w: int, n: int, inset: float | None = None) -> np.ndarray:
+    """``n`` x ``n`` points spread evenly inside a border of ``inset`` pixels, (n*n, 2) float32 as (x, y).
+
+    Points right at the border track badly (the tracking window leaves the
+    image), so the grid stays ``inset`` (default 4 % of the short side) away.
+    """
+    m = max(4.0, 0.04 * min(h, w)) if inset is None else inset
+    xs = m + (np.arange(n) + 0.5) * (w - 2 * m) / n
+    ys = m + (np.arange(n) + 0.5) * (h - 2 * m) / n
     gx, gy = np.meshgrid(xs, ys)
     return np.stack([gx.ravel(), gy.ravel()], 1).astype(np.float32)
 

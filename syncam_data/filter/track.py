@@ -75,7 +75,9 @@ class LKTracker:
             p1, ok1 = self._flow(grays[t], grays[t + 1], p0)
             p0_back, ok2 = self._flow(grays[t + 1], grays[t], p1)
             fb = np.linalg.norm(p0_back - p0, axis=1)
-            inside = (p1[:, 0] >= 0) & (p1[:, 0] <= w - 1) & (p1[:, 1] >= 0) & (p1[:, 1] <= h - 1)
+            # A point whose window reaches past the border tracks badly: treat it as having left.
+            m = self.window / 2
+            inside = (p1[:, 0] >= m) & (p1[:, 0] <= w - 1 - m) & (p1[:, 1] >= m) & (p1[:, 1] <= h - 1 - m)
             ok = ok1 & ok2 & (fb < self.fb_threshold_px) & inside & np.isfinite(p1).all(1)
             tracks[t + 1, alive[ok]] = p1[ok]
             visible[t + 1, alive] = ok
