@@ -294,3 +294,19 @@ def test_launch_one_engine_per_worker_and_restart_a_dead_one(tmp_path):
         for b in backends:
             b.close()
     assert all(p.poll() is not None for p in procs if p is not None)
+
+
+def test_one_shot_clip_holds_its_last_pose(server, backend_for, tmp_path):
+    """animation.loop = False: the plugin clamps to the clip length and the backend accepts exactly that."""
+    spec = make_spec(num_frames=4, num_cameras=1, subjects=1)
+    sub = spec.subjects[0]
+    sub = sub.model_copy(update={"animation": sub.animation.model_copy(update={"loop": False, "speed": 12.0})})
+    spec = spec.model_copy(update={"subjects": [sub]})
+    render(backend_for(server), spec, tmp_path / "s")
+    from unrealcv_standin import clip_length
+
+    length = clip_length(sub.animation.clip)
+    times = [c.actors["SynCamSubject_1"]["anim_time"] for c in server.captures if c.mode == "lit"]
+    want = [min(sub.animation_time(k, spec.fps), length) for k in range(spec.num_frames)]
+    assert times == pytest.approx(want, abs=1e-5)
+    assert times[-1] == pytest.approx(length, abs=1e-5)  # the test really reaches the clamp

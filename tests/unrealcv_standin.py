@@ -145,6 +145,11 @@ class StandinCamera:
         return self.fov
 
 
+def clip_length(clip: str) -> float:
+    """A made-up but fixed length (s) per animation asset path."""
+    return 1.0 + (zlib.crc32(clip.encode()) % 200) / 100.0
+
+
 def level_markers(map_path: str) -> list[Marker]:
     """The level's markers: a deterministic ring plus a centre pole, placed from the map name."""
     seed = zlib.crc32(map_path.encode())
@@ -175,12 +180,15 @@ class World:
         self._last_wall = time.monotonic()
         self.tick_count = 0
         self._spawned = 0
+        # camera index -> (rgb, depth, mask): lit, depth and mask of one camera in one state share a render
+        self.render_cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def advance(self) -> None:
         """Start an engine tick: world time follows the wall clock while the game runs."""
         now = time.monotonic()
         if not self.paused:
             self._time += (now - self._last_wall) * self.slomo
+            self.render_cache.clear()  # animations moved
         self._last_wall = now
         self.tick_count += 1
 
@@ -349,6 +357,8 @@ class Handler:
         self.world = server.world
 
     def execute(self, cmd: str) -> bytes | str:
+        if not cmd.startswith("vget"):
+            self.world.render_cache.clear()  # anything but a query may change what cameras see
         try:
             return self._dispatch(cmd.split())
         except CommandError as e:
@@ -485,7 +495,9 @@ class Handler:
         w = self.world
         if self.server.capture_delay > 0:
             time.sleep(self.server.capture_delay)  # the simulated render cost
-        rgb, depth, mask = w.render(cam)
+        if cid not in w.render_cache:
+            w.render_cache[cid] = w.render(cam)
+        rgb, depth, mask = w.render_cache[cid]
         self.server.captures.append(
             CaptureRecord(
                 w.tick_count, cid, mode, w.time, w.paused, tuple(cam.location), tuple(cam.rotation),
@@ -519,13 +531,16 @@ class Handler:
             a.location, a.rotation, a.scale = vals[0:3], vals[3:6], [vals[6]] * 3
             return json.dumps({"ReturnValue": "true"})
         if func == "SetAnimationPose":
+            # SetAnimationPose(ActorName, AnimationPath, Time, bLoop, out ClipLength) -> time now shown
             a = self._actor(args[0])
-            clip = args[1] if len(args) > 2 else ""
-            t_set = float(args[-1])
-            if clip and clip != "None":
+            clip, t_set, loop = args[1], float(args[2]), args[3].lower() in ("true", "1")
+            if clip != "None":
                 a.animation = clip
-            a.anim_time = t_set  # frozen: the plugin sets the play rate to 0
-            return json.dumps({"ReturnValue": f"{a.anim_time:.6f}"})
+            length = clip_length(a.animation)
+            # Frozen at that time (the plugin sets the play rate to 0); a looping clip reports the
+            # unwrapped time, a one-shot clip holds its last pose.
+            a.anim_time = t_set if loop else min(t_set, length)
+            return json.dumps({"OutClipLength": f"{length:.6f}", "ReturnValue": f"{a.anim_time:.6f}"})
         raise CommandError(f"Failed to call function '{func}' of {obj}")
 
 
