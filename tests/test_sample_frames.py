@@ -167,3 +167,44 @@ def test_help_documents_every_option():
     assert r.exit_code == 0
     for opt in ("--max-gap", "--gap-unit", "--min-angle", "--min-baseline", "--frames-dir", "--videos-dir", "--image-folder", "--undistort", "--applied-transform", "--engine", "--workers"):
         assert opt in r.output
+
+
+def test_frame_sets_feed_build_shards(tmp_path, scene):
+    """Done-when: the groups become multiview_image rows whose K and c2w are the ground truth."""
+    import pyarrow.parquet as pq
+
+    cams, frames = scene
+    export_realestate10k(tmp_path / "re", "seqv", cams, frames, fps=FPS, pose_stride=2, frames_as="video")
+    export_dl3dv(tmp_path / "dl" / "1K", "scn", cams, frames, downscales=(2,))
+    sets = tmp_path / "sets"
+    run_cli("--source", "realestate10k", "--root", str(tmp_path / "re"), "--out", str(sets), "--views", "3", "--max-gap", "20")
+    run_cli("--source", "dl3dv", "--root", str(tmp_path / "dl"), "--out", str(sets), "--views", "3", "--max-gap", "8", "--image-folder", "images_2")
+    r = CliRunner().invoke(app, ["build-shards", "--out", str(tmp_path / "shards"), "--frames", str(sets)], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    rows = pq.read_table(sorted((tmp_path / "shards").glob("*-00000.parquet"))[0], columns=["dataset", "kind", "group_id", "view_id", "frame_indices", "K", "c2w", "width"]).to_pylist()
+    assert sorted({(x["dataset"], x["group_id"]) for x in rows}) == [("dl3dv", "scn_s000"), ("realestate10k", "seqv_s000")]
+    assert len(rows) == 6 and {x["kind"] for x in rows} == {"multiview_image"}
+    for x in rows:
+        (fi,) = x["frame_indices"]
+        truth = cams[fi * 2] if x["dataset"] == "realestate10k" else cams[fi - 1].resized(32, 24)
+        np.testing.assert_allclose(x["c2w"], truth.c2w12(), atol=1e-5)  # float32 in the shard
+        np.testing.assert_allclose(x["K"], truth.intrinsics, rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_ray_engine_writes_the_same_sets(tmp_path, scene):
+    """--engine ray (a local Ray started on demand), in a subprocess so Ray shuts down with it."""
+    import subprocess
+    import sys
+
+    cams, frames = scene
+    export_realestate10k(tmp_path / "root", "r1", cams, frames, fps=FPS, pose_stride=2)
+    common = ["--source", "realestate10k", "--root", str(tmp_path / "root"), "--views", "3", "--max-gap", "20", "--sets-per-sequence", "2", "--no-progress"]
+    run_cli(*common, "--out", str(tmp_path / "local"))
+    cmd = [sys.executable, "-c", "from syncam_data.cli import main; main()", "sample-frames", *common, "--out", str(tmp_path / "ray"), "--engine", "ray"]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    local = {g["group_id"]: g["frame_indices"] for g in groups(tmp_path / "local")}
+    ray = {g["group_id"]: g["frame_indices"] for g in groups(tmp_path / "ray")}
+    assert local == ray and len(ray) == 2
