@@ -1,10 +1,138 @@
-"""`syncam-data render`."""
+"""`syncam-data render`: sample or read scene specs and render them (Blender or Unreal Engine), resumably."""
 
 from __future__ import annotations
 
-from syncam_data.cli.app import app, not_landed
+import logging
+import re
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+from syncam_data.cli.app import app, fail
+
+log = logging.getLogger(__name__)
 
 
-@app.command("render", help="Render multi-camera scenes (Blender or Unreal Engine through UnrealCV).", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def render() -> None:
-    raise not_landed("render", 3)
+class Backend(str, Enum):
+    blender = "blender"
+    unrealcv = "unrealcv"
+
+
+class EngineKind(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+class Device(str, Enum):
+    cpu = "cpu"
+    gpu = "gpu"
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    """'480x720' -> (height, width)."""
+    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not m or int(m.group(1)) < 2 or int(m.group(2)) < 2:
+        raise typer.BadParameter(f"expected HxW like 480x720, got {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def parse_range(text: str, what: str) -> tuple[float, float]:
+    """'3.5-9' or '3.5,9' -> (3.5, 9.0); a single number means a fixed value."""
+    parts = [p for p in re.split(r"[,:]|(?<=\d)-", text.strip()) if p.strip()]
+    try:
+        vals = [float(p) for p in parts]
+    except ValueError:
+        raise typer.BadParameter(f"{what}: expected MIN-MAX like 3.5-9, got {text!r}") from None
+    if len(vals) == 1:
+        vals = vals * 2
+    if len(vals) != 2 or vals[0] > vals[1]:
+        raise typer.BadParameter(f"{what}: expected MIN-MAX with MIN <= MAX, got {text!r}")
+    return vals[0], vals[1]
+
+
+@app.command("render")
+def render(
+    scenes: str = typer.Option(..., "--scenes", "-n", help="N (sample N scene specs from the catalog) or a FILE.jsonl of explicit SceneSpecs, one per line."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: one Contract 2 folder per scene, plus specs.jsonl and render_report.json."),
+    catalog: Path | None = typer.Option(None, "--catalog", help="Catalog YAML of backgrounds, subjects and animations (default: the built-in procedural demo catalog)."),
+    backend: Backend = typer.Option(Backend.blender, "--backend", help="Renderer: blender (bpy + Cycles, needs no engine) or unrealcv (running Unreal Engine instances)."),
+    cameras: int = typer.Option(36, "--cameras", min=1, help="Cameras per sampled scene."),
+    frames: int = typer.Option(100, "--frames", min=1, help="Frames per sampled scene."),
+    fps: float = typer.Option(24.0, "--fps", min=0.001, help="Frames per second of sampled scenes."),
+    resolution: str = typer.Option("480x720", "--resolution", help="Image size HxW of sampled scenes."),
+    hfov: float | None = typer.Option(None, "--hfov", min=1.0, max=179.0, help="Horizontal field of view in degrees (default 66.8, SynCamVideo's fx=545.45 at 720 px)."),
+    distance: str = typer.Option("3.5-9", "--distance", help="Camera distance range from the scene centre in metres, MIN-MAX."),
+    elevation: str = typer.Option("0-45", "--elevation", help="Camera elevation range in degrees, MIN-MAX."),
+    subjects: str = typer.Option("1-2", "--subjects", help="Number of subjects per scene, MIN-MAX."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed: scene i is drawn from (seed, i), so more scenes later keep earlier ones identical."),
+    start: int = typer.Option(0, "--start", min=0, help="Index of the first sampled scene (scene ids scene_<start>...)."),
+    workers: int = typer.Option(1, "--workers", "-w", min=1, help="Worker processes (or Ray actors), each owning one renderer instance for many scenes."),
+    engine: EngineKind = typer.Option(EngineKind.local, "--engine", help="local: worker processes on this machine; ray: one Ray actor per worker."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster address (default: start a local Ray). The --out folder must be visible to every node."),
+    retries: int = typer.Option(1, "--retries", min=0, help="Extra attempts for a failing scene before it is recorded as failed."),
+    samples: int = typer.Option(16, "--samples", min=1, help="Blender: Cycles samples per pixel."),
+    device: Device = typer.Option(Device.cpu, "--device", help="Blender: render on the CPU or a GPU (CUDA/OptiX/HIP/oneAPI/Metal)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="UnrealCV: host of the Unreal Engine instances."),
+    port: list[int] = typer.Option([9000], "--port", help="UnrealCV: server port; repeat once per engine instance (worker i uses the i-th port)."),
+    unix_socket: str | None = typer.Option(None, "--unix-socket", help="UnrealCV: connect through this Unix socket instead of TCP (Linux); {port} is replaced, 'auto' means /tmp/unrealcv_{port}.socket."),
+    launch: str | None = typer.Option(None, "--launch", help="UnrealCV: command template that starts an engine instance, with {port} (e.g. './Game.sh -UnrealCVPort={port} -RenderOffscreen')."),
+    depth_dtype: str = typer.Option("float16", "--depth-dtype", help="Depth arrays: float16 (half the size) or float32."),
+    strict: bool = typer.Option(False, "--strict", help="Stop when the catalog has invalid entries instead of skipping them."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars for scenes and frames."),
+) -> None:
+    """Render multi-camera scenes (Blender or Unreal Engine through UnrealCV) into Contract 2 scene folders.
+
+    Each scene is written to a temporary folder and renamed when complete; re-running the same command skips
+    finished scenes and redoes unfinished ones. Failing scenes are retried, then recorded in
+    <out>/render_report.json; the exit code is 1 when any scene failed.
+    """
+    from syncam_data.render.jobs import SPECS_JSONL, RenderJobConfig, run_render_job
+    from syncam_data.scenes import SamplerOptions, SceneSpec, SpecError, load_catalog, read_specs_jsonl, sample_scenes, write_specs_jsonl
+
+    if depth_dtype not in ("float16", "float32"):
+        raise fail(f"--depth-dtype must be float16 or float32, got {depth_dtype!r}", 2)
+    problems: list[str] = []
+    try:
+        if scenes.strip().isdigit():
+            height, width = parse_resolution(resolution)
+            lo, hi = parse_range(subjects, "--subjects")
+            cat = load_catalog(catalog, strict=strict)
+            problems = cat.problems
+            opts = SamplerOptions(
+                num_cameras=cameras,
+                num_frames=frames,
+                fps=fps,
+                width=width,
+                height=height,
+                distance=parse_range(distance, "--distance"),
+                elevation=parse_range(elevation, "--elevation"),
+                subjects=(int(lo), int(hi)),
+                **({"hfov_deg": hfov} if hfov else {}),
+            )
+            items: list[SceneSpec | SpecError] = list(sample_scenes(cat, int(scenes), seed, opts, start=start))
+        else:
+            items = read_specs_jsonl(Path(scenes))
+    except SpecError as e:
+        raise fail(str(e), 2)
+    except ValueError as e:  # option values that SamplerOptions rejects
+        raise fail(str(e), 2)
+    out.mkdir(parents=True, exist_ok=True)
+    write_specs_jsonl([s for s in items if isinstance(s, SceneSpec)], out / SPECS_JSONL)
+    options = {
+        "samples": samples,
+        "device": device.value,
+        "host": host,
+        "port": list(port),
+        "unix_socket": unix_socket,
+        "launch": launch,
+        "retries": retries,
+    }
+    cfg = RenderJobConfig(out=out, backend=backend.value, backend_options=options, workers=workers, engine=engine.value, ray_address=ray_address, retries=retries, progress=progress, depth_dtype=depth_dtype)
+    args = {"scenes": scenes, "catalog": str(catalog) if catalog else "builtin:demo", "backend": backend.value, "seed": seed, "cameras": cameras, "frames": frames, "fps": fps, "resolution": resolution, "workers": workers, "engine": engine.value, **options}
+    report = run_render_job(items, cfg, args=args, catalog_problems=problems)
+    typer.echo(f"{out}: {len(report.done)} rendered, {len(report.skipped)} already complete, {len(report.failed)} failed")
+    for f in report.failed:
+        typer.echo(f"failed: {f['scene_id']}: {f['error']}", err=True)
+    if report.failed:
+        raise typer.Exit(1)
