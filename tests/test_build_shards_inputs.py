@@ -16,7 +16,7 @@ from syncam_data.cameras import Camera, RigSpec, look_at, sample_rig
 from syncam_data.render.output import SceneOutput, write_json
 from syncam_data.video import encode
 
-from conftest import smooth_frames
+from tests.conftest import smooth_frames
 
 W, H, FRAMES = 64, 48, 4
 
