@@ -180,15 +180,14 @@ class World:
         self._last_wall = time.monotonic()
         self.tick_count = 0
         self._spawned = 0
-        # camera index -> (rgb, depth, mask): lit, depth and mask of one camera in one state share a render
-        self.render_cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        # Lit, depth and mask of a camera in one world state share one render (keyed by that state).
+        self.render_cache: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def advance(self) -> None:
         """Start an engine tick: world time follows the wall clock while the game runs."""
         now = time.monotonic()
         if not self.paused:
             self._time += (now - self._last_wall) * self.slomo
-            self.render_cache.clear()  # animations moved
         self._last_wall = now
         self.tick_count += 1
 
@@ -203,6 +202,13 @@ class World:
         self.cameras = [StandinCamera("PlayerCameraManager_0")]
         self.paused = False
 
+    def state_key(self, cam: StandinCamera) -> tuple:
+        """Everything a render of ``cam`` depends on."""
+        return (
+            self.level, tuple(cam.location), tuple(cam.rotation), cam.hfov(), cam.width, cam.height,
+            tuple((n, tuple(a.location), tuple(a.rotation), tuple(a.scale), a.mask, self.anim_time(a)) for n, a in self.actors.items()),
+        )
+
     def anim_time(self, a: Actor) -> float:
         return a.anim_time if a.anim_time is not None else self.time - a.spawn_time
 
@@ -214,23 +220,22 @@ class World:
         fwd, right, up = rotator_axes(*cam.rotation)
         u = (np.arange(w) + 0.5 - w / 2.0) / f
         v = (np.arange(h) + 0.5 - h / 2.0) / f
-        # Ray directions with unit forward component: the ray parameter is the plane depth.
-        d = fwd[None, None, :] + u[None, :, None] * right[None, None, :] - v[:, None, None] * up[None, None, :]
+        # Ray directions (one row per pixel, row-major) with a unit forward component, so the
+        # ray parameter of a hit is its plane depth.
+        d = (fwd[None, None, :] + u[None, :, None] * right[None, None, :] - v[:, None, None] * up[None, None, :]).reshape(-1, 3)
         o = np.array(cam.location, dtype=np.float64)
-        depth = np.full((h, w), np.inf)
-        rgb = np.empty((h, w, 3), np.float64)
+        n_px = d.shape[0]
+        depth = np.full(n_px, np.inf)
+        rgb = np.empty((n_px, 3), np.float64)
         rgb[:] = SKY_RGB
-        mask = np.zeros((h, w, 3), np.uint8)
-        # Ground plane z = 0 (only from above).
-        if o[2] > 0:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                t = -o[2] / d[..., 2]
-            hit = (d[..., 2] < 0) & (t > 0)
-            p = o + t[..., None] * d
-            checker = ((np.floor(p[..., 0] / 100.0) + np.floor(p[..., 1] / 100.0)) % 2 == 0)
-            col = np.where(checker[..., None], np.array([170.0, 160.0, 140.0]), np.array([110.0, 105.0, 95.0]))
-            depth = np.where(hit, t, depth)
-            rgb = np.where(hit[..., None], col, rgb)
+        mask = np.zeros((n_px, 3), np.uint8)
+        if o[2] > 0:  # the ground plane z = 0, seen from above
+            hit = np.flatnonzero(d[:, 2] < 0)
+            t = -o[2] / d[hit, 2]
+            p = o + t[:, None] * d[hit]
+            checker = (np.floor(p[:, 0] / 100.0) + np.floor(p[:, 1] / 100.0)) % 2 == 0
+            depth[hit] = t
+            rgb[hit] = np.where(checker[:, None], np.array([170.0, 160.0, 140.0]), np.array([110.0, 105.0, 95.0]))
             mask[hit] = GROUND_MASK
         light = np.array([0.3, -0.4, 0.87])
         spheres: list[tuple[np.ndarray, float, np.ndarray, tuple[int, int, int]]] = []
@@ -242,26 +247,31 @@ class World:
             body = np.array([200.0, 128 + 100 * math.sin(2 * math.pi * phase), 60.0])
             for i, (c, r) in enumerate(a.spheres()):
                 spheres.append((c, r, body if i == 0 else np.array([30.0, 30.0, 220.0]), a.mask))
+        a2 = np.einsum("nk,nk->n", d, d)
         for c, r, colour, mcol in spheres:
             oc = o - c
-            a2 = np.einsum("hwk,hwk->hw", d, d)
-            b = 2.0 * np.einsum("hwk,k->hw", d, oc)
-            cc = float(oc @ oc) - r * r
-            disc = b * b - 4 * a2 * cc
-            ok = disc >= 0
-            with np.errstate(invalid="ignore"):
-                t = (-b - np.sqrt(np.where(ok, disc, 0.0))) / (2 * a2)
-            hit = ok & (t > 0) & (t < depth)
-            if not hit.any():
+            b = 2.0 * (d @ oc)
+            disc = b * b - 4 * a2 * (float(oc @ oc) - r * r)
+            cand = np.flatnonzero(disc >= 0)
+            if cand.size == 0:
                 continue
-            n = (o + t[..., None] * d - c) / r
+            t = (-b[cand] - np.sqrt(disc[cand])) / (2 * a2[cand])
+            keep = (t > 0) & (t < depth[cand])
+            idx, t = cand[keep], t[keep]
+            if idx.size == 0:
+                continue
+            n = (o + t[:, None] * d[idx] - c) / r
             shade = 0.35 + 0.65 * np.clip(n @ light, 0, 1)
-            depth = np.where(hit, t, depth)
-            rgb = np.where(hit[..., None], colour * shade[..., None], rgb)
-            mask[hit] = mcol
+            depth[idx] = t
+            rgb[idx] = colour * shade[:, None]
+            mask[idx] = mcol
         depth = np.where(np.isfinite(depth), depth, SKY_DEPTH_CM)
         depth = np.minimum(depth, SKY_DEPTH_CM).astype(np.float16).astype(np.float32)
-        return np.clip(rgb, 0, 255).astype(np.uint8), depth, mask
+        return (
+            np.clip(rgb, 0, 255).astype(np.uint8).reshape(h, w, 3),
+            depth.reshape(h, w),
+            mask.reshape(h, w, 3),
+        )
 
 
 # --- encoding ----------------------------------------------------------------------------
@@ -357,8 +367,6 @@ class Handler:
         self.world = server.world
 
     def execute(self, cmd: str) -> bytes | str:
-        if not cmd.startswith("vget"):
-            self.world.render_cache.clear()  # anything but a query may change what cameras see
         try:
             return self._dispatch(cmd.split())
         except CommandError as e:
@@ -495,9 +503,12 @@ class Handler:
         w = self.world
         if self.server.capture_delay > 0:
             time.sleep(self.server.capture_delay)  # the simulated render cost
-        if cid not in w.render_cache:
-            w.render_cache[cid] = w.render(cam)
-        rgb, depth, mask = w.render_cache[cid]
+        key = w.state_key(cam)
+        if key not in w.render_cache:
+            if len(w.render_cache) > 64:
+                w.render_cache.clear()
+            w.render_cache[key] = w.render(cam)
+        rgb, depth, mask = w.render_cache[key]
         self.server.captures.append(
             CaptureRecord(
                 w.tick_count, cid, mode, w.time, w.paused, tuple(cam.location), tuple(cam.rotation),
