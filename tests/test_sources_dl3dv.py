@@ -84,6 +84,8 @@ def test_distortion_is_undistorted_onto_the_pinhole_camera(tmp_path, scene):
     (gu,), (gd,) = groups(out_u), groups(out_d)
     assert gu["frame_indices"] == gd["frame_indices"]  # same seed, same sets
     assert gu["undistorted"] is True and gd["undistorted"] is False
+    (rep,) = json.loads((out_d / "sample_report.json").read_text())["sequences"]
+    assert "kept distorted" in rep["warnings"][0]
     for eu, ed in zip(gu["cameras"], gd["cameras"]):
         truth = cams[eu["frame_index"] - 1].resized(64, 48)
         assert_camera_equal(eu, truth)

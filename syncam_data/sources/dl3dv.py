@@ -41,7 +41,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -60,6 +60,7 @@ IMAGE_FOLDERS = ("images", "images_2", "images_4", "images_8")
 AUTO_ORDER = ("images_4", "images_2", "images", "images_8")
 APPLIED_TRANSFORM = ("keep", "undo")
 DIST_KEYS = ("k1", "k2", "p1", "p2", "k3")
+_PER_FRAME_KEYS = frozenset(("w", "h", "fl_x", "fl_y", "cx", "cy", "camera_model") + DIST_KEYS)
 _FRAME_NUM = re.compile(r"(\d+)(?=\.[A-Za-z0-9]+$)")
 
 
@@ -89,15 +90,15 @@ class SceneRef:
 # --- discovery ---------------------------------------------------------------------
 
 
-def iter_scene_refs(root: str | Path, exclude: Path | None = None) -> Iterator[SceneRef]:
+def iter_scene_refs(root: str | Path, exclude: Iterable[Path] = ()) -> Iterator[SceneRef]:
     """Yield every scene folder under ``root`` (sorted), never descending into a scene."""
     root = Path(root)
     if not root.is_dir():
         raise SourceError(f"{root}: DL3DV root is not a directory")
-    yield from _walk(root, exclude.resolve() if exclude else None)
+    yield from _walk(root, frozenset(Path(p).resolve() for p in exclude))
 
 
-def _walk(folder: Path, exclude: Path | None) -> Iterator[SceneRef]:
+def _walk(folder: Path, exclude: frozenset[Path]) -> Iterator[SceneRef]:
     if (folder / TRANSFORMS).is_file():
         name = folder.parent.name if folder.name == "nerfstudio" else folder.name
         yield SceneRef(_scene_id(name), str(folder))
@@ -115,7 +116,7 @@ def _walk(folder: Path, exclude: Path | None) -> Iterator[SceneRef]:
         if name in IMAGE_FOLDERS or name == "colmap":
             continue
         sub = folder / name
-        if exclude is not None and sub.resolve() == exclude:
+        if exclude and sub.resolve() in exclude:
             continue
         yield from _walk(sub, exclude)
 
@@ -209,7 +210,7 @@ def read_transforms(path: str | Path, applied_transform: str = "keep") -> Transf
         where = f"{path}: frames[{i}]"
         if not isinstance(fr, dict) or "file_path" not in fr or "transform_matrix" not in fr:
             raise SourceError(f"{where}: needs file_path and transform_matrix")
-        intr = _intrinsics(fr, global_intr, where) if (global_intr is None or any(k in fr for k in ("w", "fl_x", "cx", "k1"))) else global_intr
+        intr = _intrinsics(fr, global_intr, where) if (global_intr is None or _PER_FRAME_KEYS.intersection(fr)) else global_intr
         c2w_gl = _matrix(fr["transform_matrix"], where)
         if undo is not None:
             c2w_gl = undo @ c2w_gl
@@ -354,7 +355,10 @@ def open_scene(ref: SceneRef, opts: Dl3dvOptions) -> Dl3dvScene:
     tr = read_transforms(base / TRANSFORMS, opts.applied_transform)
     image_dir = _choose_image_dir(base, opts, base / TRANSFORMS)
     _check_images(tr, image_dir)
-    return Dl3dvScene(ref, tr, image_dir, opts)
+    scene = Dl3dvScene(ref, tr, image_dir, opts)
+    if not opts.undistort and any(i.has_distortion for i in tr.intrinsics):
+        scene.warnings.append("images kept distorted (--no-undistort): coefficients recorded per camera under 'distortion'")
+    return scene
 
 
 def _check_images(tr: Transforms, image_dir: Path) -> None:

@@ -27,7 +27,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import cv2
 import numpy as np
@@ -259,9 +259,3 @@ class RunReport:
 def _iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
-
-def iter_group_folders(out_dir: Path) -> Iterable[Path]:
-    """Finished group folders under ``out_dir`` (hidden temporaries skipped), sorted by name."""
-    for p in sorted(Path(out_dir).iterdir()):
-        if p.is_dir() and not p.name.startswith(".") and (p / CAMERAS_JSON).is_file():
-            yield p

@@ -30,7 +30,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -85,7 +85,7 @@ class SequenceRef:
 # --- discovery ---------------------------------------------------------------------
 
 
-def iter_sequence_refs(root: str | Path, exclude: Path | None = None) -> Iterator[SequenceRef]:
+def iter_sequence_refs(root: str | Path, exclude: Iterable[Path] = ()) -> Iterator[SequenceRef]:
     """Yield every ``*.txt`` under ``root`` in sorted order, one directory listing at a time.
 
     Frame folders (a sub-folder named like a camera file beside it) are not
@@ -94,10 +94,10 @@ def iter_sequence_refs(root: str | Path, exclude: Path | None = None) -> Iterato
     root = Path(root)
     if not root.is_dir():
         raise SourceError(f"{root}: RealEstate10K root is not a directory")
-    yield from _walk(root, root, exclude.resolve() if exclude else None)
+    yield from _walk(root, root, frozenset(Path(p).resolve() for p in exclude))
 
 
-def _walk(folder: Path, root: Path, exclude: Path | None) -> Iterator[SequenceRef]:
+def _walk(folder: Path, root: Path, exclude: frozenset[Path]) -> Iterator[SequenceRef]:
     try:
         with os.scandir(folder) as it:
             entries = sorted(it, key=lambda e: e.name)
@@ -114,7 +114,7 @@ def _walk(folder: Path, root: Path, exclude: Path | None) -> Iterator[SequenceRe
             yield SequenceRef(_sequence_id(e.name[:-4]), e.path, rel)
         elif e.is_dir() and e.name not in stems:
             sub = Path(e.path)
-            if exclude is not None and sub.resolve() == exclude:
+            if exclude and sub.resolve() in exclude:
                 continue
             yield from _walk(sub, root, exclude)
 
@@ -250,6 +250,7 @@ class Re10kSequence:
     video_frames: np.ndarray | None  # (N,) video frame number per pose line (None: images without --fps use)
     gap_positions: np.ndarray
     video_fps: float | None = None
+    video_time: str | None = None  # absolute | relative: how timestamps were matched to the video
     warnings: list[str] = field(default_factory=list)
 
     source = SOURCE
@@ -274,6 +275,7 @@ class Re10kSequence:
         h: dict[str, Any] = {"url": self.cameras.url, "frames_from": self.frames_kind, "frames_uri": str(self.frames_path)}
         if self.video_fps:
             h["video_fps"] = self.video_fps
+            h["video_time"] = self.video_time
         return h
 
     def describe_entry(self, i: int) -> str:
@@ -315,7 +317,7 @@ def open_sequence(ref: SequenceRef, opts: Re10kOptions) -> Re10kSequence:
     """Parse the camera file and locate its frames; SourceError / VideoError name what is wrong."""
     cf = read_camera_file(ref.path)
     kind, path = _locate_frames(ref, cf.url, opts)
-    video_frames, fps = None, None
+    video_frames, fps, time_mode = None, None, None
     warnings: list[str] = []
     if kind == "video":
         info = probe(path)
@@ -323,8 +325,7 @@ def open_sequence(ref: SequenceRef, opts: Re10kOptions) -> Re10kSequence:
         if not fps > 0:
             raise SourceError(f"{path}: video has no frame rate")
         video_frames, used = timestamps_to_video_frames(cf.timestamps_us, fps, info.num_frames, opts.video_time, str(path))
-        if opts.video_time == "auto":
-            log.debug("%s: timestamps read as %s video time", path, used)
+        time_mode = used
         if np.any(np.diff(video_frames) <= 0):
             dup = int(np.argmax(np.diff(video_frames) <= 0)) + 1
             raise SourceError(f"{ref.path}: line {int(cf.line_numbers[dup])}: timestamp maps to the same video frame as the previous line in {path}")
@@ -339,7 +340,7 @@ def open_sequence(ref: SequenceRef, opts: Re10kOptions) -> Re10kSequence:
         _check_images(cf, path)
     gap = video_frames if opts.gap_unit == "video-frames" else np.arange(len(cf))
     assert gap is not None
-    return Re10kSequence(ref, cf, kind, path, video_frames, np.asarray(gap, np.int64), fps, warnings)
+    return Re10kSequence(ref, cf, kind, path, video_frames, np.asarray(gap, np.int64), fps, time_mode, warnings)
 
 
 def _check_images(cf: CameraFile, folder: Path) -> None:

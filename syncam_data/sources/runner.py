@@ -48,6 +48,7 @@ class PosedSequence(Protocol):
     """What the readers provide to the sampler (RealEstate10K and DL3DV alike)."""
 
     source: str
+    warnings: list[str]
 
     @property
     def sequence_id(self) -> str: ...
@@ -89,8 +90,10 @@ class SampleFramesJob:
 
 
 def iter_refs(job: SampleFramesJob) -> Iterator[Any]:
-    exclude = Path(job.out)
+    # Never walk into our own output, nor into frame/video folders that happen to sit under the root.
+    exclude = [Path(job.out)]
     if job.source == realestate10k.SOURCE:
+        exclude += [Path(d) for d in (job.re10k.frames_dir, job.re10k.videos_dir) if d]
         return realestate10k.iter_sequence_refs(job.root, exclude)
     return dl3dv.iter_scene_refs(job.root, exclude)
 
@@ -107,6 +110,7 @@ def process_sequence(ref: Any, job: SampleFramesJob) -> SequenceOutcome:
     outcome = SequenceOutcome(ref.sequence_id, ref.uri)
     try:
         seq = open_posed_sequence(ref, job)
+        outcome.warnings.extend(seq.warnings)
         _sample_and_write(seq, job, outcome)
     except TooShortError as e:
         outcome.status, outcome.reason = "skipped", f"{ref.uri}: too short: {e}"
