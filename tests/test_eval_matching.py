@@ -43,7 +43,8 @@ def write_frameset(folder: Path, cams: list[Camera], imgs: list[np.ndarray], ids
 
 
 def _evaluate(folder: Path) -> tuple[list[dict], dict]:
-    (g,) = find_groups(folder)
+    (g,), errors = find_groups(folder)
+    assert errors == {}
     cfg = EvalConfig()
     res = evaluate_group(g, cfg)
     return res.rows, group_summary(g, res.rows, cfg)

@@ -78,6 +78,8 @@ def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
         raise ValueError(f"FVD needs at least 2 clips on each side, got {len(feats_a)} and {len(feats_b)}")
     mu_a, mu_b = feats_a.mean(0), feats_b.mean(0)
     s_a, s_b = np.cov(feats_a, rowvar=False), np.cov(feats_b, rowvar=False)
-    covmean, _ = linalg.sqrtm(s_a @ s_b, disp=False)
+    covmean = linalg.sqrtm(s_a @ s_b)
+    if isinstance(covmean, tuple):  # SciPy < 1.12 style return
+        covmean = covmean[0]
     covmean = np.real(covmean)
     return float(np.square(mu_a - mu_b).sum() + np.trace(s_a + s_b - 2.0 * covmean))

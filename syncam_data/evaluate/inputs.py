@@ -57,7 +57,7 @@ class GroupRef:
     group_id: str
     kind: str  # multiview_video or multiview_image
     views: list[ViewRef]
-    num_frames: int
+    num_frames: int | None  # frames every view has; None = not known yet (see group_num_frames)
     text: str = ""  # caption or prompt (CLIP-T)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -88,25 +88,34 @@ def classify_folder(folder: Path) -> str | None:
     return None
 
 
-def find_groups(root: str | Path, cameras_override: Path | None = None) -> list[GroupRef]:
-    """Every group in INPUT, sorted by key. Raises InputError when INPUT holds none."""
+def find_groups(root: str | Path, cameras_override: Path | None = None) -> tuple[list[GroupRef], dict[str, str]]:
+    """(every group in INPUT sorted by key, {folder: error} for sub-folders that could not be read).
+
+    Raises InputError when INPUT itself is unusable or holds no group at all.
+    """
     root = Path(root)
     if not root.exists():
         raise InputError(f"{root}: no such file or directory")
     if not root.is_dir():
         raise InputError(f"{root}: INPUT must be a folder (a shard dataset, scene folder(s), frame set(s) or a generate output)")
+    errors: dict[str, str] = {}
     kind = classify_folder(root)
     if kind is not None:
         groups = _groups_of(root, kind)
     else:
         groups = []
         for child in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            ck = classify_folder(child)
-            if ck is None:
-                log.debug("%s: not an eval input, skipped", child)
-                continue
-            groups.extend(_groups_of(child, ck))
-    if not groups:
+            # One unreadable folder among many is recorded and skipped, like a failing group.
+            try:
+                ck = classify_folder(child)
+                if ck is None:
+                    log.debug("%s: not an eval input, skipped", child)
+                    continue
+                groups.extend(_groups_of(child, ck))
+            except (InputError, ValueError, OSError) as e:
+                log.warning("%s: skipped: %s", child, e)
+                errors[str(child)] = str(e)
+    if not groups and not errors:
         raise InputError(
             f"{root}: found no shard dataset (dataset.json), scene folder (cameras.json + videos/), "
             f"frame set (cameras.json with images) or generate output (generation.json) here or one level down"
@@ -114,7 +123,7 @@ def find_groups(root: str | Path, cameras_override: Path | None = None) -> list[
     if cameras_override is not None:
         override = {cid: cam for cid, cam, _ in read_cameras_json(cameras_override)}
         groups = [_override_cameras(g, override) for g in groups]
-    return sorted(groups, key=lambda g: g.key)
+    return sorted(groups, key=lambda g: g.key), errors
 
 
 def _override_cameras(g: GroupRef, override: dict[str, Camera]) -> GroupRef:
@@ -133,15 +142,12 @@ def _groups_of(folder: Path, kind: str) -> list[GroupRef]:
 # --- folder inputs ------------------------------------------------------------
 
 def _video_folder_group(folder: Path, kind: str) -> GroupRef:
-    from syncam_data.video import probe
-
     cams = read_cameras_json(folder / CAMERAS_JSON)
-    views, frames = [], []
+    views = []
     for cid, cam, _ in cams:
         path = folder / "videos" / f"{cid}.mp4"
         if not path.is_file():
             raise InputError(f"{folder}: camera {cid!r} has no video {path}")
-        frames.append(probe(path).num_frames)
         views.append(ViewRef(cid, cam, "video", path=str(path)))
     text = ""
     if kind == "generate":
@@ -152,7 +158,8 @@ def _video_folder_group(folder: Path, kind: str) -> GroupRef:
     else:
         text = _scene_caption(folder)
     dataset = "generate" if kind == "generate" else "render"
-    return GroupRef(kind, str(folder), dataset, folder.name, "multiview_video", views, min(frames) if frames else 0, text)
+    # Frame counts are probed by the worker (num_frames None): listing stays cheap and a corrupt video fails only its group.
+    return GroupRef(kind, str(folder), dataset, folder.name, "multiview_video", views, None, text)
 
 
 def _scene_caption(folder: Path) -> str:
@@ -222,6 +229,15 @@ def _shard_groups(root: Path) -> list[GroupRef]:
         caption = next((rows[i]["caption"] for i in idx if rows[i]["caption"]), "")
         groups.append(GroupRef("shards", str(root), ds, gid, kind, views, n, caption))
     return groups
+
+
+def group_num_frames(group: GroupRef) -> int:
+    """Frames that every view of the group has (probing the videos when the listing did not)."""
+    if group.num_frames is not None:
+        return group.num_frames
+    from syncam_data.video import probe
+
+    return min(probe(v.path).num_frames for v in group.views) if group.views else 0
 
 
 # --- pixels -------------------------------------------------------------------------

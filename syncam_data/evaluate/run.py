@@ -25,7 +25,7 @@ import numpy as np
 from syncam_data.cameras import Camera
 from syncam_data.engine import Engine, run_tasks
 from syncam_data.evaluate import epipolar
-from syncam_data.evaluate.inputs import GroupRef, find_groups, frame_indices, load_view_frames
+from syncam_data.evaluate.inputs import GroupRef, find_groups, frame_indices, group_num_frames, load_view_frames
 from syncam_data.evaluate.matching import MatchConfig, MatchResult, make_matcher
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ def evaluate_group(group: GroupRef, cfg: EvalConfig) -> GroupResult:
         res.skipped = f"{len(group.views)} view(s): cross-view measures need at least 2"
         res.fvd_features, res.fvd_skipped = _fvd_features(group, cfg)
         return res
-    indices = frame_indices(group.num_frames, cfg.frames) if group.kind == "multiview_video" else [0]
+    indices = frame_indices(group_num_frames(group), cfg.frames) if group.kind == "multiview_video" else [0]
     frames, cams, res.camera_rescaled = _load_group(group, indices, cfg)
     pairs = view_pairs([v.view_id for v in group.views], cfg.max_pairs, cfg.seed, group.key)
     matcher = make_matcher(cfg.matcher, cfg.match)
@@ -213,8 +213,9 @@ def _fvd_features(group: GroupRef, cfg: EvalConfig) -> tuple[list[list[float]], 
         return [], "no --i3d checkpoint given"
     if group.kind != "multiview_video":
         return [], "not a video group"
-    if group.num_frames < cfg.fvd_frames:
-        return [], f"{group.num_frames} frames < --fvd-frames {cfg.fvd_frames}"
+    n = group_num_frames(group)
+    if n < cfg.fvd_frames:
+        return [], f"{n} frames < --fvd-frames {cfg.fvd_frames}"
     from syncam_data.evaluate.fvd import i3d_features
 
     idx = list(range(cfg.fvd_frames))
@@ -249,10 +250,11 @@ def run_eval(
     limit: int = 0,
 ) -> RunResult:
     t0 = time.perf_counter()
-    groups = find_groups(input_path, cameras_override)
+    groups, errors = find_groups(input_path, cameras_override)
     if limit:
         groups = groups[:limit]
-    results, errors = _map_groups(groups, cfg, engine, workers, ray_address, "eval")
+    results, group_errors = _map_groups(groups, cfg, engine, workers, ray_address, "eval")
+    errors.update(group_errors)
     fvd = _fvd(results, cfg, fvd_reference, engine, workers, ray_address)
     return RunResult(groups, results, errors, fvd, time.perf_counter() - t0)
 
@@ -276,13 +278,13 @@ def _fvd(results: dict[str, GroupResult], cfg: EvalConfig, reference: Path | Non
         return {"fvd": None, "skipped": "no --fvd-reference input given (FVD compares two sets of videos)"}
     from syncam_data.evaluate.fvd import frechet_distance
 
-    ref_groups = find_groups(reference)
+    ref_groups, ref_list_errors = find_groups(reference)
     # Only I3D features are needed from the reference: no matching, no CLIP.
     ref_cfg = EvalConfig(**{**_shallow(cfg), "clip": None, "measure_pairs": False})
     ref_results, ref_errors = _map_groups(ref_groups, ref_cfg, engine, workers, ray_address, "fvd reference")
     gen = [f for r in results.values() for f in r.fvd_features]
     ref = [f for r in ref_results.values() for f in r.fvd_features]
-    info: dict[str, Any] = {"clips": len(gen), "reference_clips": len(ref), "reference": str(reference), "reference_errors": ref_errors}
+    info: dict[str, Any] = {"clips": len(gen), "reference_clips": len(ref), "reference": str(reference), "reference_errors": {**ref_list_errors, **ref_errors}}
     try:
         info["fvd"] = frechet_distance(np.asarray(gen), np.asarray(ref))
         info["skipped"] = None
