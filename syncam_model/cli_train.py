@@ -1,18 +1,145 @@
-"""`syncam-train`: Train SynCamMaster's multi-view modules on CogVideoX from a shard dataset."""
+"""`syncam-train`: Train SynCamMaster's multi-view modules on CogVideoX from a shard dataset.
+
+    syncam-train --shards DIR --pretrained PATH|tiny --out RUN_DIR [--config paper|tiny|FILE] [--steps N] [--resume latest]
+    syncam-train cache --shards DIR --pretrained PATH|tiny [--config ...]
+    accelerate launch --num_processes 8 -m syncam_model.cli_train --shards ... --out ...   # several GPUs / nodes
+
+See docs/train.md.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+from pathlib import Path
+from typing import Any, Optional
+
 import typer
 
-app = typer.Typer(name="syncam-train", help="Train SynCamMaster's multi-view modules on CogVideoX from a shard dataset.", add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(
+    name="syncam-train",
+    help="Train SynCamMaster's multi-view modules on CogVideoX from a shard dataset (run under `accelerate launch` for several processes). "
+    "`syncam-train cache ...` precomputes VAE latents and T5 embeddings.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=False,
+)
+log = logging.getLogger("syncam_model.cli_train")
+
+SET_HELP = "Override one config key, e.g. --set optim.lr=5e-5 --set data.num_views=[2,4] (value parsed as YAML; repeatable)."
+CONFIG_HELP = "Training config: a YAML file, or a bundled name (paper = the paper's recipe, tiny = CPU tests). Default: paper."
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def train() -> None:
-    """Train SynCamMaster's multi-view modules on CogVideoX from a shard dataset."""
-    typer.echo("syncam-train: not available yet in this version (tracked in issue 9).", err=True)
-    raise typer.Exit(3)
+def _setup_logging(verbose: bool) -> None:
+    main = int(os.environ.get("RANK", "0")) == 0
+    level = logging.DEBUG if verbose else (logging.INFO if main else logging.WARNING)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _overrides(sets: list[str] | None, **named: Any) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in sets or []:
+        if "=" not in item:
+            raise typer.BadParameter(f"--set {item!r}: expected KEY=VALUE")
+        key, raw = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(raw)
+    out.update({k: v for k, v in named.items() if v is not None})
+    return out
+
+
+def _fail(e: Exception) -> None:
+    typer.echo(f"syncam-train: error: {e}", err=True)
+    raise typer.Exit(2)
+
+
+@app.callback(invoke_without_command=True)
+def train_command(
+    ctx: typer.Context,
+    shards: Optional[Path] = typer.Option(None, "--shards", help="Shard dataset folder (with dataset.json and index.parquet)."),
+    pretrained: Optional[str] = typer.Option(None, "--pretrained", help="Local diffusers CogVideoX folder, or 'tiny' for a tiny random model."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder: log.jsonl, config.json, checkpoints/, validation/."),
+    config: Optional[str] = typer.Option(None, "--config", help=CONFIG_HELP),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Total optimizer steps (overrides the config's `steps`)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of data order, noise and dropout (overrides `seed`)."),
+    resume: Optional[str] = typer.Option(
+        None, "--resume", help="'latest' continues the newest checkpoint in RUN_DIR/checkpoints exactly (starts fresh if none), or a checkpoint folder."
+    ),
+    init_adapter: Optional[Path] = typer.Option(None, "--init-adapter", help="Start a new run from these adapter weights (adapter.safetensors)."),
+    novel_view: Optional[bool] = typer.Option(
+        None, "--novel-view/--no-novel-view", help="Novel-view training: view 0 is the clean input latent with probability diffusion.novel_view_prob."
+    ),
+    sets: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+    log_samples: bool = typer.Option(False, "--log-samples", help="Also write RUN_DIR/samples_r<rank>.jsonl: the sample ids of every micro-batch."),
+    stop_after: Optional[int] = typer.Option(
+        None, "--stop-after", min=1, help="Stop after this many steps of this invocation (a time-boxed job); continue later with --resume latest."
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+) -> None:
+    """Train the multi-view modules (the default command)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    _setup_logging(verbose)
+    missing = [name for name, v in (("--shards", shards), ("--pretrained", pretrained), ("--out", out)) if v is None]
+    if missing:
+        typer.echo(f"syncam-train: missing {', '.join(missing)} (see syncam-train --help)", err=True)
+        raise typer.Exit(2)
+    from syncam_model.cache import CacheError
+    from syncam_model.config import ConfigError, load_config
+    from syncam_model.data import DataError
+    from syncam_model.model import AdapterError
+    from syncam_model.train import CheckpointError, train
+
+    try:
+        cfg = load_config(config, _overrides(sets, steps=steps, seed=seed, **{"diffusion.novel_view": novel_view}))
+        train(str(shards), str(pretrained), out, cfg, resume=resume, init_adapter=str(init_adapter) if init_adapter else None,
+              log_samples=log_samples, stop_after=stop_after)
+    except (ConfigError, DataError, CheckpointError, AdapterError, CacheError, FileNotFoundError) as e:
+        _fail(e)
+
+
+@app.command("cache")
+def cache_command(
+    shards: Path = typer.Option(..., "--shards", help="Shard dataset folder to encode."),
+    pretrained: str = typer.Option(..., "--pretrained", help="Local diffusers CogVideoX folder, or 'tiny'."),
+    config: Optional[str] = typer.Option(None, "--config", help=CONFIG_HELP + " Its data.height/width/frames/frame_stride and cache.* decide the cache key."),
+    sets: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Cache root (default: <shards>/latent_cache); same as --set cache.dir=..."),
+    view_batch: int = typer.Option(4, "--view-batch", min=1, help="View clips per VAE call (lower it if the VAE runs out of memory)."),
+    groups_per_part: int = typer.Option(64, "--groups-per-part", min=1, help="Groups per safetensors part file (the unit of resume)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+) -> None:
+    """Encode every view clip with the VAE and every caption with T5 once; training then reads the cache."""
+    _setup_logging(verbose)
+    import torch
+    from accelerate import PartialState
+
+    from syncam_model.cache import build_cache
+    from syncam_model.config import ConfigError, load_config
+    from syncam_model.data import DataError
+    from syncam_model.model import load_components
+    from syncam_model.train import resolve_dtypes, tiny_config
+
+    try:
+        cfg = load_config(config, _overrides(sets, **{"cache.dir": str(cache_dir) if cache_dir else None}))
+        state = PartialState()
+        dtype, _ = resolve_dtypes(cfg)
+        torch.manual_seed(cfg.seed)
+        components = load_components(pretrained, dtype=dtype, device=state.device, tiny_config=tiny_config(pretrained, cfg))
+        path = build_cache(
+            str(shards), cfg, components, rank=state.process_index, world_size=state.num_processes, view_batch=view_batch,
+            groups_per_part=groups_per_part, barrier=state.wait_for_everyone, progress=state.is_main_process,
+        )
+    except (ConfigError, DataError, FileNotFoundError) as e:
+        _fail(e)
+    if state.is_main_process:
+        typer.echo(str(path))
 
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -121,9 +121,6 @@ class DataConfig(_Strict):
 class CacheConfig(_Strict):
     use: Literal["auto", "never", "require"] = Field("auto", description="auto: use a matching latent cache if one exists")
     dir: str | None = Field(None, description="cache folder; default <shards>/latent_cache")
-    sample: Literal["mean", "sample"] = Field(
-        "sample", description="how training turns a cached posterior into latents: its mean, or a fresh sample"
-    )
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
 
 
@@ -152,6 +149,9 @@ class DiffusionConfig(_Strict):
     text_dropout: float = Field(0.1, ge=0, le=1, description="probability of training a sample on the empty prompt")
     novel_view: bool = Field(False, description="novel-view training: view 0 is the clean input latent, not in the loss")
     novel_view_prob: float = Field(0.9, ge=0, le=1)
+    latents: Literal["sample", "mean"] = Field(
+        "sample", description="training latents: a fresh draw from the VAE posterior, or its mean (decoded and cached runs alike)"
+    )
     timestep_buckets: int = Field(4, ge=1, description="log the loss in this many equal timestep ranges")
 
 

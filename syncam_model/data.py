@@ -33,15 +33,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from syncam_data.cameras import Camera, relative_poses
 from syncam_data.shards.reader import ShardReader
-from syncam_model.config import KINDS, ConfigError, TrainConfig
+from syncam_model.config import KINDS, TrainConfig
 from syncam_model.curriculum import AngleSchedule, Window, angle_matrix, feasible, select_views
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,9 @@ def choose_frames(num_frames: int, frames: int, stride: int, mode: str, rng: np.
 class DataIndex:
     """Groups of each kind present in the shards, with the rank's share; built from the index only."""
 
-    def __init__(self, reader: ShardReader, cfg: TrainConfig, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self, reader: ShardReader, cfg: TrainConfig, rank: int = 0, world_size: int = 1, keep: Callable[[Group], bool] | None = None
+    ) -> None:
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.groups: dict[str, list[Group]] = {}
         self.dropped: dict[str, int] = {}
@@ -127,6 +129,9 @@ class DataIndex:
                 reason = "views without c2w"
             elif frame_window(nf, frames_needed[kind], self.cfg.data.frame_stride) < 1:
                 reason = f"shorter than {frames_needed[kind]} frames"
+            if reason is None and keep is not None:
+                probe = Group(d, g, kind, rows, [cols["sample_id"][i] for i in rows], [cols["caption"][i] or "" for i in rows], nf, (0, 0), None, None)
+                reason = None if keep(probe) else "not in the latent cache"
             if reason:
                 self.dropped[f"{kind}: {reason}"] = self.dropped.get(f"{kind}: {reason}", 0) + 1
                 continue
@@ -414,7 +419,7 @@ class ShardSampleDataset(torch.utils.data.Dataset):
             out["cameras"] = relative_poses([g.c2w[v] for v in slot.views], self.cfg.data.translation_scale).astype(np.float32)
         out["K"] = np.stack([updated_K(g.K[v], g.size, hw) for v in slot.views])
         if self.cache is not None:
-            out.update(self.cache.load_views(sids, slot.frames))
+            out.update(self.cache.load_views(sids, slot.frames, out["caption"]))
             return out
         clips = []
         for r, sid in zip(rows, sids):
@@ -543,7 +548,7 @@ def build_loader(
     reader = ShardReader(shards)
     if len(reader) == 0:
         raise DataError(f"{shards}: the shard dataset has no rows")
-    index = DataIndex(reader, cfg, rank, world_size)
+    index = DataIndex(reader, cfg, rank, world_size, keep=cache.has_group if cache is not None else None)
     sampler = PlanSampler(index, cfg, micro_per_step, total_micro, frame_sampling="first" if cache is not None else None)
     dataset = ShardSampleDataset(reader, index, cfg, cache)
     log.info(
@@ -558,7 +563,6 @@ def build_loader(
 
 __all__ = [
     "BatchPlan",
-    "ConfigError",
     "DataError",
     "DataIndex",
     "Loader",
@@ -567,7 +571,6 @@ __all__ = [
     "ShardSampleDataset",
     "SlotPlan",
     "as_contract4",
-    "asdict",
     "build_loader",
     "caption_key",
     "choose_frames",

@@ -1,0 +1,568 @@
+"""The training loop: accelerate, v-prediction on CogVideoX, checkpoints that resume exactly.
+
+Read top to bottom: ``train()`` builds a ``Trainer`` (model, optimizer, loader,
+optionally restored from a checkpoint) and calls ``Trainer.run()``; one
+optimizer step is ``Trainer.train_step()``: ``accumulation`` micro-batches,
+each ``micro_loss()``.
+
+Exactness: every random draw of a micro-batch (timestep, noise, posterior
+sample, text dropout, novel-view choice) comes from a CPU generator seeded by
+``(seed, micro-batch number, rank)``, and the loader plans micro-batches from
+a seeded, saved state; so a run resumed from a checkpoint replays the very
+same batches and noise as the uninterrupted run. Checkpoints hold the
+adapter (safetensors), the optimizer's tensors (safetensors) and its
+hyper-parameters (JSON), the LR schedule, every rank's RNG and loader state,
+and the step, and are written to a temporary folder renamed when complete.
+No pickles (FSDP / DeepSpeed state goes through ``accelerator.save_state``,
+see docs/train.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import resource
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from syncam_model.config import TrainConfig
+from syncam_model.data import Loader, build_loader, video_to_float
+
+log = logging.getLogger(__name__)
+
+ADAPTER_FILE = "adapter.safetensors"
+BASE_FILE = "transformer.safetensors"
+STATE_FILE = "trainer_state.json"
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+# Settings a resumed run may change without breaking exactness.
+RESUMABLE_CHANGES = ("steps", "checkpoint", "log", "validation", "data.num_workers", "data.prefetch_factor", "model.gradient_checkpointing")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed by this run (names the file and the mismatch)."""
+
+
+# --- small helpers ----------------------------------------------------------------------------
+
+
+def micro_generator(seed: int, micro_id: int, rank: int) -> torch.Generator:
+    """The CPU generator of one micro-batch: identical in an uninterrupted and a resumed run."""
+    s = np.random.SeedSequence([seed, 29, micro_id, rank]).generate_state(2, np.uint64)
+    return torch.Generator("cpu").manual_seed(int(s[0] % (2**63)))
+
+
+def lr_lambda(cfg: TrainConfig):
+    warm, total, kind = cfg.optim.warmup_steps, cfg.steps, cfg.optim.schedule
+
+    def f(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        if kind == "constant":
+            return 1.0
+        frac = min(1.0, (step - warm) / max(1, total - warm))
+        return 0.5 * (1 + math.cos(math.pi * frac)) if kind == "cosine" else 1.0 - frac
+
+    return f
+
+
+def resolve_dtypes(cfg: TrainConfig) -> tuple[torch.dtype, str]:
+    """(weight dtype, accelerate mixed_precision): bf16 where the GPU supports it, float32 elsewhere."""
+    bf16_ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    dtype = (torch.bfloat16 if bf16_ok else torch.float32) if cfg.model.dtype == "auto" else names[cfg.model.dtype]
+    mp = ("bf16" if bf16_ok else "no") if cfg.model.mixed_precision == "auto" else cfg.model.mixed_precision
+    return dtype, mp
+
+
+def tiny_config(pretrained: str, cfg: TrainConfig) -> dict[str, Any] | None:
+    """``model.tiny_config`` applies to ``--pretrained tiny`` only."""
+    return cfg.model.tiny_config if str(pretrained) == "tiny" else None
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Dotted keys whose values differ and that change the training trajectory."""
+    a, b = _flat(saved), _flat(current)
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    return [f"{k}: checkpoint {a.get(k)!r}, now {b.get(k)!r}" for k in keys if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_CHANGES)]
+
+
+# --- optimizer / RNG state without pickles --------------------------------------------------
+
+
+def optimizer_to_safetensors(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for pid, st in state["state"].items():
+        for name, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"state.{pid}.{name}"] = v.detach().cpu().contiguous()
+            else:
+                scalars[f"{pid}.{name}"] = v
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_safetensors(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    st: dict[int, dict[str, Any]] = {}
+    for key, t in tensors.items():
+        _, pid, name = key.split(".", 2)
+        st.setdefault(int(pid), {})[name] = t
+    for key, v in meta["scalars"].items():
+        pid, name = key.split(".", 1)
+        st.setdefault(int(pid), {})[name] = v
+    return {"state": st, "param_groups": meta["param_groups"]}
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda.{i}"] = s
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    py = random.getstate()
+    return tensors, {"numpy": [kind, keys.tolist(), pos, has_gauss, cached], "python": [py[0], list(py[1]), py[2]]}
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["torch"])
+    if torch.cuda.is_available():
+        cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda."))]
+        if cuda:
+            torch.cuda.set_rng_state_all(cuda)
+    kind, keys, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((kind, np.asarray(keys, np.uint32), pos, has_gauss, cached))
+    v, st, g = meta["python"]
+    random.setstate((v, tuple(st), g))
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def resolve_checkpoint(run_dir: Path, which: str) -> Path | None:
+    """``latest`` (the newest complete checkpoint of the run) or a checkpoint folder path."""
+    if which != LATEST:
+        p = Path(which)
+        if not (p / STATE_FILE).exists():
+            raise CheckpointError(f"{p}: not a checkpoint folder (no {STATE_FILE})")
+        return p
+    ck = run_dir / CHECKPOINTS
+    link = ck / LATEST
+    if link.exists() and (link / STATE_FILE).exists():
+        return link.resolve()
+    done = sorted(p for p in ck.glob("step_*") if (p / STATE_FILE).exists())
+    return done[-1] if done else None
+
+
+# --- the trainer ------------------------------------------------------------------------------
+
+
+@dataclass
+class StepStats:
+    losses: list[float] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)
+    timesteps: list[int] = field(default_factory=list)
+    data_wait: float = 0.0
+    replaced: int = 0
+    nonfinite: bool = False
+
+
+class Trainer:
+    def __init__(self, shards: str, pretrained: str, run_dir: str | os.PathLike, cfg: TrainConfig, *, log_samples: bool = False) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedType
+
+        from syncam_model.model import load_components
+
+        self.cfg, self.shards, self.run_dir = cfg, shards, Path(run_dir)
+        dtype, mp = resolve_dtypes(cfg)
+        self.acc = Accelerator(
+            mixed_precision=mp,
+            log_with="tensorboard" if cfg.log.tensorboard else None,
+            project_dir=str(self.run_dir),
+        )
+        self.rank, self.world = self.acc.process_index, self.acc.num_processes
+        self.sharded_state = self.acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+        self.accum = cfg.grad_accumulation(self.world)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.seed)
+        self.components = load_components(pretrained, dtype=dtype, device=self.acc.device, tiny_config=tiny_config(pretrained, cfg))
+        model = self.components.transformer
+        model.set_trainable(base=cfg.model.train_base)
+        # Master weights of trained parameters stay float32 (AdamW on bf16 weights loses small updates).
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+        if cfg.model.gradient_checkpointing:
+            model.enable_gradient_checkpointing()
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(self.params, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay, eps=cfg.optim.eps)
+        self.model, self.optimizer = self.acc.prepare(model, opt)
+        self.lr_sched = torch.optim.lr_scheduler.LambdaLR(self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer, lr_lambda(cfg))
+        from syncam_model.cache import open_matching
+
+        self.cache = open_matching(shards, cfg, self.components)
+        self.loader: Loader = build_loader(
+            shards, cfg, rank=self.rank, world_size=self.world, micro_per_step=self.accum, total_micro=cfg.steps * self.accum, cache=self.cache
+        )
+        self._empty_text: torch.Tensor | None = None
+        self.step = 0
+        self.loader_state = self.loader.sampler.state_dict()
+        self.log_samples = log_samples
+        if cfg.log.tensorboard:
+            self.acc.init_trackers("syncam-train", config=_flat(cfg.to_dict()))
+
+    # ---- the objective -------------------------------------------------------------------
+    def empty_text(self) -> torch.Tensor:
+        if self._empty_text is None:
+            if self.cache is not None:
+                self._empty_text = self.cache.empty_text().to(self.acc.device)
+            else:
+                from syncam_model.text import encode_prompts
+
+                self._empty_text = encode_prompts(self.components, [""])[0]
+        return self._empty_text
+
+    def latents_and_text(self, batch: dict[str, Any], gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scaled latents (B, n, F', C, h, w) and text (B, L, D), from the cache or by encoding."""
+        from syncam_model.model import encode_video_dist
+        from syncam_model.text import encode_prompts
+
+        dev, c = self.acc.device, self.components
+        if "latent_mean" in batch:
+            mean, logvar = batch["latent_mean"].to(dev, torch.float32), batch["latent_logvar"].to(dev, torch.float32)
+            text = batch["text"].to(dev)
+        else:
+            video = batch["video"]
+            b, n = video.shape[:2]
+            with torch.no_grad():
+                m, lv = encode_video_dist(c, video_to_float(video.to(dev)).flatten(0, 1))
+            mean, logvar = m.float().unflatten(0, (b, n)), lv.float().unflatten(0, (b, n))
+            text = encode_prompts(c, batch["captions"])
+        # The posterior draw uses the micro-batch generator (on the CPU), so decoded and cached runs draw the same eps.
+        eps = torch.randn(mean.shape, generator=gen).to(dev)
+        if self.cfg.diffusion.latents == "mean":
+            z = mean
+        else:
+            z = mean + torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) * eps
+        return z * c.vae_scaling_factor, text
+
+    def micro_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample v-prediction loss (B,) and timesteps (B,) of one micro-batch."""
+        cfg, dev = self.cfg, self.acc.device
+        sched = self.components.scheduler
+        gen = micro_generator(cfg.seed, batch["micro_id"], self.rank)
+        b, n = batch["cameras"].shape[:2]
+        # Fixed draw order: timesteps, posterior eps, noise, text dropout, novel view.
+        t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=gen)
+        latents, text = self.latents_and_text(batch, gen)
+        noise = torch.randn(latents.shape, generator=gen).to(dev)
+        drop = torch.rand(b, generator=gen) < cfg.diffusion.text_dropout
+        novel = (torch.rand(b, generator=gen) < cfg.diffusion.novel_view_prob) & cfg.diffusion.novel_view & (n > 1)
+        if drop.any():
+            text = torch.where(drop.to(dev)[:, None, None], self.empty_text().to(text.dtype).expand_as(text), text)
+        t_views = t.repeat_interleave(n).to(dev)  # one timestep per sample, shared by its views
+        flat_lat, flat_noise = latents.flatten(0, 1), noise.flatten(0, 1)
+        noisy = sched.add_noise(flat_lat, flat_noise, t_views).unflatten(0, (b, n))
+        target = sched.get_velocity(flat_lat, flat_noise, t_views).unflatten(0, (b, n))
+        weight = torch.ones(b, n, device=dev)
+        cond_mask = None
+        if novel.any():
+            # Novel-view training: view 0 is the clean input latent (timestep 0 inside the model) and not in the loss.
+            cond_mask = torch.zeros(b, n, dtype=torch.bool, device=dev)
+            cond_mask[:, 0] = novel.to(dev)
+            noisy = torch.where(cond_mask[:, :, None, None, None, None], latents, noisy)
+            weight = weight.masked_fill(cond_mask, 0.0)
+        dtype = self.components.dtype
+        with self.acc.autocast():
+            pred = self.model(noisy.to(dtype), text.to(dtype), t.to(dev), batch["cameras"].to(dev, dtype), cond_mask)
+        per_view = (pred.float() - target.float()).pow(2).mean(dim=(2, 3, 4, 5))
+        per_sample = (per_view * weight).sum(1) / weight.sum(1)
+        return per_sample, t
+
+    # ---- one optimizer step ---------------------------------------------------------------
+    def train_step(self, batches: Iterator[dict[str, Any]]) -> dict[str, Any]:
+        st = StepStats()
+        t0 = time.perf_counter()
+        for k in range(self.accum):
+            w0 = time.perf_counter()
+            batch = next(batches)
+            st.data_wait += time.perf_counter() - w0
+            st.replaced += int(batch["replaced"])
+            sync = k == self.accum - 1
+            ctx = self.acc.no_sync(self.model) if (not sync and self.world > 1) else nullcontext()
+            with ctx:
+                per_sample, t = self.micro_loss(batch)
+                loss = per_sample.mean()
+                finite = torch.isfinite(loss.detach()).float().reshape(1)
+                if self.world > 1:
+                    finite = self.acc.reduce(finite, reduction="sum") / self.world
+                if finite.item() < 1.0:
+                    st.nonfinite = True
+                # After a non-finite loss on any rank, every rank still runs backward (DDP expects it) on a zero loss.
+                self.acc.backward(torch.nan_to_num(loss, 0.0, 0.0, 0.0) * 0.0 if st.nonfinite else loss / self.accum)
+            st.losses += per_sample.detach().float().cpu().tolist()
+            st.kinds += [batch["kind"]] * per_sample.numel()
+            st.timesteps += t.tolist()
+            self.loader_state = batch["state_after"]
+            if self.log_samples:
+                with open(self.run_dir / f"samples_r{self.rank}.jsonl", "a") as f:
+                    f.write(json.dumps({"step": self.step, "micro_id": batch["micro_id"], "kind": batch["kind"], "sample_ids": batch["sample_ids"]}) + "\n")
+        grad_norm = float("nan")
+        if not st.nonfinite:
+            gn = self.acc.clip_grad_norm_(self.params, self.cfg.optim.max_grad_norm)
+            grad_norm = float(gn) if gn is not None else float("nan")
+            if math.isfinite(grad_norm):
+                self.optimizer.step()
+            else:
+                st.nonfinite = True
+        self.optimizer.zero_grad(set_to_none=True)
+        lr = self.lr_sched.get_last_lr()[0]
+        self.lr_sched.step()
+        self.step += 1
+        return self._record(st, grad_norm, lr, time.perf_counter() - t0)
+
+    def _record(self, st: StepStats, grad_norm: float, lr: float, dt: float) -> dict[str, Any]:
+        """Losses gathered over ranks; per kind and per timestep bucket."""
+        losses = torch.tensor(st.losses, device=self.acc.device)
+        ts = torch.tensor(st.timesteps, device=self.acc.device)
+        if self.world > 1:
+            losses, ts = self.acc.gather(losses), self.acc.gather(ts)
+        losses, ts = losses.cpu(), ts.cpu()
+        kinds = st.kinds * self.world  # the kind of micro-batch m is the same on every rank
+        rec: dict[str, Any] = {"step": self.step, "loss": float(losses.mean()), "lr": lr, "grad_norm": grad_norm}
+        for kind in sorted(set(kinds)):
+            sel = torch.tensor([k == kind for k in kinds])
+            rec[f"loss/{kind}"] = float(losses[sel].mean())
+        nb, T = self.cfg.diffusion.timestep_buckets, self.components.scheduler.config.num_train_timesteps
+        for i in range(nb):
+            lo, hi = i * T // nb, (i + 1) * T // nb
+            sel = (ts >= lo) & (ts < hi)
+            if sel.any():
+                rec[f"loss/t{lo:03d}-{hi - 1:03d}"] = float(losses[sel].mean())
+        rec.update(
+            samples_per_s=len(st.losses) * self.world / dt,
+            step_time_s=dt,
+            data_wait_s=st.data_wait,
+            peak_memory_mb=peak_memory_mb(self.acc.device),
+            replaced_views=st.replaced,
+            skipped_window=self.loader_state["skipped"],
+        )
+        if st.nonfinite:
+            rec["skipped_nonfinite"] = True
+            log.warning("step %d: non-finite loss or gradient; the update was skipped", self.step)
+        return rec
+
+    # ---- checkpoints --------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        from safetensors.torch import save_file
+
+        from syncam_model.model import save_adapter
+
+        ck = self.run_dir / CHECKPOINTS
+        name = f"step_{self.step:06d}"
+        tmp, final = ck / f".tmp-{name}", ck / name
+        if self.acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self.acc.wait_for_everyone()
+        model = self.acc.unwrap_model(self.model)
+        meta = {"base_id": self.components.base_id, "step": self.step, "train_config": self.cfg.to_dict()}
+        if self.sharded_state:
+            self.acc.save_state(str(tmp / "accelerate_state"))
+        if self.acc.is_main_process:
+            save_adapter(model, tmp / ADAPTER_FILE, meta)
+            if self.cfg.model.train_base:
+                save_file({k: v.detach().cpu().contiguous() for k, v in model.base.state_dict().items()}, str(tmp / BASE_FILE))
+            if not self.sharded_state:
+                tensors, opt_meta = optimizer_to_safetensors(self.optimizer.state_dict())
+                save_file(tensors, str(tmp / "optimizer.safetensors"))
+                _write_json(tmp / "optimizer.json", opt_meta)
+            _write_json(
+                tmp / STATE_FILE,
+                {
+                    "step": self.step,
+                    "world_size": self.world,
+                    "accumulation": self.accum,
+                    "config": self.cfg.to_dict(),
+                    "base_id": self.components.base_id,
+                    "lr_scheduler": self.lr_sched.state_dict(),
+                    "sharded_state": self.sharded_state,
+                    "torch": torch.__version__,
+                },
+            )
+        rng_t, rng_m = rng_state()
+        save_file(rng_t, str(tmp / f"rng_r{self.rank}.safetensors"))
+        _write_json(tmp / f"rng_r{self.rank}.json", rng_m)
+        _write_json(tmp / f"loader_r{self.rank}.json", self.loader_state)
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _point_latest(ck, name)
+            self._prune(ck)
+            log.info("checkpoint %s", final)
+        self.acc.wait_for_everyone()
+        return final
+
+    def _prune(self, ck: Path) -> None:
+        done = sorted(p for p in ck.glob("step_*") if p.is_dir())
+        for p in done[: -self.cfg.checkpoint.keep]:
+            shutil.rmtree(p, ignore_errors=True)
+
+    def load_checkpoint(self, path: Path) -> None:
+        from safetensors.torch import load_file
+
+        from syncam_model.model import check_base, load_adapter
+
+        state = json.loads((path / STATE_FILE).read_text())
+        check_base(state["base_id"], self.components.base_id, source=str(path))
+        diff = config_mismatch(state["config"], self.cfg.to_dict())
+        if diff:
+            raise CheckpointError(f"{path}: refusing to resume, the config differs in: " + "; ".join(diff))
+        if state["world_size"] != self.world:
+            raise CheckpointError(
+                f"{path}: saved by {state['world_size']} process(es), this run has {self.world}; the data shards per rank would change, "
+                "so the run could not continue exactly (start a new run from the adapter with --init-adapter instead)"
+            )
+        model = self.acc.unwrap_model(self.model)
+        load_adapter(model, path / ADAPTER_FILE, self.components.base_id)
+        if self.cfg.model.train_base:
+            model.base.load_state_dict(load_file(str(path / BASE_FILE)))
+        if state.get("sharded_state"):
+            self.acc.load_state(str(path / "accelerate_state"))
+        else:
+            opt_meta = json.loads((path / "optimizer.json").read_text())
+            self.optimizer.load_state_dict(optimizer_from_safetensors(load_file(str(path / "optimizer.safetensors")), opt_meta))
+        self.lr_sched.load_state_dict(state["lr_scheduler"])
+        set_rng_state(load_file(str(path / f"rng_r{self.rank}.safetensors")), json.loads((path / f"rng_r{self.rank}.json").read_text()))
+        self.loader_state = json.loads((path / f"loader_r{self.rank}.json").read_text())
+        self.loader.sampler.load_state_dict(self.loader_state)
+        self.step = int(state["step"])
+        log.info("resumed from %s at step %d", path, self.step)
+
+    # ---- validation ---------------------------------------------------------------------
+    def validate(self) -> None:
+        """Generate the fixed prompts from the fixed cameras; prompts are spread over the ranks."""
+        from syncam_data import video as vio
+        from syncam_model.generate import generate
+        from syncam_model.rig import resolve_rig
+
+        v = self.cfg.validation
+        d = self.cfg.data
+        rig = resolve_rig(v.cameras, d.width, d.height)
+        cams = rig.relative(d.translation_scale)
+        out = self.run_dir / "validation" / f"step_{self.step:06d}"
+        out.mkdir(parents=True, exist_ok=True)
+        model = self.acc.unwrap_model(self.model)
+        model.eval()
+        for i in range(self.rank, len(v.prompts), self.world):
+            with torch.no_grad():
+                vids = generate(self.components, v.prompts[i], cams, num_frames=v.frames or d.frames, height=d.height, width=d.width,
+                                steps=v.steps, guidance=v.guidance, seed=self.cfg.seed + i, progress=False)
+            grid = ((vids.permute(1, 3, 0, 4, 2).flatten(2, 3) + 1) * 127.5).clamp(0, 255).to(torch.uint8).numpy()  # F, H, n*W, 3
+            vio.encode(grid, out / f"prompt{i:02d}.mp4", fps=8)
+        model.train()
+        self.acc.wait_for_everyone()
+
+    # ---- the loop -------------------------------------------------------------------------
+    def run(self, stop_after: int | None = None) -> list[dict[str, Any]]:
+        """Train until ``cfg.steps`` (or ``stop_after`` steps of this run, to simulate an interruption)."""
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        log_path = self.run_dir / "log.jsonl"
+        if self.acc.is_main_process:
+            _write_json(self.run_dir / "config.json", cfg.to_dict())
+            with open(log_path, "a") as f:
+                f.write(json.dumps({"event": "start", "step": self.step, "world_size": self.world, "accumulation": self.accum,
+                                    "cache": str(self.cache.path) if self.cache else None, "time": time.time()}) + "\n")
+        self.model.train()
+        batches = iter(self.loader.dataloader())
+        records = []
+        end = cfg.steps if stop_after is None else min(cfg.steps, self.step + stop_after)
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", disable=not self.acc.is_main_process)
+        while self.step < end:
+            rec = self.train_step(batches)
+            rec["window"] = list(self.loader.sampler.schedule.window(self.step - 1).__dict__.values())
+            records.append(rec)
+            if self.acc.is_main_process:
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                bar.update(1)
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}")
+                if self.step % cfg.log.every == 0 and cfg.log.tensorboard:
+                    self.acc.log({k: v for k, v in rec.items() if isinstance(v, (int, float)) and k != "step"}, step=self.step)
+            if self.step % cfg.checkpoint.every == 0 or self.step == cfg.steps:
+                self.save_checkpoint()
+            if cfg.validation.every and self.step % cfg.validation.every == 0:
+                self.validate()
+        bar.close()
+        if cfg.log.tensorboard:
+            self.acc.end_training()
+        return records
+
+
+def _point_latest(ck: Path, name: str) -> None:
+    """``checkpoints/latest`` -> ``step_XXXXXX`` (a relative symlink, swapped atomically)."""
+    tmp = ck / f".{LATEST}.tmp{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(name, tmp)
+    os.replace(tmp, ck / LATEST)
+
+
+def train(
+    shards: str,
+    pretrained: str,
+    run_dir: str | os.PathLike,
+    cfg: TrainConfig,
+    *,
+    resume: str | None = None,
+    init_adapter: str | None = None,
+    log_samples: bool = False,
+    stop_after: int | None = None,
+) -> list[dict[str, Any]]:
+    """Build the trainer, restore a checkpoint if asked, and train. Returns this process's step records."""
+    trainer = Trainer(shards, pretrained, run_dir, cfg, log_samples=log_samples)
+    if resume:
+        ck = resolve_checkpoint(Path(run_dir), resume)
+        if ck is None:
+            log.info("no checkpoint in %s yet; starting from step 0", Path(run_dir) / CHECKPOINTS)
+        else:
+            trainer.load_checkpoint(ck)
+    elif init_adapter:
+        from syncam_model.model import load_adapter
+
+        load_adapter(trainer.acc.unwrap_model(trainer.model), init_adapter, trainer.components.base_id)
+    return trainer.run(stop_after=stop_after)
