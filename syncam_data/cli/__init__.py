@@ -8,6 +8,7 @@ from syncam_data.cli import (  # noqa: F401  (each module registers its command)
     filter_videos,
     inspect,
     render,
+    run,
     sample_frames,
     validate,
 )
