@@ -79,6 +79,19 @@ def sphere_pixels(cam: Camera, depth: np.ndarray, centre_m: np.ndarray, radius_m
     return g[idx]
 
 
+def marker_offset(cam: Camera, depth: np.ndarray, centre_m: np.ndarray, radius_m: float) -> np.ndarray | None:
+    """Centroid of the pixels drawn for a marker minus its projected centre, or None when it is not fully seen."""
+    (uv,), (z,) = cam.project(centre_m[None])
+    if not (z > 0 and 3 <= uv[0] <= cam.width - 3 and 3 <= uv[1] <= cam.height - 3):
+        return None
+    px = sphere_pixels(cam, depth, centre_m, radius_m)
+    expected = math.pi * (cam.fx * radius_m / z) ** 2
+    # Partly hidden (behind a subject or another marker) markers have a biased centroid: skip them.
+    if len(px) < max(12, 0.85 * expected):
+        return None
+    return px.mean(axis=0) - uv
+
+
 @pytest.fixture
 def server():
     with StandinServer() as srv:
@@ -116,15 +129,13 @@ def test_cameras_reproject_server_markers_within_a_pixel(server, backend_for, tm
         depth = load_npz_array(tmp_path / "scene_a" / "depth" / f"{cam_id}.npz", "depth")[0]
         for m in level_markers(MAP):
             centre = ue_to_canonical(m.location)
-            (uv,), (z,) = cam.project(centre[None])
-            if not (z > 0 and 3 <= uv[0] <= W - 3 and 3 <= uv[1] <= H - 3):
-                continue
-            px = sphere_pixels(cam, depth, centre, m.radius / 100.0)
-            if len(px) < 12:  # hidden behind a subject or another marker
+            off = marker_offset(cam, depth, centre, m.radius / 100.0)
+            if off is None:
                 continue
             # The server drew the marker where our exported camera projects its centre.
-            assert np.abs(px.mean(axis=0) - uv).max() < 1.0, (cam_id, m.name)
+            assert np.abs(off).max() < 1.0, (cam_id, m.name, off)
             # And the depth at the projected centre is the marker's front surface, in metres.
+            (uv,), (z,) = cam.project(centre[None])
             iu, iv = int(uv[0]), int(uv[1])
             assert depth[iv, iu] == pytest.approx(z - m.radius / 100.0, abs=0.02)
             checked += 1
