@@ -1,0 +1,149 @@
+"""filter-videos model adapters: CoTracker through torch.hub (local stand-in hub dir) and SAM plumbing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from syncam_data.cli import app
+from syncam_data.filter.decode import decode_clip
+from syncam_data.filter.run import run_filter
+from syncam_data.filter.segment import query_points
+from syncam_data.filter.settings import FilterSettings
+from syncam_data.filter.synthetic import EXPECTED_REASON, write_synthetic_set
+from syncam_data.filter.track import CoTrackerTracker, LKTracker, load_cotracker
+
+HUB = Path(__file__).resolve().parent / "cotracker_hub"
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> dict[str, Path]:
+    return write_synthetic_set(tmp_path_factory.mktemp("synthetic"), kinds=("static_subject", "pan", "static", "pan_subject"))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A weights file for the stand-in: a 21 px window (the default is 15) proves it was loaded."""
+    model = torch.hub.load(str(HUB), "cotracker3_offline", source="local", pretrained=False)
+    state = model.model.state_dict()
+    state["window"] = torch.tensor(21.0)
+    path = tmp_path_factory.mktemp("ckpt") / "scaled_offline.pth"
+    torch.save(state, path)
+    return path
+
+
+def test_load_cotracker_loads_the_checkpoint_into_model_model(checkpoint):
+    model = load_cotracker(str(HUB), str(checkpoint))
+    assert float(model.model.window) == 21.0
+    assert not model.training
+
+
+def test_load_cotracker_accepts_wrapped_training_checkpoints(checkpoint, tmp_path):
+    wrapped = tmp_path / "wrapped.pth"
+    torch.save({"model": torch.load(checkpoint, weights_only=True), "step": 3}, wrapped)
+    assert float(load_cotracker(str(HUB), str(wrapped)).model.window) == 21.0
+
+
+def test_load_cotracker_errors_name_the_problem(checkpoint, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no hubconf.py"):
+        load_cotracker(str(tmp_path), str(checkpoint))
+    with pytest.raises(FileNotFoundError, match="--cotracker-checkpoint"):
+        load_cotracker(str(HUB), str(tmp_path / "nope.pth"))
+    bad = tmp_path / "other.pth"
+    torch.save({"something_else": torch.zeros(2)}, bad)
+    with pytest.raises(RuntimeError, match="does not match CoTracker entry"):
+        load_cotracker(str(HUB), str(bad))
+
+
+def test_cotracker_call_signature_and_shapes(videos, checkpoint):
+    model = load_cotracker(str(HUB), str(checkpoint))
+    clip = decode_clip(videos["pan"], 256, 8, 10)
+    video = torch.from_numpy(clip.frames).permute(0, 3, 1, 2)[None].float()
+    tracks, vis = model(video, queries=None, segm_mask=None, grid_size=5, grid_query_frame=0, backward_tracking=False)
+    t = len(clip.frames)
+    assert tracks.shape == (1, t, 25, 2) and vis.shape == (1, t, 25) and vis.dtype == torch.bool
+    pts = query_points([], *clip.frames.shape[1:3], grid_size=6, points_per_mask=1)[0]
+    out_tracks, out_vis = CoTrackerTracker(model).track(clip.frames, pts)
+    assert out_tracks.shape == (t, 36, 2) and out_vis.shape == (t, 36) and out_vis.dtype == bool
+    assert np.allclose(out_tracks[0], pts)
+    # The pan moves the scene left by 1.5 px per source frame (x3 stride): tracks must follow it.
+    moved = out_tracks[1, out_vis[1]] - out_tracks[0, out_vis[1]]
+    assert np.median(moved[:, 0]) == pytest.approx(-4.5, abs=0.3)
+
+
+def test_cotracker_adapter_matches_lk_decisions(videos, checkpoint, tmp_path):
+    """Same decisions (and close scores) whichever tracker produced the tracks."""
+    lk_out, co_out = tmp_path / "lk", tmp_path / "co"
+    inputs = list(videos.values())
+    run_filter(inputs, lk_out, FilterSettings(), progress=False)
+    s = FilterSettings(tracker="cotracker", cotracker_repo=str(HUB), cotracker_checkpoint=str(checkpoint))
+    run_filter(inputs, co_out, s, progress=False)
+    lk = {Path(r["path"]).stem: r for r in pq.read_table(lk_out / "scores.parquet").to_pylist()}
+    co = {Path(r["path"]).stem: r for r in pq.read_table(co_out / "scores.parquet").to_pylist()}
+    for kind in videos:
+        assert co[kind]["reason"] == EXPECTED_REASON[kind] == lk[kind]["reason"], kind
+        assert co[kind]["camera_motion"] == pytest.approx(lk[kind]["camera_motion"], rel=0.1, abs=1e-3)
+
+
+def test_cli_with_cotracker(videos, checkpoint, tmp_path):
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, [
+        "filter-videos", str(videos["static_subject"]), "--out", str(out), "--tracker", "cotracker",
+        "--cotracker-repo", str(HUB), "--cotracker-checkpoint", str(checkpoint), "--no-progress",
+    ])
+    assert res.exit_code == 0, res.output
+    assert "kept 1" in res.output
+    res = CliRunner().invoke(app, [
+        "filter-videos", str(videos["pan"]), "--out", str(tmp_path / "o2"), "--tracker", "cotracker",
+        "--cotracker-repo", str(tmp_path), "--no-progress",
+    ])
+    # A misconfigured tracker fails every video the same way: an error row naming the problem.
+    rows = pq.read_table(tmp_path / "o2" / "scores.parquet").to_pylist()
+    assert rows[0]["status"] == "error" and "hubconf.py" in rows[0]["error"]
+
+
+def test_lk_tracker_follows_a_translation():
+    rng = np.random.default_rng(0)
+    import cv2
+
+    tex = cv2.GaussianBlur(rng.uniform(0, 255, (120, 160)).astype(np.float32), (0, 0), 2)
+    tex = cv2.normalize(tex, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    frames = np.stack([np.repeat(np.roll(tex, 2 * i, axis=1)[..., None], 3, 2) for i in range(4)])
+    pts = query_points([], 120, 160, 6, 1)[0]
+    tracks, vis = LKTracker().track(frames, pts)
+    ok = vis[3]
+    assert ok.sum() > 20
+    assert np.allclose(tracks[3, ok] - pts[ok], [6.0, 0.0], atol=0.2)
+
+
+@pytest.mark.slow
+def test_sam_plumbing_vit_b_random_weights():
+    """Random weights give arbitrary masks: check the plumbing (types, shapes, point sampling), not quality."""
+    from syncam_data.filter.segment import SamSegmenter
+
+    seg = SamSegmenter("vit_b", None, "cpu", points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    masks = seg.segment(image)
+    assert isinstance(masks, list)
+    for m in masks:
+        assert m.shape == (48, 64) and m.dtype == bool
+    areas = [m.sum() for m in masks]
+    assert areas == sorted(areas, reverse=True)
+    pts, labels = query_points(masks, 48, 64, grid_size=6, points_per_mask=5)
+    assert len(pts) == len(labels) and len(pts) > 0
+    assert pts[:, 0].max() < 64 and pts[:, 1].max() < 48
+
+
+def test_sam_missing_checkpoint_is_a_clear_error(tmp_path):
+    from syncam_data.filter.segment import SamSegmenter
+
+    with pytest.raises(FileNotFoundError, match="SAM checkpoint not found"):
+        SamSegmenter("vit_b", str(tmp_path / "sam_vit_b.pth"))
+    with pytest.raises(ValueError, match="unknown SAM model"):
+        SamSegmenter("vit_x", None)
