@@ -103,7 +103,7 @@ def backend_for(request):
     made = []
 
     def _make(srv: StandinServer, **opts):
-        b = get_backend("unrealcv", WorkerSlot(0, 1), port=[srv.port], connect_timeout=5, timeout=20, **opts)
+        b = get_backend("unrealcv", WorkerSlot(0, 1), **{"port": [srv.port], "connect_timeout": 5, "timeout": 20, **opts})
         b.open()
         made.append(b)
         return b
@@ -321,3 +321,20 @@ def test_one_shot_clip_holds_its_last_pose(server, backend_for, tmp_path):
     want = [min(sub.animation_time(k, spec.fps), length) for k in range(spec.num_frames)]
     assert times == pytest.approx(want, abs=1e-5)
     assert times[-1] == pytest.approx(length, abs=1e-5)  # the test really reaches the clamp
+
+
+def test_slow_capture_within_timeout_succeeds_and_beyond_it_fails_clearly(backend_for, tmp_path):
+    spec = make_spec(num_frames=1, num_cameras=1, subjects=1)
+    with StandinServer(capture_delay=0.1) as srv:  # 3 captures: 0.3 s per frame barrier
+        render(backend_for(srv, timeout=5), spec, tmp_path / "ok")
+        assert is_complete(tmp_path / "ok")
+    with StandinServer(capture_delay=0.4) as srv:  # 1.2 s per frame barrier, timeout 0.5 s
+        backend = backend_for(srv, timeout=0.5, retries=1)
+        with pytest.raises(ConnectionError, match=r"lost the UnrealCV server .* 2 times; last: .*no reply within"):
+            backend.render_scene(spec, SceneOutput(tmp_path / "slow", fps=12))
+
+
+def is_complete(folder: Path) -> bool:
+    from syncam_data.render.output import is_complete_scene
+
+    return is_complete_scene(folder)
