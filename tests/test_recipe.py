@@ -1,0 +1,175 @@
+"""`syncam-data run RECIPE`: shipped recipes match the commands; stages chain through the real commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from syncam_data.cli import app
+from syncam_data.recipe import load_recipe, plan_recipe
+from syncam_data.shards.reader import ShardReader
+from syncam_data.shards.validate import validate_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = ["paper.yaml", "local_small.yaml"]
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, ["run", *args])
+
+
+def write_recipe(path: Path, recipe: dict) -> Path:
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_shipped_recipes_match_the_commands(name):
+    """Every option a shipped recipe uses exists in its command (catches drift between recipes and CLIs)."""
+    path = REPO / "pipelines" / name
+    recipe = load_recipe(path)
+    stages = plan_recipe(recipe, path, engine="ray", ray_address="auto")
+    enabled = [s for s in recipe.stages if s.enabled]
+    assert [s.name for s in stages] == [s.name for s in enabled]
+    for st in stages:
+        assert "${" not in " ".join(st.argv)
+        assert st.argv[st.argv.index("--engine") + 1] == "ray" and st.argv[st.argv.index("--ray-address") + 1] == "auto"
+    shards = next(s for s in stages if s.command == "build-shards")
+    assert shards.argv[shards.argv.index("--mix") + 1] == "multiview_video=0.6,multiview_image=0.2,single_video=0.2"
+    res = run(str(path), "--dry-run")
+    assert res.exit_code == 0, res.output
+    assert res.output.count("syncam-data ") == len(stages)
+
+
+def test_paper_recipe_has_the_paper_settings():
+    path = REPO / "pipelines" / "paper.yaml"
+    stages = {s.name: s.argv for s in plan_recipe(load_recipe(path), path)}
+    render = " ".join(stages["render"])
+    for setting in ("--cameras 36", "--frames 100", "--distance 3.5-9", "--elevation 0-45", "--subjects 1-2"):
+        assert setting in render
+    assert "--max-gap 100" in " ".join(stages["sample-realestate10k"]) and "--max-gap 100" in " ".join(stages["sample-dl3dv"])
+    assert {"render", "sample-realestate10k", "sample-dl3dv", "filter-videos", "build-shards"} <= set(stages)
+
+
+def test_vars_override_and_clear_errors(tmp_path):
+    rec = {"name": "t", "vars": {"root": "a"}, "stages": [{"name": "build-shards", "args": {"out": "${root}/shards", "frames": ["${root}/f"]}}]}
+    path = write_recipe(tmp_path / "r.yaml", rec)
+    res = run(str(path), "--dry-run", "--var", "root=/data/x")
+    assert res.exit_code == 0 and "--out /data/x/shards --frames /data/x/f" in res.output
+
+    rec["stages"][0]["args"]["shard-sise"] = "1GB"
+    res = run(str(write_recipe(tmp_path / "r.yaml", rec)), "--dry-run")
+    assert res.exit_code == 1 and "stage 'build-shards'" in res.output and "no option 'shard-sise'" in res.output
+
+    rec["stages"][0]["args"] = {"out": "${nowhere}/shards"}
+    res = run(str(write_recipe(tmp_path / "r.yaml", rec)), "--dry-run")
+    assert res.exit_code == 1 and "unknown variable ${nowhere}" in res.output
+
+    rec["stages"][0]["command"] = "render-everything"
+    res = run(str(write_recipe(tmp_path / "r.yaml", rec)), "--dry-run")
+    assert res.exit_code == 1 and "unknown command 'render-everything'" in res.output
+
+    (tmp_path / "bad.yaml").write_text("name: x\nstages: [{name: a, bogus: 1}]\n")
+    res = run(str(tmp_path / "bad.yaml"), "--dry-run")
+    assert res.exit_code == 1 and "bad.yaml" in res.output and "bogus" in res.output
+
+
+def test_a_stage_whose_command_has_not_landed_fails_clearly(tmp_path):
+    from syncam_data.cli.app import not_landed
+
+    @app.command("future-stage", help="A command that has not landed yet.")
+    def future_stage() -> None:
+        raise not_landed("future-stage", 99)
+
+    try:
+        rec = {"name": "t", "stages": [{"name": "future", "command": "future-stage"}, {"name": "build-shards", "args": {"out": str(tmp_path / "s"), "frames": [str(tmp_path)]}}]}
+        res = run(str(write_recipe(tmp_path / "r.yaml", rec)), "--json", str(tmp_path / "report.json"))
+        assert res.exit_code == 1
+        assert "not available in this version" in res.output and "1 later stage(s) not run" in res.output
+        report = json.loads((tmp_path / "report.json").read_text())
+        assert [(s["name"], s["exit_code"]) for s in report["stages"]] == [("future", 3)]
+    finally:
+        app.registered_commands[:] = [c for c in app.registered_commands if c.name != "future-stage"]
+
+
+def test_failed_stage_stops_the_run_unless_keep_going(tmp_path):
+    rec = {
+        "name": "t",
+        "stages": [
+            {"name": "first", "command": "build-shards", "args": {"out": str(tmp_path / "a"), "frames": [str(tmp_path / "missing")]}},
+            {"name": "second", "command": "build-shards", "args": {"out": str(tmp_path / "b"), "frames": [str(tmp_path / "empty")]}},
+        ],
+    }
+    (tmp_path / "empty").mkdir()
+    path = write_recipe(tmp_path / "r.yaml", rec)
+    res = run(str(path))
+    assert res.exit_code == 1 and "stage first [build-shards]" in res.output and not (tmp_path / "b").exists()
+    res = run(str(path), "--keep-going")
+    assert res.exit_code == 1 and (tmp_path / "b" / "dataset.json").exists()
+
+
+def _re10k_root(root: Path) -> Path:
+    from syncam_data.sources.export import export_realestate10k
+    from tests.test_sources_scene import render, trajectory
+
+    cams = trajectory(12, deg_per_frame=3.0)
+    export_realestate10k(root, "seqr", cams, [render(c) for c in cams], pose_stride=2)
+    return root
+
+
+def test_recipe_chains_sample_frames_filter_videos_and_build_shards(tmp_path):
+    from syncam_data.filter.synthetic import write_synthetic_set
+
+    _re10k_root(tmp_path / "re10k")
+    write_synthetic_set(tmp_path / "web", kinds=("static_subject", "pan"), seconds=1.5)
+    rec = {
+        "name": "chain",
+        "vars": {"root": str(tmp_path / "run")},
+        "engine": "local",
+        "mix": {"multiview_video": 0.6, "multiview_image": 0.2, "single_video": 0.2},
+        "stages": [
+            {"name": "sample-frames", "args": {"source": "realestate10k", "root": str(tmp_path / "re10k"), "out": "${root}/frames", "views": 3, "max-gap": 20, "no-progress": True}},
+            {"name": "filter-videos", "args": {"inputs": [str(tmp_path / "web")], "out": "${root}/web", "progress": False}},
+            {"name": "build-shards", "args": {"out": "${root}/shards", "frames": ["${root}/frames"], "videos": ["${root}/web/scores.parquet"]}},
+        ],
+    }
+    res = run(str(write_recipe(tmp_path / "r.yaml", rec)))
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "run" / "shards"
+    assert validate_dataset(out).ok
+    reader = ShardReader(out)
+    groups = reader.groups()
+    assert {d for d, _ in groups} == {"realestate10k", "web"}
+    web = reader.filter(dataset="web").to_pylist()
+    assert len(web) == 1 and web[0]["source_uri"].endswith("static_subject.mp4")  # the pan was rejected by the filter
+    assert reader.manifest["build_args"]["mix"]["multiview_video"] == 0.6
+    # Re-running the recipe resumes: every stage finds its work done, nothing is added.
+    res = run(str(tmp_path / "r.yaml"))
+    assert res.exit_code == 0 and len(ShardReader(out)) == len(reader)
+
+
+@pytest.mark.slow
+@pytest.mark.blender
+def test_recipe_renders_with_blender_and_builds_shards(tmp_path):
+    pytest.importorskip("bpy")
+    rec = {
+        "name": "render-chain",
+        "stages": [
+            {"name": "render", "args": {"scenes": 1, "out": str(tmp_path / "renders"), "cameras": 2, "frames": 3, "resolution": "48x64", "samples": 1, "progress": False}},
+            {"name": "build-shards", "args": {"out": str(tmp_path / "shards"), "renders": [str(tmp_path / "renders")]}},
+        ],
+    }
+    res = run(str(write_recipe(tmp_path / "r.yaml", rec)))
+    assert res.exit_code == 0, res.output
+    rep = validate_dataset(tmp_path / "shards")
+    assert rep.ok, rep.problems
+    rows = ShardReader(tmp_path / "shards").rows()
+    assert len(rows) == 2 and {r["dataset"] for r in rows} == {"syncam-blender"} and all(r["caption"] for r in rows)
+    cams = {c["id"]: c for c in json.loads(next((tmp_path / "renders").glob("scene_*/cameras.json")).read_text())["cameras"]}
+    for r in rows:
+        assert r["c2w"] == pytest.approx(cams[r["view_id"]]["c2w"], abs=1e-5) and r["num_frames"] == 3
