@@ -130,19 +130,24 @@ def _cv_matrix(cam: Camera) -> np.ndarray:
     return K
 
 
-def distort_image(image: np.ndarray, camera: Camera, distortion: dict[str, float]) -> np.ndarray:
-    """Resample a pinhole image of ``camera`` as the OpenCV-model lens (k1 k2 p1 p2) would have seen it.
+def distortion_maps(camera: Camera, distortion: dict[str, float]) -> np.ndarray:
+    """(H, W, 2) float32: for each distorted pixel, where it lies in the pinhole image of ``camera``.
 
-    For each output (distorted) pixel the matching pinhole pixel is found with
-    ``cv2.undistortPointsIter``; the inverse of what the reader's undistortion does.
+    Found with ``cv2.undistortPointsIter`` (iterative inversion of the OpenCV
+    k1 k2 p1 p2 model): the inverse of what the reader's undistortion does.
     """
     K = _cv_matrix(camera)
     dist = np.array([float(distortion.get(k, 0.0)) for k in DIST_KEYS], np.float64)
-    h, w = image.shape[:2]
+    w, h = camera.width, camera.height
     grid = np.stack(np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64)), -1).reshape(-1, 1, 2)
     criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 40, 1e-10)
-    und = cv2.undistortPointsIter(grid, K, dist, None, K, criteria).reshape(h, w, 2).astype(np.float32)
-    return cv2.remap(image, und[..., 0], und[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    return cv2.undistortPointsIter(grid, K, dist, None, K, criteria).reshape(h, w, 2).astype(np.float32)
+
+
+def distort_image(image: np.ndarray, camera: Camera, distortion: dict[str, float], maps: np.ndarray | None = None) -> np.ndarray:
+    """Resample a pinhole image of ``camera`` as the OpenCV-model lens (k1 k2 p1 p2) would have seen it."""
+    m = distortion_maps(camera, distortion) if maps is None else maps
+    return cv2.remap(image, m[..., 0], m[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
 
 def _dl3dv_size(width: int, height: int, factor: int) -> tuple[int, int]:
@@ -197,9 +202,10 @@ def export_dl3dv(
         meta["applied_transform"] = A[:3].tolist()
     fmt = _fmt(image_ext)
     files: dict[str, bytes] = {}
+    maps = distortion_maps(c0, distortion) if distortion else None  # one camera: one map for all frames
     for name, img in zip(names, frames):
         if distortion:
-            img = distort_image(img, c0, distortion)
+            img = distort_image(img, c0, distortion, maps)
         for f in downscales:
             folder = "images" if f == 1 else f"images_{f}"
             small = img if f == 1 else cv2.resize(img, _dl3dv_size(c0.width, c0.height, f), interpolation=cv2.INTER_AREA)
