@@ -173,3 +173,13 @@ def test_recipe_renders_with_blender_and_builds_shards(tmp_path):
     cams = {c["id"]: c for c in json.loads(next((tmp_path / "renders").glob("scene_*/cameras.json")).read_text())["cameras"]}
     for r in rows:
         assert r["c2w"] == pytest.approx(cams[r["view_id"]]["c2w"], abs=1e-5) and r["num_frames"] == 3
+
+
+def test_ray_cluster_example_is_a_valid_ray_up_config():
+    """pipelines/ray_cluster.yaml passes the same preparation and schema check `ray up` applies."""
+    pytest.importorskip("ray")
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    cfg = prepare_config(yaml.safe_load((REPO / "pipelines" / "ray_cluster.yaml").read_text()))
+    validate_config(cfg)
+    assert cfg["provider"]["type"] == "local" and cfg["max_workers"] == len(cfg["provider"]["worker_ips"])
