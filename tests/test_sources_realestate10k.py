@@ -133,6 +133,8 @@ def test_real_file_through_sampler_with_video_frame_gap(fixtures_dir, tmp_path):
     for g in gs:
         ts = [c["timestamp_us"] for c in g["cameras"]]
         assert (ts[-1] - ts[0]) * FPS / 1e6 <= 40.5
+        vf = [c["video_frame"] for c in g["cameras"]]
+        assert vf == [round(t * FPS / 1e6) for t in ts] and vf[-1] - vf[0] <= 40
         assert [c["timestamp_us"] for c in g["cameras"]] == [int(cf.timestamps_us[i]) for i in g["frame_indices"]]
         assert_camera_equal(g["cameras"][0], cf.camera(g["frame_indices"][0], 64, 36))
 

@@ -247,7 +247,7 @@ class Re10kSequence:
     cameras: CameraFile
     frames_kind: str  # images | video
     frames_path: Path  # the image folder or the video file
-    video_frames: np.ndarray | None  # (N,) video frame number per pose line (None: images without --fps use)
+    video_frames: np.ndarray | None  # (N,) video frame number per pose line (None: images closer than a frame at --fps)
     gap_positions: np.ndarray
     video_fps: float | None = None
     video_time: str | None = None  # absolute | relative: how timestamps were matched to the video
@@ -303,7 +303,8 @@ class Re10kSequence:
         return SourceFrame(i, img, self.cameras.camera(i, w, h), self.cameras.raw(i), self._extra(i, str(path)))
 
     def _frames_from_video(self, entries: list[int]) -> dict[int, SourceFrame]:
-        assert self.video_frames is not None
+        if self.video_frames is None:
+            raise SourceError(f"{self.frames_path}: no video frame numbers for {self.cameras.path}")
         wanted = [int(self.video_frames[i]) for i in entries]
         imgs = decode(self.frames_path, wanted)
         h, w = imgs.shape[1:3]
@@ -331,7 +332,7 @@ def open_sequence(ref: SequenceRef, opts: Re10kOptions) -> Re10kSequence:
             raise SourceError(f"{ref.path}: line {int(cf.line_numbers[dup])}: timestamp maps to the same video frame as the previous line in {path}")
     else:
         fps = None
-        video_frames = np.rint((cf.timestamps_us - cf.timestamps_us[0]) * opts.fps / 1e6).astype(np.int64)
+        video_frames = np.rint(cf.timestamps_us * opts.fps / 1e6).astype(np.int64)
         if np.any(np.diff(video_frames) <= 0):
             video_frames = None  # timestamps closer than one frame at --fps: no usable video frame numbers
             if opts.gap_unit == "video-frames":
