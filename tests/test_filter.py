@@ -395,3 +395,43 @@ def test_synthetic_generator_is_deterministic_and_moves():
     assert np.abs(a[0].astype(int) - a[-1].astype(int)).mean() > 1
     with pytest.raises(ValueError, match="unknown synthetic"):
         SyntheticSpec("dolly")
+
+
+def test_scores_feed_build_shards_as_single_video_groups(scored, tmp_path):
+    """The kept rows of scores.parquet become single_video rows with the filter's scores."""
+    from syncam_data.shards.reader import ShardReader
+
+    out, rows = scored
+    res = CliRunner().invoke(app, ["build-shards", "--out", str(tmp_path / "shards"), "--videos", str(out / "scores.parquet")])
+    assert res.exit_code == 0, res.output
+    table = ShardReader(tmp_path / "shards").filter(dataset="web").to_pylist()
+    assert len(table) == 1
+    row = table[0]
+    kept = rows["static_subject"]
+    assert row["kind"] == "single_video" and row["source_uri"] == kept["path"]
+    assert row["subject_motion"] == pytest.approx(kept["subject_motion"])
+    assert row["camera_motion"] == pytest.approx(kept["camera_motion"])
+
+
+@pytest.mark.slow
+def test_ray_engine_gives_the_same_rows(videos, tmp_path):
+    """--engine ray (Ray Data: decode tasks, analysis actors) writes the same decisions, bad files included."""
+    ray = pytest.importorskip("ray")
+    bad = _bad_files(tmp_path / "bad", videos["static"])
+    inputs = [videos["static_subject"], videos["pan"], bad["noise.mp4"], bad["zero.mp4"]]
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    run_filter(inputs, local, FilterSettings(), progress=False)
+    try:
+        from syncam_data.engine import ray_init
+
+        ray_init(num_cpus=2)
+        run_filter(inputs, remote, FilterSettings(), engine="ray", workers=1, progress=False, debug=True)
+    finally:
+        ray.shutdown()
+    a, b = _rows(local), _rows(remote)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (a[k]["status"], a[k]["reason"]) == (b[k]["status"], b[k]["reason"]), k
+        if a[k]["subject_motion"] is not None:
+            assert b[k]["subject_motion"] == pytest.approx(a[k]["subject_motion"], rel=1e-5)
+    assert (remote / "debug" / f"{b['pan.mp4']['content_hash']}.png").exists()
