@@ -410,3 +410,45 @@ def test_local_workers_and_ray_write_the_same_dataset(inputs, tmp_path):
         assert_valid(tmp_path / other)
         assert shard_digests(tmp_path / other) == ref  # byte-for-byte the same shard files
         assert index_rows(tmp_path / other) == index_rows(tmp_path / "one")
+
+
+@pytest.mark.slow
+def test_sigkilled_build_process_leaves_a_valid_dataset(tmp_path):
+    """A real `kill -9` of a running build: what was committed validates, and a re-run completes it exactly once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from syncam_data.filter.synthetic import write_synthetic_video
+
+    web = tmp_path / "web"
+    web.mkdir()
+    rows = []
+    for k in range(6):  # clips over --max-frames: every group is re-encoded, so the build takes seconds
+        p = write_synthetic_video(web / f"c{k}.mp4", "static_subject", seed=k, seconds=3.0, fps=24.0)
+        rows.append({"path": str(p), "content_hash": hashlib.sha256(p.read_bytes()).hexdigest(), "status": "kept"})
+    import pyarrow as pa
+
+    pq.write_table(pa.Table.from_pylist(rows), web / "scores.parquet")
+    out = tmp_path / "ds"
+    cmd = [str(Path(sys.executable).parent / "syncam-data"), "-q", "build-shards", "--out", str(out), "--videos", str(web / "scores.parquet"), "--max-frames", "60", "--shard-size", "1KB"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    committed = 0
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "dataset.json").exists():
+            committed = len(json.loads((out / "dataset.json").read_text())["shards"])
+            if committed >= 1:
+                break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 1 <= committed < 6, "the build was not caught mid-way"
+    reader = assert_valid(out)
+    assert 1 <= len(reader.groups()) < 6
+    build(out, "--videos", str(web / "scores.parquet"), "--max-frames", "60", "--shard-size", "1KB")  # the stale lock of the dead process is taken over
+    reader = assert_valid(out)
+    assert len(reader.groups()) == 6 and len(reader) == 6

@@ -66,10 +66,7 @@ def build_shards(
 ) -> None:
     """Pack renders, frame sets, filtered web videos and SynCamVideo data into one Parquet shard dataset (Contract 3).
 
-    Incremental: a re-run adds only groups that are not in the dataset yet, and
-    skips duplicate groups (same content hash). Crash-safe: a killed build
-    leaves a valid dataset of the shards it committed. `--engine local` and
-    `--engine ray` write the same shard files.
+    Incremental: a re-run adds only groups that are not in the dataset yet and skips duplicate groups (same content hash). Crash-safe: a killed build leaves a valid dataset of the shards it committed, and the next run redoes the rest. --engine local (any --workers) and --engine ray write the same shard files. See docs/build-shards.md.
     """
     from syncam_data.shards.adapters import AdapterOptions
     from syncam_data.shards.build import BuildConfig, BuildError, build_shards as run_build

@@ -36,9 +36,7 @@ def run(
 ) -> None:
     """Run a declarative recipe: each stage is a syncam-data command run in order with the recipe's options.
 
-    Every stage is resumable, so re-running a recipe continues where it stopped. With --engine ray (and
-    --ray-address on a cluster) the data stages run as Ray tasks/actors; the output folders must be on
-    storage that all nodes see.
+    Every stage is resumable, so re-running a recipe continues where it stopped. With --engine ray (and --ray-address on a cluster) the data stages run as Ray tasks and actors; their folders must be on storage that every node sees. See pipelines/README.md.
     """
     from syncam_data.recipe import RecipeError, load_recipe, plan_recipe, run_recipe
 
