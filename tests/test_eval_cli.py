@@ -292,3 +292,27 @@ def test_clip_and_fvd_with_local_weights(tmp_path: Path, render_root: Path, view
     s2, _ = load(tmp_path / "o2")
     assert s2["scores"]["fvd"]["fvd"] > 1e-3
     assert s2["scores"]["clip_t"]["skipped"] == "no --clip weights given"
+
+
+@pytest.mark.slow
+def test_local_workers_and_ray_give_the_same_rows(tmp_path: Path, render_root: Path) -> None:
+    """--workers 2 and --engine ray evaluate the same pairs to the same numbers as one process."""
+    ray = pytest.importorskip("ray")
+
+    def rows(out: Path) -> list[dict]:
+        return sorted(load(out)[1], key=lambda r: (r["group_id"], r["view_a"], r["view_b"], r["frame"]))
+
+    args = (render_root, "--frames", "1", "--report-groups", "0")
+    assert run_cli(*args, "--out", tmp_path / "one")[0] == 0
+    assert run_cli(*args, "--out", tmp_path / "two", "--workers", "2")[0] == 0
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        code, text = run_cli(*args, "--out", tmp_path / "ray", "--engine", "ray")
+    finally:
+        ray.shutdown()
+    assert code == 0, text
+    ref = rows(tmp_path / "one")
+    assert len(ref) == 9
+    assert rows(tmp_path / "two") == ref
+    assert rows(tmp_path / "ray") == ref
+    assert load(tmp_path / "ray")[0]["engine"] == "ray"
