@@ -63,10 +63,15 @@ class Result:
 
     def row(self) -> str:
         fps = 1.0 / self.s_per_frame
+        mbs = "-" if math.isnan(self.mb_per_frame) else f"{self.mb_per_frame / self.s_per_frame:.1f}"
         return (
             f"| {self.name} | {self.fmt} | {self.pattern} | {self.transport} | {self.s_per_frame * 1000:.1f} | "
-            f"{fps:.2f} | {self.mb_per_frame / self.s_per_frame:.1f} | {self.cpu_ms_per_frame:.1f} |"
+            f"{fps:.2f} | {mbs} | {self.cpu_ms_per_frame:.1f} |"
         )
+
+
+def median(runs: list[Result]) -> Result:
+    return sorted(runs, key=lambda r: r.s_per_frame)[len(runs) // 2]
 
 
 def free_port() -> int:
@@ -215,23 +220,27 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=320, help="image width")
     ap.add_argument("--height", type=int, default=240, help="image height")
     ap.add_argument("--capture-delay", type=float, default=0.005, help="simulated render cost per captured image (s)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per configuration; the table shows the median")
     ap.add_argument("--out", type=Path, default=None, help="write the markdown table here")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     results: list[Result] = []
+    load0 = os.getloadavg()[0]
     with standin(a.capture_delay) as (port, sock):
         for fmt in ("bmp", "png"):
             for pattern in ("vbatch", "per-request"):
                 for transport in ("tcp", "unix"):
-                    results.append(run_client(port, sock, fmt, pattern, transport, a.cameras, a.frames, a.width, a.height))
+                    runs = [run_client(port, sock, fmt, pattern, transport, a.cameras, a.frames, a.width, a.height) for _ in range(a.repeat)]
+                    results.append(median(runs))
                     log.info("%s", results[-1].row())
-        results.append(run_backend(port, a.cameras, a.frames, a.width, a.height))
+        results.append(median([run_backend(port, a.cameras, a.frames, a.width, a.height) for _ in range(a.repeat)]))
     floor = 3 * a.cameras * a.capture_delay
     lines = [
         f"Machine: {platform.machine()} {os.cpu_count()}-core CPU, no GPU, Python {platform.python_version()}; "
         f"server = tests/unrealcv_standin.py in its own process.",
         f"Setup: {a.cameras} cameras x {a.frames} frames, {a.width}x{a.height}, lit + depth npy + object mask per camera, "
-        f"simulated render cost {a.capture_delay * 1000:.1f} ms per image (floor {floor * 1000:.0f} ms per frame).",
+        f"simulated render cost {a.capture_delay * 1000:.1f} ms per image (floor {floor * 1000:.0f} ms per frame); "
+        f"median of {a.repeat} runs; load average during the run {load0:.1f} -> {os.getloadavg()[0]:.1f}.",
         "",
         "| run | lit format | requests | transport | ms / frame | frames / s | MB/s received | client CPU ms / frame |",
         "|---|---|---|---|---|---|---|---|",

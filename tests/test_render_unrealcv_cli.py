@@ -100,3 +100,16 @@ def test_render_cli_records_a_missing_capability_as_a_failed_scene(tmp_path, mon
     assert result.exit_code == 1
     assert "capture object masks" in result.output
     assert not (out / "scene_00000").exists()
+
+
+@pytest.mark.slow
+def test_render_cli_ray_engine_one_actor_per_instance(tmp_path):
+    """--engine ray: each Ray actor owns one backend (one engine instance, its own port)."""
+    pytest.importorskip("ray")
+    with StandinServer() as a, StandinServer() as b:
+        result, out = run_render(tmp_path, [a.port, b.port], "--engine", "ray", "--workers", "2", scenes=2)
+        assert result.exit_code == 0, result.output
+        assert a.captures and b.captures
+    for sid in ("scene_00000", "scene_00001"):
+        assert is_complete_scene(out / sid)
+        assert check_scene_reprojects(out / sid) >= 1
