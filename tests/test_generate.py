@@ -1,0 +1,219 @@
+"""Camera rigs, the sampling loop and `syncam-generate` end to end on tiny models."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from syncam_data.cameras import Camera, look_at
+from syncam_data.video import encode, probe
+from syncam_model.cli_generate import app
+from syncam_model.generate import generate, plan_latents
+from syncam_model.model import load_components, save_adapter
+from syncam_model.modules import multiview_modules
+from syncam_model.rig import RigError, load_rig, parse_preset, preset_rig, write_rig
+
+from .conftest import smooth_frames
+
+H, W, FRAMES = 32, 48, 9
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine they make matmuls wait on each other."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+
+def perturbed_tiny(variant: str = "2b"):
+    c = load_components("tiny", tiny_config={"variant": variant})
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _, m in multiview_modules(c.transformer):
+            for lin in (m.camera_encoder, m.proj[1]):
+                lin.weight.copy_(torch.randn(lin.weight.shape, generator=g) * 0.3)
+    return c
+
+
+# --------------------------------------------------------------------------- rig
+
+
+def test_preset_broadcast_and_geometry():
+    rig = preset_rig("azimuth:0,90,180;elevation:30", W, H)
+    assert rig.ids == ["view00", "view01", "view02"]
+    rel = rig.relative()
+    np.testing.assert_allclose(rel[0], np.eye(3, 4).reshape(-1), atol=1e-6)
+    # every camera looks at the centre from distance 6 at 30 degrees elevation
+    for cam in rig.cameras:
+        assert np.linalg.norm(cam.t) == pytest.approx(6.0)
+        assert cam.t[2] == pytest.approx(6.0 * np.sin(np.radians(30)))
+        np.testing.assert_allclose(cam.forward, -cam.t / np.linalg.norm(cam.t), atol=1e-9)
+    # view 2 is opposite view 0: their optical axes' horizontal parts are opposite
+    assert np.dot(rig.cameras[0].forward[:2], rig.cameras[2].forward[:2]) < 0
+    # relative translation divided by the scale
+    np.testing.assert_allclose(rig.relative(2.0)[1, [3, 7, 11]], rel[1, [3, 7, 11]] / 2, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [("", "empty"), ("azimuth", "expected"), ("yaw:1,2", "expected"), ("azimuth:0,30;elevation:1,2,3", "azimuth has 2 values"), ("distance:0", "positive"), ("azimuth:a", "numbers")],
+)
+def test_bad_presets(spec, message):
+    with pytest.raises(RigError, match=message):
+        preset_rig(spec, W, H)
+
+
+def test_parse_preset_aliases():
+    assert parse_preset("az:0,30 el:10") == {"azimuth": [0.0, 30.0], "elevation": [10.0]}
+
+
+def test_cameras_json_rig_rescales_intrinsics(tmp_path):
+    cams = [Camera(640, 480, 500, 500, 320, 240, look_at((4, 0, 1), (0, 0, 0))), Camera(640, 480, 500, 500, 320, 240, look_at((0, 4, 1), (0, 0, 0)))]
+    path = tmp_path / "cameras.json"
+    path.write_text(json.dumps({"cameras": [c.to_dict(id=f"cam{i}") for i, c in enumerate(cams)]}))
+    rig = load_rig(path, 96, 64, views=["cam1", "cam0"])
+    assert rig.ids == ["cam1", "cam0"]
+    assert (rig.cameras[0].width, rig.cameras[0].height) == (96, 64)
+    np.testing.assert_allclose(rig.cameras[0].c2w, cams[1].c2w)
+    assert rig.cameras[0].fy == pytest.approx(500 * 96 / 640)  # resize to cover 96x64, then centre crop
+    with pytest.raises(RigError, match="no camera"):
+        load_rig(path, 96, 64, views=["nope"])
+    write_rig(rig, tmp_path / "out.json")
+    assert json.loads((tmp_path / "out.json").read_text())["cameras"][0]["id"] == "cam1"
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def test_generate_text_mode_deterministic_and_coupled():
+    c = perturbed_tiny()
+    cams = preset_rig("azimuth:0,40", W, H).relative()
+    kw = dict(num_frames=FRAMES, height=H, width=W, steps=2, progress=False)
+    a = generate(c, "a cat", cams, seed=1, **kw)
+    assert a.shape == (2, FRAMES, 3, H, W) and a.dtype == torch.float32
+    assert a.min() >= -1 and a.max() <= 1
+    assert torch.equal(a, generate(c, "a cat", cams, seed=1, **kw))
+    assert not torch.equal(a, generate(c, "a cat", cams, seed=2, **kw))
+    # view 0 depends on view 1's camera: the views are generated jointly
+    cams2 = preset_rig("azimuth:0,120", W, H).relative()
+    assert not torch.allclose(a[0], generate(c, "a cat", cams2, seed=1, **kw)[0])
+
+
+def test_generate_guidance_one_is_single_pass_and_differs_from_cfg():
+    c = load_components("tiny")
+    cams = preset_rig("azimuth:0,30", W, H).relative()
+    kw = dict(num_frames=FRAMES, height=H, width=W, steps=2, progress=False, seed=0)
+    assert not torch.allclose(generate(c, "a dog", cams, guidance=1.0, **kw), generate(c, "a dog", cams, guidance=6.0, **kw))
+
+
+def test_generate_rerender_keeps_input_view():
+    c = perturbed_tiny()
+    cams = preset_rig("azimuth:0,30,60", W, H).relative()
+    video = torch.from_numpy(smooth_frames(FRAMES, H, W)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    out = generate(c, "a cat", cams, num_frames=FRAMES, height=H, width=W, steps=2, input_video=video, progress=False)
+    assert out.shape == (3, FRAMES, 3, H, W)
+    from syncam_model.model import decode_latents, encode_video
+
+    recon = decode_latents(c, encode_video(c, video[None], sample=False))[0]
+    torch.testing.assert_close(out[0], recon)
+    # the input conditions the new views
+    other = -video
+    out2 = generate(c, "a cat", cams, num_frames=FRAMES, height=H, width=W, steps=2, input_video=other, progress=False)
+    assert not torch.allclose(out[1], out2[1])
+
+
+def test_generate_rope_15_pads_latent_frames():
+    c = load_components("tiny", tiny_config={"variant": "1.5"})
+    plan = plan_latents(c, FRAMES, H, W)
+    assert (plan.latent_frames, plan.padding_frames) == (4, 1)  # 9 frames -> 3 latents, padded to 4
+    out = generate(c, "a cat", np.eye(3, 4).reshape(1, 12).repeat(2, 0), num_frames=FRAMES, height=H, width=W, steps=1, sampler="dpm", progress=False)
+    assert out.shape == (2, FRAMES, 3, H, W)
+
+
+def test_generate_rejects_bad_sizes():
+    c = load_components("tiny")
+    cams = np.eye(3, 4).reshape(1, 12).repeat(2, 0)
+    with pytest.raises(ValueError, match="4k\\+1"):
+        generate(c, "x", cams, num_frames=8, height=H, width=W, steps=1, progress=False)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        generate(c, "x", cams, num_frames=FRAMES, height=40, width=W, steps=1, progress=False)
+    with pytest.raises(ValueError, match="\\(n, 12\\)"):
+        generate(c, "x", cams[:, :6], num_frames=FRAMES, height=H, width=W, steps=1, progress=False)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _run(args):
+    result = CliRunner().invoke(app, args)
+    return result
+
+
+def _check_output(out, n, ids=None):
+    videos = sorted((out / "videos").glob("*.mp4"))
+    assert len(videos) == n
+    for v in videos:
+        info = probe(v, count_frames=True)
+        assert (info.num_frames, info.height, info.width) == (FRAMES, H, W)
+    grid = probe(out / "grid.mp4", count_frames=True)
+    assert (grid.num_frames, grid.height, grid.width) == (FRAMES, H, n * W)
+    cams = json.loads((out / "cameras.json").read_text())["cameras"]
+    assert len(cams) == n and {"id", "width", "height", "fx", "fy", "cx", "cy", "c2w"} <= set(cams[0])
+    if ids:
+        assert [c["id"] for c in cams] == ids
+    gen = json.loads((out / "generation.json").read_text())
+    assert gen["base_id"]["pretrained"] == "tiny" and gen["settings"]["frames"] == FRAMES
+    return gen, cams
+
+
+def test_cli_text_to_views_with_checkpoint(tmp_path):
+    c = perturbed_tiny()
+    ckpt = save_adapter(c.transformer, tmp_path / "adapter.safetensors", {"base_id": c.base_id, "translation_scale": 2.0})
+    out = tmp_path / "gen"
+    common = ["--pretrained", "tiny", "--prompt", "a cat", "--frames", str(FRAMES), "--resolution", f"{H}x{W}", "--steps", "2", "--no-progress", "--device", "cpu"]
+    r = _run([*common, "--checkpoint", str(ckpt), "--cameras", "azimuth:0,30,60", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    gen, cams = _check_output(out, 3, ["view00", "view01", "view02"])
+    assert gen["mode"] == "text" and gen["checkpoint"] == str(ckpt)
+    assert gen["settings"]["translation_scale"] == 2.0  # taken from the checkpoint
+    np.testing.assert_allclose(cams[0]["c2w"], preset_rig("azimuth:0,30,60", W, H).cameras[0].c2w12())
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".gen")]  # no temporary folder left
+
+    # refuses to overwrite without --overwrite; a 5b checkpoint is refused for a 2b base
+    r = _run([*common, "--cameras", "azimuth:0,30", "--out", str(out)])
+    assert r.exit_code != 0 and "--overwrite" in r.output
+    c5 = load_components("tiny", tiny_config={"variant": "5b"})
+    ckpt5 = save_adapter(c5.transformer, tmp_path / "a5.safetensors", {"base_id": c5.base_id})
+    r = _run([*common, "--checkpoint", str(ckpt5), "--tiny-variant", "2b", "--out", str(tmp_path / "bad")])
+    assert r.exit_code != 0 and "different base model" in str(r.exception)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_cli_rerender_from_cameras_json(tmp_path):
+    src = tmp_path / "input.mp4"
+    encode(smooth_frames(12, 48, 64), src, fps=8)  # larger and longer than the output: cropped and trimmed
+    rig = preset_rig("azimuth:10,50", W, H)
+    write_rig(rig, tmp_path / "cameras.json")
+    out = tmp_path / "rerender"
+    r = _run([
+        "--pretrained", "tiny", "--prompt", "a cat", "--frames", str(FRAMES), "--resolution", f"{H}x{W}", "--steps", "2",
+        "--no-progress", "--device", "cpu", "--cameras", str(tmp_path / "cameras.json"), "--input-video", str(src), "--out", str(out),
+    ])
+    assert r.exit_code == 0, r.output
+    gen, cams = _check_output(out, 2, ["view00", "view01"])
+    assert gen["mode"] == "rerender" and gen["settings"]["text_guidance"] == 7.5 and gen["settings"]["video_guidance"] == 1.8
+    np.testing.assert_allclose(cams[0]["c2w"], rig.cameras[0].c2w12())
+
+
+def test_cli_bad_arguments(tmp_path):
+    r = _run(["--pretrained", "tiny", "--prompt", "x", "--resolution", "32by48", "--out", str(tmp_path / "o")])
+    assert r.exit_code != 0 and "HxW" in r.output
+    r = _run(["--pretrained", "tiny", "--prompt", "x", "--cameras", "tilt:3", "--out", str(tmp_path / "o")])
+    assert r.exit_code != 0 and "azimuth|elevation|distance" in r.output
