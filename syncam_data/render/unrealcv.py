@@ -48,6 +48,7 @@ import logging
 import math
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import tempfile
@@ -113,7 +114,7 @@ CINE_COMMANDS = {
     "set a cine filmback": "vset /camera/1/cine/filmback 36 24",
     "set a cine lens": "vset /camera/1/cine/lens 50 2.8",
 }
-PLUGIN_COMMAND = "vbp SynCamFrameSync SetActorTransformCm Name 0 0 0 0 0 0 1"
+PLUGIN_COMMAND = "vbp SynCamFrameSync SetActorTransformCm Name 0 0 0 0 0 0 1"  # the longest vbp call
 
 
 class UnrealCVError(RuntimeError):
@@ -208,8 +209,10 @@ class Connection:
             raise ConnectionError(f"UnrealCV server at {self.endpoint}: connection lost ({e})") from None
         finally:
             timer.cancel()
-        if fired.is_set() or replies is None or any(r is None for r in replies):
+        if fired.is_set():
             raise TimeoutError(f"UnrealCV server at {self.endpoint}: no reply within {limit:.0f} s")
+        if replies is None or any(r is None for r in replies):  # the client's receive loop saw the socket close
+            raise ConnectionError(f"UnrealCV server at {self.endpoint}: connection lost while waiting for replies")
         return replies
 
     def request(self, command: str) -> str | bytes:
@@ -303,8 +306,8 @@ def _floats(reply: str | bytes, n: int, what: str) -> list[float]:
     return vals
 
 
-def bp_value(reply: str | bytes, what: str) -> str:
-    """The ``ReturnValue`` of a ``vbp`` reply (UnrealCV returns the function's outputs as JSON)."""
+def bp_value(reply: str | bytes, what: str, key: str = "ReturnValue") -> str:
+    """Output ``key`` of a ``vbp`` reply (UnrealCV returns the function's outputs as JSON)."""
     text = reply if isinstance(reply, str) else reply.decode("utf-8", "replace")
     if _is_error(text):
         raise FrameSyncError(f"{what}: {text}")
@@ -313,10 +316,11 @@ def bp_value(reply: str | bytes, what: str) -> str:
     except json.JSONDecodeError:
         return text.strip()
     if isinstance(data, dict):
-        if "ReturnValue" in data:
-            return str(data["ReturnValue"])
-        if len(data) == 1:
+        if key in data:
+            return str(data[key])
+        if len(data) == 1 and key == "ReturnValue":
             return str(next(iter(data.values())))
+        raise FrameSyncError(f"{what}: no output {key!r} in {text[:120]!r}")
     return str(data)
 
 
@@ -419,6 +423,7 @@ class UnrealCVBackend(RenderBackend):
         self.launch_log: str | None = None
         self.server_version = ""
         self.plugin_version: str | None = None
+        self._has_vbp = True  # until the server's command list says otherwise
         self._plugin_warned = False
 
     @property
@@ -427,9 +432,13 @@ class UnrealCVBackend(RenderBackend):
 
     # --- engine lifecycle ---------------------------------------------------------------
     def open(self) -> None:
-        if self.launch:
-            self._start_engine()
-        self._connect()
+        try:
+            if self.launch:
+                self._start_engine()
+            self._connect()
+        except BaseException:
+            self.close()  # never leave a launched engine behind
+            raise
 
     def close(self) -> None:
         self._disconnect()
@@ -448,10 +457,10 @@ class UnrealCVBackend(RenderBackend):
             return
         if self.proc.poll() is None:
             try:
-                os.killpg(self.proc.pid, 15)
+                os.killpg(self.proc.pid, signal.SIGTERM)
                 self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, 9)
+                os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=5)
             except ProcessLookupError:
                 pass
@@ -522,7 +531,7 @@ class UnrealCVBackend(RenderBackend):
         """Is the SynCam plugin's actor in this world? (after each level load: the actor lives in the world)."""
         assert self.conn is not None
         self.plugin_version = None
-        if getattr(self, "_has_vbp", True):
+        if self._has_vbp:
             reply = self.conn.request(f"vbp {PLUGIN_ACTOR} GetSynCamVersion")
             if not _is_error(reply):
                 self.plugin_version = bp_value(reply, "plugin version")
@@ -694,7 +703,8 @@ class UnrealCVBackend(RenderBackend):
             if plugin:
                 add(f"vbp {PLUGIN_ACTOR} SetActorTransformCm {s.actor} {_nums(loc + rot + [scale])}", "bp_ok", s.actor)
                 clip = s.spec.animation.clip or "None"
-                add(f"vbp {PLUGIN_ACTOR} SetAnimationPose {s.actor} {clip} {t_anim:.6f}", "anim", (s.actor, t_anim))
+                loop = "true" if s.spec.animation.loop else "false"
+                add(f"vbp {PLUGIN_ACTOR} SetAnimationPose {s.actor} {clip} {t_anim:.6f} {loop}", "anim", (s.actor, t_anim, s.spec.animation.loop))
             else:
                 add(_cmd_loc(f"/object/{s.actor}", loc), "ok")
                 add(_cmd_rot(f"/object/{s.actor}", rot), "ok")
@@ -728,8 +738,11 @@ class UnrealCVBackend(RenderBackend):
                 times[kind] = float(bp_value(r, where))
             elif kind == "anim":
                 got = float(bp_value(r, where))
-                if abs(got - data[1]) > TIME_TOL_S:
-                    raise FrameSyncError(f"{where}: {data[0]} animation time is {got:.6f} s, set {data[1]:.6f} s")
+                actor, t_set, loop = data
+                # A one-shot clip holds its last pose: the plugin reports the clip length beside the time.
+                want = t_set if loop else min(t_set, float(bp_value(r, where, key="OutClipLength")))
+                if abs(got - want) > TIME_TOL_S:
+                    raise FrameSyncError(f"{where}: {actor} animation time is {got:.6f} s, expected {want:.6f} s")
             elif kind == "loc":
                 pending_loc[data[0]] = (data[1], _floats(r, 3, where))
             elif kind == "rot":
