@@ -12,9 +12,9 @@ bool USynCamWorldSubsystem::DoesSupportWorldType(const EWorldType::Type WorldTyp
 void USynCamWorldSubsystem::OnWorldBeginPlay(UWorld& InWorld)
 {
 	Super::OnWorldBeginPlay(InWorld);
-	for (TActorIterator<ASynCamFrameSync> It(&InWorld); It; ++It)
+	if (TActorIterator<ASynCamFrameSync>(&InWorld))
 	{
-		return; // one is already there
+		return; // one is already there (placed in the level or left from a previous begin-play)
 	}
 	FActorSpawnParameters Params;
 	// UnrealCV's vbp finds objects by name: give the actor a fixed one.
