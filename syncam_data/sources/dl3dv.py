@@ -273,7 +273,8 @@ def _cv_matrix(cam: Camera) -> np.ndarray:
 def undistort_maps(cam: Camera, dist: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Remap tables that resample a distorted image onto the pinhole camera ``cam``."""
     K = _cv_matrix(cam)
-    return cv2.initUndistortRectifyMap(K, np.asarray(dist, np.float64), None, K, (cam.width, cam.height), cv2.CV_32FC1)
+    # Fixed-point maps (1/32 pixel) make remap about twice as fast as float maps.
+    return cv2.initUndistortRectifyMap(K, np.asarray(dist, np.float64), None, K, (cam.width, cam.height), cv2.CV_16SC2)
 
 
 # --- the opened scene ---------------------------------------------------------------------
