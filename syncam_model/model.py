@@ -388,6 +388,34 @@ def _load_pretrained(path: Path, dtype: torch.dtype) -> tuple[nn.Module, nn.Modu
     return transformer, vae, text_encoder, tokenizer
 
 
+def write_tiny_pretrained(folder: str | os.PathLike, tiny_config: dict[str, Any] | None = None) -> Path:
+    """Write the tiny random models as a diffusers CogVideoX folder (for tests of the ``--pretrained PATH`` path).
+
+    The folder has the real layout (``transformer/``, ``vae/``, ``text_encoder/``,
+    ``tokenizer/``, ``scheduler/``, ``model_index.json``), so ``load_components(folder)``
+    and diffusers' ``CogVideoXPipeline.from_pretrained(folder)`` both read it.
+    """
+    from diffusers import CogVideoXDDIMScheduler
+
+    folder = Path(folder)
+    transformer, vae, text_encoder, tokenizer, _ = _build_tiny(tiny_config)
+    transformer.save_pretrained(folder / "transformer")
+    vae.save_pretrained(folder / "vae")
+    text_encoder.save_pretrained(folder / "text_encoder")
+    tokenizer.save_pretrained(folder / "tokenizer")
+    CogVideoXDDIMScheduler(**SCHEDULER_CONFIG).save_pretrained(folder / "scheduler")
+    index = {
+        "_class_name": "CogVideoXPipeline",
+        "scheduler": ["diffusers", "CogVideoXDDIMScheduler"],
+        "text_encoder": ["transformers", "T5EncoderModel"],
+        "tokenizer": ["transformers", "T5Tokenizer"],
+        "transformer": ["diffusers", "CogVideoXTransformer3DModel"],
+        "vae": ["diffusers", "AutoencoderKLCogVideoX"],
+    }
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    return folder
+
+
 def load_components(
     pretrained: str | os.PathLike,
     *,

@@ -25,6 +25,7 @@ from syncam_model.text import encode_prompts
 
 VARIANTS = ["2b", "5b", "1.5"]
 
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread():
     """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine they make matmuls wait on each other."""
@@ -328,3 +329,28 @@ def test_encode_prompts_t5_path():
     assert encode_prompts(c, ["x"], max_length=16).shape[1] == 16
     with pytest.raises(TypeError):
         encode_prompts(c, "a string")
+
+
+def test_load_from_diffusers_folder_matches_tiny(tmp_path):
+    """The --pretrained PATH path (from_pretrained of every component) gives the same model as the in-memory tiny build."""
+    from syncam_model.model import write_tiny_pretrained
+
+    folder = write_tiny_pretrained(tmp_path / "cogvideox-tiny", {"variant": "5b"})
+    c = load_components(folder)
+    ref = tiny("5b")
+    assert c.base_id["pretrained"] == str(folder.resolve())
+    assert c.base_id["config_sha256"] == ref.base_id["config_sha256"]
+    assert type(c.tokenizer) is type(ref.tokenizer)
+    assert c.tokenizer("a red car").input_ids == ref.tokenizer("a red car").input_ids
+    torch.testing.assert_close(encode_prompts(c, ["a red car"]), encode_prompts(ref, ["a red car"]))
+    latents, text, t, cams = inputs(c, n=2)
+    with torch.no_grad():
+        torch.testing.assert_close(c.transformer(latents, text, t, cams), ref.transformer(latents, text, t, cams))
+    # an adapter trained on "tiny" loads into the same weights read from disk
+    path = save_adapter(ref.transformer, tmp_path / "a.safetensors", {"base_id": ref.base_id})
+    load_adapter(c.transformer, path, c.base_id)
+    with pytest.raises(FileNotFoundError, match="missing vae/"):
+        import shutil
+
+        shutil.rmtree(folder / "vae")
+        load_components(folder)
