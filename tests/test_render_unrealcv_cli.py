@@ -113,3 +113,26 @@ def test_render_cli_ray_engine_one_actor_per_instance(tmp_path):
     for sid in ("scene_00000", "scene_00001"):
         assert is_complete_scene(out / sid)
         assert check_scene_reprojects(out / sid) >= 1
+
+
+@pytest.mark.slow
+def test_render_cli_launches_one_engine_per_worker(tmp_path):
+    """--launch with --workers 2: each worker starts its own engine (here the stand-in script) and stops it."""
+    import socket
+
+    script = Path(__file__).resolve().parent / "unrealcv_standin.py"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        base = s.getsockname()[1]
+    launch = f"{sys.executable} {script} --port {{port}}"
+    result, out = run_render(tmp_path, [base], "--workers", "2", "--launch", launch, scenes=2)
+    assert result.exit_code == 0, result.output
+    endpoints = set()
+    for sid in ("scene_00000", "scene_00001"):
+        assert check_scene_reprojects(out / sid) >= 1
+        endpoints.add(json.loads((out / sid / "scene.json").read_text())["info"]["endpoint"])
+    assert endpoints <= {f"127.0.0.1:{base}", f"127.0.0.1:{base + 1}"}
+    # The engines were stopped when the workers ended: nothing listens any more.
+    for port in (base, base + 1):
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()

@@ -46,11 +46,13 @@ import io
 import json
 import logging
 import math
+import multiprocessing.util
 import os
 import shlex
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -425,6 +427,7 @@ class UnrealCVBackend(RenderBackend):
         self.plugin_version: str | None = None
         self._has_vbp = True  # until the server's command list says otherwise
         self._plugin_warned = False
+        self._finalizer: Any = None
 
     @property
     def endpoint(self) -> str:
@@ -450,7 +453,12 @@ class UnrealCVBackend(RenderBackend):
         log.info("worker %d: starting engine: %s (log: %s)", self.slot.index, cmd, self.launch_log)
         with os.fdopen(fd, "wb") as logf:
             # Its own session, so close() can stop the engine and anything it started.
-            self.proc = subprocess.Popen(shlex.split(cmd), stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                shlex.split(cmd), stdout=logf, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent_fn(),
+            )
+        if self._finalizer is None:
+            # Worker processes of a pool exit without calling close(): stop the engine at their exit too.
+            self._finalizer = multiprocessing.util.Finalize(self, self._stop_engine, exitpriority=10)
 
     def _stop_engine(self) -> None:
         if self.proc is None:
@@ -789,6 +797,28 @@ def _cmd_loc(path: str, loc: Sequence[float]) -> str:
 
 def _cmd_rot(path: str, rot: Sequence[float]) -> str:
     return f"vset {path}/rotation {_nums(rot)}"
+
+
+def _die_with_parent_fn() -> Any:
+    """A preexec_fn that makes a launched engine get SIGTERM when its worker process dies (Linux).
+
+    Covers crashed workers, which never run close(). libc is resolved here, in the parent, so the
+    forked child only makes one C call.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def _set() -> None:
+        prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+
+    return _set
 
 
 def _client_version() -> str:
