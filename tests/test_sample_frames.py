@@ -208,3 +208,22 @@ def test_ray_engine_writes_the_same_sets(tmp_path, scene):
     local = {g["group_id"]: g["frame_indices"] for g in groups(tmp_path / "local")}
     ray = {g["group_id"]: g["frame_indices"] for g in groups(tmp_path / "ray")}
     assert local == ray and len(ray) == 2
+
+
+def test_output_write_failure_is_an_error_not_bad_input(tmp_path, scene, monkeypatch):
+    cams, frames = scene
+    export_realestate10k(tmp_path / "root", "seq", cams, frames, fps=FPS, pose_stride=2)
+    real = frameset.encode_image
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(frameset, "encode_image", disk_full)
+    out = tmp_path / "out"
+    run_cli("--source", "realestate10k", "--root", str(tmp_path / "root"), "--out", str(out), "--views", "2")
+    (seq,) = json.loads((out / "sample_report.json").read_text())["sequences"]
+    assert seq["status"] == "error" and "cannot write frame set" in seq["reason"] and "No space left" in seq["reason"]
+    assert sorted(p.name for p in out.iterdir()) == ["sample_report.json"]
+    monkeypatch.setattr(frameset, "encode_image", real)
+    run_cli("--source", "realestate10k", "--root", str(tmp_path / "root"), "--out", str(out), "--views", "2")
+    assert [g["group_id"] for g in groups(out)] == ["seq_s000"]

@@ -158,11 +158,13 @@ def _sample_and_write(seq: PosedSequence, job: SampleFramesJob, outcome: Sequenc
         header = {**base_header, "group_id": gid, "set_index": k, "sampling": {**asdict(cfg), "gap_unit": job.gap_unit()}}
         try:
             write_frame_set(out, gid, header, [frames[e] for e in entries], job.output)
-        except OSError:
-            if existing_frame_indices(out / gid) is None:
-                raise
-            outcome.sets_existing.append(gid)  # a concurrent writer finished it first
-            continue
+        except OSError as e:
+            if existing_frame_indices(out / gid) is not None:
+                outcome.sets_existing.append(gid)  # a concurrent writer finished it first
+                continue
+            # The output side failed (disk full, permissions): not the input's fault.
+            outcome.status, outcome.reason = "error", f"{out / gid}: cannot write frame set ({e})"
+            return
         outcome.sets_written.append(gid)
 
 
