@@ -98,13 +98,27 @@ def test_cli_with_cotracker(videos, checkpoint, tmp_path):
     ])
     assert res.exit_code == 0, res.output
     assert "kept 1" in res.output
+    # A misconfigured tracker stops the run before any video is touched, naming the problem.
     res = CliRunner().invoke(app, [
         "filter-videos", str(videos["pan"]), "--out", str(tmp_path / "o2"), "--tracker", "cotracker",
         "--cotracker-repo", str(tmp_path), "--no-progress",
     ])
-    # A misconfigured tracker fails every video the same way: an error row naming the problem.
-    rows = pq.read_table(tmp_path / "o2" / "scores.parquet").to_pylist()
-    assert rows[0]["status"] == "error" and "hubconf.py" in rows[0]["error"]
+    assert res.exit_code == 1 and "hubconf.py" in res.output
+    assert not (tmp_path / "o2" / "scores.parquet").exists()
+
+
+@pytest.mark.slow
+def test_unloadable_sam_checkpoint_gives_model_error_rows(videos, tmp_path):
+    """A checkpoint file that is not SAM weights: every video is an error row that blames the model, not the video."""
+    bad = tmp_path / "sam_vit_b.pth"
+    bad.write_bytes(b"not a checkpoint")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["filter-videos", str(videos["static"]), "--out", str(out), "--segmenter", "sam",
+                                   "--sam-checkpoint", str(bad), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    row = pq.read_table(out / "scores.parquet").to_pylist()[0]
+    assert (row["status"], row["reason"]) == ("error", "model_error")
+    assert "sam segmenter" in row["error"]
 
 
 def test_lk_tracker_follows_a_translation():

@@ -26,6 +26,8 @@ from syncam_data.filter.settings import FilterSettings
 from syncam_data.video import VideoInfo
 
 log = logging.getLogger(__name__)
+# Input blocks: one per video for small jobs; bounded so millions of videos do not mean millions of blocks.
+MAX_BLOCKS = 20_000
 
 
 def _pack(frames: np.ndarray, fps: float) -> bytes:
@@ -95,7 +97,7 @@ def ray_rows(
     ray = ray_init(address)
     settings_json = s.to_json()
     gpus = 1 if s.device.startswith("cuda") else 0
-    ds = ray.data.from_items([{"item": json.dumps(asdict(it))} for it in todo], override_num_blocks=len(todo))
+    ds = ray.data.from_items([{"item": json.dumps(asdict(it))} for it in todo], override_num_blocks=min(len(todo), MAX_BLOCKS))
     ds = ds.map(_decode_task, fn_kwargs={"settings_json": settings_json}, num_cpus=1)
     ds = ds.map_batches(
         _Analyzer,

@@ -45,6 +45,10 @@ class VideoTimeout(Exception):
     """The per-video time limit ran out (not an OSError, so no I/O handler swallows it)."""
 
 
+class ModelError(RuntimeError):
+    """SAM or CoTracker could not be built (a setup problem, not a bad video)."""
+
+
 @dataclass(frozen=True)
 class VideoItem:
     path: str
@@ -146,6 +150,8 @@ def _error_reason(e: BaseException) -> str:
     msg = str(e)
     if isinstance(e, VideoTimeout):
         return "timeout"
+    if isinstance(e, ModelError):
+        return "model_error"
     if isinstance(e, VideoError):
         if "file is empty" in msg or "empty byte string" in msg:
             return "empty_file"
@@ -153,15 +159,15 @@ def _error_reason(e: BaseException) -> str:
             return "missing_file"
         if "contains no video stream" in msg:
             return "no_video_stream"
+        if "cannot read the file" in msg:
+            return "unreadable_file"
         return "decode_error"
-    if isinstance(e, (FileNotFoundError, PermissionError)):
-        return "missing_file"
     return "internal_error"
 
 
 def error_row(row: dict[str, Any], e: BaseException) -> dict[str, Any]:
-    row.update(status="error", reason=_error_reason(e), error=f"{type(e).__name__}: {e}"
-               if not isinstance(e, (VideoError, VideoTimeout)) else str(e), finished_at=_now())
+    row.update(status="error", reason=_error_reason(e), error=str(e)
+               if isinstance(e, (VideoError, VideoTimeout, ModelError)) else f"{type(e).__name__}: {e}", finished_at=_now())
     return row
 
 
@@ -190,7 +196,10 @@ def analyze_stage(
 ) -> dict[str, Any]:
     from syncam_data.filter.segment import query_points
 
-    segmenter, tracker = get_models(s)
+    try:
+        segmenter, tracker = get_models(s)
+    except Exception as e:  # the same for every video: say so instead of blaming the file
+        raise ModelError(f"cannot build the {s.segmenter} segmenter / {s.tracker} tracker: {type(e).__name__}: {e}") from e
     frames = clip.frames
     if cut_score > s.scene_cut_threshold:
         # Measure motion on the first shot only: tracks cannot cross a cut.
@@ -284,15 +293,39 @@ class Plan:
     skipped: int  # paths already done and unchanged
 
 
-def plan_work(paths: list[str], done: dict[str, dict[str, Any]], s: FilterSettings, force: bool, retry_errors: bool) -> Plan:
+def _hash_all(paths: list[str], progress: bool) -> dict[str, str | OSError]:
+    """sha256 of each file, read by a few threads (hashing is I/O bound and releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    def one(path: str) -> str | OSError:
+        try:
+            return sha256_of(path)
+        except OSError as e:
+            return e
+
+    out: dict[str, str | OSError] = {}
+    with ThreadPoolExecutor(max_workers=min(8, max(1, len(paths)))) as pool:
+        bar = tqdm(total=len(paths), desc="hashing", unit="file", disable=not progress or len(paths) < 100, dynamic_ncols=True)
+        for path, digest in zip(paths, pool.map(one, paths)):
+            out[path] = digest
+            bar.update(1)
+        bar.close()
+    return out
+
+
+def plan_work(
+    paths: list[str], done: dict[str, dict[str, Any]], s: FilterSettings, force: bool, retry_errors: bool, progress: bool = False
+) -> Plan:
     """Skip what is done: same path with the same size and mtime, or the same content under another path."""
     by_hash: dict[str, dict[str, Any]] = {}
     for r in done.values():
         if r.get("content_hash") and r["status"] != "error":
             by_hash.setdefault(r["content_hash"], r)
-    todo: list[VideoItem] = []
     ready: list[dict[str, Any]] = []
     skipped = 0
+    to_hash: list[tuple[str, os.stat_result]] = []
     for path in paths:
         try:
             st = os.stat(path)
@@ -303,13 +336,16 @@ def plan_work(paths: list[str], done: dict[str, dict[str, Any]], s: FilterSettin
         prev = done.get(path)
         redo = force or (prev is not None and prev["status"] == "error" and retry_errors)
         if prev is not None and not redo and prev.get("file_size") == st.st_size and prev.get("mtime_ns") == st.st_mtime_ns:
-            skipped += 1
+            skipped += 1  # unchanged since it was scored: no need to read it again
             continue
-        try:
-            digest = sha256_of(path)
-        except OSError as e:
+        to_hash.append((path, st))
+    digests = _hash_all([p for p, _ in to_hash], progress)
+    todo: list[VideoItem] = []
+    for path, st in to_hash:
+        digest = digests[path]
+        if isinstance(digest, OSError):
             row = base_row(VideoItem(path, "", int(st.st_size), int(st.st_mtime_ns)), s)
-            ready.append(error_row(row, e))
+            ready.append(error_row(row, VideoError(f"{path}: cannot read the file ({digest.strerror or digest})")))
             continue
         item = VideoItem(path, digest, int(st.st_size), int(st.st_mtime_ns))
         same = by_hash.get(digest)
@@ -318,6 +354,16 @@ def plan_work(paths: list[str], done: dict[str, dict[str, Any]], s: FilterSettin
             continue
         todo.append(item)
     return Plan(todo, ready, skipped)
+
+
+def check_model_files(s: FilterSettings) -> None:
+    """Fail before any video is touched when SAM/CoTracker weights or code are missing."""
+    if s.segmenter == "sam" and s.sam_checkpoint and not Path(s.sam_checkpoint).expanduser().is_file():
+        raise FileNotFoundError(f"--sam-checkpoint {s.sam_checkpoint}: no such file")
+    if s.tracker == "cotracker":
+        from syncam_data.filter.track import resolve_cotracker
+
+        resolve_cotracker(s.cotracker_repo, s.cotracker_checkpoint, s.cotracker_entry)
 
 
 def _warn_if_settings_changed(done: dict[str, dict[str, Any]], s: FilterSettings) -> None:
@@ -363,7 +409,9 @@ def run_filter(
     paths = expand_inputs(inputs)
     done = store.load()
     _warn_if_settings_changed(done, settings)
-    plan = plan_work(paths, done, settings, force, retry_errors)
+    plan = plan_work(paths, done, settings, force, retry_errors, progress)
+    if plan.todo:
+        check_model_files(settings)
     log.info("%d inputs: %d to process, %d already done, %d reused by content hash or failed early",
              len(paths), len(plan.todo), plan.skipped, len(plan.ready))
     for row in plan.ready:

@@ -116,12 +116,16 @@ def _resolve_checkpoint(checkpoint: str | None, entry: str) -> Path:
     return p
 
 
+def resolve_cotracker(repo: str | None, checkpoint: str | None, entry: str = "cotracker3_offline") -> tuple[Path, Path]:
+    """The hub directory and the checkpoint file that ``load_cotracker`` would use (raises if missing)."""
+    return _resolve_repo(repo), _resolve_checkpoint(checkpoint, entry)
+
+
 def load_cotracker(repo: str | None, checkpoint: str | None, entry: str = "cotracker3_offline", device: str = "cpu") -> Any:
     """Build CoTracker from a local hub directory and load a local checkpoint into ``model.model``."""
     import torch
 
-    repo_dir = _resolve_repo(repo)
-    ckpt = _resolve_checkpoint(checkpoint, entry)
+    repo_dir, ckpt = resolve_cotracker(repo, checkpoint, entry)
     model = torch.hub.load(str(repo_dir), entry, source="local", pretrained=False)
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
