@@ -49,7 +49,7 @@ def sample_frames(
     videos_dir: Optional[Path] = typer.Option(None, "--videos-dir", help="RealEstate10K: folder with <sequence>.mp4 (or <youtube id>.mp4) videos (default: beside each .txt)."),
     frames_from: str = typer.Option("auto", "--frames-from", help="RealEstate10K: auto (image folder if present, else video), images or video."),
     video_time: str = typer.Option("auto", "--video-time", help="RealEstate10K videos: absolute (timestamps are YouTube times), relative (video starts at the first timestamp) or auto."),
-    fps: float = typer.Option(30000 / 1001, "--fps", help="RealEstate10K image frames: video frame rate used to turn timestamps into video frame numbers for --gap-unit video-frames."),
+    fps: float = typer.Option(30000 / 1001, "--fps", show_default="30000/1001 = 29.97", help="RealEstate10K image frames: video frame rate used to turn timestamps into video frame numbers for --gap-unit video-frames."),
     image_folder: str = typer.Option("auto", "--image-folder", help="DL3DV: images, images_2, images_4, images_8 or auto (images_4, else images_2, images, images_8)."),
     undistort: bool = typer.Option(True, "--undistort/--no-undistort", help="DL3DV: undistort images with OpenCV when transforms.json has k1 k2 p1 p2 (else record them per camera)."),
     applied_transform: str = typer.Option("keep", "--applied-transform", help="DL3DV: keep poses in the transforms.json world, or undo its applied_transform (COLMAP world). Relative poses are the same."),
