@@ -21,8 +21,11 @@ from tests.conftest import smooth_frames
 W, H, FRAMES = 64, 48, 4
 
 
-def make_render_scene(root: Path, scene_id: str, backend: str = "blender", cams: int = 3, frames: int = FRAMES, caption: str = "a dog runs", seed: int = 0) -> Path:
-    """A Contract 2 scene folder written by the real SceneOutput (videos, depth, masks, cameras.json, scene.json)."""
+def make_render_scene(root: Path, scene_id: str, backend: str = "blender", cams: int = 3, frames: int = FRAMES, caption: str = "a dog runs", seed: int = 0, smooth_depth: bool = False) -> Path:
+    """A Contract 2 scene folder written by the real SceneOutput (videos, depth, masks, cameras.json, scene.json).
+
+    ``smooth_depth`` gives a ramp (compresses like real depth) instead of noise (small but incompressible).
+    """
     folder = root / scene_id
     out = SceneOutput(folder, fps=8.0)
     rig = sample_rig(RigSpec(num_cameras=cams), (0, 0, 1), W, H, 60.0, seed)
@@ -32,7 +35,8 @@ def make_render_scene(root: Path, scene_id: str, backend: str = "blender", cams:
     for i in range(cams):
         clip = smooth_frames(frames, H, W, seed=seed * 100 + i)
         for f in range(frames):
-            depth = rng.uniform(1, 9, (H, W)).astype(np.float32)
+            depth = (2.0 + np.linspace(0, 6, H)[:, None] * np.ones((1, W)) + 0.01 * f) if smooth_depth else rng.uniform(1, 9, (H, W))
+            depth = depth.astype(np.float32)
             ids = (rng.uniform(size=(H, W)) > 0.8).astype(np.uint8)
             out.add_frame(f"cam{i:02d}", clip[f], depth, ids)
     out.finish({"scene_id": scene_id, "backend": backend, "caption": caption, "spec": {"seed": seed, "caption": caption}})

@@ -194,8 +194,10 @@ def test_bad_inputs_fail_with_clear_messages(tmp_path: Path, render_root: Path) 
     (tmp_path / "empty").mkdir()
     code, text = run_cli(tmp_path / "empty", "--out", tmp_path / "o")
     assert code == 1 and "found no shard dataset" in text
+    code, text = run_cli(render_root, "--out", tmp_path / "o", "--matcher", "superglue")
+    assert code == 1 and "not available" in text
     code, text = run_cli(render_root, "--out", tmp_path / "o", "--matcher", "loftr")
-    assert code == 1 and "kornia" in text
+    assert code == 1 and "needs local weights" in text
     code, text = run_cli(render_root, "--out", tmp_path / "o", "--clip", tmp_path)
     assert code == 1 and "not a CLIP model folder" in text
 

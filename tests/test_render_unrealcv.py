@@ -338,3 +338,19 @@ def is_complete(folder: Path) -> bool:
     from syncam_data.render.output import is_complete_scene
 
     return is_complete_scene(folder)
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        ({"fault_anim_offset": 0.02}, r"frame 0: .*SynCamSubject_1 animation time is 0\.020000 s, expected 0\.000000 s"),
+        ({"fault_camera_offset_cm": 1.0}, r"camera cam00 \(UE camera 1\): engine reports location .* cm off\)"),
+    ],
+)
+def test_reply_checks_catch_an_engine_that_does_not_do_what_was_set(fault, message, backend_for, tmp_path):
+    from syncam_data.render.unrealcv import FrameSyncError
+
+    with StandinServer(**fault) as srv:
+        backend = backend_for(srv)
+        with pytest.raises(FrameSyncError, match=message):
+            backend.render_scene(make_spec(num_frames=2, num_cameras=1, subjects=1), SceneOutput(tmp_path / "s", fps=12))

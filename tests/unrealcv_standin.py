@@ -464,6 +464,7 @@ class Handler:
             if verb == "vget":
                 return fmt(*cam.location)
             cam.location = [float(x) for x in args[:3]]
+            cam.location[0] += self.server.fault_camera_offset_cm
             return "ok"
         if p == "rotation":
             if verb == "vget":
@@ -550,7 +551,7 @@ class Handler:
             length = clip_length(a.animation)
             # Frozen at that time (the plugin sets the play rate to 0); a looping clip reports the
             # unwrapped time, a one-shot clip holds its last pose.
-            a.anim_time = t_set if loop else min(t_set, length)
+            a.anim_time = (t_set if loop else min(t_set, length)) + self.server.fault_anim_offset
             return json.dumps({"OutClipLength": f"{length:.6f}", "ReturnValue": f"{a.anim_time:.6f}"})
         raise CommandError(f"Failed to call function '{func}' of {obj}")
 
@@ -594,11 +595,16 @@ class StandinServer:
         plugin: bool = True,
         capture_delay: float = 0.0,
         drop_after: int | None = None,
+        fault_anim_offset: float = 0.0,
+        fault_camera_offset_cm: float = 0.0,
     ) -> None:
         self.host, self.port, self.unix_socket, self.project = host, port, unix_socket, project
         self.world = World(plugin=plugin)
         self.capture_delay = capture_delay
         self.drop_after = drop_after
+        # Faults an engine or plugin could have, to prove the backend's reply checks catch them.
+        self.fault_anim_offset = fault_anim_offset
+        self.fault_camera_offset_cm = fault_camera_offset_cm
         self.requests = 0
         self.connections = 0
         self.drops = 0
