@@ -26,6 +26,7 @@ every node sees at the same path.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import json
 import logging
 import os
@@ -38,8 +39,9 @@ from typing import Any, Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
-from syncam_data.engine import run_tasks
+from syncam_data.engine import TaskResult, run_tasks
 from syncam_data.shards import adapters
 from syncam_data.shards.adapters import AdapterError, AdapterOptions, GroupPlan, GroupRef
 from syncam_data.shards.captions import Captions, load_captions
@@ -355,6 +357,27 @@ def pack_batches(plans: list[GroupPlan], shard_size: int) -> list[list[GroupPlan
     return batches
 
 
+def scan_all(refs: list[GroupRef], cfg: BuildConfig, run_kw: dict[str, Any]) -> Iterable[TaskResult]:
+    """Scan groups: Ray tasks on Ray; threads locally (hashing and file reads release the GIL, and
+    threads spare a second process-pool start-up, which costs more than small scans)."""
+    items = [(r, cfg.options) for r in refs]
+    if cfg.engine == "ray" or cfg.workers <= 1:
+        yield from run_tasks(scan_task, items, desc="scan", unit="group", **run_kw)
+        return
+    with cf.ThreadPoolExecutor(max_workers=cfg.workers) as pool, tqdm(total=len(items), desc="scan", unit="group", disable=not cfg.progress or not items) as bar:
+        for res in pool.map(_scan_one, items):
+            bar.update(1)
+            yield res
+
+
+def _scan_one(item: tuple[GroupRef, AdapterOptions]) -> TaskResult:
+    t0 = time.perf_counter()
+    try:
+        return TaskResult(item, scan_task(item), seconds=time.perf_counter() - t0)
+    except Exception as e:  # per-group failure: recorded by the driver, the build goes on
+        return TaskResult(item, error=f"{type(e).__name__}: {e}", seconds=time.perf_counter() - t0)
+
+
 def build_shards(cfg: BuildConfig) -> BuildSummary:
     """Run one (incremental) build into ``cfg.out``; see the module docstring."""
     t0 = time.perf_counter()
@@ -372,7 +395,7 @@ def build_shards(cfg: BuildConfig) -> BuildSummary:
         summary.skipped_existing += len(refs) - len(todo)
 
         plans: list[GroupPlan] = []
-        for res in run_tasks(scan_task, [(r, cfg.options) for r in todo], desc="scan", unit="group", **run_kw):
+        for res in scan_all(todo, cfg, run_kw):
             if res.ok:
                 plans.append(res.value)
             else:

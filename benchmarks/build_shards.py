@@ -1,0 +1,246 @@
+"""Benchmark `build-shards` per adapter, and random view access through the shard reader vs a folder of mp4s.
+
+    .venv/bin/python benchmarks/build_shards.py            # writes docs/benchmarks/build_shards.md
+    .venv/bin/python benchmarks/build_shards.py --quick    # smaller inputs, prints only
+
+Inputs are synthetic but in the real formats (made by the same writers as the
+tests: SceneOutput render folders with depth, frame-set folders of JPEGs, a
+filter scores.parquet, a SynCamVideo scene with the real extrinsics file):
+
+- build throughput per adapter (MB of shards written per second, views per
+  second), local engine with 1 and 2 workers, and the Ray engine (a local
+  Ray on this machine, started before timing) for all sources at once;
+- random view access: fetch N random clips (and decode them fully) through
+  ``ShardReader.read_blob`` vs reading the same clips from a folder of mp4
+  files, both from the page cache (the files were just written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import random
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from syncam_data.shards.adapters import AdapterOptions  # noqa: E402
+from syncam_data.shards.build import BuildConfig, build_shards  # noqa: E402
+from syncam_data.shards.reader import ShardReader  # noqa: E402
+from syncam_data.video import decode, encode  # noqa: E402
+
+from tests import test_build_shards_inputs as inputs  # noqa: E402
+from tests.conftest import smooth_frames  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+EXTRINSICS = REPO.parent / "shared" / "fixtures" / "syncamvideo" / "camera_extrinsics.json"
+
+
+def make_inputs(root: Path, quick: bool) -> dict[str, Path]:
+    """Render scenes, frame sets, web clips and a SynCamVideo tree at a realistic per-view size."""
+    inputs.W, inputs.H = (320, 192) if quick else (672, 384)
+    frames = 16 if quick else 49
+    scenes, cams = (2, 4) if quick else (2, 6)
+    for s in range(scenes):
+        inputs.make_render_scene(root / "renders", f"scene{s}", cams=cams, frames=frames, seed=s, smooth_depth=True)
+    for g in range(8 if quick else 30):
+        inputs.make_frameset(root / "frames", f"seq{g}_s000", views=4, seed=g)
+    web = [(f"clip{k}", frames, "kept") for k in range(4 if quick else 8)]
+    scores = inputs.make_web_videos(root / "web", web)
+    scv_cams = 4 if quick else 10
+    for s in range(1):
+        inputs.make_syncamvideo(root / "scv", EXTRINSICS, scene=f"scene{s}", cams=scv_cams, frames=frames)
+    return {"renders": root / "renders", "frames": root / "frames", "videos": scores, "syncamvideo": root / "scv", "frames_per_clip": frames}
+
+
+def timed_build(out: Path, max_frames: int, **sources) -> tuple[float, dict]:
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = BuildConfig(out=out, shard_size="16MB", progress=False, options=AdapterOptions(max_frames=max_frames), **sources)
+    cpu0 = _cpu()
+    t0 = time.perf_counter()
+    s = build_shards(cfg)
+    dt = time.perf_counter() - t0
+    return dt, {"views": s.views_written, "bytes": s.bytes_written, "groups": s.groups_written, "errors": len(s.errors), "cpu": _cpu() - cpu0}
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and its finished children (local worker processes)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def bench_builds(data: dict, work: Path, max_frames: int) -> list[dict]:
+    rows = []
+    for name in ("renders", "frames", "videos", "syncamvideo"):
+        for workers in (1, 2):
+            dt, st = timed_build(work / f"ds-{name}-{workers}", max_frames, **{name: [data[name]]}, workers=workers)
+            rows.append({"adapter": name, "engine": f"local, {workers} worker(s)", "seconds": dt, **st})
+            logging.info("%s workers=%d: %.2fs %s", name, workers, dt, st)
+    return rows
+
+
+def bench_ray(data: dict, work: Path, max_frames: int) -> dict | None:
+    try:
+        import ray
+    except ImportError:
+        return None
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        srcs = {k: [data[k]] for k in ("renders", "frames", "videos", "syncamvideo")}
+        dt, st = timed_build(work / "ds-ray", max_frames, engine="ray", **srcs)
+    finally:
+        ray.shutdown()
+    dt1, st1 = timed_build(work / "ds-all-local", max_frames, **{k: [data[k]] for k in ("renders", "frames", "videos", "syncamvideo")})
+    return {"ray": {"seconds": dt, **st}, "local": {"seconds": dt1, **st1}}
+
+
+def bench_random_access(data: dict, work: Path, n: int, seed: int = 0) -> dict:
+    """N random views: shard reader vs a folder of the same mp4 files (fetch only, and fetch + full decode)."""
+    ds = work / "ds-renders-1"
+    reader = ShardReader(ds)
+    idx = [i for i in range(len(reader)) if reader.index.column("media_format")[i].as_py() == "mp4"]
+    folder = work / "mp4s"
+    folder.mkdir(exist_ok=True)
+    paths = {}
+    for i in idx:  # the same clips as plain files, one per view
+        p = folder / (reader.index.column("sample_id")[i].as_py().replace("/", "__") + ".mp4")
+        p.write_bytes(reader.read_blob(i))
+        paths[i] = p
+    rng = random.Random(seed)
+    picks = [rng.choice(idx) for _ in range(n)]
+    out = {}
+    for decode_too in (False, True):
+        fresh = ShardReader(ds, cache_row_groups=2)
+        t0 = time.perf_counter()
+        nbytes = 0
+        for i in picks:
+            b = fresh.read_blob(i)
+            nbytes += len(b)
+            if decode_too:
+                decode(b)
+        t_shard = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for i in picks:
+            b = paths[i].read_bytes()
+            if decode_too:
+                decode(b)
+        t_files = time.perf_counter() - t0
+        out["decode" if decode_too else "fetch"] = {"shard_s": t_shard, "files_s": t_files, "views": n, "mb": nbytes / 1e6}
+    # One row group per shard here is small; measure also a "same group, all views" pattern (the loader's).
+    groups = list(reader.groups().values())
+    t0 = time.perf_counter()
+    fresh = ShardReader(ds)
+    for g in groups:
+        for i in g:
+            fresh.read_blob(i)
+    t_group = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for g in groups:
+        for i in g:
+            paths[i].read_bytes()
+    out["group"] = {"shard_s": t_group, "files_s": time.perf_counter() - t0, "views": sum(len(g) for g in groups)}
+    return out
+
+
+def report(rows: list[dict], ray_row: dict | None, access: dict, data: dict, quick: bool) -> str:
+    w, h, f = inputs.W, inputs.H, data["frames_per_clip"]
+    lines = [
+        "# build-shards benchmark",
+        "",
+        f"Machine: {os.cpu_count()}-core CPU, no GPU ({platform.processor() or platform.machine()}, Python {platform.python_version()}), "
+        f"shared with other jobs (load average {os.getloadavg()[0]:.1f} when the report was written).",
+        "",
+        "Reproduce: `.venv/bin/python benchmarks/build_shards.py`" + (" --quick" if quick else "") + " (writes this file).",
+        "",
+        f"Inputs (synthetic, real formats): renders {w}x{h}, {f} frames per camera, H.264 + float16 depth npz; "
+        f"frame sets of 4 JPEG views {w}x{h}; web clips {w}x{h} x {f} frames (copied, or re-encoded when `--max-frames` is below their length); "
+        f"SynCamVideo scenes with the real 10-camera extrinsics file and {w}x{h} clips. Shard size 16 MB (so the inputs make several shards, the unit of parallel work).",
+        "",
+        "## Build throughput per adapter",
+        "",
+        "Wall time on a machine shared with other jobs is noisy; CPU seconds (this process plus its worker processes) are the "
+        "steadier figure: MB/CPU-s is what one core sustains.",
+        "",
+        "| adapter | engine | groups | views | MB written | wall s | MB/s | views/s | CPU s | MB/CPU-s | views/CPU-s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        mb = r["bytes"] / 1e6
+        lines.append(
+            f"| {r['adapter']} | {r['engine']} | {r['groups']} | {r['views']} | {mb:.1f} | {r['seconds']:.2f} | {mb / r['seconds']:.1f} | "
+            f"{r['views'] / r['seconds']:.1f} | {r['cpu']:.2f} | {mb / r['cpu']:.1f} | {r['views'] / r['cpu']:.1f} |"
+        )
+    if ray_row:
+        lines += ["", "## All sources at once: local vs Ray", "", "| engine | views | MB | seconds | MB/s | views/s |", "|---|---:|---:|---:|---:|---:|"]
+        for k, label in (("local", "local, 1 worker"), ("ray", "ray (local cluster, 2 CPUs; ray.init not timed)")):
+            r = ray_row[k]
+            lines.append(f"| {label} | {r['views']} | {r['bytes'] / 1e6:.1f} | {r['seconds']:.2f} | {r['bytes'] / 1e6 / r['seconds']:.1f} | {r['views'] / r['seconds']:.1f} |")
+    a = access
+    lines += [
+        "",
+        "## Random view access: shard reader vs a folder of mp4 files",
+        "",
+        f"{a['fetch']['views']} random views of the renders dataset (clips of {f} frames {w}x{h}), files in the page cache.",
+        "",
+        "| access | shard reader (s) | mp4 folder (s) | shard views/s | folder views/s |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for k, label in (("fetch", "fetch bytes only"), ("decode", "fetch + decode every frame"), ("group", "every view of every group, in group order")):
+        r = a[k]
+        lines.append(f"| {label} | {r['shard_s']:.3f} | {r['files_s']:.3f} | {r['views'] / r['shard_s']:.0f} | {r['views'] / r['files_s']:.0f} |")
+    lines += [
+        "",
+        "## Reading the numbers",
+        "",
+        "- Renders, frame sets and SynCamVideo clips are copied byte for byte (no decode); their cost is hashing (dedup), probing "
+        "every clip (frame count, size) and writing Parquet. Web clips over `--max-frames` (or not H.264 mp4, or over `--max-size`) are decoded and "
+        "re-encoded, which dominates that adapter's time.",
+        "- Parallelism is per shard: with 16 MB shards a small input is one or two tasks, so 2 workers help only when there are "
+        "several shards; on 2 cores shared with other jobs the gain is bounded anyway. Worker processes also pay a start-up "
+        "(spawn + imports) of about a second.",
+        "- The shard reader reads one row group's blob column at a time and caches the last two; random single views cost one "
+        "row-group column read (all views of that row group), so a random view is slower than opening one small file, while "
+        "reading every view of a group (what the loader does) amortizes to about file speed. Decoding dominates either way.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="Small inputs (a quick check), prints only.")
+    ap.add_argument("--views", type=int, default=200, help="Random views for the access benchmark.")
+    ap.add_argument("--no-ray", action="store_true", help="Skip the Ray engine run.")
+    ap.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks" / "build_shards.md", help="Markdown report (not written with --quick).")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("syncam_data").setLevel(logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="bench-shards-") as tmp:
+        work = Path(tmp)
+        t0 = time.perf_counter()
+        data = make_inputs(work / "in", args.quick)
+        logging.info("inputs made in %.1fs", time.perf_counter() - t0)
+        rows = bench_builds(data, work, max_frames=10_000)  # web clips are H.264 within limits: copied
+        # --max-frames below the clip length: every web clip is decoded and re-encoded (first max_frames frames).
+        dt, st = timed_build(work / "ds-reenc", data["frames_per_clip"] - 1, videos=[data["videos"]])
+        rows.append({"adapter": "videos, re-encoded", "engine": "local, 1 worker(s)", "seconds": dt, **st})
+        ray_row = None if args.no_ray else bench_ray(data, work, 10_000)
+        access = bench_random_access(data, work, args.views)
+    text = report(rows, ray_row, access, data, args.quick)
+    print(text)
+    if not args.quick:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+        logging.info("wrote %s", args.out)
+
+
+if __name__ == "__main__":
+    main()
