@@ -64,6 +64,7 @@ def run(*args) -> tuple[int, str]:
     return r.exit_code, r.output
 
 
+@pytest.mark.slow
 def test_loftr_matcher_end_to_end(tmp_path: Path, weights, scene: Path) -> None:
     st, ckpt, cfg = weights
     for w in (st, ckpt):

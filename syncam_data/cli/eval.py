@@ -32,9 +32,11 @@ def eval(  # noqa: A001  (the command's name)
     matcher: str = typer.Option(
         "sift",
         "--matcher",
-        help="Feature matcher. 'sift': OpenCV SIFT + ratio test + RANSAC on the fundamental matrix (the only one bundled; learned "
-        "matchers such as LoFTR need kornia, which SynCam does not install).",
+        help="'sift': OpenCV SIFT + ratio test + RANSAC on the fundamental matrix (default). 'loftr': kornia's LoFTR with local "
+        "weights (--matcher-weights), then the same RANSAC; needs the optional kornia dependency (pip install 'syncam[eval]').",
     ),
+    matcher_weights: Path | None = typer.Option(None, "--matcher-weights", help="Local weights of the learned matcher: LoFTR's .ckpt (e.g. loftr_outdoor.ckpt, read weights-only) or a .safetensors state dict."),
+    matcher_config: Path | None = typer.Option(None, "--matcher-config", help="JSON overriding entries of kornia's default LoFTR config, for weights trained with another one."),
     max_features: int = typer.Option(4000, "--max-features", min=0, help="SIFT keypoints kept per image (strongest first); 0 keeps all."),
     ratio: float = typer.Option(0.8, "--ratio", min=0.01, max=0.99, help="Lowe's ratio-test threshold."),
     ransac_px: float = typer.Option(1.0, "--ransac-px", min=0.01, help="RANSAC threshold (pixels) for the fundamental matrix estimated from the pixels."),
@@ -69,8 +71,10 @@ def eval(  # noqa: A001  (the command's name)
     if engine not in ("local", "ray"):
         raise fail(f"--engine must be 'local' or 'ray', got {engine!r}")
     if matcher not in MATCHERS:
-        raise fail(f"--matcher {matcher!r} is not available (choose from {', '.join(MATCHERS)}); learned matchers such as LoFTR need kornia, which is not installed with SynCam")
-    for opt, p in (("--cameras", cameras), ("--i3d", i3d)):
+        raise fail(f"--matcher {matcher!r} is not available: choose from {', '.join(MATCHERS)}")
+    if matcher == "loftr" and matcher_weights is None:
+        raise fail("--matcher loftr needs local weights (--matcher-weights, e.g. loftr_outdoor.ckpt); nothing is downloaded")
+    for opt, p in (("--cameras", cameras), ("--i3d", i3d), ("--matcher-weights", matcher_weights), ("--matcher-config", matcher_config)):
         if p is not None and not p.is_file():
             raise fail(f"{opt} {p}: no such file")
     if clip is not None and not (clip / "config.json").is_file():
@@ -81,6 +85,8 @@ def eval(  # noqa: A001  (the command's name)
         cfg = EvalConfig(
             frames=frames,
             matcher=matcher,
+            matcher_weights=str(matcher_weights) if matcher_weights else None,
+            matcher_config=str(matcher_config) if matcher_config else None,
             match=MatchConfig(max_features=max_features, ratio=ratio, ransac_px=ransac_px, seed=seed),
             max_pairs=max_pairs,
             max_side=max_side,

@@ -5,8 +5,9 @@ view takes part in. Points are returned in OpenCV pixel coordinates (pixel
 centres at integers); :mod:`syncam_data.evaluate.epipolar` converts them
 before applying stated cameras.
 
-Learned matchers (e.g. kornia's LoFTR) are not bundled: kornia is not a
-dependency of SynCam. ``MATCHERS`` lists what ``--matcher`` accepts.
+``--matcher loftr`` (kornia's LoFTR, with local weights) lives in
+:mod:`syncam_data.evaluate.loftr`, the only module importing kornia (an
+optional extra). ``MATCHERS`` lists what ``--matcher`` accepts.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-MATCHERS = ("sift",)
+MATCHERS = ("sift", "loftr")
 
 
 @dataclass(frozen=True)
@@ -97,13 +98,19 @@ class SiftMatcher:
             return empty
         pa = fa.points[[m.queryIdx for m in good]].astype(np.float64)
         pb = fb.points[[m.trainIdx for m in good]].astype(np.float64)
-        if len(good) < cfg.min_matches:
-            return MatchResult(pa, pb, np.zeros(len(good), bool), None)
-        cv2.setRNGSeed(cfg.seed)
-        F, mask = cv2.findFundamentalMat(pa, pb, cv2.FM_RANSAC, cfg.ransac_px, cfg.ransac_confidence, cfg.ransac_iters)
-        if F is None or mask is None:
-            return MatchResult(pa, pb, np.zeros(len(good), bool), None)
-        return MatchResult(pa, pb, mask.ravel().astype(bool), F[:3])
+        return ransac_fundamental(pa, pb, cfg)
+
+
+def ransac_fundamental(pa: np.ndarray, pb: np.ndarray, cfg: MatchConfig) -> MatchResult:
+    """RANSAC on the fundamental matrix of putative matches; fewer than ``min_matches`` give no inliers."""
+    n = len(pa)
+    if n < cfg.min_matches:
+        return MatchResult(pa, pb, np.zeros(n, bool), None)
+    cv2.setRNGSeed(cfg.seed)
+    F, mask = cv2.findFundamentalMat(pa, pb, cv2.FM_RANSAC, cfg.ransac_px, cfg.ransac_confidence, cfg.ransac_iters)
+    if F is None or mask is None:
+        return MatchResult(pa, pb, np.zeros(n, bool), None)
+    return MatchResult(pa, pb, mask.ravel().astype(bool), F[:3])
 
 
 def _mutual_unique(matches: list) -> list:
@@ -116,9 +123,15 @@ def _mutual_unique(matches: list) -> list:
     return sorted(best.values(), key=lambda m: m.queryIdx)
 
 
-def make_matcher(name: str, config: MatchConfig | None = None) -> SiftMatcher:
+def make_matcher(name: str, config: MatchConfig | None = None, weights: str | None = None, config_json: str | None = None, device: str = "cpu"):
+    """The matcher ``name``: ``sift``, or ``loftr`` (needs kornia and local ``weights``)."""
+    config = config or MatchConfig()
     if name == "sift":
         return SiftMatcher(config)
-    raise ValueError(
-        f"unknown matcher {name!r}: available {MATCHERS}. Learned matchers such as LoFTR need kornia, which SynCam does not bundle."
-    )
+    if name == "loftr":
+        if not weights:
+            raise ValueError("--matcher loftr needs local weights (--matcher-weights, e.g. loftr_outdoor.ckpt); nothing is downloaded")
+        from syncam_data.evaluate.loftr import LoftrMatcher
+
+        return LoftrMatcher(config, weights, config_json, device)
+    raise ValueError(f"unknown matcher {name!r}: available {MATCHERS}")

@@ -28,8 +28,7 @@ import pyarrow.parquet as pq
 
 from syncam_data.evaluate import epipolar
 from syncam_data.evaluate.inputs import GroupRef, load_view_frames
-from syncam_data.evaluate.matching import make_matcher
-from syncam_data.evaluate.run import EvalConfig, RunResult, _fit_frames, config_dict
+from syncam_data.evaluate.run import EvalConfig, RunResult, _fit_frames, build_matcher, config_dict
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +265,7 @@ def draw_pair(g: GroupRef, view_a: str, view_b: str, frame_index: int, cfg: Eval
         f, cam, _ = _fit_frames(load_view_frames(g, views[vid], [frame_index]), views[vid].camera, cfg.max_side)
         imgs.append(f[0])
         cams.append(cam)
-    matcher = make_matcher(cfg.matcher, cfg.match)
+    matcher = build_matcher(cfg)
     m = matcher.match(matcher.detect(imgs[0]), matcher.detect(imgs[1]))
     pa, pb = m.pts_a[m.inliers], m.pts_b[m.inliers]
     F = None

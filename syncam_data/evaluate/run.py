@@ -38,6 +38,8 @@ class EvalConfig:
     frames: int = 3  # sampled frames per video group (evenly spaced, shared by all views)
     matcher: str = "sift"
     match: MatchConfig = field(default_factory=MatchConfig)
+    matcher_weights: str | None = None  # local weights of a learned matcher (loftr)
+    matcher_config: str | None = None  # JSON overrides of the learned matcher's configuration
     max_pairs: int = 0  # view pairs per group, sampled deterministically; 0 = every pair
     max_side: int = 0  # downscale frames so the longer side is at most this (cameras follow); 0 = native
     check_cameras: bool = True
@@ -162,7 +164,7 @@ def evaluate_group(group: GroupRef, cfg: EvalConfig) -> GroupResult:
     indices = frame_indices(group_num_frames(group), cfg.frames) if group.kind == "multiview_video" else [0]
     frames, cams, res.camera_rescaled = _load_group(group, indices, cfg)
     pairs = view_pairs([v.view_id for v in group.views], cfg.max_pairs, cfg.seed, group.key)
-    matcher = make_matcher(cfg.matcher, cfg.match)
+    matcher = build_matcher(cfg)
     feats: dict[tuple[str, int], Any] = {}
 
     def features(view: str, k: int):
@@ -184,8 +186,8 @@ def evaluate_group(group: GroupRef, cfg: EvalConfig) -> GroupResult:
             "frame_index": int(fi),
             "width": int(frames[a].shape[2]),
             "height": int(frames[a].shape[1]),
-            "keypoints_a": int(len(fa.points)),
-            "keypoints_b": int(len(fb.points)),
+            "keypoints_a": _num_keypoints(fa),
+            "keypoints_b": _num_keypoints(fb),
         }
         row.update(pair_metrics(m, cams[a], cams[b], cfg))
         row["clip_f"] = None
@@ -197,6 +199,16 @@ def evaluate_group(group: GroupRef, cfg: EvalConfig) -> GroupResult:
         res.clip_t_skipped = "no --clip weights given"
     res.fvd_features, res.fvd_skipped = _fvd_features(group, cfg)
     return res
+
+
+def build_matcher(cfg: EvalConfig):
+    return make_matcher(cfg.matcher, cfg.match, cfg.matcher_weights, cfg.matcher_config, cfg.device)
+
+
+def _num_keypoints(features: Any) -> int | None:
+    """Keypoints detected in one view (None for detector-free matchers such as LoFTR)."""
+    pts = getattr(features, "points", None)
+    return None if pts is None else int(len(pts))
 
 
 def _add_clip(res: GroupResult, group: GroupRef, frames: dict[str, np.ndarray], pairs: list[tuple[str, str]], cfg: EvalConfig) -> None:
@@ -250,6 +262,7 @@ def run_eval(
     limit: int = 0,
 ) -> RunResult:
     t0 = time.perf_counter()
+    build_matcher(cfg)  # fail once, here, on a missing dependency or unusable weights (not once per group)
     groups, errors = find_groups(input_path, cameras_override)
     if limit:
         groups = groups[:limit]
