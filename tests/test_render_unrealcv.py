@@ -354,3 +354,14 @@ def test_reply_checks_catch_an_engine_that_does_not_do_what_was_set(fault, messa
         backend = backend_for(srv)
         with pytest.raises(FrameSyncError, match=message):
             backend.render_scene(make_spec(num_frames=2, num_cameras=1, subjects=1), SceneOutput(tmp_path / "s", fps=12))
+
+
+def test_server_that_never_greets_times_out_instead_of_hanging():
+    import time
+
+    with StandinServer(silent=True) as srv:
+        backend = get_backend("unrealcv", WorkerSlot(), port=srv.port, connect_timeout=1.0)
+        t0 = time.monotonic()
+        with pytest.raises(ConnectionError, match="no answer within 1 s"):
+            backend.open()
+        assert time.monotonic() - t0 < 8

@@ -597,6 +597,7 @@ class StandinServer:
         drop_after: int | None = None,
         fault_anim_offset: float = 0.0,
         fault_camera_offset_cm: float = 0.0,
+        silent: bool = False,
     ) -> None:
         self.host, self.port, self.unix_socket, self.project = host, port, unix_socket, project
         self.world = World(plugin=plugin)
@@ -605,6 +606,7 @@ class StandinServer:
         # Faults an engine or plugin could have, to prove the backend's reply checks catch them.
         self.fault_anim_offset = fault_anim_offset
         self.fault_camera_offset_cm = fault_camera_offset_cm
+        self.silent = silent  # accept connections but never greet (an engine still loading)
         self.requests = 0
         self.connections = 0
         self.drops = 0
@@ -664,11 +666,19 @@ class StandinServer:
                 continue
             except OSError:
                 return
+            if self.silent:
+                threading.Thread(target=self._hold_silently, args=(conn,), daemon=True).start()
+                continue
             if not self._busy.acquire(blocking=False):
                 log.warning("rejecting a second client: only one client at a time")
                 conn.close()
                 continue
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _hold_silently(self, conn: socket.socket) -> None:
+        """Keep the connection open without the greeting until the server stops."""
+        self._stop.wait()
+        conn.close()
 
     def _serve(self, conn: socket.socket) -> None:
         self.connections += 1

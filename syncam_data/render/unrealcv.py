@@ -86,6 +86,7 @@ POSE_TOL_CM = 0.05
 AXIS_TOL = 1e-3
 TIME_TOL_S = 1e-3
 FOV_TOL_DEG = 1e-2
+GREETING_TIMEOUT_S = 10.0
 
 # capability -> an example command the server's templates must match
 REQUIRED_COMMANDS: dict[str, str] = {
@@ -171,9 +172,17 @@ class Connection:
                 # we reconnect ourselves, so fail fast.
                 client.RECONNECT_ATTEMPTS = 1
                 client.RECONNECT_BASE_DELAY = 0.05
-                with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    ok = client.connect(timeout=max(1, int(timeout)))
+                # Client.connect blocks without a timeout until the greeting arrives; a server that
+                # accepts but never greets (an engine still loading) must not hang the worker.
+                greet = threading.Timer(min(GREETING_TIMEOUT_S, max(0.5, deadline - time.monotonic())), lambda c=client: _quiet_disconnect(c))
+                greet.daemon = True
+                greet.start()
+                try:
+                    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        ok = client.connect(timeout=max(1, int(timeout)))
+                finally:
+                    greet.cancel()
                 if ok:
                     return cls(endpoint, client, timeout)
                 last = "the server did not send its 'connected' greeting (busy with another client?)"
@@ -182,8 +191,7 @@ class Connection:
             time.sleep(0.2)
 
     def close(self) -> None:
-        with contextlib.redirect_stdout(io.StringIO()):
-            self.client.disconnect()
+        self.client.disconnect()
 
     def batch(self, commands: Sequence[str], timeout: float | None = None) -> list[str | bytes]:
         """Send ``commands`` and return their replies; raises ConnectionError on a drop or timeout."""
@@ -194,8 +202,7 @@ class Connection:
 
         def _expire() -> None:
             fired.set()
-            with contextlib.redirect_stdout(io.StringIO()):
-                self.client.disconnect()  # unblocks the client's receive thread, which fails the batch
+            _quiet_disconnect(self.client)  # unblocks the client's receive thread, which fails the batch
 
         timer = threading.Timer(limit, _expire)
         timer.daemon = True
@@ -233,6 +240,12 @@ class Connection:
         if _is_error(replies[0]):
             raise UnrealCVError(f"UnrealCV server at {self.endpoint}: 'vbatch {len(commands)}' failed: {replies[0]}")
         return replies[1:]
+
+
+def _quiet_disconnect(client: Any) -> None:
+    # Called from timer threads: no redirect_stdout here (it swaps the process-wide sys.stdout and
+    # interleaved swaps from two threads can leave it pointing at a dead buffer).
+    client.disconnect()
 
 
 def _probe(host: str, port: int, unix_socket: str | None) -> bool:
