@@ -31,14 +31,16 @@ which Blender shares between all cameras of a scene.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -69,7 +71,7 @@ def _import_bpy() -> Any:
 
 class BlenderBackend(RenderBackend):
     """Cycles renderer. Options: ``samples`` (16), ``device`` (cpu|gpu), ``threads`` (0 = all cores),
-    ``max_bounces`` (4), ``tmp_dir``. Unknown options (e.g. UnrealCV's ``port``) are ignored."""
+    ``max_bounces`` (4), ``tmp_dir``, ``blender_log`` (False: Blender's own stdout is silenced). Unknown options (e.g. UnrealCV's ``port``) are ignored."""
 
     name = "blender"
 
@@ -104,6 +106,11 @@ class BlenderBackend(RenderBackend):
     # --- rendering -------------------------------------------------------------------------
     def render_scene(self, spec: SceneSpec, out: SceneOutput, on_frame: FrameCallback | None = None) -> RenderResult:
         self.open()
+        # Blender logs every saved pass file and importer step on stdout; keep the job's output readable.
+        with _stdout_silenced(not self.options.get("blender_log", False)):
+            return self._render(spec, out, on_frame)
+
+    def _render(self, spec: SceneSpec, out: SceneOutput, on_frame: FrameCallback | None) -> RenderResult:
         bpy = self.bpy
         timings = {"setup_s": 0.0, "render_s": 0.0, "readback_s": 0.0, "output_s": 0.0}
         t0 = time.perf_counter()
@@ -183,6 +190,24 @@ class BlenderBackend(RenderBackend):
 
 
 # --- render plumbing ---------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _stdout_silenced(enabled: bool) -> Iterator[None]:
+    """Point file descriptor 1 at /dev/null (Blender's C code writes there directly, bypassing sys.stdout)."""
+    if not enabled:
+        yield
+        return
+    sys.stdout.flush()
+    saved, devnull = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
 
 def _enable_gpu(bpy: Any) -> None:
     prefs = bpy.context.preferences.addons["cycles"].preferences

@@ -249,3 +249,66 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# --- consistency check ----------------------------------------------------------------------------
+
+def reprojection_check(
+    folder: Path,
+    frames: list[int] | None = None,
+    depth_tol_rel: float = 0.03,
+    depth_tol_abs: float = 0.05,
+    cameras: list[tuple[str, Camera]] | None = None,
+) -> dict[tuple[str, str], dict[str, float]]:
+    """Check that a scene's cameras agree with its pixels, for every ordered pair of cameras (A, B).
+
+    Pixels of A with finite depth are unprojected to world points and
+    projected into B. A point that lands inside B is *consistent* when B's
+    depth there matches its projected depth, *occluded* when B sees something
+    nearer (legitimate), and a *violation* when B sees something farther (B
+    would be looking through a surface: wrong axes, handedness, intrinsics or
+    depth). Returns per pair: ``inside`` (points landing in B), ``agree``
+    (consistent / (consistent + violations)), ``colour_err`` (mean absolute
+    RGB difference, 0-255, over consistent points) and ``consistent`` (count).
+    ``cameras`` overrides cameras.json (to test the check itself).
+    """
+    from syncam_data.video import decode
+
+    folder = Path(folder)
+    cams = cameras if cameras is not None else [(cid, cam) for cid, cam, _ in read_cameras_json(folder / CAMERAS_JSON)]
+    rgb = {cid: decode(folder / "videos" / f"{cid}.mp4")[:, : cam.height, : cam.width].astype(np.float32) for cid, cam in cams}
+    depth = {cid: load_npz_array(folder / "depth" / f"{cid}.npz", "depth").astype(np.float32) for cid, _ in cams}
+    n = min(len(v) for v in rgb.values())
+    frames = list(range(n)) if frames is None else frames
+    out: dict[tuple[str, str], dict[str, float]] = {}
+    for ia, (a, cam_a) in enumerate(cams):
+        uv_a = cam_a.pixel_grid().reshape(-1, 2)
+        for b, cam_b in cams[:ia] + cams[ia + 1 :]:
+            agree = viol = inside_n = 0
+            col_err: list[float] = []
+            for k in frames:
+                d_a = depth[a][k].reshape(-1)
+                ok = np.isfinite(d_a)
+                pts = cam_a.unproject(uv_a[ok], d_a[ok])
+                uv_b, z_b = cam_b.project(pts)
+                ub, vb = np.floor(uv_b[:, 0]).astype(np.int64), np.floor(uv_b[:, 1]).astype(np.int64)
+                inside = (z_b > 0) & (ub >= 0) & (ub < cam_b.width) & (vb >= 0) & (vb < cam_b.height)
+                zb, ub, vb = z_b[inside], ub[inside], vb[inside]
+                seen = depth[b][k][vb, ub]
+                tol = depth_tol_abs + depth_tol_rel * zb
+                good = np.abs(seen - zb) <= tol
+                bad = seen > zb + tol  # includes inf: B sees sky where A saw a surface
+                agree += int(good.sum())
+                viol += int(bad.sum())
+                inside_n += int(inside.sum())
+                if good.any():
+                    ca = rgb[a][k].reshape(-1, 3)[ok][inside][good]
+                    cb = rgb[b][k][vb[good], ub[good]]
+                    col_err.append(float(np.abs(ca - cb).mean()))
+            out[(a, b)] = {
+                "inside": float(inside_n),
+                "agree": agree / max(agree + viol, 1),
+                "consistent": float(agree),
+                "colour_err": float(np.mean(col_err)) if col_err else float("nan"),
+            }
+    return out
