@@ -214,12 +214,12 @@ class Connection:
                 replies = self.client.request(list(commands))
         except (ConnectionError, OSError, AssertionError) as e:
             if fired.is_set():
-                raise TimeoutError(f"UnrealCV server at {self.endpoint}: no reply within {limit:.0f} s") from None
+                raise TimeoutError(f"UnrealCV server at {self.endpoint}: no reply within {limit:g} s") from None
             raise ConnectionError(f"UnrealCV server at {self.endpoint}: connection lost ({e})") from None
         finally:
             timer.cancel()
         if fired.is_set():
-            raise TimeoutError(f"UnrealCV server at {self.endpoint}: no reply within {limit:.0f} s")
+            raise TimeoutError(f"UnrealCV server at {self.endpoint}: no reply within {limit:g} s")
         if replies is None or any(r is None for r in replies):  # the client's receive loop saw the socket close
             raise ConnectionError(f"UnrealCV server at {self.endpoint}: connection lost while waiting for replies")
         return replies
