@@ -113,3 +113,32 @@ def test_matching_is_reproducible(views) -> None:
     r1, r2 = m.match(fa, fb), m.match(fa, fb)
     np.testing.assert_array_equal(r1.inliers, r2.inliers)
     np.testing.assert_array_equal(r1.pts_a, r2.pts_a)
+
+
+def test_media_resized_without_its_intrinsics_and_max_side(tmp_path: Path, views) -> None:
+    """Cameras stated for 2x larger media are scaled to the frames; --max-side downscales and the cameras follow."""
+    cams, imgs = views
+    big = [c.resized(2 * c.width, 2 * c.height) for c in cams]
+    (g,), _ = find_groups(write_frameset(tmp_path / "set", big, imgs))
+    res = evaluate_group(g, EvalConfig())
+    assert res.camera_rescaled
+    assert np.median([r["epi_symmetric_median"] for r in res.rows]) < 0.5
+    small = evaluate_group(g, EvalConfig(max_side=160))
+    assert all(r["width"] == 160 for r in small.rows)
+    assert np.median([r["epi_symmetric_median"] for r in small.rows]) < 0.5
+
+
+def test_frame_indices_and_pair_sampling() -> None:
+    from syncam_data.evaluate.inputs import frame_indices
+    from syncam_data.evaluate.run import view_pairs
+
+    assert frame_indices(100, 3) == [0, 50, 99]
+    assert frame_indices(9, 1) == [4]
+    assert frame_indices(2, 5) == [0, 1]
+    assert frame_indices(0, 3) == []
+    ids = [f"c{i:02d}" for i in range(36)]
+    assert len(view_pairs(ids, 0, 0, "g")) == 630
+    some = view_pairs(ids, 50, 0, "g")
+    assert len(some) == 50 and len(set(some)) == 50 and all(a < b for a, b in some)
+    assert some == view_pairs(ids, 50, 0, "g")  # reproducible
+    assert some != view_pairs(ids, 50, 0, "other-group")  # but not the same subset for every group

@@ -243,11 +243,11 @@ def group_num_frames(group: GroupRef) -> int:
 # --- pixels -------------------------------------------------------------------------
 
 def frame_indices(num_frames: int, n: int) -> list[int]:
-    """``n`` evenly spaced frame numbers in [0, num_frames), first and last included."""
+    """``n`` evenly spaced frame numbers in [0, num_frames): first and last included; one frame = the middle one."""
     if num_frames <= 0:
         return []
     if n <= 1 or num_frames == 1:
-        return [0] if n <= 1 else [0]
+        return [num_frames // 2]
     return sorted(set(int(round(x)) for x in np.linspace(0, num_frames - 1, min(n, num_frames))))
 
 

@@ -89,8 +89,11 @@ def _fit_frames(frames: np.ndarray, camera: Camera | None, max_side: int) -> tup
     h, w = frames.shape[1:3]
     rescaled = False
     if camera is not None and (camera.width, camera.height) != (w, h):
-        # Stated intrinsics are for the stored media; a generator or importer
-        # that resized the media without updating them is caught here, not blamed on F.
+        # Stated intrinsics are for the stored media (Contract 1). Media resized
+        # without updating them is scaled back here rather than blamed on F; a
+        # crop cannot be undone this way, so a changed aspect ratio is reported.
+        if abs(camera.width / camera.height - w / h) > 0.01 * (w / h):
+            log.warning("camera states %dx%d but the frames are %dx%d (aspect ratio differs): intrinsics scaled anyway", camera.width, camera.height, w, h)
         camera = camera.resized(w, h)
         rescaled = True
     if max_side and max(h, w) > max_side:
