@@ -396,7 +396,10 @@ class Trainer:
             tmp.mkdir(parents=True)
         self.acc.wait_for_everyone()
         model = self.acc.unwrap_model(self.model)
-        meta = {"base_id": self.components.base_id, "step": self.step, "train_config": self.cfg.to_dict()}
+        d = self.cfg.data
+        # What syncam-generate reads back: the base, the pose scale, the training shape.
+        meta = {"base_id": self.components.base_id, "step": self.step, "translation_scale": d.translation_scale,
+                "resolution": [d.height, d.width], "frames": d.frames, "train_config": self.cfg.to_dict()}
         if self.sharded_state:
             self.acc.save_state(str(tmp / "accelerate_state"))
         if self.acc.is_main_process:

@@ -17,7 +17,8 @@ from syncam_model.train import Trainer
 from tests.test_data_loader import make_shards
 
 SMALL = ["--set", "data.height=16", "--set", "data.width=32", "--set", "data.frames=5"]
-OVER = {"data.height": 16, "data.width": 32, "data.frames": 5, "data.frame_sampling": "first", "optim.global_batch_size": 1}
+OVER = {"data.height": 16, "data.width": 32, "data.frames": 5, "data.frame_sampling": "first", "optim.global_batch_size": 1,
+        "curriculum.schedule": [{"start_step": 0, "min_angle": 0, "max_angle": 60}]}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -46,7 +47,7 @@ def test_cache_holds_every_good_view_and_records_the_bad_one(cached):
     good = {r["sample_id"] for r in rows if not r["sample_id"].startswith("web/sv1/")}
     cache = LatentCache(path)
     assert set(cache.samples) == good
-    assert len(list(path.glob("part-r0-*.safetensors"))) == 3  # 5 good groups, 2 per part
+    assert len(list(path.glob("part-r0-*.safetensors"))) == 2  # 4 good groups, 2 per part
     # latents: [F', C, h, w] = 5 frames -> 2 latent frames, 16x32 -> 2x4; images -> 1 latent frame
     out = cache.load_views(["synth/mv0/cam00", "synth/mv0/cam01"], [0, 1, 2, 3, 4], "scene 0")
     assert out["latent_mean"].shape == (2, 2, 4, 2, 4) and out["text"].shape == (226, 32)
