@@ -38,6 +38,8 @@ def filter_videos(
     cotracker_checkpoint: Optional[str] = typer.Option(None, "--cotracker-checkpoint", help="CoTracker weights file (default: <hub dir>/checkpoints/scaled_offline.pth)."),
     cotracker_entry: Optional[str] = typer.Option(None, "--cotracker-entry", help="hubconf entry point (default cotracker3_offline)."),
     device: Optional[str] = typer.Option(None, "--device", help="Torch device for SAM/CoTracker, e.g. cpu (default) or cuda."),
+    lk_window: Optional[int] = typer.Option(None, "--lk-window", help="Lucas-Kanade window size in analysed pixels (default 15)."),
+    lk_levels: Optional[int] = typer.Option(None, "--lk-levels", help="Lucas-Kanade pyramid levels above the base image (default 3)."),
     fb_threshold: Optional[float] = typer.Option(None, "--fb-threshold", help="LK forward-backward error in pixels above which a point is lost (default 1.0)."),
     ransac_threshold: Optional[float] = typer.Option(None, "--ransac-threshold", help="RANSAC reprojection threshold in analysed pixels (default 1.0)."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Per-video time limit in seconds; a video over it becomes an error row (default 300)."),
@@ -69,7 +71,7 @@ def filter_videos(
         "grid_size": grid_size, "points_per_mask": points_per_mask, "sam_checkpoint": sam_checkpoint, "sam_model": sam_model,
         "sam_points_per_side": sam_points_per_side, "tracker": tracker, "cotracker_repo": cotracker_repo,
         "cotracker_checkpoint": cotracker_checkpoint, "cotracker_entry": cotracker_entry, "device": device,
-        "fb_threshold_px": fb_threshold, "ransac_threshold_px": ransac_threshold, "timeout_s": timeout,
+        "lk_window": lk_window, "lk_levels": lk_levels, "fb_threshold_px": fb_threshold, "ransac_threshold_px": ransac_threshold, "timeout_s": timeout,
     }
     given = {k: v for k, v in given.items() if v is not None}
     if rescore:
