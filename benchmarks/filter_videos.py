@@ -142,8 +142,10 @@ def main() -> None:
         "Notes: *videos per CPU-second* is the per-core throughput (one worker; PyAV may use a second decoding "
         "thread, which CPU seconds include). H.264 must decode every source frame even though only about "
         f"{s.sample_fps:g} per second are kept, so decode cost grows with the source resolution and frame rate while "
-        "tracking cost depends only on the analysed copy. All synthetic decisions at this resolution match the "
-        "expected ones (static camera + subjects kept; pans, zooms and static scenes rejected).",
+        "tracking cost depends only on the analysed copy. "
+        + ("All synthetic decisions at this resolution match the expected ones (static camera + subjects kept; "
+           "pans, zooms and static scenes rejected)." if kept == want_kept else
+           f"WARNING: {kept} videos kept, {want_kept} expected."),
         "",
         "Reproduce: `.venv/bin/python benchmarks/filter_videos.py "
         f"--num-videos {n} --width {args.width} --height {args.height} --seconds {args.seconds:g} --fps {args.fps:g}`",
