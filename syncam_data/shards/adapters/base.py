@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from syncam_data.shards.writer import parse_size
 
 
 class AdapterError(ValueError):
@@ -46,10 +45,6 @@ class AdapterOptions:
     max_frames: int = 1000
     max_size: int = 128 << 20
     crf: int = 20
-
-    @classmethod
-    def make(cls, max_size: str | int = "128MB", **kw: Any) -> "AdapterOptions":
-        return cls(max_size=parse_size(max_size), **kw)
 
 
 @dataclass
@@ -87,16 +82,10 @@ class GroupPlan:
     caption: str = ""
     # Captions resolved by the driver, per view id (from the captions file or the source).
     view_captions: dict[str, str] = field(default_factory=dict)
-    caption_origin: str = "missing"
-    data: dict[str, Any] = field(default_factory=dict)
 
     @property
     def key(self) -> tuple[str, str]:
         return (self.dataset, self.group_id)
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def file_digest(path: Path, chunk: int = 8 << 20) -> str:
