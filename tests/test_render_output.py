@@ -82,18 +82,25 @@ def test_incomplete_folders_are_not_complete(tmp_path):
 
 
 def _synthetic_scene(tmp_path, cams):
-    """A textured ground plane z=0 rendered analytically (exact depth and colour) for each camera."""
+    """A textured ground plane z=0 and a sphere, ray-cast analytically (exact z-depth and colour) for each camera."""
+    centre, radius = np.array([0.0, 0.0, 0.8]), 0.8
     out = SceneOutput(tmp_path / "syn", fps=24.0, depth_dtype="float32")
     for cid, cam in cams:
         out.add_camera(cid, cam)
         uv = cam.pixel_grid().reshape(-1, 2)
+        # rays scaled so that their camera-z component is 1: the ray parameter is the z-depth
         rays = np.stack([(uv[:, 0] - cam.cx) / cam.fx, (uv[:, 1] - cam.cy) / cam.fy, np.ones(len(uv))], -1) @ cam.R.T
-        s = -cam.t[2] / rays[:, 2]
-        hit = s > 0
-        pts = cam.t + s[:, None] * rays
-        z = np.where(hit, s, np.inf)  # rays are scaled so that camera-z = 1: s is the z-depth
+        t_ground = np.where(-cam.t[2] / rays[:, 2] > 0, -cam.t[2] / rays[:, 2], np.inf)
+        oc = cam.t - centre
+        a, b, c = (rays * rays).sum(1), 2 * rays @ oc, oc @ oc - radius**2
+        disc = b * b - 4 * a * c
+        t_sphere = np.where(disc > 0, (-b - np.sqrt(np.maximum(disc, 0))) / (2 * a), np.inf)
+        t_sphere = np.where(t_sphere > 0, t_sphere, np.inf)
+        z = np.minimum(t_ground, t_sphere)
+        hit = np.isfinite(z)
+        pts = cam.t + np.where(hit, z, 0)[:, None] * rays
         col = np.zeros((len(uv), 3))
-        col[hit] = 128 + 100 * np.stack([np.sin(pts[hit, 0] * 0.7), np.cos(pts[hit, 1] * 0.7), np.sin(0.5 * (pts[hit, 0] + pts[hit, 1]))], -1)
+        col[hit] = 128 + 100 * np.stack([np.sin(pts[hit, 0] * 0.7), np.cos(pts[hit, 1] * 0.7), np.sin(2 * pts[hit, 2])], -1)
         out.add_frame(cid, col.reshape(cam.height, cam.width, 3).astype(np.uint8), z.reshape(cam.height, cam.width))
     out.finish({})
     return tmp_path / "syn"
@@ -105,10 +112,10 @@ def test_reprojection_check_accepts_true_cameras_and_rejects_wrong_ones(tmp_path
     folder = _synthetic_scene(tmp_path, cams)
     good = reprojection_check(folder)
     assert len(good) == 6
-    assert min(v["agree"] for v in good.values()) > 0.97
-    assert max(v["colour_err"] for v in good.values()) < 12
+    assert min(v["agree"] for v in good.values()) > 0.99
+    assert max(v["colour_err"] for v in good.values()) < 8
     assert max(v["depth_err"] for v in good.values()) < 0.01
     shifted = [(cid, Camera(w, h, c.fx, c.fy, c.cx + 4, c.cy, c.c2w)) for cid, c in cams]
-    assert min(v["agree"] for v in reprojection_check(folder, cameras=shifted).values()) < 0.9
+    assert min(v["agree"] for v in reprojection_check(folder, cameras=shifted).values()) < 0.95
     flipped = [(cid, Camera(w, h, c.fx, c.fy, c.cx, c.cy, np.hstack([c.R @ np.diag([1.0, -1.0, -1.0]), c.t[:, None]]))) for cid, c in cams]
     assert max(v["consistent"] for v in reprojection_check(folder, cameras=flipped).values()) == 0
