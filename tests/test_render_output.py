@@ -118,4 +118,4 @@ def test_reprojection_check_accepts_true_cameras_and_rejects_wrong_ones(tmp_path
     shifted = [(cid, Camera(w, h, c.fx, c.fy, c.cx + 4, c.cy, c.c2w)) for cid, c in cams]
     assert min(v["agree"] for v in reprojection_check(folder, cameras=shifted).values()) < 0.95
     flipped = [(cid, Camera(w, h, c.fx, c.fy, c.cx, c.cy, np.hstack([c.R @ np.diag([1.0, -1.0, -1.0]), c.t[:, None]]))) for cid, c in cams]
-    assert max(v["consistent"] for v in reprojection_check(folder, cameras=flipped).values()) == 0
+    assert min(v["agree"] for v in reprojection_check(folder, cameras=flipped).values()) < 0.5
