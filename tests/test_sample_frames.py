@@ -227,3 +227,14 @@ def test_output_write_failure_is_an_error_not_bad_input(tmp_path, scene, monkeyp
     monkeypatch.setattr(frameset, "encode_image", real)
     run_cli("--source", "realestate10k", "--root", str(tmp_path / "root"), "--out", str(out), "--views", "2")
     assert [g["group_id"] for g in groups(out)] == ["seq_s000"]
+
+
+def test_limit_stops_after_n_sequences(tmp_path, scene):
+    cams, frames = scene
+    for name in ("a", "b", "c"):
+        export_realestate10k(tmp_path / "root", name, cams[:10], frames[:10], fps=FPS, pose_stride=2)
+    out = tmp_path / "out"
+    run_cli("--source", "realestate10k", "--root", str(tmp_path / "root"), "--out", str(out), "--views", "2", "--limit", "2")
+    report = json.loads((out / "sample_report.json").read_text())
+    assert [s["sequence"] for s in report["sequences"]] == ["a", "b"]
+    assert report["settings"]["source"] == "realestate10k" and report["totals"]["sets_written"] == 2
