@@ -204,6 +204,12 @@ class MultiViewTransformer(nn.Module):
             return_dict=False,
             **kwargs,
         )[0]
+        if ctx.calls < len(self.base.transformer_blocks):
+            # e.g. a diffusers version whose checkpointing call drops attention_kwargs: fail loudly, never train silently without the modules
+            raise RuntimeError(
+                f"multi-view context reached {ctx.calls} of {len(self.base.transformer_blocks)} blocks; "
+                "this diffusers version does not pass attention_kwargs to every block"
+            )
         return out.reshape(b, n, *out.shape[1:])
 
     def forward_base(self, latents: torch.Tensor, text: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:

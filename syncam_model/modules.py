@@ -55,6 +55,8 @@ class MultiViewContext:
     cameras: torch.Tensor
     tokens_per_frame: int
     rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None
+    # Incremented by every module that runs, so the caller can verify the context reached all blocks.
+    calls: int = 0
 
 
 class MultiViewModule(nn.Module):
@@ -117,6 +119,7 @@ class MultiViewModule(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, temb: torch.Tensor, ctx: MultiViewContext) -> torch.Tensor:
         """``hidden_states [B*n, F*hw, d]``, ``temb [B*n, T]`` -> same shape, views coupled per frame."""
+        ctx.calls += 1
         bn, seq, dim = hidden_states.shape
         n, hw = ctx.num_views, ctx.tokens_per_frame
         if bn % n or seq % hw:
