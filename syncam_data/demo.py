@@ -1,0 +1,252 @@
+"""The end-to-end demo: every stage is the public command a user would run, on built-in defaults.
+
+render (Blender) -> a moving-camera sequence exported as RealEstate10K and DL3DV ->
+sample-frames -> rendered "web videos" -> filter-videos -> build-shards ->
+validate -> inspect -> eval -> syncam-train (tiny model) -> resume ->
+syncam-generate -> report.html / report.md.
+
+Each command runs in its own process (as a user would run it) and is recorded
+in ``<out>/commands.sh`` so the demo doubles as a walkthrough
+(docs/quickstart.md). The demo itself only prepares inputs that a user would
+bring (scene specs for the sequence and the single-view clips, a corrupt file)
+and writes the report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from tqdm import tqdm
+
+from syncam_data.cameras import Camera, look_at, spherical_position
+from syncam_data.render.output import read_cameras_json
+from syncam_data.scenes import CameraSpec, SamplerOptions, SceneSpec, build_caption, load_catalog, sample_scene, write_specs_jsonl
+from syncam_data.video import decode, encode
+
+log = logging.getLogger(__name__)
+
+PROMPT = "a person in a red shirt walks on a city plaza"
+
+
+@dataclass
+class DemoConfig:
+    out: Path
+    seed: int = 0
+    scenes: int = 2
+    cameras: int = 4
+    frames: int = 9
+    height: int = 96
+    width: int = 160
+    samples: int = 8
+    train_steps: int = 30
+    resume_steps: int = 10
+    workers: int = 1
+
+
+@dataclass
+class Stage:
+    name: str
+    title: str
+    commands: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    ok: bool = True
+    error: str | None = None
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+class Demo:
+    def __init__(self, cfg: DemoConfig) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.out).resolve()
+        self.bin = Path(sys.executable).parent
+        self.stages: list[Stage] = []
+        self.commands_file = self.out / "commands.sh"
+
+    # --- running public commands -------------------------------------------
+    def run(self, stage: Stage, args: list[str], check: bool = True, allowed_codes: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess:
+        """Run ``args`` (first item a console script) as a user would; record it."""
+        exe = self.bin / args[0]
+        cmd = [str(exe) if exe.exists() else args[0], *args[1:]]
+        shown = " ".join(shlex.quote(a) for a in args).replace(str(self.out), "$OUT")
+        stage.commands.append(shown)
+        with open(self.commands_file, "a") as f:
+            f.write(shown + "\n")
+        log.info("$ %s", shown)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None, text=True, env=env)
+        (self.out / "logs").mkdir(exist_ok=True)
+        with open(self.out / "logs" / f"{stage.name}.log", "a") as f:
+            f.write(f"$ {shown}\n{proc.stdout}\n")
+        if check and proc.returncode not in allowed_codes:
+            raise DemoError(f"`{shown}` exited with {proc.returncode}:\n{proc.stdout[-2000:]}")
+        return proc
+
+    def stage(self, name: str, title: str, fn: Callable[[Stage], None]) -> Stage:
+        st = Stage(name, title)
+        t0 = time.perf_counter()
+        try:
+            fn(st)
+        except Exception as e:
+            st.ok, st.error = False, f"{type(e).__name__}: {e}"
+            log.error("stage %s failed: %s", name, st.error)
+        st.seconds = time.perf_counter() - t0
+        self.stages.append(st)
+        self._save_state()
+        return st
+
+    def _save_state(self) -> None:
+        data = [{k: v for k, v in s.__dict__.items()} for s in self.stages]
+        (self.out / "demo_stages.json").write_text(json.dumps(data, indent=2, default=str))
+
+    # --- stages ------------------------------------------------------------
+    def render_scenes(self, st: Stage) -> None:
+        c = self.cfg
+        self.run(st, ["syncam-data", "render", "--scenes", str(c.scenes), "--backend", "blender", "--cameras", str(c.cameras),
+                      "--frames", str(c.frames), "--fps", "8", "--resolution", f"{c.height}x{c.width}", "--samples", str(c.samples),
+                      "--seed", str(c.seed), "--workers", str(c.workers), "--out", str(self.out / "renders")])
+        st.outputs["scenes"] = sorted(p.name for p in (self.out / "renders").iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def render_sequences(self, st: Stage) -> None:
+        """Specs a user would write by hand: a camera moving along an arc around a frozen scene, and single-view clips."""
+        specs = self._sequence_specs()
+        path = self.out / "inputs" / "sequence_specs.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_specs_jsonl(specs, path)
+        self.run(st, ["syncam-data", "render", "--scenes", str(path), "--backend", "blender", "--samples", str(self.cfg.samples),
+                      "--workers", str(self.cfg.workers), "--out", str(self.out / "sequences")])
+        st.outputs["specs"] = [s.scene_id for s in specs]
+
+    def _sequence_specs(self) -> list[SceneSpec]:
+        c = self.cfg
+        catalog = load_catalog()
+        opts = SamplerOptions(num_cameras=1, num_frames=16, fps=8.0, width=c.width, height=c.height, subjects=(1, 2))
+        moving = None
+        for i in range(100, 200):  # the first sampled scene whose subject walks/runs: clear subject motion
+            s = sample_scene(catalog, i, c.seed, opts)
+            if s.subjects and any(sub.animation.travel_speed > 0 for sub in s.subjects):
+                moving = s
+                break
+        if moving is None:
+            raise DemoError("no scene with a travelling subject in the built-in catalog")
+        centre = np.array(moving.center)
+        base = moving.cameras[0]
+        # 1) a static camera watching moving subjects ("web video" to keep)
+        watch = moving.model_copy(deep=True)
+        watch.scene_id = "web_static_camera_moving_subject"
+        cam = Camera(c.width, c.height, base.fx, base.fy, base.cx, base.cy, look_at(spherical_position(centre, 6.0, 12.0, 30.0), centre))
+        watch.cameras = [CameraSpec.from_camera("cam00", cam)]
+        # 2) a moving-camera sequence of the frozen scene: one camera per video frame along a 50 degree arc
+        seq = moving.model_copy(deep=True)
+        seq.scene_id = "sequence_arc"
+        seq.num_frames = 1
+        n = 16
+        seq.cameras = [
+            CameraSpec.from_camera(f"f{i:02d}", Camera(c.width, c.height, base.fx, base.fy, base.cx, base.cy,
+                                                      look_at(spherical_position(centre, 6.5 - 0.05 * i, 15.0 + 0.5 * i, -20.0 + 50.0 * i / (n - 1)), centre)))
+            for i in range(n)
+        ]
+        # 3) a static camera on a static scene (no subjects)
+        still = moving.model_copy(deep=True)
+        still.scene_id = "web_static_scene"
+        still.subjects = []
+        still.num_frames = 12
+        still.cameras = [CameraSpec.from_camera("cam00", cam)]
+        for s in (watch, seq, still):
+            s.caption = build_caption(s)
+        return [watch, seq, still]
+
+    def export_posed(self, st: Stage) -> None:
+        """Turn the rendered arc into a RealEstate10K sequence (as video and as frames) and a DL3DV scene."""
+        from syncam_data.sources.export import export_dl3dv, export_realestate10k
+
+        seq_dir = self.out / "sequences" / "sequence_arc"
+        entries = read_cameras_json(seq_dir / "cameras.json")
+        cams = [cam for _, cam, _ in entries]
+        frames = [decode(seq_dir / "videos" / f"{cid}.mp4", [0])[0] for cid, _, _ in entries]
+        re_root = self.out / "posed" / "realestate10k"
+        export_realestate10k(re_root / "train", "demo_arc_video", cams, frames, frames_as="video")
+        export_realestate10k(re_root / "test", "demo_arc_frames", cams, frames, frames_as="images")
+        export_dl3dv(self.out / "posed" / "dl3dv" / "1K", "demo_arc", cams, frames, nerfstudio_subfolder=False)
+        st.outputs["frames"] = len(frames)
+        # the same frames as a panning "web video" (camera moves over a static scene)
+        web = self.out / "web"
+        web.mkdir(parents=True, exist_ok=True)
+        encode(np.stack(frames), web / "pan_static_scene.mp4", fps=8)
+
+    def sample_frames(self, st: Stage) -> None:
+        for source, root in (("realestate10k", "posed/realestate10k"), ("dl3dv", "posed/dl3dv")):
+            self.run(st, ["syncam-data", "sample-frames", "--source", source, "--root", str(self.out / root),
+                          "--out", str(self.out / "frames" / source), "--views", "3", "--sets-per-sequence", "2",
+                          "--max-gap", "100", "--min-angle", "5", "--seed", str(self.cfg.seed)])
+        st.outputs["groups"] = {s: sorted(p.name for p in (self.out / "frames" / s).iterdir() if p.is_dir()) for s in ("realestate10k", "dl3dv")}
+
+    def web_videos(self, st: Stage) -> None:
+        web = self.out / "web"
+        web.mkdir(parents=True, exist_ok=True)
+        seqs = self.out / "sequences"
+        shutil.copyfile(seqs / "web_static_camera_moving_subject" / "videos" / "cam00.mp4", web / "static_camera_moving_subject.mp4")
+        shutil.copyfile(seqs / "web_static_scene" / "videos" / "cam00.mp4", web / "static_scene.mp4")
+        good = (web / "static_camera_moving_subject.mp4").read_bytes()
+        (web / "corrupt.mp4").write_bytes(good[: len(good) // 4])
+        st.outputs["videos"] = sorted(p.name for p in web.glob("*.mp4"))
+        self.run(st, ["syncam-data", "filter-videos", str(web), "--out", str(self.out / "filter"), "--min-short-side", "64", "--debug"])
+        import pyarrow.parquet as pq
+
+        t = pq.read_table(self.out / "filter" / "scores.parquet").to_pylist()
+        st.outputs["decisions"] = [
+            {k: r.get(k) for k in ("path", "status", "reason", "subject_motion", "camera_motion", "error")} for r in t
+        ]
+
+    def build_shards(self, st: Stage) -> None:
+        shards = self.out / "shards"
+        self.run(st, ["syncam-data", "build-shards", "--out", str(shards), "--renders", str(self.out / "renders"),
+                      "--frames", str(self.out / "frames" / "realestate10k"), "--frames", str(self.out / "frames" / "dl3dv"),
+                      "--videos", str(self.out / "filter" / "scores.parquet"), "--shard-size", "8MB", "--row-group-size", "2MB"])
+        self.run(st, ["syncam-data", "validate", str(shards)])
+        self.run(st, ["syncam-data", "inspect", str(shards), "--json", str(self.out / "inspect.json"), "--plot", str(self.out / "cameras.png")])
+        st.outputs["inspect"] = json.loads((self.out / "inspect.json").read_text())
+
+    # --- driver --------------------------------------------------------------
+    def plan(self) -> list[tuple[str, str, Callable[[Stage], None]]]:
+        return [
+            ("render", "Render multi-camera scenes (Blender)", self.render_scenes),
+            ("sequences", "Render a moving-camera sequence and single-view clips", self.render_sequences),
+            ("posed", "Export the sequence as RealEstate10K and DL3DV", self.export_posed),
+            ("sample_frames", "Sample multi-view frame sets", self.sample_frames),
+            ("filter", "Filter web videos", self.web_videos),
+            ("shards", "Build, validate and inspect shards", self.build_shards),
+        ]
+
+    def run_all(self) -> list[Stage]:
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.commands_file.write_text("#!/usr/bin/env bash\n# Commands the SynCam demo ran ($OUT is the demo's output folder).\nset -e\n")
+        plan = self.plan()
+        bar = tqdm(plan, desc="demo", unit="stage", dynamic_ncols=True)
+        for name, title, fn in bar:
+            bar.set_postfix_str(title)
+            st = self.stage(name, title, fn)
+            if not st.ok:
+                log.error("demo stops at stage %r: %s", name, st.error)
+                break
+        bar.close()
+        return self.stages
+
+
+def run_demo(cfg: DemoConfig) -> list[Stage]:
+    return Demo(cfg).run_all()
+
