@@ -7,8 +7,10 @@ in its own process with a simulated render cost per captured image
 - image format: BMP (raw, what the backend uses) vs PNG (encoded on the
   server's game thread, decoded by the client);
 - request pattern: one ``vbatch`` per frame (pose + capture of every camera in
-  one round trip, the backend's frame barrier) vs one request per camera
-  command (the naive client loop: set pose, wait, capture, wait, ...);
+  one round trip and one engine tick, the backend's frame barrier) vs one
+  request per command (the naive client loop: set pose, wait, capture, wait,
+  ...), where every request waits for the next engine tick (``--tick-ms``)
+  as UnrealCV's server does;
 - transport: TCP vs the Unix socket;
 
 and reports wall time per frame, frames per second, megabytes per second,
@@ -80,10 +82,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def standin(capture_delay: float):
+def standin(capture_delay: float, tick_ms: float):
     port = free_port()
     sock = os.path.join(tempfile.gettempdir(), f"unrealcv_bench_{port}.socket")
-    cmd = [sys.executable, str(REPO / "tests" / "unrealcv_standin.py"), "--port", str(port), "--unix-socket", sock, "--capture-delay", str(capture_delay)]
+    cmd = [sys.executable, str(REPO / "tests" / "unrealcv_standin.py"), "--port", str(port), "--unix-socket", sock, "--capture-delay", str(capture_delay), "--tick-ms", str(tick_ms)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
@@ -219,13 +221,14 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=320, help="image width")
     ap.add_argument("--height", type=int, default=240, help="image height")
     ap.add_argument("--capture-delay", type=float, default=0.005, help="simulated render cost per captured image (s)")
+    ap.add_argument("--tick-ms", type=float, default=1000.0 / 60.0, help="simulated engine frame time: requests outside a vbatch wait for the next tick")
     ap.add_argument("--repeat", type=int, default=3, help="runs per configuration; the table shows the median")
     ap.add_argument("--out", type=Path, default=None, help="write the markdown table here")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     results: list[Result] = []
     load0 = os.getloadavg()[0]
-    with standin(a.capture_delay) as (port, sock):
+    with standin(a.capture_delay, a.tick_ms) as (port, sock):
         for fmt in ("bmp", "png"):
             for pattern in ("vbatch", "per-request"):
                 for transport in ("tcp", "unix"):
@@ -238,7 +241,8 @@ def main() -> None:
         f"Machine: {platform.machine()} {os.cpu_count()}-core CPU, no GPU, Python {platform.python_version()}; "
         f"server = tests/unrealcv_standin.py in its own process.",
         f"Setup: {a.cameras} cameras x {a.frames} frames, {a.width}x{a.height}, lit + depth npy + object mask per camera, "
-        f"simulated render cost {a.capture_delay * 1000:.1f} ms per image (floor {floor * 1000:.0f} ms per frame); "
+        f"simulated render cost {a.capture_delay * 1000:.1f} ms per image (floor {floor * 1000:.0f} ms per frame), "
+        f"engine tick {a.tick_ms:.1f} ms (a request outside a vbatch waits for the next tick); "
         f"median of {a.repeat} runs; load average during the run {load0:.1f} -> {os.getloadavg()[0]:.1f}.",
         "",
         "| run | lit format | requests | transport | ms / frame | frames / s | MB/s received | client CPU ms / frame |",

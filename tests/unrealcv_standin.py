@@ -598,6 +598,7 @@ class StandinServer:
         fault_anim_offset: float = 0.0,
         fault_camera_offset_cm: float = 0.0,
         silent: bool = False,
+        tick_s: float = 0.0,
     ) -> None:
         self.host, self.port, self.unix_socket, self.project = host, port, unix_socket, project
         self.world = World(plugin=plugin)
@@ -607,6 +608,9 @@ class StandinServer:
         self.fault_anim_offset = fault_anim_offset
         self.fault_camera_offset_cm = fault_camera_offset_cm
         self.silent = silent  # accept connections but never greet (an engine still loading)
+        # Engine frame time: UnrealCV runs queued requests during the game thread's tick, so a
+        # request that is not part of a vbatch waits for the next tick boundary.
+        self.tick_s = tick_s
         self.requests = 0
         self.connections = 0
         self.drops = 0
@@ -675,6 +679,11 @@ class StandinServer:
                 continue
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
+    def _wait_for_tick(self) -> None:
+        if self.tick_s > 0:
+            now = time.monotonic()
+            time.sleep(math.ceil(now / self.tick_s) * self.tick_s - now)
+
     def _hold_silently(self, conn: socket.socket) -> None:
         """Keep the connection open without the greeting until the server stops."""
         self._stop.wait()
@@ -701,6 +710,7 @@ class StandinServer:
                 cmd = body.decode("utf-8", errors="replace")
                 with self._game:
                     if batch_left == 0:
+                        self._wait_for_tick()
                         self.world.advance()  # a new engine tick unless this request belongs to a vbatch
                     else:
                         batch_left -= 1
@@ -732,9 +742,10 @@ def main() -> None:
     ap.add_argument("--capture-delay", type=float, default=0.0, help="simulated render cost per captured image (s)")
     ap.add_argument("--drop-after", type=int, default=None, help="close the connection once at this request number")
     ap.add_argument("--project", default="SynCamStandin", help="project name sent in the connect greeting")
+    ap.add_argument("--tick-ms", type=float, default=0.0, help="engine frame time: requests outside a vbatch wait for the next tick")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    srv = StandinServer(a.port, a.host, a.unix_socket, a.project, not a.no_plugin, a.capture_delay, a.drop_after).start()
+    srv = StandinServer(a.port, a.host, a.unix_socket, a.project, not a.no_plugin, a.capture_delay, a.drop_after, tick_s=a.tick_ms / 1000.0).start()
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
