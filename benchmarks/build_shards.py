@@ -42,11 +42,20 @@ from tests import test_build_shards_inputs as inputs  # noqa: E402
 from tests.conftest import smooth_frames  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+SHARD_SIZE = "2MB"  # small, so these inputs make several shards (the unit of parallel work)
 EXTRINSICS = REPO.parent / "shared" / "fixtures" / "syncamvideo" / "camera_extrinsics.json"
+
+
+def textured_frames(n: int = 8, h: int = 48, w: int = 64, seed: int = 0) -> np.ndarray:
+    """Textured frames with moving subjects and sensor noise (the filter's synthetic scenes): H.264 sizes like real clips."""
+    from syncam_data.filter.synthetic import SyntheticSpec, synthesize_frames
+
+    return synthesize_frames(SyntheticSpec("static_subject", width=w, height=h, fps=24.0, seconds=(n + 0.5) / 24.0, seed=seed, noise=4.0))[:n]
 
 
 def make_inputs(root: Path, quick: bool) -> dict[str, Path]:
     """Render scenes, frame sets, web clips and a SynCamVideo tree at a realistic per-view size."""
+    inputs.smooth_frames = textured_frames  # the test helpers' smooth gradients compress to almost nothing
     inputs.W, inputs.H = (320, 192) if quick else (672, 384)
     frames = 16 if quick else 49
     scenes, cams = (2, 4) if quick else (2, 6)
@@ -64,7 +73,7 @@ def make_inputs(root: Path, quick: bool) -> dict[str, Path]:
 
 def timed_build(out: Path, max_frames: int, **sources) -> tuple[float, dict]:
     shutil.rmtree(out, ignore_errors=True)
-    cfg = BuildConfig(out=out, shard_size="16MB", progress=False, options=AdapterOptions(max_frames=max_frames), **sources)
+    cfg = BuildConfig(out=out, shard_size=SHARD_SIZE, progress=False, options=AdapterOptions(max_frames=max_frames), **sources)
     cpu0 = _cpu()
     t0 = time.perf_counter()
     s = build_shards(cfg)
@@ -163,7 +172,7 @@ def report(rows: list[dict], ray_row: dict | None, access: dict, data: dict, qui
         "",
         f"Inputs (synthetic, real formats): renders {w}x{h}, {f} frames per camera, H.264 + float16 depth npz; "
         f"frame sets of 4 JPEG views {w}x{h}; web clips {w}x{h} x {f} frames (copied, or re-encoded when `--max-frames` is below their length); "
-        f"SynCamVideo scenes with the real 10-camera extrinsics file and {w}x{h} clips. Shard size 16 MB (so the inputs make several shards, the unit of parallel work).",
+        f"SynCamVideo scenes with the real 10-camera extrinsics file and {w}x{h} clips. Content: textured scenes with moving subjects and sensor noise (`syncam_data.filter.synthetic`). Shard size {SHARD_SIZE} (so these inputs make several shards, the unit of parallel work; real builds use 512 MB).",
         "",
         "## Build throughput per adapter",
         "",
@@ -204,7 +213,7 @@ def report(rows: list[dict], ray_row: dict | None, access: dict, data: dict, qui
         "- Renders, frame sets and SynCamVideo clips are copied byte for byte (no decode); their cost is hashing (dedup), probing "
         "every clip (frame count, size) and writing Parquet. Web clips over `--max-frames` (or not H.264 mp4, or over `--max-size`) are decoded and "
         "re-encoded, which dominates that adapter's time.",
-        "- Parallelism is per shard: with 16 MB shards a small input is one or two tasks, so 2 workers help only when there are "
+        "- Parallelism is per shard: with small inputs there are only a few shard tasks, so 2 workers help only when there are "
         "several shards; on 2 cores shared with other jobs the gain is bounded anyway. Worker processes also pay a start-up "
         "(spawn + imports) of about a second.",
         "- The shard reader reads one row group's blob column at a time and caches the last two; random single views cost one "

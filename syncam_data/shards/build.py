@@ -418,7 +418,7 @@ def build_shards(cfg: BuildConfig) -> BuildSummary:
                 continue
             commit_batch(writer, res.value, summary)
         summary.seconds = time.perf_counter() - t0
-        finish(writer, summary)
+        finish(writer, summary, cfg)
     return summary
 
 
@@ -434,10 +434,11 @@ def commit_batch(writer: ShardWriter, r: BatchResult, summary: BuildSummary) -> 
     summary.shards_written.append(r.file)
 
 
-def finish(writer: ShardWriter, summary: BuildSummary) -> None:
-    """Record this build in dataset.json stats: the per-build summary and dataset-wide caption coverage."""
+def finish(writer: ShardWriter, summary: BuildSummary, cfg: BuildConfig) -> None:
+    """Record this build in dataset.json stats: the per-build summary (with its settings: groups of
+    different builds may have been made with different options) and dataset-wide caption coverage."""
     prev = writer.manifest.get("stats", {})
-    builds = list(prev.get("builds", [])) + [summary.to_dict()]
+    builds = list(prev.get("builds", [])) + [{**summary.to_dict(), "build_args": cfg.build_args(), "sources": [f"{k}:{p}" for k, p in cfg.sources()]}]
     ipath = writer.out / INDEX_FILE
     caps = pq.read_table(ipath, columns=["caption"]).column(0).to_pylist() if ipath.exists() and writer.shards else []
     stats = {"builds": builds, "views": len(caps), "views_without_caption": sum(1 for c in caps if not c)}
