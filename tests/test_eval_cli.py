@@ -77,6 +77,7 @@ def test_render_folders_end_to_end(tmp_path: Path, render_root: Path) -> None:
         assert groups[k]["epi_symmetric_median"] < 0.5 and not groups[k]["flagged"]
         assert groups[k]["matched_pixels_mean"] > 50
     assert groups["render/scene_bad"]["flagged"] and groups["render/scene_bad"]["epi_symmetric_median"] > 2.0
+    assert groups["render/scene_bad"]["worst_view"] == "cam01"  # the camera whose focal length is wrong
     assert [g["key"] for g in summary["flagged_groups"]] == ["render/scene_bad"]
     assert "FLAGGED render/scene_bad" in text
     # Model-based scores were not computed: they say so rather than report a number.
@@ -156,6 +157,7 @@ def test_shard_dataset_end_to_end(tmp_path: Path, views) -> None:
     assert groups["synth/good"]["epi_symmetric_median"] < 0.5 and not groups["synth/good"]["flagged"]
     assert groups["synth/images"]["epi_symmetric_median"] < 0.5 and groups["synth/images"]["rows"] == 3  # one frame
     assert groups["synth/corrupt"]["flagged"] and "cam02" in groups["synth/corrupt"]["flagged_views"]
+    assert groups["synth/corrupt"]["worst_view"] == "cam02"
     corrupt = {(r["view_a"], r["view_b"]): r["epi_symmetric_median"] for r in rows if r["group_id"] == "corrupt"}
     assert corrupt[("cam00", "cam01")] < 0.5 and corrupt[("cam00", "cam02")] > 2.0 and corrupt[("cam01", "cam02")] > 2.0
     assert len([r for r in rows if r["group_id"] == "good"]) == 6  # 3 pairs x 2 frames

@@ -136,22 +136,43 @@ def test_lk_tracker_follows_a_translation():
 
 
 @pytest.mark.slow
-def test_sam_plumbing_vit_b_random_weights():
-    """Random weights give arbitrary masks: check the plumbing (types, shapes, point sampling), not quality."""
+def test_sam_plumbing_vit_b_random_weights(videos, tmp_path):
+    """SAM vit_b with random weights (checkpoint=None) through the real analysis path.
+
+    Random weights give arbitrary masks: this checks the plumbing (mask types,
+    point sampling inside masks, labels reaching the scorer, debug image), not quality.
+    """
+    from syncam_data.filter.run import VideoItem, analyze_stage, base_row
     from syncam_data.filter.segment import SamSegmenter
 
     seg = SamSegmenter("vit_b", None, "cpu", points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
-    masks = seg.segment(image)
-    assert isinstance(masks, list)
+    calls = []
+
+    class Recording:  # the real SAM segmenter; keeps what it returned for the assertions
+        name = "sam"
+
+        def segment(self, frame):
+            masks = seg.segment(frame)
+            calls.append((frame.shape, masks))
+            return masks
+
+    s = FilterSettings(segmenter="sam", sam_checkpoint="random-vit_b", grid_size=8, points_per_mask=6)
+    clip = decode_clip(videos["static_subject"], 64, 8, 1.0)  # 80x64 frames, 8 of them
+    item = VideoItem(str(videos["static_subject"]), "f" * 64, 1, 1)
+    row = analyze_stage(base_row(item, s), clip, 0.0, s, lambda: None, tmp_path, models=(Recording(), LKTracker()))
+    (shape, masks), = calls
+    assert shape == clip.frames[0].shape
     for m in masks:
-        assert m.shape == (48, 64) and m.dtype == bool
-    areas = [m.sum() for m in masks]
-    assert areas == sorted(areas, reverse=True)
-    pts, labels = query_points(masks, 48, 64, grid_size=6, points_per_mask=5)
-    assert len(pts) == len(labels) and len(pts) > 0
-    assert pts[:, 0].max() < 64 and pts[:, 1].max() < 48
+        assert m.shape == shape[:2] and m.dtype == bool
+    assert [m.sum() for m in masks] == sorted((m.sum() for m in masks), reverse=True)
+    subjects = [m for m in masks if m.mean() <= 0.4]
+    assert row["num_masks"] == len(masks)
+    assert len(row["track_speed"]) == len(row["track_candidate"]) > 0
+    if subjects:  # points sampled inside subject masks are the subject candidates
+        assert 0 < sum(row["track_candidate"]) <= 6 * len(subjects)
+    else:
+        assert all(row["track_candidate"])
+    assert row["status"] in ("kept", "rejected") and (tmp_path / f"{'f' * 64}.png").exists()
 
 
 def test_sam_missing_checkpoint_is_a_clear_error(tmp_path):

@@ -125,5 +125,5 @@ def _echo_summary(summary: dict, out: Path) -> None:
     fv = s["fvd"]
     typer.echo(f"fvd: {f(fv.get('fvd'))}" if fv.get("fvd") is not None else f"fvd: skipped ({fv.get('skipped')})")
     for g in summary["flagged_groups"]:
-        typer.echo(f"FLAGGED {g['key']}: epipolar median {f(g['epi_symmetric_median'])} px; views {', '.join(g['flagged_views']) or '(all pairs)'}")
+        typer.echo(f"FLAGGED {g['key']}: epipolar median {f(g['epi_symmetric_median'])} px; flagged views {', '.join(g['flagged_views']) or '(none alone)'}; worst view {g['worst_view']}")
     typer.echo(f"wrote {out / 'eval.parquet'}, {out / 'summary.json'}, {out / 'report.html'}")

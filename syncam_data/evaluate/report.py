@@ -94,6 +94,8 @@ def group_summary(g: GroupRef, rows: list[dict[str, Any]], cfg: EvalConfig) -> d
             per_view.setdefault(v, []).append(r["epi_symmetric_median"])
     view_err = {v: float(np.median(e)) for v, e in per_view.items()}
     flagged_views = sorted(v for v, e in view_err.items() if e > cfg.flag_px)
+    # With few views every view shares pairs with a wrong one; the largest error still points at the likely culprit.
+    worst_view = max(view_err, key=view_err.get) if view_err else None
     epi = _median([r["epi_symmetric_median"] for r in judged])
     return {
         "key": g.key,
@@ -115,6 +117,7 @@ def group_summary(g: GroupRef, rows: list[dict[str, Any]], cfg: EvalConfig) -> d
         "pairs_flagged": sum(bool(r["camera_flagged"]) for r in judged),
         "view_epi_median": view_err,
         "flagged_views": flagged_views,
+        "worst_view": worst_view,
         "flagged": bool(flagged_views) or (epi is not None and epi > cfg.flag_px),
     }
 
@@ -169,7 +172,11 @@ def build_summary(run: RunResult, cfg: EvalConfig, input_path: Path, extra: dict
         "seconds": round(run.seconds, 3),
         "overall": overall,
         "scores": scores,
-        "flagged_groups": [{"key": g["key"], "epi_symmetric_median": g["epi_symmetric_median"], "flagged_views": g["flagged_views"]} for g in groups if g["flagged"]],
+        "flagged_groups": [
+            {"key": g["key"], "epi_symmetric_median": g["epi_symmetric_median"], "flagged_views": g["flagged_views"], "worst_view": g["worst_view"]}
+            for g in groups
+            if g["flagged"]
+        ],
         "groups": groups,
         "skipped_groups": skipped,
         "errors": run.errors,
@@ -357,14 +364,16 @@ def render_html(summary: dict[str, Any], figures: list[dict[str, Any]]) -> str:
     parts.append(f"<tr><th>fvd</th><td>{_fmt(fv.get('fvd')) if fv.get('fvd') is not None else 'skipped: ' + html.escape(str(fv.get('skipped')))}</td></tr>")
     parts.append("</table>")
     parts.append("<h2>Groups (worst first)</h2><table><tr><th>group</th><th>views</th><th>matched px (mean)</th><th>epi median px</th>"
-                 "<th>≤1 px</th><th>≤2 px</th><th>flagged views</th><th>CLIP-T</th></tr>")
+                 "<th>≤1 px</th><th>≤2 px</th><th>flagged views</th><th>worst view (its median px)</th><th>CLIP-T</th></tr>")
     groups = sorted(summary["groups"], key=lambda g: (g["epi_symmetric_median"] is not None, g["epi_symmetric_median"] or -(g["matched_pixels_mean"] or 0)), reverse=True)
     for g in groups:
         cls = " class='bad'" if g["flagged"] else ""
         parts.append(
             f"<tr{cls}><td style='text-align:left'>{html.escape(g['key'])}</td><td>{g['views']}</td><td>{_fmt(g['matched_pixels_mean'], 1)}</td>"
             f"<td>{_fmt(g['epi_symmetric_median'])}</td><td>{_fmt(g['within_1px'])}</td><td>{_fmt(g['within_2px'])}</td>"
-            f"<td>{html.escape(', '.join(g['flagged_views']))}</td><td>{_fmt(g.get('clip_t'))}</td></tr>"
+            f"<td>{html.escape(', '.join(g['flagged_views']))}</td>"
+            f"<td>{html.escape(g['worst_view'] or '–')} ({_fmt(g['view_epi_median'].get(g['worst_view']) if g['worst_view'] else None)})</td>"
+            f"<td>{_fmt(g.get('clip_t'))}</td></tr>"
         )
     parts.append("</table>")
     if summary["errors"]:

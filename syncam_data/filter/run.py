@@ -192,12 +192,19 @@ def decode_stage(item: VideoItem, s: FilterSettings, check: Callable[[], None]) 
 
 
 def analyze_stage(
-    row: dict[str, Any], clip: Clip, cut_score: float, s: FilterSettings, check: Callable[[], None], debug_dir: Path | None
+    row: dict[str, Any],
+    clip: Clip,
+    cut_score: float,
+    s: FilterSettings,
+    check: Callable[[], None],
+    debug_dir: Path | None,
+    models: tuple[Any, Any] | None = None,
 ) -> dict[str, Any]:
+    """Segment, track, score and decide. ``models`` = (segmenter, tracker) overrides the per-process cache."""
     from syncam_data.filter.segment import query_points
 
     try:
-        segmenter, tracker = get_models(s)
+        segmenter, tracker = models if models is not None else get_models(s)
     except Exception as e:  # the same for every video: say so instead of blaming the file
         raise ModelError(f"cannot build the {s.segmenter} segmenter / {s.tracker} tracker: {type(e).__name__}: {e}") from e
     frames = clip.frames
