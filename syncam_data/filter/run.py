@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import os
 import signal
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
