@@ -29,9 +29,12 @@ through every pixel centre with its own projection code (it does not use
 cm as npy (quantized through float16 as Unreal's half-float target is, sky =
 65504), object masks are flat per-object colours.
 
-Failure simulation: ``drop_after=N`` closes the connection once, without a
-reply, when the N-th request arrives; ``capture_delay`` adds a render cost
-per captured image (seconds).
+Failure and cost simulation: ``drop_after=N`` closes the connection once,
+without a reply, when the N-th request arrives; ``capture_delay`` adds a
+render cost per captured image (seconds); ``tick_s`` makes every request
+outside a ``vbatch`` wait for the next engine tick; ``silent`` accepts
+connections but never greets; ``fault_anim_offset`` / ``fault_camera_offset_cm``
+make the "engine" not do exactly what was set.
 
 Run it by hand: ``python tests/unrealcv_standin.py --port 9000``.
 """
