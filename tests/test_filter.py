@@ -435,3 +435,29 @@ def test_ray_engine_gives_the_same_rows(videos, tmp_path):
         if a[k]["subject_motion"] is not None:
             assert b[k]["subject_motion"] == pytest.approx(a[k]["subject_motion"], rel=1e-5)
     assert (remote / "debug" / f"{b['pan.mp4']['content_hash']}.png").exists()
+
+
+def _faststart_mp4(path: Path, frames: np.ndarray, fps: int = 24) -> bytes:
+    """An mp4 with its index first (as streamed web video is), so a cut-off copy still opens."""
+    import av
+
+    with av.open(str(path), "w", format="mp4", options={"movflags": "faststart"}) as c:
+        stream = c.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for f in frames:
+            for pkt in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(pkt)
+        for pkt in stream.encode():
+            c.mux(pkt)
+    return path.read_bytes()
+
+
+def test_truncated_download_is_an_error_not_a_short_video(tmp_path):
+    data = _faststart_mp4(tmp_path / "full.mp4", synthesize_frames(SyntheticSpec("static_subject")))
+    (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out"
+    run_filter([tmp_path / "full.mp4", tmp_path / "cut.mp4"], out, FilterSettings(), progress=False)
+    rows = _rows(out)
+    assert rows["full.mp4"]["status"] == "kept"
+    cut = rows["cut.mp4"]
+    assert (cut["status"], cut["reason"]) == ("error", "truncated") and "cut.mp4" in cut["error"]

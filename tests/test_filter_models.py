@@ -182,3 +182,22 @@ def test_sam_missing_checkpoint_is_a_clear_error(tmp_path):
         SamSegmenter("vit_b", str(tmp_path / "sam_vit_b.pth"))
     with pytest.raises(ValueError, match="unknown SAM model"):
         SamSegmenter("vit_x", None)
+
+
+def test_cotracker_from_the_torch_hub_cache(checkpoint, tmp_path):
+    """No --cotracker-repo/--cotracker-checkpoint: the hub cache layout torch.hub itself uses."""
+    import shutil
+
+    old = torch.hub.get_dir()
+    hub = tmp_path / "hub"
+    shutil.copytree(HUB, hub / "facebookresearch_co-tracker_main")
+    (hub / "checkpoints").mkdir()
+    shutil.copy(checkpoint, hub / "checkpoints" / "scaled_offline.pth")
+    torch.hub.set_dir(str(hub))
+    try:
+        assert float(load_cotracker(None, None).model.window) == 21.0
+        (hub / "checkpoints" / "scaled_offline.pth").unlink()
+        with pytest.raises(FileNotFoundError, match="--cotracker-checkpoint"):
+            load_cotracker(None, None)
+    finally:
+        torch.hub.set_dir(old)

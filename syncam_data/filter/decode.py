@@ -21,6 +21,8 @@ from syncam_data.video import VideoError, VideoInfo, iter_frames, probe
 
 log = logging.getLogger(__name__)
 
+TRUNCATION_RATIO = 0.75
+
 
 class RejectedInput(Exception):
     """The file is a readable video that fails a cheap precondition (too short, too small)."""
@@ -89,6 +91,11 @@ def decode_clip(
             frames.append(frame)
             if check is not None:
                 check()
+    # The header promises more frames than the file holds: cut short (e.g. an interrupted download).
+    # The margin tolerates containers whose frame count is only estimated from the duration.
+    expected = -(-min(info.num_frames, last) // stride) if info.num_frames > 0 else 0
+    if expected and len(frames) < TRUNCATION_RATIO * expected - 1:
+        raise VideoError(f"{path}: truncated or corrupt: decoded {len(frames)} of {expected} expected sampled frames")
     if len(frames) < 2:
         if not frames:
             raise VideoError(f"{path}: no decodable frames")

@@ -160,6 +160,8 @@ def _error_reason(e: BaseException) -> str:
             return "no_video_stream"
         if "cannot read the file" in msg:
             return "unreadable_file"
+        if "truncated" in msg:
+            return "truncated"
         return "decode_error"
     return "internal_error"
 
