@@ -159,15 +159,14 @@ class Connection:
     @classmethod
     def open(cls, host: str, port: int, unix_socket: str | None, timeout: float, deadline: float) -> "Connection":
         """Connect (retrying until ``deadline``, monotonic seconds): the server takes one client at a time."""
-        import unrealcv
-
         # The client logs every connect at INFO on its own handler; keep our logs readable.
         logging.getLogger("unrealcv").setLevel(logging.WARNING)
         endpoint = unix_socket if unix_socket else f"{host}:{port}"
         last = "no answer"
         while True:
             if _probe(host, port, unix_socket):
-                client = unrealcv.Client(unix_socket, "unix") if unix_socket else unrealcv.Client((host, port), "inet")
+                client_cls = _client_class()
+                client = client_cls(unix_socket, "unix") if unix_socket else client_cls((host, port), "inet")
                 # The client's default on a dead socket is 10 re-reads with back-off (about a minute);
                 # we reconnect ourselves, so fail fast.
                 client.RECONNECT_ATTEMPTS = 1
@@ -240,6 +239,31 @@ class Connection:
         if _is_error(replies[0]):
             raise UnrealCVError(f"UnrealCV server at {self.endpoint}: 'vbatch {len(commands)}' failed: {replies[0]}")
         return replies[1:]
+
+
+_CLIENT_CLASS: Any = None
+
+
+def _client_class() -> Any:
+    """unrealcv.Client whose receive thread ends quietly on a dropped connection.
+
+    The stock client hands the ConnectionError to the waiting request (through its reply queue)
+    and then re-raises it in its receive thread, which prints a thread traceback on every drop;
+    the request side is where we handle it.
+    """
+    global _CLIENT_CLASS
+    if _CLIENT_CLASS is None:
+        import unrealcv
+
+        class _Client(unrealcv.Client):
+            def receive_loop_queue(self) -> None:
+                try:
+                    super().receive_loop_queue()
+                except ConnectionError as e:
+                    log.debug("UnrealCV receive loop ended: %s", e)
+
+        _CLIENT_CLASS = _Client
+    return _CLIENT_CLASS
 
 
 def _quiet_disconnect(client: Any) -> None:
