@@ -365,3 +365,38 @@ def test_server_that_never_greets_times_out_instead_of_hanging():
         with pytest.raises(ConnectionError, match="no answer within 1 s"):
             backend.open()
         assert time.monotonic() - t0 < 8
+
+
+def test_png_and_bmp_decode_to_the_same_rgb_and_png_renders(server, backend_for, tmp_path):
+    from syncam_data.render.unrealcv import decode_image
+    from unrealcv_standin import World, encode_image
+
+    world = World()
+    world.load_level(MAP)
+    cam = world.cameras[0]
+    cam.width, cam.height, cam.location, cam.rotation = W, H, [-400.0, 50.0, 150.0], [-10.0, -5.0, 0.0]
+    rgb, _, _ = world.render(cam)
+    np.testing.assert_array_equal(decode_image(encode_image(rgb, "bmp"), "bmp"), rgb)
+    np.testing.assert_array_equal(decode_image(encode_image(rgb, "png"), "png"), rgb)  # RGBA PNG, alpha dropped
+    result, _ = render(backend_for(server, image_format="png"), make_spec(num_frames=1, num_cameras=1, subjects=1), tmp_path / "s")
+    assert result.info["image_format"] == "png"
+    assert any(c.mode == "lit" for c in server.captures)
+
+
+def test_point_depth_is_converted_to_plane_depth():
+    import io as _io
+
+    from syncam_data.render.unrealcv import decode_depth
+
+    cam = Camera(W, H, 90.0, 90.0, W / 2, H / 2)
+    g = cam.pixel_grid()
+    plane_m = np.full((H, W), 5.0)
+    ray_cm = plane_m * 100 * np.sqrt(1 + ((g[..., 0] - cam.cx) / cam.fx) ** 2 + ((g[..., 1] - cam.cy) / cam.fy) ** 2)
+    ray_cm[0, 0] = 65504.0  # the sky
+    buf = _io.BytesIO()
+    np.save(buf, ray_cm.astype(np.float32))
+    d = decode_depth(buf.getvalue(), cam, "point", "test")
+    assert np.isinf(d[0, 0])
+    np.testing.assert_allclose(d.ravel()[1:], 5.0, rtol=1e-5)
+    d_plane = decode_depth(buf.getvalue(), cam, "plane", "test")
+    assert d_plane[H // 2, 0] > 5.1  # read as plane depth, the ray distance at the edge is too far
