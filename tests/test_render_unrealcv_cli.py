@@ -136,3 +136,13 @@ def test_render_cli_launches_one_engine_per_worker(tmp_path):
     for port in (base, base + 1):
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def test_render_cli_over_the_unix_socket(tmp_path):
+    template = str(tmp_path / "unrealcv_{port}.socket")
+    with StandinServer(unix_socket=template) as srv:
+        result, out = run_render(tmp_path, [srv.port], "--unix-socket", template, scenes=1)
+        assert result.exit_code == 0, result.output
+    info = json.loads((out / "scene_00000" / "scene.json").read_text())["info"]
+    assert info["endpoint"] == srv.unix_socket
+    assert check_scene_reprojects(out / "scene_00000") >= 1
