@@ -127,16 +127,21 @@ def generate(
     import torch
 
     from syncam_model.generate import generate as run_generation
-    from syncam_model.model import load_components, load_adapter, read_adapter_meta
+    from syncam_model.model import AdapterError, load_adapter, load_components, read_adapter_meta
     from syncam_model.rig import RigError, resolve_rig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     height, width = parse_resolution(resolution)
+    if out.exists() and not out.is_dir():
+        raise typer.BadParameter(f"{out}: exists and is not a folder", param_hint="--out")
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise typer.BadParameter(f"{out}: exists and is not empty (use --overwrite)")
+        raise typer.BadParameter(f"{out}: exists and is not empty (use --overwrite)", param_hint="--out")
     if dtype not in _DTYPES:
         raise typer.BadParameter(f"--dtype must be one of {sorted(set(_DTYPES.values()))}, got {dtype!r}")
-    meta = read_adapter_meta(checkpoint) if checkpoint else {}
+    try:
+        meta = read_adapter_meta(checkpoint) if checkpoint else {}
+    except (AdapterError, FileNotFoundError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--checkpoint") from None
     tiny_config = None
     torch_dtype = getattr(torch, _DTYPES[dtype])
     if pretrained == "tiny":
@@ -155,7 +160,10 @@ def generate(
     start = time.time()
     components = load_components(pretrained, dtype=torch_dtype, device=device, tiny_config=tiny_config)
     if checkpoint:
-        load_adapter(components.transformer, checkpoint, components.base_id)
+        try:
+            load_adapter(components.transformer, checkpoint, components.base_id)
+        except AdapterError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--checkpoint") from None
     else:
         log.warning("no --checkpoint: multi-view modules are at initialization, views will not be synchronized")
     video = load_input_video(input_video, frames, height, width) if input_video else None

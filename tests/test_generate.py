@@ -192,7 +192,7 @@ def test_cli_text_to_views_with_checkpoint(tmp_path):
     c5 = load_components("tiny", tiny_config={"variant": "5b"})
     ckpt5 = save_adapter(c5.transformer, tmp_path / "a5.safetensors", {"base_id": c5.base_id})
     r = _run([*common, "--checkpoint", str(ckpt5), "--tiny-variant", "2b", "--out", str(tmp_path / "bad")])
-    assert r.exit_code != 0 and "different base model" in str(r.exception)
+    assert r.exit_code == 2 and "different base model" in r.output
     assert not (tmp_path / "bad").exists()
 
 
@@ -217,3 +217,8 @@ def test_cli_bad_arguments(tmp_path):
     assert r.exit_code != 0 and "HxW" in r.output
     r = _run(["--pretrained", "tiny", "--prompt", "x", "--cameras", "tilt:3", "--out", str(tmp_path / "o")])
     assert r.exit_code != 0 and "azimuth|elevation|distance" in r.output
+    (tmp_path / "afile").write_text("x")
+    r = _run(["--pretrained", "tiny", "--prompt", "x", "--out", str(tmp_path / "afile")])
+    assert r.exit_code == 2 and "not a folder" in r.output
+    r = _run(["--pretrained", "tiny", "--prompt", "x", "--checkpoint", str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "adapter file not found" in r.output
