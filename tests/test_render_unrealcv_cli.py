@@ -78,6 +78,7 @@ def test_render_cli_reprojects_markers_and_survives_a_dropped_connection(tmp_pat
     assert all(i["animation_sync"] == "exact" for i in infos)
 
 
+@pytest.mark.slow
 def test_render_cli_two_workers_one_engine_each(tmp_path):
     with StandinServer() as a, StandinServer() as b:
         result, out = run_render(tmp_path, [a.port, b.port], "--workers", "2", scenes=2)
