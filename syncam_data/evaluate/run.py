@@ -168,33 +168,32 @@ def evaluate_group(group: GroupRef, cfg: EvalConfig) -> GroupResult:
     frames, cams, res.camera_rescaled = _load_group(group, indices, cfg)
     pairs = view_pairs([v.view_id for v in group.views], cfg.max_pairs, cfg.seed, group.key)
     matcher = build_matcher(cfg)
-    feats: dict[tuple[str, int], Any] = {}
-
-    def features(view: str, k: int):
-        if (view, k) not in feats:
-            feats[(view, k)] = matcher.detect(frames[view][k])
-        return feats[(view, k)]
-
-    for (a, b), (k, fi) in itertools.product(pairs, enumerate(indices)):
-        fa, fb = features(a, k), features(b, k)
-        m = matcher.match(fa, fb)
-        row = {
-            "input_kind": group.input_kind,
-            "dataset": group.dataset,
-            "group_id": group.group_id,
-            "kind": group.kind,
-            "view_a": a,
-            "view_b": b,
-            "frame": k,
-            "frame_index": int(fi),
-            "width": int(frames[a].shape[2]),
-            "height": int(frames[a].shape[1]),
-            "keypoints_a": _num_keypoints(fa),
-            "keypoints_b": _num_keypoints(fb),
-        }
-        row.update(pair_metrics(m, cams[a], cams[b], cfg))
-        row["clip_f"] = None
-        res.rows.append(row)
+    for k, fi in enumerate(indices):
+        # Frame by frame: each view's features serve all its pairs, then are dropped
+        # (36 views x 4000 SIFT descriptors is ~75 MB per frame).
+        feats: dict[str, Any] = {}
+        for a, b in pairs:
+            for v in (a, b):
+                if v not in feats:
+                    feats[v] = matcher.detect(frames[v][k])
+            m = matcher.match(feats[a], feats[b])
+            row = {
+                "input_kind": group.input_kind,
+                "dataset": group.dataset,
+                "group_id": group.group_id,
+                "kind": group.kind,
+                "view_a": a,
+                "view_b": b,
+                "frame": k,
+                "frame_index": int(fi),
+                "width": int(frames[a].shape[2]),
+                "height": int(frames[a].shape[1]),
+                "keypoints_a": _num_keypoints(feats[a]),
+                "keypoints_b": _num_keypoints(feats[b]),
+            }
+            row.update(pair_metrics(m, cams[a], cams[b], cfg))
+            row["clip_f"] = None
+            res.rows.append(row)
 
     if cfg.clip:
         _add_clip(res, group, frames, pairs, cfg)
@@ -300,13 +299,29 @@ def _fvd(results: dict[str, GroupResult], cfg: EvalConfig, reference: Path | Non
     ref_results, ref_errors = _map_groups(ref_groups, ref_cfg, engine, workers, ray_address, "fvd reference")
     gen = [f for r in results.values() for f in r.fvd_features]
     ref = [f for r in ref_results.values() for f in r.fvd_features]
-    info: dict[str, Any] = {"clips": len(gen), "reference_clips": len(ref), "reference": str(reference), "reference_errors": {**ref_list_errors, **ref_errors}}
+    info: dict[str, Any] = {
+        "clips": len(gen),
+        "reference_clips": len(ref),
+        "reference": str(reference),
+        "reference_errors": {**ref_list_errors, **ref_errors},
+        # Why groups gave no clips (e.g. too few frames), counted per reason on each side.
+        "groups_without_clips": _count(r.fvd_skipped for r in results.values()),
+        "reference_groups_without_clips": _count(r.fvd_skipped for r in ref_results.values()),
+    }
     try:
         info["fvd"] = frechet_distance(np.asarray(gen), np.asarray(ref))
         info["skipped"] = None
     except ValueError as e:
         info.update(fvd=None, skipped=str(e))
     return info
+
+
+def _count(reasons) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in reasons:
+        if r:
+            out[r] = out.get(r, 0) + 1
+    return out
 
 
 def _shallow(cfg: EvalConfig) -> dict[str, Any]:
