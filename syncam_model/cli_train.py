@@ -123,7 +123,7 @@ def cache_command(
 
     try:
         cfg = load_config(config, _overrides(sets, **{"cache.dir": str(cache_dir) if cache_dir else None}))
-        state = PartialState()
+        state = PartialState(cpu=not torch.cuda.is_available())
         dtype, _ = resolve_dtypes(cfg)
         torch.manual_seed(cfg.seed)
         components = load_components(pretrained, dtype=dtype, device=state.device, tiny_config=tiny_config(pretrained, cfg))

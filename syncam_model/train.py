@@ -206,6 +206,8 @@ class Trainer:
         self.cfg, self.shards, self.run_dir = cfg, shards, Path(run_dir)
         dtype, mp = resolve_dtypes(cfg)
         self.acc = Accelerator(
+            # Without a GPU, processes started by torchrun / accelerate launch join over gloo on the CPU.
+            cpu=not torch.cuda.is_available(),
             mixed_precision=mp,
             log_with="tensorboard" if cfg.log.tensorboard else None,
             project_dir=str(self.run_dir),
