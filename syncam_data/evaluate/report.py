@@ -376,6 +376,8 @@ def render_html(summary: dict[str, Any], figures: list[dict[str, Any]]) -> str:
             f"<td>{_fmt(g.get('clip_t'))}</td></tr>"
         )
     parts.append("</table>")
+    if summary["skipped_groups"]:
+        parts.append("<h2>Skipped groups</h2><ul>" + "".join(f"<li><code>{html.escape(k)}</code>: {html.escape(v)}</li>" for k, v in summary["skipped_groups"].items()) + "</ul>")
     if summary["errors"]:
         parts.append("<h2>Errors</h2><ul>" + "".join(f"<li><code>{html.escape(k)}</code>: {html.escape(v)}</li>" for k, v in summary["errors"].items()) + "</ul>")
     parts.append("<h2>Worst groups, drawn</h2><p>Lines join RANSAC inlier matches; colour = symmetric epipolar distance under the stated cameras "
