@@ -33,6 +33,10 @@ class RejectedInput(Exception):
         self.info = info
 
 
+class TruncatedVideo(VideoError):
+    """The file holds fewer frames than its header promises (e.g. an interrupted download)."""
+
+
 @dataclass
 class Clip:
     """The downsampled frames of one video and what we know about the original."""
@@ -95,7 +99,7 @@ def decode_clip(
     # The margin tolerates containers whose frame count is only estimated from the duration.
     expected = -(-min(info.num_frames, last) // stride) if info.num_frames > 0 else 0
     if expected and len(frames) < TRUNCATION_RATIO * expected - 1:
-        raise VideoError(f"{path}: truncated or corrupt: decoded {len(frames)} of {expected} expected sampled frames")
+        raise TruncatedVideo(f"{path}: truncated or corrupt: decoded {len(frames)} of {expected} expected sampled frames")
     if len(frames) < 2:
         if not frames:
             raise VideoError(f"{path}: no decodable frames")

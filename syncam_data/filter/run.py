@@ -28,7 +28,7 @@ import numpy as np
 
 from syncam_data.engine import run_tasks
 from syncam_data.filter.cuts import cut_scores, first_shot_length
-from syncam_data.filter.decode import Clip, RejectedInput, decode_clip, sha256_of
+from syncam_data.filter.decode import Clip, RejectedInput, TruncatedVideo, decode_clip, sha256_of
 from syncam_data.filter.score import decide, score_tracks
 from syncam_data.filter.settings import FilterSettings
 from syncam_data.filter.store import ScoresStore
@@ -145,29 +145,31 @@ def _fill_info(row: dict[str, Any], info: VideoInfo | None) -> None:
                num_frames=int(info.num_frames), codec=info.codec)
 
 
-def _error_reason(e: BaseException) -> str:
-    msg = str(e)
+def _error_reason(e: BaseException, path: str) -> str:
     if isinstance(e, VideoTimeout):
         return "timeout"
     if isinstance(e, ModelError):
         return "model_error"
+    if isinstance(e, TruncatedVideo):
+        return "truncated"
     if isinstance(e, VideoError):
-        if "file is empty" in msg or "empty byte string" in msg:
+        # Messages are "<file>: <problem>"; match the problem only (a file may be called "empty.mp4").
+        msg = str(e)
+        problem = msg[len(path) + 2 :] if path and msg.startswith(path + ": ") else msg
+        if problem.startswith(("file is empty", "empty byte string")):
             return "empty_file"
-        if "no such file" in msg:
+        if problem.startswith("no such file"):
             return "missing_file"
-        if "contains no video stream" in msg:
-            return "no_video_stream"
-        if "cannot read the file" in msg:
+        if problem.startswith("cannot read the file"):
             return "unreadable_file"
-        if "truncated" in msg:
-            return "truncated"
+        if problem.startswith("contains no video stream"):
+            return "no_video_stream"
         return "decode_error"
     return "internal_error"
 
 
 def error_row(row: dict[str, Any], e: BaseException) -> dict[str, Any]:
-    row.update(status="error", reason=_error_reason(e), error=str(e)
+    row.update(status="error", reason=_error_reason(e, row["path"]), error=str(e)
                if isinstance(e, (VideoError, VideoTimeout, ModelError)) else f"{type(e).__name__}: {e}", finished_at=_now())
     return row
 
