@@ -12,8 +12,10 @@ random inputs of one sample with n views:
 - ``adapted``: the multi-view model, only the new modules trainable (the default);
 - ``adapted+base``: the multi-view model with the base unfrozen too.
 
-Time is the median wall time of forward + backward (after warm-up); the
-optimizer is not included. Memory: on CUDA the peak allocated bytes during the
+Time is the median of forward + backward (after warm-up), as wall time and,
+on CPU, as process CPU time (with one torch thread the CPU time is the compute
+cost, and is far less disturbed than wall time by other jobs on a shared
+machine); the optimizer is not included. Memory: on CUDA the peak allocated bytes during the
 timed steps (weights included); on CPU each case runs in a fresh subprocess and
 reports the growth of the peak RSS over the RSS after building the model and
 inputs (activations and gradients of a step, weights excluded).
@@ -57,7 +59,9 @@ def build(preset: str, rope: bool, dtype: torch.dtype, device: str):
     cfg = dict(PRESETS[preset])
     cfg.setdefault("use_rotary_positional_embeddings", rope)
     torch.manual_seed(0)
-    base = CogVideoXTransformer3DModel(**cfg).to(device=device, dtype=dtype)
+    base = CogVideoXTransformer3DModel(**cfg).to(device=device)
+    if dtype != torch.float32:
+        base = base.to(dtype=dtype)
     return MultiViewTransformer(base)
 
 
@@ -100,19 +104,20 @@ def run_case(args: argparse.Namespace, mode: str, views: int, rope: bool) -> dic
     sync()
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    times = []
+    times, cpu_times = [], []
     for _ in range(args.repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         step()
         sync()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
     if args.device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated()
     else:
         peak = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {
-        "mode": mode, "views": views, "rope": rope, "seconds": statistics.median(times), "peak_bytes": peak,
+        "mode": mode, "views": views, "rope": rope, "seconds": statistics.median(times), "cpu_seconds": statistics.median(cpu_times), "peak_bytes": peak,
         "trainable_params": trainable, "tokens_per_view": f * (h // 2) * (w // 2),
     }
 
@@ -154,16 +159,30 @@ def to_markdown(args: argparse.Namespace, results: list[dict]) -> str:
         "",
         "Reproduce: `.venv/bin/python benchmarks/model_step.py " + " ".join(args.passthrough) + "`",
         "",
-        "| positions | views | model | trainable params | fwd+bwd (s) | vs base | peak memory (MiB) | vs base |",
-        "|---|---|---|---|---|---|---|---|",
+        "| positions | views | model | trainable params | fwd+bwd wall (s) | fwd+bwd CPU (s) | CPU vs base | peak memory (MiB) | memory vs base |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     base = {(r["rope"], r["views"]): r for r in results if r["mode"] == "base"}
     for r in results:
         b = base[(r["rope"], r["views"])]
         lines.append(
             f"| {'RoPE' if r['rope'] else 'sin-cos'} | {r['views']} | {r['mode']} | {r['trainable_params']:,} | {r['seconds']:.3f} | "
-            f"{r['seconds'] / b['seconds']:.2f}x | {r['peak_bytes'] / 2**20:.1f} | {r['peak_bytes'] / max(b['peak_bytes'], 1):.2f}x |"
+            f"{r['cpu_seconds']:.3f} | {r['cpu_seconds'] / b['cpu_seconds']:.2f}x | {r['peak_bytes'] / 2**20:.1f} | "
+            f"{r['peak_bytes'] / max(b['peak_bytes'], 1):.2f}x |"
         )
+    lines += [
+        "",
+        "How to read it: `base` trains every base weight on n independent videos (plain fine-tuning); `adapted` trains",
+        "only the multi-view modules (the default); `adapted+base` unfreezes the base as well. The adapted forward adds,",
+        "per block, one attention over the n·h'·w' tokens of each frame, which is small next to the block's own",
+        "attention over 226 + F'·h'·w' tokens; its backward still has to propagate through the frozen base.",
+        "CPU memory is the growth of the process's peak RSS during a step (activations and gradients, not weights),",
+        "so it is coarse (allocator caching); on CUDA it is `torch.cuda.max_memory_allocated` including weights.",
+        "",
+        "GPU (not measured here; no GPU on this machine): the real 2B shapes at 384x672, 49 frames, bf16, checkpointing:",
+        "`.venv/bin/python benchmarks/model_step.py --preset 2b-real --rope 0 --device cuda --dtype bfloat16 "
+        "--frames 49 --height 384 --width 672 --checkpointing --out docs/benchmarks/model-gpu.md`",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -182,15 +201,17 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="Warm-up steps.")
     p.add_argument("--repeats", type=int, default=3, help="Timed steps.")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks" / "model.md", help="Markdown file to write.")
+    p.add_argument("--results", type=Path, help="Render the table from a previous run's JSON lines (its stderr) instead of measuring.")
     p.add_argument("--single", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.views = args.views or [2, 4]
     args.rope = [bool(r) for r in args.rope]
     args.passthrough = [a for a in argv if a]
-    if args.single:
-        # strip --single and its 3 values from what child processes inherit
-        i = argv.index("--single")
-        args.passthrough = argv[:i] + argv[i + 4 :]
+    for flag, count in (("--single", 3), ("--results", 1)):
+        # neither is inherited by child processes nor part of the "Reproduce" command
+        if flag in args.passthrough:
+            i = args.passthrough.index(flag)
+            args.passthrough = args.passthrough[:i] + args.passthrough[i + 1 + count :]
     return args
 
 
@@ -201,7 +222,11 @@ def main(argv: list[str] | None = None) -> None:
         mode, views, rope = args.single
         print(json.dumps(run_case(args, mode, int(views), bool(int(rope)))))
         return
-    results = run_all(args)
+    if args.results:
+        # re-render a table from the JSON lines a previous run printed on stderr
+        results = [json.loads(line) for line in args.results.read_text().splitlines() if line.startswith("{")]
+    else:
+        results = run_all(args)
     text = to_markdown(args, results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

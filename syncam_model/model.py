@@ -191,10 +191,6 @@ class MultiViewTransformer(nn.Module):
             tokens_per_frame=(h // p) * (w // p),
             rotary_emb=self.view_rotary_emb(n, h, w) if cfg.use_rotary_positional_embeddings else None,
         )
-        kwargs: dict[str, Any] = {}
-        if getattr(self.base, "ofs_embedding", None) is not None:
-            # CogVideoX 1.5 I2V's offset embedding; its pipeline always passes 2.0.
-            kwargs["ofs"] = torch.full((b * n,), 2.0, device=latents.device, dtype=latents.dtype)
         out = self.base(
             hidden_states=flat,
             encoder_hidden_states=text_views,
@@ -202,7 +198,7 @@ class MultiViewTransformer(nn.Module):
             image_rotary_emb=self.base_rotary_emb(f, h, w) if cfg.use_rotary_positional_embeddings else None,
             attention_kwargs={MULTIVIEW_KEY: ctx},
             return_dict=False,
-            **kwargs,
+            **self._ofs_kwargs(b * n, latents),
         )[0]
         if ctx.calls < len(self.base.transformer_blocks):
             # e.g. a diffusers version whose checkpointing call drops attention_kwargs: fail loudly, never train silently without the modules
@@ -222,7 +218,14 @@ class MultiViewTransformer(nn.Module):
             timestep=timestep,
             image_rotary_emb=self.base_rotary_emb(f, h, w) if cfg.use_rotary_positional_embeddings else None,
             return_dict=False,
+            **self._ofs_kwargs(latents.shape[0], latents),
         )[0]
+
+    def _ofs_kwargs(self, batch: int, like: torch.Tensor) -> dict[str, torch.Tensor]:
+        """CogVideoX 1.5 I2V's offset embedding input; its pipeline always passes 2.0."""
+        if getattr(self.base, "ofs_embedding", None) is None:
+            return {}
+        return {"ofs": torch.full((batch,), 2.0, device=like.device, dtype=like.dtype)}
 
     def _check_inputs(self, latents, text, timestep, cameras) -> tuple[int, ...]:
         if latents.ndim != 6:

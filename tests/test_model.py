@@ -96,6 +96,16 @@ def test_identity_at_init_is_bit_exact_on_the_same_batch(variant):
     assert torch.equal(out.flatten(0, 1), ref)
 
 
+def test_identity_with_ofs_embedding():
+    """CogVideoX 1.5 I2V-style configs carry an offset embedding; both paths pass it the pipeline's 2.0."""
+    c = tiny("1.5", transformer={"ofs_embed_dim": 32})
+    latents, text, t, cams = inputs(c, n=2)
+    with torch.no_grad():
+        out = c.transformer(latents, text, t, cams)
+        for i in range(2):
+            torch.testing.assert_close(out[:, i], c.transformer.forward_base(latents[:, i], text, t), atol=2e-5, rtol=1e-5)
+
+
 def test_base_state_dict_keys_unchanged_and_new_weights_separate():
     c = tiny("5b")
     from diffusers import CogVideoXTransformer3DModel
