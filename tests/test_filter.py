@@ -461,3 +461,4 @@ def test_truncated_download_is_an_error_not_a_short_video(tmp_path):
     assert rows["full.mp4"]["status"] == "kept"
     cut = rows["cut.mp4"]
     assert (cut["status"], cut["reason"]) == ("error", "truncated") and "cut.mp4" in cut["error"]
+    assert (cut["width"], cut["height"], cut["num_frames"]) == (160, 128, 48), "probed facts stay on the error row"

@@ -44,7 +44,7 @@ def render_debug(
             cv2.polylines(img, [pts.reshape(-1, 1, 2)], False, c, 1, cv2.LINE_AA)
         cv2.circle(img, tuple(int(v) for v in pts[-1]), 2, c, -1)
     header = np.zeros((22, img.shape[1], 3), np.uint8)
-    cv2.putText(header, title, (4, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+    cv2.putText(header, title, (4, 15), cv2.FONT_HERSHEY_SIMPLEX, min(0.4, img.shape[1] / (len(title) * 20.0)), (255, 255, 255), 1, cv2.LINE_AA)
     return np.concatenate([header, img])
 
 

@@ -73,13 +73,15 @@ def decode_clip(
     min_duration_s: float = 0.0,
     min_short_side: int = 1,
     check: Callable[[], None] | None = None,
+    info: VideoInfo | None = None,
 ) -> Clip:
-    """Probe, check the cheap preconditions, then decode the sampled frames.
+    """Probe (unless ``info`` is given), check the cheap preconditions, then decode the sampled frames.
 
     Raises ``RejectedInput`` (too_short / too_small) and ``VideoError`` (not a
     readable video). ``check`` is called between frames (deadline checks).
     """
-    info = probe(path)
+    if info is None:
+        info = probe(path)
     if min(info.width, info.height) < min_short_side:
         raise RejectedInput("too_small", f"{path}: {info.width}x{info.height} is below the minimum short side {min_short_side}", info)
     if info.duration_s and info.duration_s < min_duration_s:

@@ -47,7 +47,7 @@ def _decode_task(record: dict[str, Any], settings_json: str) -> dict[str, Any]:
     row = base_row(item, s)
     try:
         with time_limit(s.timeout_s, item.path) as check:
-            row, clip, cut = decode_stage(item, s, check)
+            row, clip, cut = decode_stage(item, s, check, row)
     except Exception as e:  # recorded as an error row; the dataset goes on
         return {"row": json.dumps(error_row(row, e)), "clip": b"", "cut": 0.0}
     if clip is None:

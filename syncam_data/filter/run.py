@@ -32,7 +32,7 @@ from syncam_data.filter.decode import Clip, RejectedInput, TruncatedVideo, decod
 from syncam_data.filter.score import decide, score_tracks
 from syncam_data.filter.settings import FilterSettings
 from syncam_data.filter.store import ScoresStore
-from syncam_data.video import VideoError, VideoInfo
+from syncam_data.video import VideoError, VideoInfo, probe
 
 log = logging.getLogger(__name__)
 
@@ -177,11 +177,18 @@ def error_row(row: dict[str, Any], e: BaseException) -> dict[str, Any]:
 # ---------------------------------------------------------------- the two stages
 
 
-def decode_stage(item: VideoItem, s: FilterSettings, check: Callable[[], None]) -> tuple[dict[str, Any], Clip | None, float | None]:
-    """(row, clip, scene-cut score). ``clip`` is None when the row is already final."""
-    row = base_row(item, s)
+def decode_stage(
+    item: VideoItem, s: FilterSettings, check: Callable[[], None], row: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], Clip | None, float | None]:
+    """(row, clip, scene-cut score). ``clip`` is None when the row is already final.
+
+    ``row`` (filled in place) lets a caller keep what was learnt (the probed size) when a later step fails.
+    """
+    row = base_row(item, s) if row is None else row
+    info = probe(item.path)
+    _fill_info(row, info)  # kept on the row even if decoding fails below
     try:
-        clip = decode_clip(item.path, s.short_side, s.sample_fps, s.max_seconds, s.min_duration_s, s.min_short_side, check)
+        clip = decode_clip(item.path, s.short_side, s.sample_fps, s.max_seconds, s.min_duration_s, s.min_short_side, check, info)
     except RejectedInput as e:
         _fill_info(row, e.info)
         row.update(status="rejected", reason=e.reason, error=None)
@@ -248,7 +255,7 @@ def filter_video(item: VideoItem, settings: FilterSettings, debug_dir: str | Non
     row = base_row(item, settings)
     try:
         with time_limit(settings.timeout_s, item.path) as check:
-            row, clip, cut = decode_stage(item, settings, check)
+            row, clip, cut = decode_stage(item, settings, check, row)
             if clip is not None:
                 row = analyze_stage(row, clip, cut, settings, check, Path(debug_dir) if debug_dir else None)
     except Exception as e:  # per-video failure: recorded as an error row, the run goes on
