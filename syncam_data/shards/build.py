@@ -410,7 +410,9 @@ def build_shards(cfg: BuildConfig) -> BuildSummary:
         batches = [Batch(i, n, str(cfg.out), g, cfg.options, cfg.row_group_size) for i, (n, g) in enumerate(zip(names, groups))]
         log.info("%d new group(s) in %d shard(s); %d already in the dataset, %d duplicate(s)", len(chosen), len(batches), summary.skipped_existing, summary.skipped_duplicate)
 
-        for res in run_tasks(write_batch, batches, desc="write shards", unit="shard", **run_kw):
+        # No more processes than shards: a process pool costs seconds of start-up (imports) per worker.
+        write_kw = {**run_kw, "workers": max(1, min(cfg.workers, len(batches)))}
+        for res in run_tasks(write_batch, batches, desc="write shards", unit="shard", **write_kw):
             if not res.ok:
                 for p in res.item.plans:
                     summary.errors.append({"group": f"{p.dataset}/{p.group_id}", "input": p.ref.label, "error": f"shard task failed: {res.error}"})
