@@ -35,6 +35,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -61,11 +62,19 @@ class BlenderAssetError(RuntimeError):
     """A user asset that cannot be loaded; the message names the file and the problem."""
 
 
+_BLENDER_SCRIPTS = re.compile(r"[/\\]bpy[/\\][0-9.]+[/\\]scripts([/\\]|$)")
+
+
 def _import_bpy() -> Any:
+    if "bpy" not in sys.modules:
+        # multiprocessing's spawn copies the parent's sys.path: after the parent imported bpy it starts
+        # with Blender's scripts/modules, whose pure-Python 'bpy' package would shadow the module wheel
+        # ("No module named '_bpy'"). bpy adds these paths back itself once imported.
+        sys.path[:] = [p for p in sys.path if not _BLENDER_SCRIPTS.search(p)]
     try:
         import bpy  # noqa: PLC0415  (the one place bpy is imported)
     except ImportError as e:
-        raise RuntimeError("the Blender backend needs the bpy module: pip install 'syncam[blender]' (bpy 5.0.1, Python 3.11)") from e
+        raise RuntimeError(f"the Blender backend needs the bpy module: pip install 'syncam[blender]' (bpy 5.0.1, Python 3.11); import failed: {e}") from e
     return bpy
 
 
