@@ -78,13 +78,19 @@ def run_tasks(
                 ctx = mp.get_context(mp_context)
                 with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
                     futs = {pool.submit(_call, fn, it): it for it in items}
-                    for fut in cf.as_completed(futs):
-                        try:
-                            r = fut.result()
-                        except Exception as e:  # the worker process itself died
-                            r = TaskResult(futs[fut], error=f"worker crashed: {type(e).__name__}: {e}")
-                        bar.update(1)
-                        yield r
+                    try:
+                        for fut in cf.as_completed(futs):
+                            try:
+                                r = fut.result()
+                            except Exception as e:  # the worker process itself died
+                                r = TaskResult(futs[fut], error=f"worker crashed: {type(e).__name__}: {e}")
+                            bar.update(1)
+                            yield r
+                    except BaseException:
+                        # Ctrl-C, or the caller stopped iterating: drop the queued items instead of
+                        # running them all while the pool shuts down.
+                        pool.shutdown(wait=False, cancel_futures=True)
+                        raise
         else:
             raise ValueError(f"unknown engine {engine!r}: use 'local' or 'ray'")
     finally:

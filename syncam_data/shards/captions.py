@@ -60,7 +60,7 @@ class Captions:
 
 
 def _norm(path: str) -> str:
-    return os.path.abspath(path) if path else ""
+    return os.path.realpath(path) if path else ""
 
 
 def load_captions(path: str | os.PathLike) -> Captions:
@@ -135,4 +135,4 @@ def _path_key(text: str, captions_file: Path) -> str:
     q = Path(text)
     if not q.is_absolute():
         q = captions_file.parent / q
-    return os.path.abspath(q)
+    return os.path.realpath(q)
