@@ -178,3 +178,19 @@ def test_worker_processes_each_own_a_slot(tmp_path):
     assert all(0 <= w < 2 for w in workers) and os.getpid() not in pids
     assert sorted(_report(out)["done"]) == ["scene_00000", "scene_00001"]
     assert np.all([is_complete_scene(out / f"scene_{i:05d}") for i in range(2)])
+
+
+def test_ray_engine_one_actor_per_slot(tmp_path):
+    pytest.importorskip("ray")
+    import ray
+
+    out = tmp_path / "r"
+    try:
+        res = _run("--scenes", "2", "--engine", "ray", "--workers", "2", "--out", str(out), *TINY)
+    finally:
+        ray.shutdown()
+    assert res.exit_code == 0, res.output
+    renders = [json.loads((out / f"scene_{i:05d}" / "scene.json").read_text())["render"] for i in range(2)]
+    assert all(r["workers"] == 2 and 0 <= r["worker"] < 2 for r in renders)
+    assert os.getpid() not in {r["pid"] for r in renders}  # rendered inside Ray actors
+    assert all(is_complete_scene(out / f"scene_{i:05d}") for i in range(2))
