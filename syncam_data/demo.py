@@ -221,6 +221,41 @@ class Demo:
         self.run(st, ["syncam-data", "inspect", str(shards), "--json", str(self.out / "inspect.json"), "--plot", str(self.out / "cameras.png")])
         st.outputs["inspect"] = json.loads((self.out / "inspect.json").read_text())
 
+    def evaluate(self, st: Stage) -> None:
+        self.run(st, ["syncam-data", "eval", str(self.out / "shards"), "--out", str(self.out / "eval"), "--frames", "2", "--sift-contrast", "0.02"])
+        st.outputs["summary"] = json.loads((self.out / "eval" / "summary.json").read_text())
+
+    def train(self, st: Stage) -> None:
+        c = self.cfg
+        run = self.out / "train"
+        common = ["--shards", str(self.out / "shards"), "--pretrained", "tiny", "--out", str(run), "--config", "tiny", "--seed", str(c.seed),
+                  "--set", "checkpoint.every=10", "--set", "checkpoint.keep=2", "--set", "curriculum.schedule=" + json.dumps(self._curriculum())]
+        # a first job that stops part-way (as a time-boxed cluster job would), then the same command resumed
+        self.run(st, ["syncam-train", *common, "--steps", str(c.train_steps + c.resume_steps), "--stop-after", str(c.train_steps)])
+        self.run(st, ["syncam-train", *common, "--steps", str(c.train_steps + c.resume_steps), "--resume", "latest"])
+        st.outputs["log"] = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+        st.outputs["checkpoint"] = str((run / "checkpoints" / "latest").resolve())
+
+    def _curriculum(self) -> list[dict[str, float]]:
+        """The paper's three windows, compressed onto the demo's few steps."""
+        n = self.cfg.train_steps + self.cfg.resume_steps
+        return [{"start_step": 0, "min_angle": 0, "max_angle": 60},
+                {"start_step": n // 3, "min_angle": 30, "max_angle": 90},
+                {"start_step": 2 * n // 3, "min_angle": 60, "max_angle": 120}]
+
+    def generate(self, st: Stage) -> None:
+        ck = self.out / "train" / "checkpoints" / "latest" / "adapter.safetensors"
+        self.run(st, ["syncam-generate", "--pretrained", "tiny", "--checkpoint", str(ck), "--prompt", PROMPT,
+                      "--cameras", "azimuth:0,40,80", "--frames", "9", "--resolution", "32x48", "--steps", "10",
+                      "--device", "cpu", "--seed", str(self.cfg.seed), "--out", str(self.out / "generate"), "--overwrite"])
+        st.outputs["files"] = sorted(str(p.relative_to(self.out)) for p in (self.out / "generate").rglob("*") if p.is_file())
+
+    def report(self, st: Stage) -> None:
+        from syncam_data.demo_report import write_report
+
+        paths = write_report(self.out, self.stages)
+        st.outputs.update({k: str(v) for k, v in paths.items()})
+
     # --- driver --------------------------------------------------------------
     def plan(self) -> list[tuple[str, str, Callable[[Stage], None]]]:
         return [
@@ -230,6 +265,9 @@ class Demo:
             ("sample_frames", "Sample multi-view frame sets", self.sample_frames),
             ("filter", "Filter web videos", self.web_videos),
             ("shards", "Build, validate and inspect shards", self.build_shards),
+            ("eval", "Cross-view matching and camera accuracy of the shards", self.evaluate),
+            ("train", "Train a tiny model, stop, resume", self.train),
+            ("generate", "Generate synchronized views from the checkpoint", self.generate),
         ]
 
     def run_all(self) -> list[Stage]:
@@ -244,6 +282,8 @@ class Demo:
                 log.error("demo stops at stage %r: %s", name, st.error)
                 break
         bar.close()
+        # The report is written whatever happened, so a failed stage is visible in it.
+        self.stage("report", "Write report.html and report.md", self.report)
         return self.stages
 
 
