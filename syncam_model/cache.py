@@ -243,7 +243,9 @@ def build_cache(
     path = cache_root(shards, cfg) / cache_key(settings)
     path.mkdir(parents=True, exist_ok=True)
     reader = ShardReader(shards)
-    index = DataIndex(reader, cfg.model_copy(update={"data": cfg.data.model_copy(update={"mix": {k: 1.0 for k in KINDS}})}))
+    # Cache every kind the shards hold, whatever the run's mix says.
+    present = {k: 1.0 for k in KINDS if k in set(reader.index.column("kind").to_pylist())}
+    index = DataIndex(reader, cfg.model_copy(update={"data": cfg.data.model_copy(update={"mix": present})}))
     all_groups = [g for kind in sorted(index.groups) for g in index.groups[kind]]
     mine = all_groups[rank::world_size]
     log_p, err_p = path / f"parts-r{rank}.jsonl", path / f"errors-r{rank}.jsonl"

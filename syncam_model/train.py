@@ -308,6 +308,7 @@ class Trainer:
         with self.acc.autocast():
             pred = self.model(noisy.to(dtype), text.to(dtype), t.to(dev), batch["cameras"].to(dev, dtype), cond_mask)
         per_view = (pred.float() - target.float()).pow(2).mean(dim=(2, 3, 4, 5))
+        self.last_view_losses, self.last_view_weights = per_view.detach(), weight
         per_sample = (per_view * weight).sum(1) / weight.sum(1)
         return per_sample, t
 

@@ -156,3 +156,42 @@ def test_log_records_what_monitoring_needs(shards, tmp_path):
     assert steps[0]["lr"] < steps[1]["lr"]
     # the last step is always checkpointed
     assert (tmp_path / "m" / "checkpoints" / "latest" / "adapter.safetensors").exists()
+
+
+def test_novel_view_excludes_view_0_and_text_dropout_uses_the_empty_prompt(shards, tmp_path):
+    base = {"data.mix": {"multiview_video": 1.0}, "data.num_views": 3, "optim.global_batch_size": 1}
+    tr = Trainer(str(shards), "tiny", tmp_path / "p", cfg_for(**base, **{"diffusion.text_dropout": 0.0}))
+    batch = tr.loader.dataset[tr.loader.sampler.plan()]
+    plain_cfg = tr.cfg
+
+    def loss_with(**diffusion):
+        # micro_loss reads the diffusion settings from trainer.cfg at each call
+        tr.cfg = plain_cfg.model_copy(update={"diffusion": plain_cfg.diffusion.model_copy(update=diffusion)})
+        with torch.no_grad():
+            return tr.micro_loss(batch)[0], tr.last_view_losses, tr.last_view_weights
+
+    loss_plain, views_plain, _ = loss_with()
+    loss_novel, views_novel, weights = loss_with(novel_view=True, novel_view_prob=1.0)
+    assert weights[0].tolist() == [0.0, 1.0, 1.0]
+    # fresh modules do not couple views: views 1..n-1 are unchanged, view 0 is simply not in the loss
+    torch.testing.assert_close(views_novel[:, 1:], views_plain[:, 1:])
+    torch.testing.assert_close(loss_novel, views_plain[:, 1:].mean(1))
+    assert not torch.allclose(loss_novel, loss_plain)
+    # text dropout p=1 == training on the empty caption
+    loss_drop, _, _ = loss_with(text_dropout=1.0)
+    batch = dict(batch, captions=[""] * len(batch["captions"]))
+    loss_empty, _, _ = loss_with()
+    torch.testing.assert_close(loss_drop, loss_empty)
+    assert not torch.allclose(loss_drop, loss_plain)
+
+
+def test_validation_writes_a_grid_video(shards, tmp_path):
+    from syncam_data.video import probe
+
+    cfg = cfg_for(steps=1, **{"validation.every": 1, "validation.prompts": ["a", "b"], "validation.cameras": "azimuth:0,30,60",
+                              "validation.steps": 1, "optim.global_batch_size": 1})
+    train(str(shards), "tiny", tmp_path / "v", cfg)
+    vids = sorted((tmp_path / "v" / "validation" / "step_000001").glob("*.mp4"))
+    assert [v.name for v in vids] == ["prompt00.mp4", "prompt01.mp4"]
+    info = probe(vids[0])
+    assert (info.height, info.width) == (16, 96) and info.num_frames > 1  # 3 views side by side
