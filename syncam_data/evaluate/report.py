@@ -85,16 +85,42 @@ def _weighted_share(rows: list[dict[str, Any]], col: str) -> float | None:
     return float(num / den) if den else None
 
 
-def group_summary(g: GroupRef, rows: list[dict[str, Any]], cfg: EvalConfig) -> dict[str, Any]:
-    """Per-group figures; a view is flagged when the median over its pairs' errors exceeds --flag-px."""
-    judged = [r for r in rows if r["camera_flagged"] is not None]
-    per_view: dict[str, list[float]] = {}
+def view_verdicts(judged: list[dict[str, Any]], flag_px: float) -> tuple[dict[str, float], list[str]]:
+    """Each view's error and the views to flag, from its errors with each partner view.
+
+    The error of a view with a partner is the median over frames of their
+    pair's median. A view is flagged when its errors with at least two
+    partners, and with at least half of its judged partners, exceed ``flag_px``.
+    One pair with a consistent set of wrong matches (repetitive texture such as
+    a checkerboard floor) must not condemn a camera, and in a static scene that
+    pair repeats the same wrong matches in every frame, so frames are no second
+    witness; an innocent view next to one wrong camera has good partners too.
+
+    The reported view error is the *smallest* error over its partners: a wrong
+    camera is off with every partner, an innocent view agrees with some, so the
+    largest of these points at the likely culprit (``worst_view``).
+    """
+    per_pair: dict[tuple[str, str], list[float]] = {}
     for r in judged:
-        for v in (r["view_a"], r["view_b"]):
-            per_view.setdefault(v, []).append(r["epi_symmetric_median"])
-    view_err = {v: float(np.median(e)) for v, e in per_view.items()}
-    flagged_views = sorted(v for v, e in view_err.items() if e > cfg.flag_px)
-    # With few views every view shares pairs with a wrong one; the largest error still points at the likely culprit.
+        per_pair.setdefault((r["view_a"], r["view_b"]), []).append(r["epi_symmetric_median"])
+    partner_err: dict[str, dict[str, float]] = {}
+    for (a, b), errs in per_pair.items():
+        e = float(np.median(errs))
+        partner_err.setdefault(a, {})[b] = e
+        partner_err.setdefault(b, {})[a] = e
+    view_err = {v: min(p.values()) for v, p in partner_err.items()}
+    flagged = []
+    for v, p in partner_err.items():
+        bad = sum(e > flag_px for e in p.values())
+        if bad >= 2 and bad >= 0.5 * len(p):
+            flagged.append(v)
+    return view_err, sorted(flagged)
+
+
+def group_summary(g: GroupRef, rows: list[dict[str, Any]], cfg: EvalConfig) -> dict[str, Any]:
+    """Per-group figures; flagged views (see :func:`view_verdicts`) flag the group, as does a group median above --flag-px."""
+    judged = [r for r in rows if r["camera_flagged"] is not None]
+    view_err, flagged_views = view_verdicts(judged, cfg.flag_px)
     worst_view = max(view_err, key=view_err.get) if view_err else None
     epi = _median([r["epi_symmetric_median"] for r in judged])
     return {
@@ -364,7 +390,7 @@ def render_html(summary: dict[str, Any], figures: list[dict[str, Any]]) -> str:
     parts.append(f"<tr><th>fvd</th><td>{_fmt(fv.get('fvd')) if fv.get('fvd') is not None else 'skipped: ' + html.escape(str(fv.get('skipped')))}</td></tr>")
     parts.append("</table>")
     parts.append("<h2>Groups (worst first)</h2><table><tr><th>group</th><th>views</th><th>matched px (mean)</th><th>epi median px</th>"
-                 "<th>≤1 px</th><th>≤2 px</th><th>flagged views</th><th>worst view (its median px)</th><th>CLIP-T</th></tr>")
+                 "<th>≤1 px</th><th>≤2 px</th><th>flagged views</th><th>worst view (its best partner, px)</th><th>CLIP-T</th></tr>")
     groups = sorted(summary["groups"], key=lambda g: (g["epi_symmetric_median"] is not None, g["epi_symmetric_median"] or -(g["matched_pixels_mean"] or 0)), reverse=True)
     for g in groups:
         cls = " class='bad'" if g["flagged"] else ""

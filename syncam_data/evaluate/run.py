@@ -44,7 +44,7 @@ class EvalConfig:
     max_side: int = 0  # downscale frames so the longer side is at most this (cameras follow); 0 = native
     check_cameras: bool = True
     flag_px: float = 2.0  # a view (and its group) is flagged when its median epipolar error exceeds this
-    min_inliers: int = 15  # pairs with fewer inliers give no epipolar verdict (too few to trust)
+    min_inliers: int = 20  # pairs with fewer inliers give no epipolar verdict (too few to trust)
     clip: str | None = None  # local CLIP folder (save_pretrained)
     i3d: str | None = None  # local I3D TorchScript file
     fvd_frames: int = 16  # clip length fed to I3D
