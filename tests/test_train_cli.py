@@ -49,6 +49,7 @@ def test_missing_options_and_bad_config_are_clear_errors(shards, tmp_path):
     assert res.exit_code == 2 and "data.frames" in res.output
 
 
+@pytest.mark.slow
 def test_train_resume_and_generate_from_the_checkpoint(shards, tmp_path):
     run = tmp_path / "run"
     args = ["--shards", str(shards), "--pretrained", "tiny", "--out", str(run), "--config", "tiny", *SMALL,

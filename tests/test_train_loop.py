@@ -52,6 +52,7 @@ def step_losses(run: Path) -> dict[int, float]:
     return out
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_run_gives_identical_losses(shards, tmp_path):
     cfg = cfg_for()
     full = train(str(shards), "tiny", tmp_path / "a", cfg)
