@@ -30,11 +30,9 @@ import time
 from pathlib import Path
 
 import cv2
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from syncam_data.evaluate import epipolar  # noqa: E402
 from syncam_data.evaluate.matching import MatchConfig, SiftMatcher  # noqa: E402
 from syncam_data.evaluate.run import EvalConfig, pair_metrics, run_eval  # noqa: E402
 from syncam_data.evaluate.synthetic import render_views  # noqa: E402
