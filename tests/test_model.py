@@ -364,3 +364,23 @@ def test_load_from_diffusers_folder_matches_tiny(tmp_path):
 
         shutil.rmtree(folder / "vae")
         load_components(folder)
+
+
+def test_cross_view_attention_mixes_views_within_a_frame_only():
+    """The module's sequence is the n*h*w tokens of one frame: another view's frame 1 affects frame 1 only."""
+    from syncam_model.modules import MultiViewContext
+
+    c = tiny("5b")
+    perturb(c.transformer)
+    block = c.transformer.base.transformer_blocks[0]
+    n, frames, hw, d = 2, 3, 6, block.multiview.dim
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, frames * hw, d, generator=g)
+    temb = torch.randn(1, block.norm1.linear.in_features, generator=g).expand(n, -1)
+    ctx = lambda: MultiViewContext(n, torch.randn(1, n, 12, generator=torch.Generator().manual_seed(1)), hw, c.transformer.view_rotary_emb(n, 4, 6))  # noqa: E731
+    y = x.clone()
+    y[1, hw : 2 * hw] += 1.0  # view 1, frame 1
+    with torch.no_grad():
+        a, b = block.multiview(x, temb, ctx()).view(n, frames, hw, d), block.multiview(y, temb, ctx()).view(n, frames, hw, d)
+    assert torch.equal(a[0, 0], b[0, 0]) and torch.equal(a[0, 2], b[0, 2])
+    assert (a[0, 1] - b[0, 1]).abs().max() > 1e-4
