@@ -204,8 +204,9 @@ def encode_group(g: Group, reader: Any, cfg: TrainConfig, components: Any, view_
         rows, sids = g.rows[start : start + view_batch], g.sample_ids[start : start + view_batch]
         clips = []
         for r, sid in zip(rows, sids):
-            fmt = reader.index.column("media_format")[r].as_py()
-            clips.append(decode_view(reader.read_blob(r, "media"), fmt, frames, hw, sid))
+            idx = reader.index
+            src_hw = (idx.column("height")[r].as_py(), idx.column("width")[r].as_py())
+            clips.append(decode_view(reader.read_blob(r, "media"), idx.column("media_format")[r].as_py(), frames, hw, sid, src_hw))
         video = torch.from_numpy(np.stack(clips)).permute(0, 1, 4, 2, 3).float().div_(127.5).sub_(1.0)
         mean, logvar = encode_video_dist(components, video)
         for i, sid in enumerate(sids):

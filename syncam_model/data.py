@@ -357,14 +357,21 @@ def updated_K(K: Sequence[float], src_hw: tuple[int, int], dst_hw: tuple[int, in
     return np.asarray(cam.intrinsics, np.float32)
 
 
-def decode_view(blob: bytes, media_format: str, frames: Sequence[int], dst_hw: tuple[int, int], name: str) -> np.ndarray:
-    """Media bytes -> uint8 (f, H, W, 3) at the training size (resize to cover, centre crop)."""
+def decode_view(
+    blob: bytes, media_format: str, frames: Sequence[int], dst_hw: tuple[int, int], name: str, src_hw: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Media bytes -> uint8 (f, H, W, 3) at the training size (resize to cover, centre crop).
+
+    ``src_hw`` is the stored size from the shard index; given, it saves opening the video twice.
+    """
     from syncam_data import video
 
     H, W = dst_hw
     if media_format == "mp4":
-        info = video.probe(blob)
-        rw, rh, x0, y0 = crop_box((info.height, info.width), dst_hw)
+        if src_hw is None:
+            info = video.probe(blob)
+            src_hw = (info.height, info.width)
+        rw, rh, x0, y0 = crop_box(src_hw, dst_hw)
         arr = video.decode(blob, list(frames), size=(rw, rh))
     else:
         import cv2
@@ -422,10 +429,11 @@ class ShardSampleDataset(torch.utils.data.Dataset):
             out.update(self.cache.load_views(sids, slot.frames, out["caption"]))
             return out
         clips = []
+        idx = self.reader.index
         for r, sid in zip(rows, sids):
             blob = self.reader.read_blob(r, "media")
-            fmt = self.reader.index.column("media_format")[r].as_py()
-            clips.append(decode_view(blob, fmt, slot.frames, hw, sid))
+            src_hw = (idx.column("height")[r].as_py(), idx.column("width")[r].as_py())
+            clips.append(decode_view(blob, idx.column("media_format")[r].as_py(), slot.frames, hw, sid, src_hw))
         out["video"] = np.stack(clips).transpose(0, 1, 4, 2, 3)  # (n, f, 3, H, W)
         return out
 
