@@ -495,11 +495,13 @@ def _sample_trajectory(travel: float, area: float, rng: np.random.Generator) -> 
         a = rng.uniform(0, 2 * math.pi)
         return TrajectorySpec(type="static", start=(r * math.cos(a), r * math.sin(a)), yaw_deg=float(rng.uniform(-180, 180)))
     if travel <= 1.6 * area:
-        # A straight walk through the area: pick a direction and a midpoint that keeps both ends inside.
+        # A straight walk through the area: a midpoint within (area - travel/2) of the centre keeps
+        # both ends, and everything between, inside the area (triangle inequality).
         a = rng.uniform(0, 2 * math.pi)
         d = np.array([math.cos(a), math.sin(a)])
         slack = max(area - travel / 2, 0.0)
-        m = d * rng.uniform(-slack, slack) + np.array([-d[1], d[0]]) * rng.uniform(-slack, slack) * 0.5
+        r, b = slack * math.sqrt(rng.uniform()), rng.uniform(0, 2 * math.pi)
+        m = np.array([r * math.cos(b), r * math.sin(b)])
         s, e = m - d * travel / 2, m + d * travel / 2
         return TrajectorySpec(type="line", start=(float(s[0]), float(s[1])), end=(float(e[0]), float(e[1])))
     # Longer walks go around a circle inside the area.

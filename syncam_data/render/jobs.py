@@ -251,6 +251,7 @@ class _Progress:
         self.scenes = tqdm(total=len(specs), desc="scenes", unit="scene", disable=not enabled, position=0, dynamic_ncols=True)
         self.frames = tqdm(total=sum(self.frames_of.values()), desc="frames", unit="frame", disable=not enabled, position=1, dynamic_ncols=True)
         self.seen: dict[str, int] = {}
+        self.failed = 0
 
     def frame(self, scene_id: str, k: int) -> None:
         n = max(self.seen.get(scene_id, 0), k + 1)
@@ -264,8 +265,10 @@ class _Progress:
         else:
             self.frames.total -= self.frames_of.get(o.scene_id, 0) - self.seen.get(o.scene_id, 0)
             self.frames.refresh()
+        if o.status == "failed":
+            self.failed += 1
+            self.scenes.set_postfix(failed=self.failed, refresh=False)
         self.scenes.update(1)
-        self.scenes.set_postfix(done=o.status == "done", refresh=False)
 
     def close(self) -> None:
         self.frames.close()
@@ -353,10 +356,9 @@ def _run_ray(specs: Sequence[SceneSpec], cfg: RenderJobConfig, emit: Callable[[S
     ray = ray_init(cfg.ray_address)
     gpu = str(cfg.backend_options.get("device", "cpu")).lower() == "gpu"
     actor_cls = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_restarts=1)(_RayRenderer)
-    args = (cfg.backend, cfg.backend_options, str(cfg.out), cfg.retries, cfg.depth_dtype, cfg.crf)
 
     def make(i: int) -> Any:
-        return actor_cls.remote(cfg.backend, cfg.backend_options, i, cfg.workers, *args[2:])
+        return actor_cls.remote(cfg.backend, cfg.backend_options, i, cfg.workers, str(cfg.out), cfg.retries, cfg.depth_dtype, cfg.crf)
 
     actors = {i: make(i) for i in range(min(cfg.workers, len(specs)))}
     queue = list(specs)
