@@ -379,7 +379,7 @@ def test_cross_view_attention_mixes_views_within_a_frame_only():
     temb = torch.randn(1, block.norm1.linear.in_features, generator=g).expand(n, -1)
     ctx = lambda: MultiViewContext(n, torch.randn(1, n, 12, generator=torch.Generator().manual_seed(1)), hw, c.transformer.view_rotary_emb(n, 4, 6))  # noqa: E731
     y = x.clone()
-    y[1, hw : 2 * hw] += 1.0  # view 1, frame 1
+    y[1, hw : 2 * hw] += torch.randn(hw, d, generator=g)  # view 1, frame 1 (not a constant: LayerNorm would remove it)
     with torch.no_grad():
         a, b = block.multiview(x, temb, ctx()).view(n, frames, hw, d), block.multiview(y, temb, ctx()).view(n, frames, hw, d)
     assert torch.equal(a[0, 0], b[0, 0]) and torch.equal(a[0, 2], b[0, 2])
