@@ -133,8 +133,15 @@ def test_generate_rope_15_pads_latent_frames():
     c = load_components("tiny", tiny_config={"variant": "1.5"})
     plan = plan_latents(c, FRAMES, H, W)
     assert (plan.latent_frames, plan.padding_frames) == (4, 1)  # 9 frames -> 3 latents, padded to 4
-    out = generate(c, "a cat", np.eye(3, 4).reshape(1, 12).repeat(2, 0), num_frames=FRAMES, height=H, width=W, steps=1, sampler="dpm", progress=False)
+    cams = np.eye(3, 4).reshape(1, 12).repeat(2, 0)
+    out = generate(c, "a cat", cams, num_frames=FRAMES, height=H, width=W, steps=1, sampler="dpm", progress=False)
     assert out.shape == (2, FRAMES, 3, H, W)
+    # re-rendering pads the condition latent too, and drops the padding before decoding
+    from syncam_model.model import decode_latents, encode_video
+
+    video = torch.from_numpy(smooth_frames(FRAMES, H, W)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    out = generate(c, "a cat", cams, num_frames=FRAMES, height=H, width=W, steps=1, input_video=video, progress=False)
+    torch.testing.assert_close(out[0], decode_latents(c, encode_video(c, video[None], sample=False))[0])
 
 
 def test_generate_rejects_bad_sizes():
