@@ -17,7 +17,6 @@ import torch
 from tests.conftest import smooth_frames
 from syncam_data import video
 from syncam_data.cameras import look_at, relative_angle, spherical_position
-from syncam_data.shards.reader import ShardReader
 from syncam_data.shards.schema import ViewRecord
 from syncam_data.shards.writer import ShardWriter
 from syncam_model.config import ConfigError, load_config
