@@ -264,7 +264,10 @@ def run_stage(stage: PlannedStage) -> StageOutcome:
     t0 = time.perf_counter()
     log.info("stage %s: %s", stage.name, stage.shell())
     try:
-        rv = group.main(args=[stage.command, *stage.argv], prog_name="syncam-data", standalone_mode=False)
+        # The app's root callback resets logging on every invocation: hand it the level `run` was given.
+        level = logging.getLogger().level
+        verbosity = ["-q"] if level >= logging.WARNING else (["-vv"] if level <= logging.DEBUG else [])
+        rv = group.main(args=[*verbosity, stage.command, *stage.argv], prog_name="syncam-data", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
         msg = ""
     except typer.Exit as e:  # in case the vendored click re-raises instead of returning the code
