@@ -113,6 +113,8 @@ def generate(
     video_guidance: float = typer.Option(1.8, "--video-guidance", help="Video guidance scale in re-rendering mode."),
     sampler: str = typer.Option("ddim", "--sampler", help="'ddim' (CogVideoXDDIMScheduler) or 'dpm' (CogVideoXDPMScheduler)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the initial noise."),
+    batch_passes: bool = typer.Option(True, "--batch-passes/--sequential-passes", help="Run the guidance passes as one batch (faster) or one after another (less GPU memory)."),
+    vae_tiling: bool = typer.Option(False, "--vae-tiling/--no-vae-tiling", help="Decode/encode with the VAE in tiles (less GPU memory at full resolution; diffusers' enable_tiling)."),
     translation_scale: Optional[float] = typer.Option(None, "--translation-scale", help="Divide relative translations by this (default: the value recorded in the checkpoint, else 1.0)."),
     hfov: float = typer.Option(60.0, "--hfov", help="Horizontal field of view (degrees) of preset cameras, for cameras.json."),
     fps: float = typer.Option(8.0, "--fps", help="Frame rate of the written videos (CogVideoX: 8)."),
@@ -166,6 +168,8 @@ def generate(
             raise typer.BadParameter(str(exc), param_hint="--checkpoint") from None
     else:
         log.warning("no --checkpoint: multi-view modules are at initialization, views will not be synchronized")
+    if vae_tiling:
+        components.vae.enable_tiling()
     video = load_input_video(input_video, frames, height, width) if input_video else None
     videos = run_generation(
         components,
@@ -183,6 +187,7 @@ def generate(
         negative_prompt=negative_prompt,
         use_dynamic_cfg=dynamic_cfg,
         sampler=sampler,
+        batch_passes=batch_passes,
         progress=progress,
     )
     generation = {
@@ -194,7 +199,7 @@ def generate(
         "settings": {
             "frames": frames, "height": height, "width": width, "steps": steps, "guidance": guidance,
             "dynamic_cfg": dynamic_cfg, "text_guidance": text_guidance, "video_guidance": video_guidance,
-            "sampler": sampler, "seed": seed, "translation_scale": scale, "cameras": cameras, "fps": fps,
+            "sampler": sampler, "seed": seed, "batch_passes": batch_passes, "vae_tiling": vae_tiling, "translation_scale": scale, "cameras": cameras, "fps": fps,
             "dtype": str(torch_dtype).removeprefix("torch."), "device": str(components.device),
         },
         "checkpoint": str(checkpoint) if checkpoint else None,

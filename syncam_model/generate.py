@@ -108,6 +108,7 @@ def generate(
     negative_prompt: str = "",
     use_dynamic_cfg: bool = False,
     sampler: str = "ddim",
+    batch_passes: bool = True,
     progress: bool = True,
 ) -> torch.Tensor:
     """Generate ``n`` synchronized videos ``[n, F, 3, H, W]`` in [-1, 1] (float32, CPU).
@@ -126,6 +127,8 @@ def generate(
         use_dynamic_cfg: the pipeline's cosine guidance schedule (text mode).
         sampler: "ddim" (``CogVideoXDDIMScheduler``) or "dpm" (``CogVideoXDPMScheduler``, the
             5B pipelines' default), both built from the components' scheduler config.
+        batch_passes: run the guidance passes (2 or 3) as one batch (fast) or one after
+            another (less GPU memory at real sizes; same result up to float rounding).
     """
     device, dtype = components.device, components.dtype
     cams = torch.as_tensor(np.asarray(cameras, dtype=np.float32) if not torch.is_tensor(cameras) else cameras, dtype=torch.float32)
@@ -176,7 +179,7 @@ def generate(
         if rerender:
             x[1:, 0] = cond[0]
         x = scheduler.scale_model_input(x, t)
-        v = model(x, batch_text, t.reshape(1).expand(passes).to(device), cams_b.expand(passes, -1, -1), cond_mask).float()
+        v = _predict(model, x, batch_text, t, cams_b, cond_mask, batch_passes)
         if rerender:
             v_none, v_video, v_full = v.chunk(3)
             v = v_none + video_guidance * (v_video - v_none) + text_guidance * (v_full - v_video)
@@ -192,6 +195,20 @@ def generate(
     latents = latents[:, :, plan.padding_frames :]
     videos = [decode_latents(components, latents[:, j]).float().cpu()[0] for j in range(n)]
     return torch.stack(videos)
+
+
+def _predict(model, x: torch.Tensor, text: torch.Tensor, t: torch.Tensor, cams: torch.Tensor, cond_mask, batch_passes: bool) -> torch.Tensor:
+    """The model's v for every guidance pass (rows of ``x``), in one batch or pass by pass."""
+    passes = x.shape[0]
+    timestep = t.reshape(1).expand(passes).to(x.device)
+    cams = cams.expand(passes, -1, -1)
+    if batch_passes or passes == 1:
+        return model(x, text, timestep, cams, cond_mask).float()
+    outs = [
+        model(x[i : i + 1], text[i : i + 1], timestep[i : i + 1], cams[i : i + 1], None if cond_mask is None else cond_mask[i : i + 1]).float()
+        for i in range(passes)
+    ]
+    return torch.cat(outs)
 
 
 def _step(scheduler: Any, v: torch.Tensor, t: torch.Tensor, latents: torch.Tensor, i: int, timesteps, old_pred, gen) -> tuple[torch.Tensor, Any]:

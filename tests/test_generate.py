@@ -123,6 +123,9 @@ def test_generate_rerender_keeps_input_view():
 
     recon = decode_latents(c, encode_video(c, video[None], sample=False))[0]
     torch.testing.assert_close(out[0], recon)
+    # passes run one by one give the same result as the batched passes
+    seq = generate(c, "a cat", cams, num_frames=FRAMES, height=H, width=W, steps=2, input_video=video, progress=False, batch_passes=False)
+    torch.testing.assert_close(seq, out, atol=1e-4, rtol=1e-4)
     # the input conditions the new views
     other = -video
     out2 = generate(c, "a cat", cams, num_frames=FRAMES, height=H, width=W, steps=2, input_video=other, progress=False)
