@@ -21,6 +21,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,13 @@ class DemoError(RuntimeError):
     pass
 
 
+def _tee(stream, keep: list[bytes]) -> None:
+    for chunk in iter(lambda: stream.read1(4096), b""):
+        keep.append(chunk)
+        sys.stderr.buffer.write(chunk)
+        sys.stderr.buffer.flush()
+
+
 class Demo:
     def __init__(self, cfg: DemoConfig) -> None:
         self.cfg = cfg
@@ -88,13 +96,22 @@ class Demo:
             f.write(shown + "\n")
         log.info("$ %s", shown)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None, text=True, env=env)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        # stderr (progress bars, logs) streams to the terminal and is kept for the log and error messages
+        err_chunks: list[bytes] = []
+        pump = threading.Thread(target=_tee, args=(proc.stderr, err_chunks), daemon=True)
+        pump.start()
+        stdout = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+        proc.wait()
+        pump.join()
+        stderr = b"".join(err_chunks).decode(errors="replace")
         (self.out / "logs").mkdir(exist_ok=True)
         with open(self.out / "logs" / f"{stage.name}.log", "a") as f:
-            f.write(f"$ {shown}\n{proc.stdout}\n")
+            f.write(f"$ {shown}\n{stdout}\n{stderr}\n")
         if check and proc.returncode not in allowed_codes:
-            raise DemoError(f"`{shown}` exited with {proc.returncode}:\n{proc.stdout[-2000:]}")
-        return proc
+            last = [ln for ln in stderr.replace("\r", "\n").splitlines() if ln.strip()][-5:]
+            raise DemoError(f"`{shown}` exited with {proc.returncode}: " + " | ".join(last))
+        return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
     def stage(self, name: str, title: str, fn: Callable[[Stage], None]) -> Stage:
         st = Stage(name, title)
@@ -192,7 +209,8 @@ class Demo:
         for source, root in (("realestate10k", "posed/realestate10k"), ("dl3dv", "posed/dl3dv")):
             self.run(st, ["syncam-data", "sample-frames", "--source", source, "--root", str(self.out / root),
                           "--out", str(self.out / "frames" / source), "--views", "3", "--sets-per-sequence", "2",
-                          "--max-gap", "100", "--min-angle", "5", "--seed", str(self.cfg.seed)])
+                          "--max-gap", "100", "--min-angle", "5", "--seed", str(self.cfg.seed)]
+                          + (["--image-folder", "images"] if source == "dl3dv" else []))
         st.outputs["groups"] = {s: sorted(p.name for p in (self.out / "frames" / s).iterdir() if p.is_dir()) for s in ("realestate10k", "dl3dv")}
 
     def web_videos(self, st: Stage) -> None:
@@ -229,7 +247,7 @@ class Demo:
         c = self.cfg
         run = self.out / "train"
         common = ["--shards", str(self.out / "shards"), "--pretrained", "tiny", "--out", str(run), "--config", "tiny", "--seed", str(c.seed),
-                  "--set", "checkpoint.every=10", "--set", "checkpoint.keep=2", "--set", "curriculum.schedule=" + json.dumps(self._curriculum())]
+                  "--set", "checkpoint.every=10", "--set", "checkpoint.keep=2", "--set", "data.num_views=2", "--set", "curriculum.schedule=" + json.dumps(self._curriculum())]
         # a first job that stops part-way (as a time-boxed cluster job would), then the same command resumed
         self.run(st, ["syncam-train", *common, "--steps", str(c.train_steps + c.resume_steps), "--stop-after", str(c.train_steps)])
         self.run(st, ["syncam-train", *common, "--steps", str(c.train_steps + c.resume_steps), "--resume", "latest"])
