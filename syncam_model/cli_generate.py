@@ -14,7 +14,6 @@ folder is assembled under a temporary name and renamed when complete.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil

@@ -169,10 +169,30 @@ def generate(
         batch_text, cond_mask = torch.cat([neg_text, pos_text]), None
     else:
         batch_text, cond_mask = pos_text, None
-    passes = batch_text.shape[0]
 
-    # 6. denoising loop
+    # 6. denoising loop (eval mode for the loop, the caller's mode restored after)
     model = components.transformer
+    was_training = model.training
+    model.eval()
+    try:
+        latents = _denoise(model, scheduler, timesteps, latents, cond, batch_text, cams_b, cond_mask, gen, progress, batch_passes,
+                           guidance=guidance, do_cfg=do_cfg, dynamic=use_dynamic_cfg, text_guidance=text_guidance, video_guidance=video_guidance)
+    finally:
+        model.train(was_training)
+
+    # 7. decode, one view at a time (the VAE is the memory peak at real sizes)
+    if rerender:
+        latents[:, 0] = cond[0]
+    latents = latents[:, :, plan.padding_frames :]
+    videos = [decode_latents(components, latents[:, j]).float().cpu()[0] for j in range(n)]
+    return torch.stack(videos)
+
+
+def _denoise(model, scheduler, timesteps, latents, cond, batch_text, cams_b, cond_mask, gen, progress: bool, batch_passes: bool, *,
+             guidance: float, do_cfg: bool, dynamic: bool, text_guidance: float, video_guidance: float) -> torch.Tensor:
+    """The sampling loop: guided v for all views, then one scheduler step, for every timestep."""
+    rerender = cond is not None
+    passes, dtype, steps = batch_text.shape[0], latents.dtype, len(timesteps)
     old_pred = None
     for i, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress, leave=False)):
         x = latents.expand(passes, -1, -1, -1, -1, -1).clone()
@@ -185,16 +205,10 @@ def generate(
             v = v_none + video_guidance * (v_video - v_none) + text_guidance * (v_full - v_video)
         elif do_cfg:
             v_uncond, v_text = v.chunk(2)
-            v = v_uncond + _cfg_scale(guidance, use_dynamic_cfg, int(t), steps) * (v_text - v_uncond)
+            v = v_uncond + _cfg_scale(guidance, dynamic, int(t), steps) * (v_text - v_uncond)
         latents, old_pred = _step(scheduler, v, t, latents, i, timesteps, old_pred, gen)
         latents = latents.to(dtype)
-
-    # 7. decode, one view at a time (the VAE is the memory peak at real sizes)
-    if rerender:
-        latents[:, 0] = cond[0]
-    latents = latents[:, :, plan.padding_frames :]
-    videos = [decode_latents(components, latents[:, j]).float().cpu()[0] for j in range(n)]
-    return torch.stack(videos)
+    return latents
 
 
 def _predict(model, x: torch.Tensor, text: torch.Tensor, t: torch.Tensor, cams: torch.Tensor, cond_mask, batch_passes: bool) -> torch.Tensor:
