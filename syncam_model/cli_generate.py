@@ -79,6 +79,9 @@ def write_outputs(out: Path, videos, rig, generation: dict, fps: float) -> None:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result should look like a plain mkdir
     try:
         frames = [to_uint8(v) for v in videos]
         for cid, f in zip(rig.ids, frames):
