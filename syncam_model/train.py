@@ -27,6 +27,7 @@ import random
 import resource
 import shutil
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -350,7 +351,10 @@ class Trainer:
                 st.nonfinite = True
         self.optimizer.zero_grad(set_to_none=True)
         lr = self.lr_sched.get_last_lr()[0]
-        self.lr_sched.step()
+        with warnings.catch_warnings():
+            # A skipped (non-finite) step still advances the schedule, so it stays aligned with the step count.
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before `optimizer.step\\(\\)`")
+            self.lr_sched.step()
         self.step += 1
         return self._record(st, grad_norm, lr, time.perf_counter() - t0)
 
