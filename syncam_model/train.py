@@ -242,7 +242,9 @@ class Trainer:
         self.loader_state = self.loader.sampler.state_dict()
         self.log_samples = log_samples
         if cfg.log.tensorboard:
-            self.acc.init_trackers("syncam-train", config=_flat(cfg.to_dict()))
+            # TensorBoard's hparams take scalars only: lists and None go in as JSON text.
+            hp = {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in _flat(cfg.to_dict()).items()}
+            self.acc.init_trackers("syncam-train", config=hp)
 
     # ---- the objective -------------------------------------------------------------------
     def empty_text(self) -> torch.Tensor:

@@ -144,7 +144,8 @@ def test_nonfinite_loss_skips_the_update(shards, tmp_path):
 
 
 def test_log_records_what_monitoring_needs(shards, tmp_path):
-    train(str(shards), "tiny", tmp_path / "m", cfg_for(steps=2, **{"checkpoint.every": 100}))
+    train(str(shards), "tiny", tmp_path / "m", cfg_for(steps=2, **{"checkpoint.every": 100, "log.tensorboard": True}))
+    assert list((tmp_path / "m" / "syncam-train").glob("events.out.tfevents.*"))
     recs = [json.loads(x) for x in (tmp_path / "m" / "log.jsonl").read_text().splitlines()]
     steps = [r for r in recs if "loss" in r]
     assert recs[0]["event"] == "start" and len(steps) == 2
