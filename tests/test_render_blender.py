@@ -23,7 +23,7 @@ W, H = 96, 64
 
 
 def _tiny_spec(index: int = 0, cameras: int = 3, frames: int = 2, **kw) -> SceneSpec:
-    opt = SamplerOptions(num_cameras=cameras, num_frames=frames, width=W, height=H, subjects=(2, 2), distance=(4.0, 6.0), elevation=(5.0, 35.0), **kw)
+    opt = SamplerOptions(**{"num_cameras": cameras, "num_frames": frames, "width": W, "height": H, "subjects": (2, 2), "distance": (4.0, 6.0), "elevation": (5.0, 35.0), **kw})
     return sample_scene(load_catalog(), index, seed=11, options=opt)
 
 
@@ -121,8 +121,8 @@ def test_same_spec_renders_identical_frames(tmp_path):
     assert np.abs(v0 - v1).mean() > 5
 
 
-def _export_glb(path: Path) -> None:
-    """A tiny animated glTF asset made with bpy: a box that slides 1 m along +X within 1/6 s in an action called 'slide'."""
+def _export_box(path: Path, kind: str) -> None:
+    """A tiny animated asset made with bpy: a box that slides 1 m along +X within 1/6 s, in an action 'slide'."""
     import bpy
 
     bpy.ops.wm.read_factory_settings(use_empty=True)
@@ -133,21 +133,45 @@ def _export_glb(path: Path) -> None:
     cube.location = (1.0, 0, 0.5)
     cube.keyframe_insert("location", frame=5)
     cube.animation_data.action.name = "slide"
-    bpy.ops.export_scene.gltf(filepath=str(path), export_format="GLB", export_animations=True)
+    if kind == "gltf":
+        bpy.ops.export_scene.gltf(filepath=str(path), export_format="GLB", export_animations=True)
+    elif kind == "fbx":
+        bpy.ops.export_scene.fbx(filepath=str(path), bake_anim=True)  # the importer names it "Box|Box|slide"
+    else:
+        bpy.ops.wm.save_as_mainfile(filepath=str(path))
+    bpy.ops.wm.read_factory_settings(use_empty=True)
 
 
-def test_gltf_subject_with_animation(tmp_path):
-    glb = tmp_path / "box.glb"
-    _export_glb(glb)
+@pytest.mark.parametrize("kind,ext", [("gltf", "glb"), ("fbx", "fbx"), ("blend", "blend")])
+def test_imported_subject_plays_its_clip(tmp_path, kind, ext):
+    asset = tmp_path / f"box.{ext}"
+    _export_box(asset, kind)
     base = _tiny_spec(index=1, cameras=2, frames=3)
-    subj = SubjectSpec(instance_id=1, asset_id="box", kind="gltf", asset=str(glb), description="a box", animation=AnimationSpec(id="slide", clip="slide", description="slides", loop=False), trajectory=TrajectorySpec(type="static", start=(0.0, 0.0)), params={"forward_axis": "+X"})
+    subj = SubjectSpec(instance_id=1, asset_id="box", kind=kind, asset=str(asset), description="a box", animation=AnimationSpec(id="slide", clip="slide", description="slides", loop=False), trajectory=TrajectorySpec(type="static", start=(0.0, 0.0)), params={"forward_axis": "+X"})
     spec = base.model_copy(update={"subjects": [subj], "num_frames": 3, "fps": 12.0})
-    _render(spec, tmp_path / "s", samples=2)
+    _render(spec, tmp_path / "s", samples=1)
     ids = load_npz_array(tmp_path / "s" / "masks" / f"{spec.cameras[0].id}.npz", "ids")
     assert set(np.unique(ids)) == {0, 1}, "the imported mesh carries instance id 1"
     # the box's mask moves between the first and the last frame (its clip plays)
     centroids = [np.argwhere(ids[k] == 1).mean(0) for k in (0, 2)]
     assert np.linalg.norm(centroids[0] - centroids[1]) > 1.0, centroids
+
+
+def test_image_background(tmp_path):
+    import cv2
+
+    sky = np.zeros((64, 128, 3), np.uint8)
+    sky[:32] = (255, 80, 0)  # BGR: a blue upper half, a dark lower half (equirectangular)
+    cv2.imwrite(str(tmp_path / "sky.png"), sky)
+    base = _tiny_spec(index=0, cameras=1, frames=1, elevation=(0.0, 0.0))
+    bg = base.background.model_copy(update={"id": "bluesky", "kind": "image", "asset": str(tmp_path / "sky.png"), "params": {"ground": False}})
+    spec = base.model_copy(update={"background": bg, "subjects": []})
+    _render(spec, tmp_path / "s", samples=1)
+    video = decode(tmp_path / "s" / "videos" / f"{spec.cameras[0].id}.mp4")[0].astype(int)
+    depth = load_npz_array(tmp_path / "s" / "depth" / f"{spec.cameras[0].id}.npz", "depth")[0]
+    assert np.isinf(depth).all(), "no ground: every pixel sees the environment"
+    top = video[:10].reshape(-1, 3).mean(0)
+    assert top[2] > top[0] + 50, f"the upper half of the environment image is blue, got {top}"
 
 
 def test_broken_assets_raise_errors_naming_them(tmp_path):

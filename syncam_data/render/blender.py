@@ -658,7 +658,7 @@ def _play_clip(bpy: Any, objs: list[Any], subj: SubjectSpec, spec: SceneSpec, wh
     animated = [o for o in objs if o.animation_data is not None and (o.animation_data.action is not None or o.type == "ARMATURE")]
     if not clip:
         return  # keep whatever the importer assigned
-    action = bpy.data.actions.get(clip)
+    action = _find_action(bpy, clip, objs)
     if action is None:
         names = sorted(a.name for a in bpy.data.actions)
         raise BlenderAssetError(f"{what}: {subj.asset}: no animation clip {clip!r} (has {names[:20]})")
@@ -679,6 +679,20 @@ def _play_clip(bpy: Any, objs: list[Any], subj: SubjectSpec, spec: SceneSpec, wh
         if subj.animation.loop:
             strip.repeat = max(1.0, math.ceil(spec.num_frames / (length * strip.scale)) + 1)
         strip.extrapolation = "HOLD"
+
+
+def _find_action(bpy: Any, clip: str, objs: list[Any]) -> Any:
+    """The action named ``clip``; importers may prefix names (FBX: ``Armature|Walk``), so a unique
+    action whose last ``|`` part is ``clip`` also matches, preferring actions the asset's objects use."""
+    exact = bpy.data.actions.get(clip)
+    if exact is not None:
+        return exact
+    cands = [a for a in bpy.data.actions if a.name.split("|")[-1] == clip]
+    used = {o.animation_data.action for o in objs if o.animation_data is not None and o.animation_data.action is not None}
+    for pool in ([a for a in cands if a in used], cands):
+        if len(pool) == 1:
+            return pool[0]
+    return None
 
 
 class ProceduralFigure:
