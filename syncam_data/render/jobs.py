@@ -376,6 +376,10 @@ def _run_ray(specs: Sequence[SceneSpec], cfg: RenderJobConfig, emit: Callable[[S
                     o = SceneOutcome(**ray.get(ref))
                 except Exception as e:  # the actor or its node died: record and replace the actor
                     o = SceneOutcome(s.scene_id, "failed", 1, error=f"ray actor failed: {type(e).__name__}: {e}")
+                    try:
+                        ray.kill(actors[i])
+                    except Exception:  # already gone
+                        pass
                     actors[i] = make(i)
                 emit(o)
     finally:
