@@ -47,7 +47,6 @@ STAGE_COMMANDS = ("render", "sample-frames", "filter-videos", "build-shards")
 # Options the runner passes through from `syncam-data run` to every stage that accepts them.
 PASSTHROUGH = ("engine", "ray_address", "workers")
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-NOT_LANDED_EXIT = 3  # syncam_data.cli.app.not_landed
 
 
 class RecipeError(ValueError):
@@ -276,9 +275,7 @@ def run_stage(stage: PlannedStage) -> StageOutcome:
         code, msg = e.exit_code, e.format_message()
     except typer.Abort:
         code, msg = 130, "aborted"
-    if code == NOT_LANDED_EXIT and not msg:
-        msg = f"`syncam-data {stage.command}` is not available in this version of syncam (its command has not landed yet)"
-    elif code and not msg:
+    if code and not msg:
         msg = f"`{stage.shell()}` exited with status {code} (see its messages above)"
     return StageOutcome(stage.name, stage.command, int(code), time.perf_counter() - t0, msg)
 

@@ -51,7 +51,3 @@ def fail(message: str, code: int = 1) -> "typer.Exit":
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
 
-
-def not_landed(command: str, issue: int) -> "typer.Exit":
-    typer.echo(f"syncam-data {command}: not available yet in this version (tracked in issue {issue}).", err=True)
-    return typer.Exit(3)
