@@ -101,10 +101,10 @@ def write_outputs(out: Path, videos, rig, generation: dict, fps: float) -> None:
 def generate(
     prompt: str = typer.Option(..., "--prompt", "-p", help="Text prompt shared by all views."),
     pretrained: str = typer.Option(..., "--pretrained", help="Local diffusers CogVideoX folder (transformer/, vae/, text_encoder/, tokenizer/, scheduler/), or 'tiny' for a tiny random model."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="Multi-view adapter weights (.safetensors from syncam-train). Without it the modules are at their identity initialization (views are independent)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="Multi-view adapter weights: an adapter.safetensors from syncam-train, or a checkpoint folder holding one (e.g. RUN/checkpoints/latest). Without it the modules are at their identity initialization (views are independent)."),
     cameras: str = typer.Option("azimuth:0,30,60", "--cameras", help="Camera preset ('azimuth:0,30,60', 'elevation:...', 'distance:...', parts joined by ';') or a cameras.json; view 0 is the reference (and the input video's camera)."),
     views: Optional[str] = typer.Option(None, "--views", help="Comma-separated camera ids to use from a cameras.json, in order (default: all)."),
-    frames: int = typer.Option(49, "--frames", help="Frames per video (4k+1; CogVideoX is trained on 49)."),
+    frames: int = typer.Option(49, "--frames", help="Frames per video: 8N+1 (9, 17, ..., 49), which CogVideoX's VAE decodes exactly; CogVideoX is trained on 49."),
     resolution: str = typer.Option("480x720", "--resolution", help="Output size HxW, multiples of 16."),
     steps: int = typer.Option(50, "--steps", help="Denoising steps."),
     guidance: float = typer.Option(6.0, "--guidance", help="Text classifier-free guidance scale for text-to-views (1 disables it)."),
@@ -136,12 +136,16 @@ def generate(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     height, width = parse_resolution(resolution)
+    if frames < 1 or (frames - 1) % 8:
+        raise typer.BadParameter(f"{frames}: use 8N+1 frames (9, 17, ..., 49) so CogVideoX's VAE decodes exactly that many", param_hint="--frames")
     if out.exists() and not out.is_dir():
         raise typer.BadParameter(f"{out}: exists and is not a folder", param_hint="--out")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise typer.BadParameter(f"{out}: exists and is not empty (use --overwrite)", param_hint="--out")
     if dtype not in _DTYPES:
         raise typer.BadParameter(f"--dtype must be one of {sorted(set(_DTYPES.values()))}, got {dtype!r}")
+    if checkpoint is not None and checkpoint.is_dir():
+        checkpoint = checkpoint / "adapter.safetensors"
     try:
         meta = read_adapter_meta(checkpoint) if checkpoint else {}
     except (AdapterError, FileNotFoundError) as exc:

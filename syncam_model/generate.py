@@ -65,6 +65,12 @@ def _check_inputs(
     if not torch.isfinite(cameras).all():
         raise ValueError("cameras contain NaN or Inf")
     check_video_size(num_frames, height, width, components.vae_scale_factor_spatial, components.vae_scale_factor_temporal)
+    latent_frames = (num_frames - 1) // components.vae_scale_factor_temporal + 1
+    if latent_frames % 2 == 0:
+        # CogVideoX's VAE decoder upsamples time by keeping the first frame only for an odd number of
+        # latent frames; an even number decodes to 4*F' frames instead of the 4*(F'-1)+1 requested.
+        raise ValueError(f"num_frames {num_frames} gives {latent_frames} latent frames, which CogVideoX's VAE cannot decode back to "
+                         f"{num_frames} frames: use 8N+1 frames (9, 17, 25, 33, 41, 49, ...)")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if input_video is not None:
@@ -117,7 +123,7 @@ def generate(
         components: from :func:`syncam_model.model.load_components` (adapter loaded).
         prompt: the text prompt shared by all views.
         cameras: ``(n, 12)`` relative poses (view 0 = identity, Contract 1).
-        num_frames, height, width: output size (frames 4k+1; CogVideoX uses 8N+1, e.g. 49).
+        num_frames, height, width: output size (frames 8N+1 so the VAE decodes them back, e.g. 49).
         steps: DDIM steps.
         guidance: text CFG scale for text -> views (1 disables CFG).
         seed: seeds the initial noise (a CPU generator, so results match across devices).

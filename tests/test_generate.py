@@ -232,3 +232,14 @@ def test_cli_bad_arguments(tmp_path):
     assert r.exit_code == 2 and "not a folder" in r.output
     r = _run(["--pretrained", "tiny", "--prompt", "x", "--checkpoint", str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "adapter file not found" in r.output
+
+
+def test_frame_counts_the_vae_cannot_decode_are_refused(tmp_path):
+    """5 frames -> 2 latent frames, which CogVideoX's VAE decodes to 8 frames: refuse, naming 8N+1."""
+    from typer.testing import CliRunner
+
+    from syncam_model.cli_generate import app as gen_app
+
+    res = CliRunner().invoke(gen_app, ["--pretrained", "tiny", "--prompt", "x", "--cameras", "azimuth:0,30", "--frames", "5",
+                                       "--resolution", "32x48", "--steps", "1", "--device", "cpu", "--out", str(tmp_path / "o")])
+    assert res.exit_code != 0 and "8N+1" in res.output

@@ -69,7 +69,7 @@ def test_train_resume_and_generate_from_the_checkpoint(shards, tmp_path):
 
     out = tmp_path / "gen"
     res = CliRunner().invoke(gen_app, ["--prompt", "a dancer", "--pretrained", "tiny", "--checkpoint", str(adapter), "--cameras", "azimuth:0,40",
-                                       "--frames", "5", "--resolution", "16x32", "--steps", "2", "--device", "cpu", "--out", str(out), "--no-progress"])
+                                       "--frames", "9", "--resolution", "16x32", "--steps", "2", "--device", "cpu", "--out", str(out), "--no-progress"])
     assert res.exit_code == 0, res.output
     assert len(list(out.rglob("*.mp4"))) >= 2
     # the adapter the generator loaded is the trained one (non-zero output projections after 3 steps)

@@ -29,6 +29,7 @@ import datetime as _dt
 import json
 import logging
 import multiprocessing as mp
+import multiprocessing.util
 import os
 import platform
 import queue as _queue
@@ -233,6 +234,8 @@ def _init_process_worker(slots: Any, progress: Any, backend: str, options: dict[
     slot = WorkerSlot(slots.get(), count)
     _WORKER = SceneRenderer(backend, options, slot, Path(out), retries, depth_dtype, crf)
     _PROGRESS = progress
+    # Release the engine (close Blender, stop a launched Unreal) when the pool shuts this worker down.
+    multiprocessing.util.Finalize(_WORKER, _WORKER.close, exitpriority=10)
 
 
 def _process_render(spec_json: str) -> dict[str, Any]:
