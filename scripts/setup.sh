@@ -24,18 +24,28 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 pip=("$venv/bin/python" -m pip --disable-pip-version-check)
 
+# pip, minus the noise about local index folders that this machine's pip.conf lists but lacks.
+run_pip() {
+  local log status=0
+  log="$(mktemp)"
+  "${pip[@]}" "$@" >"$log" 2>&1 || status=$?
+  grep -v -e "is ignored: it is neither a file nor a directory" "$log" >&2 || true
+  rm -f "$log"
+  return "$status"
+}
+
 # segment-anything imports torchvision; the only pair that imports together on
 # these machines is torch 2.14.1 + torchvision 0.29.1, so install it first.
 if ! "$venv/bin/python" -c 'import torch, torchvision' >/dev/null 2>&1; then
   echo "[setup] installing torch==2.14.1 torchvision==0.29.1 (about a minute from local disk)" >&2
-  "${pip[@]}" install -q torch==2.14.1 torchvision==0.29.1
+  run_pip install -q torch==2.14.1 torchvision==0.29.1
 fi
 
 stamp="$venv/.syncam-installed"
 want="$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[setup] installing syncam[all] into $venv (one resolver run: bpy, OpenCV and numpy agree)" >&2
-  "${pip[@]}" install -q -e "$root[all]"
+  run_pip install -q -e "$root[all]"
   echo "$want" > "$stamp"
 fi
 export PATH="$venv/bin:$PATH"
