@@ -44,11 +44,11 @@ PROMPT = "a person in a red shirt walks on a city plaza"
 class DemoConfig:
     out: Path
     seed: int = 0
-    scenes: int = 2
+    scenes: int = 3
     cameras: int = 4
     frames: int = 9
-    height: int = 96
-    width: int = 160
+    height: int = 128
+    width: int = 224
     samples: int = 8
     train_steps: int = 30
     resume_steps: int = 10
@@ -247,8 +247,9 @@ class Demo:
         c = self.cfg
         run = self.out / "train"
         common = ["--shards", str(self.out / "shards"), "--pretrained", "tiny", "--out", str(run), "--config", "tiny", "--seed", str(c.seed),
-                  "--set", "checkpoint.every=10", "--set", "checkpoint.keep=2", "--set", "data.num_views=2", "--set", "curriculum.schedule=" + json.dumps(self._curriculum())]
-        # a first job that stops part-way (as a time-boxed cluster job would), then the same command resumed
+                  "--set", f"checkpoint.every={c.train_steps}", "--set", "checkpoint.keep=2", "--set", "data.num_views=2", "--set", "curriculum.schedule=" + json.dumps(self._curriculum())]
+        # a first job that stops part-way (as a time-boxed cluster job would) right after a checkpoint,
+        # then the same command resumed
         self.run(st, ["syncam-train", *common, "--steps", str(c.train_steps + c.resume_steps), "--stop-after", str(c.train_steps)])
         self.run(st, ["syncam-train", *common, "--steps", str(c.train_steps + c.resume_steps), "--resume", "latest"])
         st.outputs["log"] = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]

@@ -13,10 +13,10 @@ from syncam_data.cli.app import app
 def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Output folder for every stage's outputs, commands.sh, report.html and report.md."),
     seed: int = typer.Option(0, "--seed", help="Seed of scene sampling, frame-set sampling and training."),
-    scenes: int = typer.Option(2, "--scenes", min=1, help="Multi-camera scenes to render."),
+    scenes: int = typer.Option(3, "--scenes", min=1, help="Multi-camera scenes to render."),
     cameras: int = typer.Option(4, "--cameras", min=2, help="Cameras per rendered scene."),
     frames: int = typer.Option(9, "--frames", min=2, help="Frames per rendered scene."),
-    resolution: str = typer.Option("96x160", "--resolution", help="Render size HxW (small: Cycles runs on the CPU)."),
+    resolution: str = typer.Option("128x224", "--resolution", help="Render size HxW (small: Cycles runs on the CPU)."),
     samples: int = typer.Option(8, "--samples", min=1, help="Cycles samples per pixel."),
     train_steps: int = typer.Option(30, "--train-steps", min=2, help="Steps of the first training job (it stops there, then resumes)."),
     resume_steps: int = typer.Option(10, "--resume-steps", min=1, help="Steps the resumed training job adds."),
