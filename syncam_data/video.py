@@ -136,6 +136,16 @@ def probe(src: Source, limits: VideoLimits | None = DEFAULT_LIMITS, count_frames
         container.close()
 
 
+def _checked_stream(container, name: str, limits: VideoLimits | None):
+    """(info, first video stream set up for threaded decoding), after the limits check."""
+    info = _info_from(container, name)
+    if limits is not None:
+        limits.check(info, name)
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    return info, stream
+
+
 def _frame_index(frame, stream, fps: float, start: float) -> int:
     if frame.pts is None or stream.time_base is None:
         return -1
@@ -160,11 +170,7 @@ def decode(
     name = _name(src)
     container = _open(src)
     try:
-        info = _info_from(container, name)
-        if limits is not None:
-            limits.check(info, name)
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        info, stream = _checked_stream(container, name, limits)
         out_w, out_h = size if size else (info.width, info.height)
         fmt = dict(format="rgb24", width=out_w, height=out_h)
         frames_needed = info.num_frames if indices is None else len(indices)
@@ -236,11 +242,7 @@ def iter_frames(src: Source, limits: VideoLimits | None = DEFAULT_LIMITS, size: 
     name = _name(src)
     container = _open(src)
     try:
-        info = _info_from(container, name)
-        if limits is not None:
-            limits.check(info, name)
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        info, stream = _checked_stream(container, name, limits)
         w, h = size if size else (info.width, info.height)
         for i, frame in enumerate(container.decode(stream)):
             if limits is not None and i >= limits.max_frames:
