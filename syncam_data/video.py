@@ -264,6 +264,58 @@ def _even(frames: np.ndarray) -> np.ndarray:
     return frames
 
 
+class VideoWriter:
+    """Streaming H.264 mp4 writer (yuv420p): frames are encoded as they arrive.
+
+    ``target`` is a file path or a binary buffer. Odd sizes are padded by one
+    row/column (H.264 4:2:0 needs even sizes). ``gop`` sets the keyframe
+    interval (short GOPs make random access cheaper at some size cost);
+    ``lookahead`` bounds x264's frame lookahead, i.e. its memory. One encoder
+    thread keeps the output bit-reproducible (x264's threaded lookahead is not).
+    """
+
+    def __init__(self, target: str | os.PathLike | BinaryIO, width: int, height: int, fps: float = 24.0, crf: int = 18,
+                 preset: str = "medium", gop: int | None = None, lookahead: int | None = None) -> None:
+        self.width, self.height = int(width), int(height)
+        self.frames = 0
+        self._container = av.open(target if hasattr(target, "write") else os.fspath(target), mode="w", format="mp4")
+        self._stream = self._container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        self._stream.width, self._stream.height = self.width + self.width % 2, self.height + self.height % 2
+        self._stream.pix_fmt = "yuv420p"
+        opts = {"crf": str(crf), "preset": preset}
+        if gop:
+            opts["g"] = str(gop)
+        if lookahead is not None:
+            opts["rc-lookahead"] = str(lookahead)
+        self._stream.options = opts
+        self._stream.codec_context.thread_count = 1
+
+    def write(self, rgb: np.ndarray) -> None:
+        if rgb.shape != (self.height, self.width, 3) or rgb.dtype != np.uint8:
+            raise VideoError(f"expected a uint8 {self.height}x{self.width}x3 frame, got {rgb.dtype} {rgb.shape}")
+        img = np.ascontiguousarray(_even(rgb[None])[0])
+        for packet in self._stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+            self._container.mux(packet)
+        self.frames += 1
+
+    def close(self) -> None:
+        """Flush the encoder and close the file (idempotent)."""
+        if self._container is None:
+            return
+        try:
+            for packet in self._stream.encode():
+                self._container.mux(packet)
+        finally:
+            self._container.close()
+            self._container = None
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def encode(
     frames: np.ndarray | Iterable[np.ndarray],
     dst: str | os.PathLike | None = None,
@@ -272,36 +324,20 @@ def encode(
     preset: str = "medium",
     gop: int | None = None,
 ) -> bytes | Path:
-    """Encode RGB uint8 frames (N, H, W, 3) to H.264 mp4 (yuv420p).
+    """Encode RGB uint8 frames (N, H, W, 3) to H.264 mp4 (see ``VideoWriter``).
 
     Returns the bytes when ``dst`` is None, else writes ``dst`` atomically
-    (temporary name, then rename) and returns its path. Odd sizes are padded
-    by one row/column. ``gop`` sets the keyframe interval (short GOPs make
-    random access cheaper at some size cost).
+    (temporary name, then rename) and returns its path.
     """
     arr = np.asarray(frames if isinstance(frames, np.ndarray) else np.stack(list(frames)))
     if arr.ndim != 4 or arr.shape[-1] != 3 or arr.shape[0] == 0:
         raise VideoError(f"encode expects (N, H, W, 3) frames, got shape {arr.shape}")
     if arr.dtype != np.uint8:
         raise VideoError(f"encode expects uint8 frames, got {arr.dtype}")
-    arr = _even(arr)
     buf = io.BytesIO()
-    rate = Fraction(fps).limit_denominator(1001)
-    with av.open(buf, mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=rate)
-        stream.width, stream.height = arr.shape[2], arr.shape[1]
-        stream.pix_fmt = "yuv420p"
-        opts = {"crf": str(crf), "preset": preset}
-        if gop:
-            opts["g"] = str(gop)
-        stream.options = opts
-        # Deterministic output: one encoder thread (x264's threaded lookahead is not bit-reproducible).
-        stream.codec_context.thread_count = 1
+    with VideoWriter(buf, arr.shape[2], arr.shape[1], fps=fps, crf=crf, preset=preset, gop=gop) as writer:
         for img in arr:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+            writer.write(img)
     data = buf.getvalue()
     if dst is None:
         return data

@@ -20,16 +20,14 @@ import json
 import os
 import shutil
 import zipfile
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 
 from syncam_data.cameras import Camera
 from syncam_data.ids import check_id
-from syncam_data.video import atomic_write_bytes
+from syncam_data.video import VideoWriter, atomic_write_bytes
 
 SCENE_JSON = "scene.json"
 CAMERAS_JSON = "cameras.json"
@@ -67,19 +65,12 @@ class _CamStream:
         self.ids_raw = work / f"{cam_id}.ids.raw"
         self._depth_f: Any = None
         self._ids_f: Any = None
-        self._container = av.open(str(self.video_tmp), mode="w", format="mp4")
-        self._stream = self._container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-        # Same settings as syncam_data.video.encode (even size, yuv420p, one thread for bit-reproducible output).
-        self._stream.width, self._stream.height = camera.width + camera.width % 2, camera.height + camera.height % 2
-        self._stream.pix_fmt = "yuv420p"
         # A short lookahead bounds memory: 36 open encoders with x264's default 40-frame lookahead hold ~2 GB at 480x720.
-        self._stream.options = {"crf": str(crf), "preset": "medium", "rc-lookahead": "10"}
-        self._stream.codec_context.thread_count = 1
+        self._video: VideoWriter | None = VideoWriter(self.video_tmp, camera.width, camera.height, fps=fps, crf=crf, lookahead=10)
 
     def write(self, rgb: np.ndarray, depth: np.ndarray | None, ids: np.ndarray | None) -> None:
-        img = _even_frame(rgb)
-        for packet in self._stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
-            self._container.mux(packet)
+        assert self._video is not None, "camera stream already closed"
+        self._video.write(rgb)
         if depth is not None:
             d = depth.astype(np.float32)
             if self.depth_dtype == np.float16:
@@ -95,13 +86,11 @@ class _CamStream:
 
     def close(self) -> None:
         """Flush the encoder and the raw files (idempotent)."""
-        if self._container is not None:
+        if self._video is not None:
             try:
-                for packet in self._stream.encode():
-                    self._container.mux(packet)
+                self._video.close()
             finally:
-                self._container.close()
-                self._container = None
+                self._video = None
         for f in (self._depth_f, self._ids_f):
             if f is not None:
                 f.close()
@@ -116,14 +105,6 @@ class _CamStream:
     def raw_array(self, path: Path, dtype: np.dtype, frames: int) -> np.ndarray:
         h, w = self.camera.height, self.camera.width
         return np.memmap(path, dtype=dtype, mode="r", shape=(frames, h, w))
-
-
-def _even_frame(img: np.ndarray) -> np.ndarray:
-    """H.264 yuv420p needs even sizes: pad the last row/column by edge replication (as video.encode does)."""
-    h, w = img.shape[:2]
-    if h % 2 or w % 2:
-        img = np.pad(img, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-    return img
 
 
 class SceneOutput:
