@@ -164,8 +164,15 @@ class ValidationConfig(_Strict):
     every: int = Field(0, ge=0, description="0 = never")
     prompts: list[str] = Field(default_factory=lambda: ["A person walking in a park, sunny day."])
     cameras: str = Field("azimuth:0,30,60,90", description="camera preset understood by syncam-generate")
-    frames: int | None = None
+    frames: int | None = Field(None, description="frames of the validation videos (8N+1; default: data.frames rounded up to 8N+1)")
     steps: int = Field(25, ge=1)
+
+    @field_validator("frames")
+    @classmethod
+    def _decodable(cls, v: int | None) -> int | None:
+        if v is not None and (v < 1 or (v - 1) % 8):
+            raise ValueError(f"{v} is not 8N+1 (CogVideoX's VAE decodes 8N+1 frames exactly), e.g. 9, 17, 49")
+        return v
     guidance: float = Field(6.0, ge=1)
 
 

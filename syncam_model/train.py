@@ -500,7 +500,7 @@ class Trainer:
         model.eval()
         for i in range(self.rank, len(v.prompts), self.world):
             with torch.no_grad():
-                vids = generate(self.components, v.prompts[i], cams, num_frames=v.frames or d.frames, height=d.height, width=d.width,
+                vids = generate(self.components, v.prompts[i], cams, num_frames=v.frames or decodable_frames(d.frames), height=d.height, width=d.width,
                                 steps=v.steps, guidance=v.guidance, seed=self.cfg.seed + i, progress=False)
             grid = ((vids.permute(1, 3, 0, 4, 2).flatten(2, 3) + 1) * 127.5).clamp(0, 255).to(torch.uint8).numpy()  # F, H, n*W, 3
             vio.encode(grid, out / f"prompt{i:02d}.mp4", fps=8)
@@ -543,6 +543,11 @@ class Trainer:
         if cfg.log.tensorboard:
             self.acc.end_training()
         return records
+
+
+def decodable_frames(frames: int) -> int:
+    """The smallest 8N+1 frame count >= ``frames``: what CogVideoX's VAE decodes back exactly (validation videos)."""
+    return (frames - 1 + 7) // 8 * 8 + 1
 
 
 def _point_latest(ck: Path, name: str) -> None:
