@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +107,17 @@ def group_hash(kind: str, digests: list[str]) -> str:
     for d in sorted(digests):
         h.update(b"\n" + d.encode())
     return h.hexdigest()
+
+
+def read_json_object(path: Path, what: str = "") -> dict[str, Any]:
+    """A JSON file that must hold an object; AdapterError names the file otherwise."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise AdapterError(f"{path}: cannot read{' ' + what if what else ''} ({e})") from None
+    if not isinstance(data, dict):
+        raise AdapterError(f"{path}: expected a JSON object")
+    return data
 
 
 def read_bytes(path: Path, what: str) -> bytes:

@@ -10,7 +10,6 @@ their magic bytes).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from syncam_data.shards.adapters.base import (
     image_format,
     image_size,
     read_bytes,
+    read_json_object,
 )
 from syncam_data.shards.schema import ViewRecord
 
@@ -65,11 +65,8 @@ def _cheap_dataset(folder: Path) -> str | None:
 
 def _top(folder: Path) -> dict[str, Any]:
     p = folder / CAMERAS_JSON
-    try:
-        data = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise AdapterError(f"{p}: cannot read ({e})") from None
-    if not isinstance(data, dict) or not data.get("cameras"):
+    data = read_json_object(p)
+    if not data.get("cameras"):
         raise AdapterError(f"{p}: expected an object with a non-empty 'cameras' list")
     return data
 

@@ -10,7 +10,6 @@ writing them.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from syncam_data.shards.adapters.base import (
     npz_array_shape,
     probe_clip,
     read_bytes,
+    read_json_object,
 )
 from syncam_data.shards.schema import ViewRecord
 
@@ -68,14 +68,7 @@ def _cheap_dataset(folder: Path) -> str | None:
 
 
 def _read_scene_json(folder: Path) -> dict[str, Any]:
-    p = folder / SCENE_JSON
-    try:
-        data = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise AdapterError(f"{p}: cannot read scene.json ({e})") from None
-    if not isinstance(data, dict):
-        raise AdapterError(f"{p}: expected a JSON object")
-    return data
+    return read_json_object(folder / SCENE_JSON, "scene.json")
 
 
 def dataset_for_backend(scene: dict[str, Any], where: Path) -> str:
