@@ -551,7 +551,7 @@ def decodable_frames(frames: int) -> int:
 
 
 def _point_latest(ck: Path, name: str) -> None:
-    """``checkpoints/latest`` -> ``step_XXXXXX`` (a relative symlink, swapped atomically)."""
+    """``checkpoints/latest`` -> ``step_<6-digit step>`` (a relative symlink, swapped atomically)."""
     tmp = ck / f".{LATEST}.tmp{os.getpid()}"
     if tmp.is_symlink() or tmp.exists():
         tmp.unlink()

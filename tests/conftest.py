@@ -14,6 +14,20 @@ SHARED = Path(os.environ.get("SYNCAM_SHARED", REPO.parent / "shared"))
 FIXTURES = SHARED / "fixtures"
 
 
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """Tiny models gain nothing from intra-op threads; on a shared 2-core machine two threads make matmuls wait on each other.
+
+    Use with ``pytestmark = pytest.mark.usefixtures("torch_one_thread")``.
+    """
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
 @pytest.fixture
 def fixtures_dir() -> Path:
     if not FIXTURES.exists():

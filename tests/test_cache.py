@@ -21,12 +21,7 @@ OVER = {"data.height": 16, "data.width": 32, "data.frames": 5, "data.frame_sampl
         "curriculum.schedule": [{"start_step": 0, "min_angle": 0, "max_angle": 60}]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

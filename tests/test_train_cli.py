@@ -19,12 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--set", "data.height=16", "--set", "data.width=32", "--set", "data.frames=5"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
