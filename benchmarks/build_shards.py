@@ -43,7 +43,7 @@ from tests.conftest import smooth_frames  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARD_SIZE = "2MB"  # small, so these inputs make several shards (the unit of parallel work)
-EXTRINSICS = REPO.parent / "shared" / "fixtures" / "syncamvideo" / "camera_extrinsics.json"
+EXTRINSICS = REPO / "tests" / "fixtures" / "syncamvideo" / "camera_extrinsics.json"
 
 
 def textured_frames(n: int = 8, h: int = 48, w: int = 64, seed: int = 0) -> np.ndarray:

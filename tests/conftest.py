@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-# CI and developers keep the project's shared/ folder beside the checkout.
-SHARED = Path(os.environ.get("SYNCAM_SHARED", REPO.parent / "shared"))
-FIXTURES = SHARED / "fixtures"
+# Real files in external formats, shipped with the repository (tests/fixtures/README.md says where each came from).
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +27,6 @@ def torch_one_thread():
 
 @pytest.fixture
 def fixtures_dir() -> Path:
-    if not FIXTURES.exists():
-        pytest.fail(f"shared fixtures not found at {FIXTURES}; set SYNCAM_SHARED to the shared/ folder")
     return FIXTURES
 
 

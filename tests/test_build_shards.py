@@ -54,7 +54,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     make_frameset(root / "frames", "seqA_s000", source="realestate10k", fmt="jpg", seed=0)
     make_frameset(root / "frames", "seqB_s000", source="dl3dv", fmt="png", seed=1)
     scores = make_web_videos(root / "web", [("short", 4, "kept"), ("long", 30, "kept"), ("bad", 4, "rejected")])
-    make_syncamvideo(root / "scv", Path(__file__).resolve().parents[1].parent / "shared/fixtures/syncamvideo/camera_extrinsics.json")
+    make_syncamvideo(root / "scv", Path(__file__).resolve().parent / "fixtures/syncamvideo/camera_extrinsics.json")
     return {"root": root, "renders": root / "renders", "frames": root / "frames", "scores": scores, "scv": root / "scv"}
 
 
