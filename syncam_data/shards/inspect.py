@@ -13,6 +13,7 @@ from syncam_data.shards.reader import ShardReader
 
 def summarize(reader: ShardReader) -> dict[str, Any]:
     """Counts per dataset/kind, resolution and frame-count histograms, caption coverage (index only)."""
+    reader.ensure_columns("media_bytes")  # a dataset written by another tool may lack it
     idx = reader.index
     rows = idx.select(["dataset", "kind", "group_id", "width", "height", "num_frames", "caption", "c2w", "media_bytes"]).to_pylist()
     per: dict[str, dict[str, Any]] = {}

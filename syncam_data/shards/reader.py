@@ -1,6 +1,11 @@
 """Read a shard dataset through its index: plan without touching blobs, fetch any row's media.
 
 The model side (``syncam_model``) reads shards only through this module.
+
+Datasets written to Contract 3 by other tools may lack the index columns SynCam added after
+schema version 1: ``row_in_group`` (needed to fetch a blob) is derived when the dataset is opened,
+from each shard's ``sample_id`` column; ``media_bytes`` and ``group_hash`` cost a read of every
+blob and are derived on request (``ensure_columns``). See ``shards/derive.py``.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from syncam_data.shards.derive import DeriveError, complete_index, missing_index_columns
 from syncam_data.shards.schema import BLOB_COLUMNS
 from syncam_data.shards.writer import DATASET_JSON, INDEX_FILE, load_manifest
 
@@ -46,10 +52,14 @@ class ShardReader:
         if not idx_path.exists():
             raise ShardDatasetError(f"{idx_path}: missing index")
         self.index: pa.Table = pq.read_table(idx_path)
+        lacking = sorted({"shard", "row_group", "sample_id"} - set(self.index.column_names))
+        if lacking:
+            raise ShardDatasetError(f"{idx_path}: missing columns {lacking} (Contract 3 index)")
         committed = {s["file"] for s in manifest.get("shards", [])}
         if self.index.num_rows:
             mask = pc.is_in(self.index.column("shard"), value_set=pa.array(sorted(committed), pa.string()))
             self.index = self.index.filter(mask)
+        self.ensure_columns("row_in_group")
         self._files: dict[str, pq.ParquetFile] = {}
         self._cache: OrderedDict[tuple[str, int, str], pa.Array] = OrderedDict()
         self._cache_size = max(1, cache_row_groups)
@@ -57,6 +67,17 @@ class ShardReader:
 
     def __len__(self) -> int:
         return self.index.num_rows
+
+    def ensure_columns(self, *names: str) -> None:
+        """Derive index columns added after schema version 1 that this dataset lacks (``shards/derive.py``)."""
+        missing = missing_index_columns(self.index, names)
+        if not missing:
+            return
+        log.info("%s: index has no %s (written by another tool); deriving from the shards", self.root, ", ".join(missing))
+        try:
+            self.index = complete_index(self.root, self.index, missing)
+        except DeriveError as e:
+            raise ShardDatasetError(str(e)) from None
 
     def __getstate__(self) -> dict[str, Any]:
         # Dataloader workers re-open files lazily.

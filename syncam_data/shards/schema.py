@@ -63,6 +63,14 @@ INDEX_EXTRA = [
 INDEX_SCHEMA = pa.schema([f for f in SCHEMA if f.name not in BLOB_COLUMNS] + INDEX_EXTRA)
 SMALL_COLUMNS = [f.name for f in SCHEMA if f.name not in BLOB_COLUMNS]
 
+# Columns added after schema version 1: SynCam writes them, but a dataset written to the contract
+# by another tool may lack them, so readers and validate treat them as optional (shards/derive.py
+# derives them when needed).
+ADDED_SHARD_COLUMNS = ("group_hash",)
+ADDED_INDEX_COLUMNS = ("group_hash", "row_in_group", "media_bytes")
+V1_SHARD_COLUMNS = [n for n in SCHEMA.names if n not in ADDED_SHARD_COLUMNS]
+V1_INDEX_COLUMNS = [n for n in INDEX_SCHEMA.names if n not in ADDED_INDEX_COLUMNS]
+
 
 class RecordError(ValueError):
     pass

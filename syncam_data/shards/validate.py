@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from syncam_data.cameras import CameraError, check_rotation
 from syncam_data.engine import run_tasks
 from syncam_data.ids import UnsafeIdError, check_id
-from syncam_data.shards.schema import BLOB_COLUMNS, KINDS, LEGACY_TYPES, MEDIA_FORMATS, SCHEMA, SCHEMA_VERSION
+from syncam_data.shards.schema import KINDS, LEGACY_TYPES, MEDIA_FORMATS, SCHEMA, SCHEMA_VERSION, V1_INDEX_COLUMNS, V1_SHARD_COLUMNS
 from syncam_data.shards.writer import DATASET_JSON, INDEX_FILE, sha256_file
 
 log = logging.getLogger(__name__)
@@ -91,8 +91,8 @@ def validate_dataset(root: str | Path, decode_media: bool = True, workers: int =
 
 
 def _check_index(index, shards, ipath: Path, rep: ValidationReport) -> None:
-    need = set(SCHEMA.names) - set(BLOB_COLUMNS) | {"shard", "row_group"}
-    missing = need - set(index.column_names)
+    # Columns added after schema version 1 (group_hash, row_in_group, media_bytes) are optional.
+    missing = set(V1_INDEX_COLUMNS) - set(index.column_names)
     if missing:
         rep.problems.append(f"{ipath}: missing columns {sorted(missing)}")
         return
@@ -129,11 +129,13 @@ def _check_shard(task: tuple[str, dict, bool]) -> tuple[list[str], int]:
     except Exception as e:
         return probs + [f"{path}: not a readable Parquet file ({e})"], 0
     names = set(pf.schema_arrow.names)
-    missing = set(SCHEMA.names) - names
+    missing = set(V1_SHARD_COLUMNS) - names  # added columns (group_hash) are optional
     if missing:
         probs.append(f"{path}: missing columns {sorted(missing)}")
         return probs, 0
     for f in SCHEMA:
+        if f.name not in names:
+            continue
         got = pf.schema_arrow.field(f.name).type
         if not got.equals(f.type) and not (f.name in LEGACY_TYPES and got.equals(LEGACY_TYPES[f.name])):
             probs.append(f"{path}: column {f.name} has type {pf.schema_arrow.field(f.name).type}, expected {f.type}")

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from syncam_data.ids import check_id
+from syncam_data.shards.derive import complete_index
 from syncam_data.shards.schema import (
     BLOB_COLUMNS,
     INDEX_SCHEMA,
@@ -136,7 +137,9 @@ class ShardWriter:
         self.shards: list[dict[str, Any]] = list(self.manifest.get("shards", []))
         self._index_tables: list[pa.Table] = []
         if (self.out / INDEX_FILE).exists() and self.shards:
-            self._index_tables.append(pq.read_table(self.out / INDEX_FILE))
+            # A dataset written by another tool may lack the columns added after schema version 1: derive them.
+            existing = complete_index(self.out, pq.read_table(self.out / INDEX_FILE))
+            self._index_tables.append(existing.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA))
         self.known_groups: set[tuple[str, str]] = set()
         self.known_hashes: set[str] = set()
         for t in self._index_tables:
