@@ -19,6 +19,12 @@ dataloader hands each planned micro-batch to exactly one worker. The kind of
 micro-batch ``m`` (and its view count) is the same on every rank, so ranks
 run equal-shaped steps; a micro-batch holds one kind.
 
+A kind missing from the shards, or one that cannot supply a sample (too few
+views for ``data.num_views``, or no group with enough views in the window of a
+curriculum stage, on any rank's share), is left out of the mix with one
+warning and the mix renormalized; the loader refuses to start only when no
+kind can.
+
 Per kind (Contract 4):
 
 * ``multiview_video``: ``n`` views whose angle to view 0 lies in the current
@@ -151,30 +157,65 @@ class DataIndex:
             )
         for why, count in sorted(self.dropped.items()):
             log.warning("loader: skipping %d group(s) of %s", count, why)
+        self.schedule = AngleSchedule(cfg.curriculum)
+        # A source (kind) that cannot supply a sample is treated like a missing one: left out of the mix.
+        self.unusable = {k: why for k in self.groups if (why := self._cannot_supply(k)) is not None}
         self.mix = self._mix()
-        self.rank_groups = {k: self._share(k, v) for k, v in self.groups.items()}
+        self.rank_groups = {k: self._share(k, v, self.rank) for k, v in self.groups.items() if k in self.mix}
 
     def _mix(self) -> dict[str, float]:
         want = {k: w for k, w in self.cfg.data.mix.items() if w > 0}
-        present = {k: w for k, w in want.items() if self.groups.get(k)}
-        missing = sorted(set(want) - set(present))
+        present = {k: w for k, w in want.items() if self.groups.get(k) and k not in self.unusable}
+        missing = sorted(k for k in want if not self.groups.get(k))
+        unusable = sorted(k for k in want if k in self.unusable)
         if not present:
+            if unusable:
+                return {}  # the sampler refuses to start (check_feasible); the latent cache can still index them
             raise DataError(f"the shards hold no usable groups of any kind in data.mix {sorted(want)}")
+        for k in unusable:  # once per source, with the counts
+            log.warning("loader: %s; treated like a missing source: data.mix renormalized over %s", self.unusable[k], sorted(present))
         if missing:
             log.warning("loader: no usable groups of %s in the shards; data.mix renormalized over %s", missing, sorted(present))
         total = sum(present.values())
         return {k: present[k] / total for k in KINDS if k in present}
 
-    def _share(self, kind: str, groups: list[Group]) -> list[Group]:
-        """This rank's disjoint share of a kind's groups (a seeded shuffle, then every world_size-th)."""
+    def _share(self, kind: str, groups: list[Group], rank: int) -> list[Group]:
+        """Rank ``rank``'s disjoint share of a kind's groups (a seeded shuffle, then every world_size-th)."""
         if self.world_size == 1:
             return groups
         perm = np.random.default_rng([self.cfg.seed, 1, KINDS.index(kind)]).permutation(len(groups))
-        mine = [groups[i] for i in perm[self.rank :: self.world_size]]
+        mine = [groups[i] for i in perm[rank :: self.world_size]]
         if not mine:
-            log.warning("loader: %d %s group(s) for %d ranks; rank %d reuses all of them", len(groups), kind, self.world_size, self.rank)
+            if rank == self.rank:
+                log.warning("loader: %d %s group(s) for %d ranks; rank %d reuses all of them", len(groups), kind, self.world_size, rank)
             return groups
         return mine
+
+    def _cannot_supply(self, kind: str) -> str | None:
+        """Why ``kind`` cannot supply every sample the sampler may ask of it, or None when it can.
+
+        A sample needs n views (each n in data.num_views) in the window of every curriculum stage.
+        Decided on every rank's share, not just this rank's: every rank must train the same kinds.
+        """
+        if kind == "single_video":
+            return None
+        lo, hi = self.cfg.data.views_range
+        groups = self.groups[kind]
+        for s, start in enumerate(self.schedule.starts):
+            win = self.window(kind, start, self.schedule)
+            for n in range(lo, hi + 1):
+                for r in range(self.world_size):
+                    if any(len(g.rows) >= n and (win is None or feasible(g.angles, n, win)) for g in self._share(kind, groups, r)):
+                        continue
+                    able = sum(1 for g in groups if len(g.rows) >= n and (win is None or feasible(g.angles, n, win)))
+                    sizes = sorted(len(g.rows) for g in groups)
+                    where = f" in the window of curriculum.schedule[{s}] ({win.lo:g}-{win.hi:g} deg)" if win else ""
+                    on = f" (none on rank {r} of {self.world_size})" if able else ""
+                    return (
+                        f"{kind}: {able} of {len(groups)} {kind} groups can give {n} views{where}{on}; "
+                        f"they have {sizes[0]}-{sizes[-1]} views, data.num_views={self.cfg.data.num_views}"
+                    )
+        return None
 
     def window(self, kind: str, step: int, schedule: AngleSchedule) -> Window | None:
         if kind == "multiview_video" or (kind == "multiview_image" and self.cfg.curriculum.apply_to_images):
@@ -182,20 +223,13 @@ class DataIndex:
         return None
 
     def check_feasible(self, schedule: AngleSchedule) -> None:
-        """Fail at start, not at step 20k, if a curriculum stage has no group with enough views in its window."""
-        lo, hi = self.cfg.data.views_range
-        for kind in ("multiview_video", "multiview_image"):
-            groups = self.rank_groups.get(kind)
-            if not groups:
-                continue
-            for s, start in enumerate(schedule.starts):
-                win = self.window(kind, start, schedule)
-                for n in (lo, hi):
-                    if not any(len(g.rows) >= n and (win is None or feasible(g.angles, n, win)) for g in groups):
-                        where = f"curriculum.schedule[{s}] ({win.lo:g}-{win.hi:g} deg) and " if win else ""
-                        raise DataError(
-                            f"no {kind} group on rank {self.rank} can give {n} views for {where}data.num_views={self.cfg.data.num_views}"
-                        )
+        """Fail at start, not at step 20k, if a kind in the mix cannot give a sample at some curriculum stage."""
+        if not self.mix:
+            raise DataError("no source in data.mix can supply a sample: " + "; ".join(self.unusable[k] for k in sorted(self.unusable)))
+        for kind in self.mix:
+            why = self._cannot_supply(kind)
+            if why is not None:
+                raise DataError(why)
 
 
 # --- plans ------------------------------------------------------------------------------------
@@ -563,7 +597,7 @@ def build_loader(
         "loader: rank %d/%d, groups %s, mix %s",
         rank,
         world_size,
-        {k: f"{len(index.rank_groups[k])}/{len(v)}" for k, v in index.groups.items()},
+        {k: f"{len(index.rank_groups[k])}/{len(index.groups[k])}" for k in index.rank_groups},
         {k: round(v, 3) for k, v in index.mix.items()},
     )
     return Loader(reader, index, sampler, dataset, cache)

@@ -40,6 +40,7 @@ def make_shards(
     frames: int = 9,
     hw: tuple[int, int] = (40, 56),
     corrupt: str | None = None,
+    img_views: int | list[int] = 4,
 ) -> Path:
     """A tiny shard dataset: multi-view video on a ring (angles = 20 deg x index gap), image sets, single videos.
 
@@ -61,7 +62,7 @@ def make_shards(
         groups.append(recs)
     for g in range(img_groups):
         recs = []
-        for v in range(4):
+        for v in range(img_views if isinstance(img_views, int) else img_views[g]):
             img = smooth_frames(1, h, w, seed=900 + 10 * g + v)[0]
             ok, png = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
             recs.append(
@@ -208,10 +209,52 @@ def test_missing_kind_renormalizes_and_infeasible_groups_are_skipped(tmp_path, c
         loader = build_loader(str(root), cfg)
     assert "renormalized" in caplog.text
     assert loader.index.mix == pytest.approx({"multiview_video": 0.75, "single_video": 0.25})
-    # angles 20 and 40 deg on a 3-camera ring: the 30-30 window has no pair at all -> refused at start
-    cfg2 = tiny_cfg(**{"data.num_views": 2, "curriculum.schedule": [{"start_step": 0, "min_angle": 25, "max_angle": 35}]})
+    # angles 20 and 40 deg on a 3-camera ring: the 25-35 window has no pair at all. With video as the only
+    # source that is refused at start, naming the stage...
+    only_video = {"data.num_views": 2, "data.mix": {"multiview_video": 1.0},
+                  "curriculum.schedule": [{"start_step": 0, "min_angle": 25, "max_angle": 35}]}
     with pytest.raises(DataError, match=r"curriculum\.schedule\[0\]"):
-        build_loader(str(root), cfg2)
+        build_loader(str(root), tiny_cfg(**only_video))
+    # ...with another source present, the video source is treated like a missing one (issue 15, point 5)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        loader = build_loader(str(root), tiny_cfg(**{**only_video, "data.mix": {"multiview_video": 0.6, "single_video": 0.2}}))
+    assert loader.index.mix == {"single_video": 1.0}
+    assert "curriculum.schedule[0]" in caplog.text and "0 of 3 multiview_video groups" in caplog.text
+
+
+def test_a_source_that_cannot_supply_a_sample_is_left_out_of_the_mix(tmp_path, caplog):
+    # image sets of 2 views cannot give data.num_views=3: warn once with the counts, renormalize, go on
+    root = make_shards(tmp_path / "s", mv_groups=2, views=7, img_groups=3, img_views=2, single_groups=1)
+    cfg = tiny_cfg(**{"data.num_views": 3})
+    with caplog.at_level("WARNING"):
+        loader = build_loader(str(root), cfg)
+    warnings = [r.getMessage() for r in caplog.records if "multiview_image" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "0 of 3 multiview_image groups can give 3 views" in warnings[0] and "2 views" in warnings[0]
+    assert loader.index.mix == pytest.approx({"multiview_video": 0.75, "single_video": 0.25})
+    kinds = {loader.sampler.plan().kind for _ in range(60)}
+    assert kinds == {"multiview_video", "single_video"}
+    batch = next(iter(build_loader(str(root), cfg, total_micro=1).dataloader()))
+    assert batch["video"].shape[1] == (1 if batch["kind"] == "single_video" else 3)
+    # a range the image sets can serve in part is still refused for them: every drawn n must be possible
+    assert set(build_loader(str(root), tiny_cfg(**{"data.num_views": [2, 3]})).index.mix) == {"multiview_video", "single_video"}
+    # ...and when no source can supply a sample, training stops with every reason
+    with pytest.raises(DataError, match=r"multiview_image.*0 of 3"):
+        build_loader(str(root), tiny_cfg(**{"data.num_views": 3, "data.mix": {"multiview_image": 1.0}}))
+
+
+def test_feasibility_is_decided_the_same_on_every_rank(tmp_path):
+    # 2 image sets that can give 4 views and 2 that cannot. Each rank owns a seeded half of them; every rank
+    # must train the same kinds, so a source is usable only if every rank's share can supply it.
+    root = make_shards(tmp_path / "s", mv_groups=2, views=7, img_groups=4, img_views=[4, 4, 2, 2], single_groups=2)
+    kept = []
+    for seed in (0, 2):  # seed 0 gives one rank both 4-view sets, seed 2 gives each rank one
+        cfg = tiny_cfg(**{"data.num_views": 4, "seed": seed})
+        mixes = [build_loader(str(root), cfg, rank=r, world_size=2).index.mix for r in range(2)]
+        assert mixes[0] == mixes[1]
+        kept.append("multiview_image" in mixes[0])
+    assert kept == [False, True]
 
 
 def test_window_skips_are_counted(tmp_path):
