@@ -85,7 +85,7 @@ class Camera:
         self.fx, self.fy, self.cx, self.cy = (float(v) for v in (self.fx, self.fy, self.cx, self.cy))
         if self.width <= 0 or self.height <= 0:
             raise CameraError(f"image size must be positive, got {self.width}x{self.height}")
-        if not (self.fx > 0 and self.fy > 0) or not all(map(math.isfinite, (self.cx, self.cy))):
+        if not (self.fx > 0 and self.fy > 0) or not all(map(math.isfinite, (self.fx, self.fy, self.cx, self.cy))):
             raise CameraError(f"invalid intrinsics fx={self.fx} fy={self.fy} cx={self.cx} cy={self.cy}")
 
     # --- basic views -----------------------------------------------------

@@ -153,6 +153,28 @@ def _frame_index(frame, stream, fps: float, start: float) -> int:
     return int(round(t * fps))
 
 
+class _Budget:
+    """Bytes of decoded frames kept so far, checked against ``max_decoded_bytes`` as frames arrive.
+
+    Headers can lie or say nothing (a Matroska file written to a pipe has no
+    duration and no frame count), so the limit is enforced on what is
+    actually decoded, inside the decode loop, not on what the header promises.
+    """
+
+    def __init__(self, limits: VideoLimits | None, name: str) -> None:
+        self.limit = limits.max_decoded_bytes if limits is not None else None
+        self.name = name
+        self.used = 0
+
+    def take(self, nbytes: int, frames: int) -> None:
+        self.used += nbytes
+        if self.limit is not None and self.used > self.limit:
+            raise VideoError(
+                f"{self.name}: decoding stopped after {frames} frame(s): they take {self.used / 2**20:.1f} MiB, "
+                f"over the memory limit of {self.limit / 2**20:.1f} MiB (VideoLimits.max_decoded_bytes)"
+            )
+
+
 def decode(
     src: Source,
     indices: Sequence[int] | None = None,
@@ -165,7 +187,9 @@ def decode(
     numbers, in the requested order (duplicates allowed): the decoder seeks
     backward to the keyframe before the first wanted frame and decodes forward,
     seeking again only across large gaps. ``size=(W, H)`` rescales while
-    converting (cheaper than resizing afterwards).
+    converting (cheaper than resizing afterwards). The frames kept may not
+    exceed ``limits.max_decoded_bytes`` (checked before decoding from the
+    header, and again on every frame kept).
     """
     name = _name(src)
     container = _open(src)
@@ -173,13 +197,16 @@ def decode(
         info, stream = _checked_stream(container, name, limits)
         out_w, out_h = size if size else (info.width, info.height)
         fmt = dict(format="rgb24", width=out_w, height=out_h)
+        frame_bytes = out_w * out_h * 3
         frames_needed = info.num_frames if indices is None else len(indices)
-        if limits is not None and frames_needed * out_w * out_h * 3 > limits.max_decoded_bytes:
+        if limits is not None and frames_needed * frame_bytes > limits.max_decoded_bytes:
             raise VideoError(f"{name}: decoding {frames_needed} frames at {out_w}x{out_h} exceeds the memory limit")
+        budget = _Budget(limits, name)
 
         if indices is None:
             frames = []
             for frame in container.decode(stream):
+                budget.take(frame_bytes, len(frames) + 1)
                 frames.append(frame.to_ndarray(**fmt))
                 if limits is not None and len(frames) > limits.max_frames:
                     raise VideoError(f"{name}: more than {limits.max_frames} frames")
@@ -190,7 +217,9 @@ def decode(
         wanted = sorted(set(int(i) for i in indices))
         if wanted and wanted[0] < 0:
             raise VideoError(f"{name}: negative frame index {wanted[0]}")
-        got = _decode_sorted(container, stream, info, wanted, fmt, name)
+        # Duplicated indices are copies of kept frames: the output's size counts against the limit too.
+        budget.take(frame_bytes * (len(indices) - len(wanted)), 0)
+        got = _decode_sorted(container, stream, info, wanted, fmt, name, budget, frame_bytes)
         missing = [i for i in wanted if i not in got]
         if missing:
             raise VideoError(f"{name}: frame(s) {missing[:5]} not in video ({info.num_frames} frames)")
@@ -201,7 +230,29 @@ def decode(
         container.close()
 
 
-def _decode_sorted(container, stream, info: VideoInfo, wanted: list[int], fmt: dict, name: str) -> dict[int, np.ndarray]:
+def count_decoded(src: Source, limits: VideoLimits | None = DEFAULT_LIMITS) -> tuple[int, int, int]:
+    """(frames, width, height) found by decoding every frame and keeping none (checks a clip in constant memory)."""
+    name = _name(src)
+    container = _open(src)
+    try:
+        info, stream = _checked_stream(container, name, limits)
+        n = 0
+        for frame in container.decode(stream):
+            n += 1
+            if (frame.width, frame.height) != (info.width, info.height):
+                raise VideoError(f"{name}: frame {n - 1} is {frame.width}x{frame.height}, the stream says {info.width}x{info.height}")
+            if limits is not None and n > limits.max_frames:
+                raise VideoError(f"{name}: more than {limits.max_frames} frames")
+        if not n:
+            raise VideoError(f"{name}: no decodable frames")
+        return n, info.width, info.height
+    except av.error.FFmpegError as e:
+        raise VideoError(f"{name}: corrupt video ({e})") from None
+    finally:
+        container.close()
+
+
+def _decode_sorted(container, stream, info: VideoInfo, wanted: list[int], fmt: dict, name: str, budget: _Budget, frame_bytes: int) -> dict[int, np.ndarray]:
     fps = info.fps or 1.0
     tb = stream.time_base
     start = float(stream.start_time * tb) if (stream.start_time is not None and tb is not None) else 0.0
@@ -224,6 +275,7 @@ def _decode_sorted(container, stream, info: VideoInfo, wanted: list[int], fmt: d
                 continue
             while pos < len(wanted) and wanted[pos] <= idx:
                 if wanted[pos] == idx:
+                    budget.take(frame_bytes, len(got) + 1)
                     got[idx] = frame.to_ndarray(**fmt)
                 pos += 1
             if pos >= len(wanted):

@@ -70,7 +70,10 @@ def test_renders_cameras_media_depth_captions_survive(inputs, tmp_path):
     build(out, "--renders", str(inputs["renders"]))
     reader = assert_valid(out)
     groups = reader.groups()
-    assert set(groups) == {("syncam-blender", "sceneA"), ("syncam-unreal", "sceneB")}  # temp and incomplete folders skipped
+    assert set(groups) == {("syncam-blender", "sceneA"), ("syncam-unreal", "sceneB")}  # temp and unreadable folders left out
+    # The temporary folder of a running render is skipped; a scene folder without scene.json is an error row.
+    (err,) = reader.manifest["stats"]["builds"][-1]["errors"]
+    assert err["input"].endswith("/sceneD") and "scene.json" in err["error"]
     for (ds, scene), idx in groups.items():
         folder = inputs["renders"] / scene
         cams = {c["id"]: c for c in json.loads((folder / "cameras.json").read_text())["cameras"]}
@@ -324,6 +327,7 @@ def test_uncommitted_shard_of_a_killed_build_is_replaced(inputs, tmp_path):
     index = pq.read_table(out / "index.parquet")
     pq.write_table(index.filter(np.array([s == "syncam-00000.parquet" for s in index.column("shard").to_pylist()])), out / "index.parquet")
     manifest["num_rows"] = manifest["shards"][0]["num_rows"]
+    manifest["index_sha256"] = hashlib.sha256((out / "index.parquet").read_bytes()).hexdigest()  # as the first commit recorded it
     (out / "dataset.json").write_text(json.dumps(manifest))
     reader = assert_valid(out)
     assert len(reader.groups()) == 1
@@ -336,6 +340,7 @@ def test_uncommitted_shard_of_a_killed_build_is_replaced(inputs, tmp_path):
 def test_bad_group_is_recorded_and_skipped_whole(inputs, tmp_path):
     renders = tmp_path / "renders"
     shutil.copytree(inputs["renders"], renders)
+    shutil.rmtree(renders / "sceneD")  # an unreadable scene folder is an error row of its own (see test_renders_...)
     (renders / "sceneB" / "videos" / "cam01.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 40)
     out = tmp_path / "ds"
     res = runner.invoke(app, ["build-shards", "--out", str(out), "--renders", str(renders), "--fail-on-error"])

@@ -199,13 +199,19 @@ def read_cameras_json(path: Path) -> list[tuple[str, Camera, dict[str, Any]]]:
     """[(id, Camera, full entry)] from a cameras.json (render output or frame set)."""
     try:
         data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: cannot read cameras.json ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("cameras", []), list):
+        raise ValueError(f"{path}: expected an object with a 'cameras' list")
     out = []
     for i, e in enumerate(data.get("cameras", [])):
         try:
+            if not isinstance(e, dict):
+                raise ValueError("not an object")
             out.append((check_id(e["id"], "camera id", str(path)), Camera.from_dict(e), e))
-        except (KeyError, ValueError) as err:
+        except KeyError as err:
+            raise ValueError(f"{path}: camera entry {i}: missing key {err}") from None
+        except (TypeError, ValueError) as err:
             raise ValueError(f"{path}: camera entry {i}: {err}") from None
     return out
 

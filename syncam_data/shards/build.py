@@ -15,12 +15,15 @@ One mechanism for every engine, so ``--engine local`` (any ``--workers``) and
 4. **write** (tasks): each batch converts its groups to view records and
    writes one shard under a temporary name in the output folder (a group
    that fails is recorded and left out whole).
-5. **commit** (driver, as tasks finish): rename the shard, add it to
-   ``dataset.json`` and ``index.parquet`` (rewritten after every shard).
+5. **commit** (driver, as tasks finish): rename the shard to its reserved
+   name, rewrite ``index.parquet``, then ``dataset.json`` -- the commit point
+   (see ``ShardWriter``).
 
-A killed build leaves the committed shards valid; temporary files and
-renamed-but-uncommitted shards are removed by the next run, which redoes their
-groups. On Ray the output folder (and the inputs) must be on storage that
+Every record is checked with ``validate``'s rules before it is written; a
+group that fails is recorded as an error and left out whole. A killed build
+leaves the committed shards valid; temporary files and renamed-but-uncommitted
+shards are removed by the next run (which rebuilds an index that does not
+match ``dataset.json``) and their groups redone under new shard names. On Ray the output folder (and the inputs) must be on storage that
 every node sees at the same path.
 """
 
@@ -30,7 +33,6 @@ import concurrent.futures as cf
 import json
 import logging
 import os
-import re
 import socket
 import time
 from dataclasses import asdict, dataclass, field
@@ -38,7 +40,6 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from syncam_data.engine import TaskResult, run_tasks
@@ -46,7 +47,7 @@ from syncam_data.shards import adapters
 from syncam_data.shards.adapters import AdapterError, AdapterOptions, GroupPlan, GroupRef
 from syncam_data.shards.captions import Captions, load_captions
 from syncam_data.shards.schema import INDEX_SCHEMA, SMALL_COLUMNS, rows_to_table
-from syncam_data.shards.writer import DATASET_JSON, INDEX_FILE, ShardWriter, load_manifest, parquet_writer, parse_size, sha256_file
+from syncam_data.shards.writer import ShardWriter, check_group_before_write, parquet_writer, parse_size, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +216,8 @@ def write_batch(batch: Batch) -> BatchResult:
                 for r in records:
                     r.validate()
                 rows = [r.to_row() for r in records]
+                # validate's rules, before anything is written: committed shards are never rewritten.
+                check_group_before_write(rows)
             except Exception as e:  # one bad group is recorded and left out whole; the batch goes on
                 errors.append({"group": f"{plan.dataset}/{plan.group_id}", "input": plan.ref.label, "error": f"{type(e).__name__}: {e}"})
                 log.warning("%s: %s", plan.ref.label, e)
@@ -273,20 +276,6 @@ class BuildLock:
 
     def __exit__(self, *exc: Any) -> None:
         self.path.unlink(missing_ok=True)
-
-
-def remove_uncommitted_shards(out: Path, name: str) -> list[str]:
-    """Delete shard files a killed build renamed but never listed (their groups are redone)."""
-    manifest = load_manifest(out) or {}
-    listed = {s["file"] for s in manifest.get("shards", [])}
-    pat = re.compile(rf"^{re.escape(name)}-\d{{5}}\.parquet$")
-    removed = []
-    for p in sorted(out.glob("*.parquet")):
-        if pat.match(p.name) and p.name not in listed and p.name != INDEX_FILE:
-            log.warning("%s: removing a shard an interrupted build never committed (its groups will be rebuilt)", p)
-            p.unlink()
-            removed.append(p.name)
-    return removed
 
 
 def discover_all(cfg: BuildConfig) -> list[GroupRef]:
@@ -389,7 +378,7 @@ def build_shards(cfg: BuildConfig) -> BuildSummary:
     summary = BuildSummary(str(cfg.out), discovered=len(refs), engine=cfg.engine, workers=cfg.workers)
     run_kw = dict(engine=cfg.engine, workers=cfg.workers, ray_address=cfg.ray_address, progress=cfg.progress)
     with BuildLock(cfg.out):
-        remove_uncommitted_shards(cfg.out, cfg.name)
+        # Opening the writer deletes uncommitted shards and rebuilds an index that does not match dataset.json.
         writer = ShardWriter(cfg.out, name=cfg.name, shard_size=cfg.shard_size, row_group_size=cfg.row_group_size, build_args=cfg.build_args())
         todo = [r for r in refs if not (r.dataset and r.group_id and writer.has_group(r.dataset, r.group_id))]
         summary.skipped_existing += len(refs) - len(todo)
@@ -441,7 +430,6 @@ def finish(writer: ShardWriter, summary: BuildSummary, cfg: BuildConfig) -> None
     different builds may have been made with different options) and dataset-wide caption coverage."""
     prev = writer.manifest.get("stats", {})
     builds = list(prev.get("builds", [])) + [{**summary.to_dict(), "build_args": cfg.build_args(), "sources": [f"{k}:{p}" for k, p in cfg.sources()]}]
-    ipath = writer.out / INDEX_FILE
-    caps = pq.read_table(ipath, columns=["caption"]).column(0).to_pylist() if ipath.exists() and writer.shards else []
+    caps = writer.index_table().column("caption").to_pylist()
     stats = {"builds": builds, "views": len(caps), "views_without_caption": sum(1 for c in caps if not c)}
     writer.close(stats)

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from syncam_data.shards.derive import DeriveError, complete_index, missing_index_columns
 from syncam_data.shards.schema import BLOB_COLUMNS
-from syncam_data.shards.writer import DATASET_JSON, INDEX_FILE, load_manifest
+from syncam_data.shards.writer import DATASET_JSON, INDEX_FILE, load_manifest, read_index
 
 log = logging.getLogger(__name__)
 
@@ -44,21 +44,23 @@ class ShardReader:
 
     def __init__(self, root: str | os.PathLike, cache_row_groups: int = 2) -> None:
         self.root = Path(root)
-        manifest = load_manifest(self.root)
+        if not self.root.is_dir():
+            raise ShardDatasetError(f"{self.root}: not a folder (a shard dataset is a folder with {DATASET_JSON})")
+        try:
+            manifest = load_manifest(self.root)
+        except ValueError as e:
+            raise ShardDatasetError(str(e)) from None
         if manifest is None:
             raise ShardDatasetError(f"{self.root}: no {DATASET_JSON} (not a shard dataset, or a build never committed)")
         self.manifest: dict[str, Any] = manifest
-        idx_path = self.root / INDEX_FILE
-        if not idx_path.exists():
-            raise ShardDatasetError(f"{idx_path}: missing index")
-        self.index: pa.Table = pq.read_table(idx_path)
-        lacking = sorted({"shard", "row_group", "sample_id"} - set(self.index.column_names))
-        if lacking:
-            raise ShardDatasetError(f"{idx_path}: missing columns {lacking} (Contract 3 index)")
-        committed = {s["file"] for s in manifest.get("shards", [])}
-        if self.index.num_rows:
-            mask = pc.is_in(self.index.column("shard"), value_set=pa.array(sorted(committed), pa.string()))
-            self.index = self.index.filter(mask)
+        # dataset.json is the commit point: the index is exactly its shards' rows (rebuilt in memory when
+        # index.parquet does not carry the sha256 dataset.json records: an interrupted commit or damage).
+        try:
+            self.index, state = read_index(self.root, manifest)
+        except ValueError as e:
+            raise ShardDatasetError(str(e)) from None
+        if state == "rebuilt":
+            log.warning("%s: does not match %s; using an index rebuilt from the shards (re-run build-shards to repair the file)", self.root / INDEX_FILE, DATASET_JSON)
         self.ensure_columns("row_in_group")
         self._files: dict[str, pq.ParquetFile] = {}
         self._cache: OrderedDict[tuple[str, int, str], pa.Array] = OrderedDict()

@@ -1,4 +1,9 @@
-"""Check a shard dataset against Contract 3: manifest, checksums, schema, index, every row's media and cameras."""
+"""Check a shard dataset against Contract 3: manifest, checksums, schema, index, every row's media and cameras.
+
+Every index row is compared with the shard row it points at (ids, cameras,
+sizes, every small column): the loader plans batches and takes poses from the
+index, so damage there must not pass unseen.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from syncam_data.cameras import CameraError, check_rotation
 from syncam_data.engine import run_tasks
 from syncam_data.ids import UnsafeIdError, check_id
-from syncam_data.shards.schema import KINDS, LEGACY_TYPES, MEDIA_FORMATS, SCHEMA, SCHEMA_VERSION, V1_INDEX_COLUMNS, V1_SHARD_COLUMNS
-from syncam_data.shards.writer import DATASET_JSON, INDEX_FILE, sha256_file
+from syncam_data.shards.schema import KINDS, LEGACY_TYPES, MEDIA_FORMATS, SCHEMA, SCHEMA_VERSION, SMALL_COLUMNS, V1_INDEX_COLUMNS, V1_SHARD_COLUMNS
+from syncam_data.shards.writer import DATASET_JSON, INDEX_FILE, load_manifest, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +48,13 @@ def validate_dataset(root: str | Path, decode_media: bool = True, workers: int =
     root = Path(root)
     rep = ValidationReport(str(root))
     mpath = root / DATASET_JSON
-    if not mpath.is_file():
+    if not mpath.exists():
         rep.problems.append(f"{mpath}: missing (no committed build)")
         return rep
     try:
-        manifest = json.loads(mpath.read_text())
-    except json.JSONDecodeError as e:
-        rep.problems.append(f"{mpath}: not valid JSON ({e})")
+        manifest = load_manifest(root) or {}
+    except ValueError as e:
+        rep.problems.append(str(e))
         return rep
     if manifest.get("schema_version") != SCHEMA_VERSION:
         rep.problems.append(f"{mpath}: schema_version {manifest.get('schema_version')!r}, expected {SCHEMA_VERSION}")
@@ -72,10 +79,14 @@ def validate_dataset(root: str | Path, decode_media: bool = True, workers: int =
             index = pq.read_table(ipath)
         except Exception as e:
             rep.problems.append(f"{ipath}: unreadable ({e})")
-    if index is not None:
-        _check_index(index, shards, ipath, rep)
+        want = manifest.get("index_sha256")
+        if want and sha256_file(ipath) != want:
+            # The rows are also compared with the shards below, which says what differs.
+            rep.problems.append(f"{ipath}: sha256 differs from the one dataset.json records (damaged, or left by an interrupted build; re-running build-shards rebuilds it)")
+    if index is not None and not _check_index(index, shards, ipath, rep):
+        index = None
 
-    tasks = [(str(root / s["file"]), s, decode_media) for s in shards if "file" in s]
+    tasks = [(str(root / s["file"]), s, decode_media, _index_part(index, s["file"])) for s in shards]
     for r in run_tasks(_check_shard, tasks, workers=workers, desc="validate", unit="shard"):
         if not r.ok:
             rep.problems.append(f"{r.item[0]}: {r.error}")
@@ -90,12 +101,20 @@ def validate_dataset(root: str | Path, decode_media: bool = True, workers: int =
     return rep
 
 
-def _check_index(index, shards, ipath: Path, rep: ValidationReport) -> None:
+def _index_part(index, file: str):
+    """The index rows of one shard (an Arrow table: cheap to send to a worker), or None without a usable index."""
+    if index is None:
+        return None
+    return index.filter(pc.equal(index.column("shard"), pa.scalar(file, pa.string())))
+
+
+def _check_index(index, shards, ipath: Path, rep: ValidationReport) -> bool:
+    """Index-wide checks; False when the index lacks columns, so it cannot be compared with the shards."""
     # Columns added after schema version 1 (group_hash, row_in_group, media_bytes) are optional.
     missing = set(V1_INDEX_COLUMNS) - set(index.column_names)
     if missing:
         rep.problems.append(f"{ipath}: missing columns {sorted(missing)}")
-        return
+        return False
     total = sum(int(s.get("num_rows", 0)) for s in shards)
     if index.num_rows != total:
         rep.problems.append(f"{ipath}: {index.num_rows} rows, dataset.json lists {total}")
@@ -113,10 +132,28 @@ def _check_index(index, shards, ipath: Path, rep: ValidationReport) -> None:
     for (d, g), kinds in groups.items():
         if len(kinds) > 1:
             rep.problems.append(f"{ipath}: group {d}/{g} mixes kinds or frame counts {sorted(kinds)}")
+    return True
 
 
-def _check_shard(task: tuple[str, dict, bool]) -> tuple[list[str], int]:
-    path_s, info, decode_media = task
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
+        return True  # NaN scores on both sides
+    return a == b
+
+
+def _compare_with_index(path: Path, rg: int, k: int, row: dict[str, Any], idx: dict[str, Any] | None) -> list[str]:
+    """An index row must repeat its shard row exactly (the loader plans and takes poses from the index)."""
+    where = f"{path}: row group {rg} row {k} ({row.get('sample_id')})"
+    if idx is None:
+        return [f"{where}: not in index.parquet"]
+    diff = [c for c in SMALL_COLUMNS if c in idx and c in row and not _same(idx[c], row[c])]
+    if "media_bytes" in idx and idx["media_bytes"] != len(row.get("media") or b""):
+        diff.append("media_bytes")
+    return [f"{where}: index.parquet differs from the shard in {', '.join(diff)}"] if diff else []
+
+
+def _check_shard(task: tuple[str, dict, bool, Any]) -> tuple[list[str], int]:
+    path_s, info, decode_media, index_part = task
     path = Path(path_s)
     probs: list[str] = []
     if not path.is_file():
@@ -141,11 +178,22 @@ def _check_shard(task: tuple[str, dict, bool]) -> tuple[list[str], int]:
             probs.append(f"{path}: column {f.name} has type {pf.schema_arrow.field(f.name).type}, expected {f.type}")
     if pf.metadata.num_rows != info.get("num_rows"):
         probs.append(f"{path}: {pf.metadata.num_rows} rows, dataset.json says {info.get('num_rows')}")
+    index_rows = None
+    if index_part is not None:
+        # Rows are found by their position; an index without row_in_group (another tool's) by sample id.
+        by_pos = "row_in_group" in index_part.column_names
+        index_rows = {(r["row_group"], r["row_in_group"] if by_pos else r["sample_id"]): r for r in index_part.to_pylist()}
+        if len(index_rows) != index_part.num_rows:
+            probs.append(f"{path}: index.parquet lists some rows of this shard twice")
     n = 0
     for rg in range(pf.num_row_groups):
-        for row in pf.read_row_group(rg).to_pylist():
+        for k, row in enumerate(pf.read_row_group(rg).to_pylist()):
             n += 1
             probs.extend(f"{path}: {row.get('sample_id')}: {p}" for p in check_row(row, decode_media))
+            if index_rows is not None:
+                probs.extend(_compare_with_index(path, rg, k, row, index_rows.pop((rg, k if by_pos else row.get("sample_id")), None)))
+    if index_rows:
+        probs.append(f"{path}: index.parquet has {len(index_rows)} row(s) that are not in this shard, e.g. {sorted(index_rows)[0]}")
     return probs, n
 
 
@@ -175,10 +223,14 @@ def check_row(row: dict[str, Any], decode_media: bool = True) -> list[str]:
     if c2w is not None and len(c2w) != 12:
         p.append(f"c2w has {len(c2w)} numbers, expected 12")
     elif c2w is not None:
-        try:
-            check_rotation(np.asarray(c2w, dtype=np.float64).reshape(3, 4)[:, :3], tol=1e-3, what="c2w rotation")
-        except CameraError as e:
-            p.append(str(e))
+        m = np.asarray(c2w, dtype=np.float64).reshape(3, 4)
+        if not np.all(np.isfinite(m)):
+            p.append("c2w contains NaN or infinity")
+        else:
+            try:
+                check_rotation(m[:, :3], tol=1e-3, what="c2w rotation")
+            except CameraError as e:
+                p.append(str(e))
     try:
         json.loads(row.get("extra") or "{}")
     except json.JSONDecodeError:
@@ -190,18 +242,27 @@ def check_row(row: dict[str, Any], decode_media: bool = True) -> list[str]:
     return p
 
 
+def check_group_rows(rows: list[dict[str, Any]]) -> list[str]:
+    """validate's rules for one group's rows, media not decoded (what build-shards checks before writing)."""
+    probs = [f"{r.get('sample_id')}: {p}" for r in rows for p in check_row(r, decode_media=False)]
+    kinds = {(r["kind"], r["num_frames"] if r["kind"] == "multiview_video" else 0) for r in rows}
+    if len(kinds) > 1:
+        probs.append(f"group {rows[0].get('dataset')}/{rows[0].get('group_id')} mixes kinds or frame counts {sorted(kinds)}")
+    return probs
+
+
 def _check_media(row: dict[str, Any]) -> list[str]:
-    from syncam_data.video import VideoError, decode
+    from syncam_data.video import VideoError, count_decoded
 
     fmt, blob = row["media_format"], row["media"]
     if not blob:
         return ["empty media"]
     if fmt == "mp4":
         try:
-            frames = decode(blob)
+            # Every frame decoded, none kept: memory stays at one frame whatever the file claims.
+            n, w, h = count_decoded(blob)
         except VideoError as e:
             return [f"media does not decode: {e}"]
-        n, h, w = frames.shape[:3]
     else:
         import cv2
 

@@ -1,16 +1,17 @@
 """Size-bounded, crash-safe Parquet shard writer (Contract 3).
 
 Groups are the unit of commit: a group's rows always land in one shard, and
-a shard becomes part of the dataset only when it is complete, renamed from its
-temporary name, and listed in ``dataset.json`` (rewritten, with
-``index.parquet``, after every shard). A killed build therefore leaves a valid
-dataset holding every shard that was finished; its open shard is a ``.tmp``
-file that the next run deletes.
+a shard becomes part of the dataset only when it is complete, fsynced, renamed
+from its temporary name, and listed in ``dataset.json`` -- the one commit
+point (see ``ShardWriter``). ``index.parquet`` is derivable: on open it is
+checked against the sha256 ``dataset.json`` records and rebuilt from the
+listed shards when it differs. A killed build therefore leaves a valid dataset
+holding every shard that was committed; its open shard is a temporary file
+and an uncommitted shard a file the next run deletes.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -20,16 +21,21 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from syncam_data import fsio
+from syncam_data.fsio import sha256_file
 from syncam_data.ids import check_id
 from syncam_data.shards.derive import complete_index
 from syncam_data.shards.schema import (
+    ADDED_INDEX_COLUMNS,
     BLOB_COLUMNS,
     INDEX_SCHEMA,
     SCHEMA,
     SCHEMA_VERSION,
     SMALL_COLUMNS,
+    RecordError,
     ViewRecord,
     rows_to_table,
 )
@@ -51,23 +57,6 @@ def parse_size(text: str | int) -> int:
     num, unit = float(m.group(1)), (m.group(2) or "").upper().rstrip("B").rstrip("I")
     mult = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[unit]
     return int(num * mult)
-
-
-def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(chunk):
-            h.update(b)
-    return h.hexdigest()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def parquet_writer(path: Path, schema: pa.Schema = SCHEMA) -> pq.ParquetWriter:
@@ -109,9 +98,23 @@ class _OpenShard:
 class ShardWriter:
     """Write view records, group by group, into ``<out>/<name>-NNNNN.parquet``.
 
-    Use as a context manager; ``close()`` finishes the open shard and writes
-    ``index.parquet`` and ``dataset.json``. Opening an existing dataset
-    appends new shards after the committed ones (incremental builds).
+    Use as a context manager; ``close()`` finishes the open shard and commits.
+    Opening an existing dataset appends new shards after the committed ones
+    (incremental builds).
+
+    The commit protocol (``dataset.json`` is the one commit point):
+
+    1. a shard is written under a temporary name, fsynced, renamed to a name
+       reserved earlier, and the folder fsynced;
+    2. ``index.parquet`` is rewritten (temporary name, fsync, rename);
+    3. ``dataset.json`` is rewritten listing the shard and the index's sha256.
+
+    On open, everything but ``dataset.json`` is treated as derivable: shard
+    files it does not list are deleted, and the index is rebuilt from the
+    listed shards unless its sha256 is the one the manifest records. Shard
+    numbers are reserved in ``dataset.json`` (``next_shard``) before any file
+    gets the name, so a name is never reused for other contents, even after a
+    crash deleted the file that first had it.
     """
 
     def __init__(
@@ -122,6 +125,7 @@ class ShardWriter:
         row_group_size: int | str = "96MB",
         build_args: dict[str, Any] | None = None,
         shard_prefix_suffix: str = "",
+        check_records: bool = True,
     ) -> None:
         self.out = Path(out_dir)
         self.name = check_id(name, "dataset name")
@@ -131,15 +135,21 @@ class ShardWriter:
             self.row_group_size = self.shard_size
         self.build_args = build_args or {}
         self.suffix = shard_prefix_suffix
+        # Records are checked with validate's rules before they are written (a bad group is refused whole).
+        self.check_records = check_records
         self.out.mkdir(parents=True, exist_ok=True)
         self._clean_stale_tmp()
         self.manifest = load_manifest(self.out) or {}
         self.shards: list[dict[str, Any]] = list(self.manifest.get("shards", []))
-        self._index_tables: list[pa.Table] = []
-        if (self.out / INDEX_FILE).exists() and self.shards:
-            # A dataset written by another tool may lack the columns added after schema version 1: derive them.
-            existing = complete_index(self.out, pq.read_table(self.out / INDEX_FILE))
-            self._index_tables.append(existing.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA))
+        self._remove_unlisted_shards()
+        index, state = read_index(self.out, self.manifest)
+        if state == "rebuilt":
+            log.warning("%s: did not match %s (an interrupted commit or damage); rebuilt from the %d listed shard(s)", self.out / INDEX_FILE, DATASET_JSON, len(self.shards))
+        # The on-disk index is rewritten at the next commit unless it is exactly the manifest's.
+        self._index_sha: str | None = self.manifest.get("index_sha256") if state == "ok" else None
+        # A dataset written by another tool may lack the columns added after schema version 1: derive them.
+        index = complete_index(self.out, index).select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA)
+        self._index_tables: list[pa.Table] = [index] if index.num_rows else []
         self.known_groups: set[tuple[str, str]] = set()
         self.known_hashes: set[str] = set()
         for t in self._index_tables:
@@ -148,7 +158,7 @@ class ShardWriter:
         self._open: _OpenShard | None = None
         self._buffer: list[dict[str, Any]] = []
         self._buffer_bytes = 0
-        self._next_number = self._first_free_number()
+        self._next_number = max(int(self.manifest.get("next_shard", 0)), self._first_free_number())
         self.stats = {"groups_written": 0, "rows_written": 0, "groups_skipped_duplicate": 0}
 
     # --- public -----------------------------------------------------------
@@ -159,7 +169,10 @@ class ShardWriter:
         return group_hash in self.known_hashes
 
     def write_group(self, records: list[ViewRecord]) -> bool:
-        """Write one group's views (all in the same shard). Returns False if skipped as duplicate."""
+        """Write one group's views (all in the same shard). Returns False if skipped as duplicate.
+
+        Raises ``RecordError`` (nothing written) when a record breaks Contract 3.
+        """
         if not records:
             return False
         for r in records:
@@ -174,6 +187,8 @@ class ShardWriter:
             self.stats["groups_skipped_duplicate"] += 1
             return False
         rows = [r.to_row() for r in records]
+        if self.check_records:
+            check_group_before_write(rows)
         nbytes = sum(r.nbytes() for r in records)
         shard = self._ensure_shard()
         self._buffer.extend(rows)
@@ -191,24 +206,31 @@ class ShardWriter:
         return True
 
     def reserve_shard_names(self, n: int) -> list[str]:
-        """The next ``n`` shard file names, for shards written elsewhere (worker processes, Ray tasks)."""
-        names = [f"{self.name}{self.suffix}-{self._next_number + k:05d}.parquet" for k in range(n)]
-        self._next_number += n
+        """The next ``n`` shard file names, for shards written elsewhere (worker processes, Ray tasks).
+
+        The reservation is committed to ``dataset.json`` before it returns, so
+        these names are never handed out again, whatever happens to the files.
+        """
+        names = [self._shard_name(self._next_number + k) for k in range(n)]
+        if n:
+            self._next_number += n
+            self._write_manifest(None, index_changed=False)
         return names
 
     def adopt_shard(self, tmp_path: str | os.PathLike, file: str, index: pa.Table, num_groups: int, sha256: str | None = None) -> ShardInfo:
         """Commit a complete shard written elsewhere under a temporary name in this folder.
 
-        The file is renamed to ``file``, listed in ``dataset.json`` (shards kept
-        sorted by name, so the manifest does not depend on which task finished
-        first) and its ``index`` rows (INDEX_SCHEMA) added; the manifest is
-        rewritten at once, as for shards this writer writes itself.
+        The file is fsynced and renamed to ``file`` (a reserved name), listed in
+        ``dataset.json`` (shards kept sorted by name, so the manifest does not
+        depend on which task finished first) and its ``index`` rows
+        (INDEX_SCHEMA) added; the manifest is rewritten at once, as for shards
+        this writer writes itself.
         """
         tmp = Path(tmp_path)
         final = self.out / file
         if final.exists() or any(s["file"] == file for s in self.shards):
             raise FileExistsError(f"{final}: shard name already used")
-        os.replace(tmp, final)
+        self._publish_file(tmp, final)
         info = ShardInfo(file, index.num_rows, sha256 or sha256_file(final), final.stat().st_size, num_groups)
         pos = sum(1 for s in self.shards if s["file"] < file)
         self.shards.insert(pos, info.__dict__)
@@ -252,16 +274,31 @@ class ShardWriter:
             log.info("removing incomplete file from an interrupted run: %s", p)
             p.unlink(missing_ok=True)
 
+    def _shard_name(self, number: int) -> str:
+        return f"{self.name}{self.suffix}-{number:05d}.parquet"
+
+    def _shard_pattern(self) -> re.Pattern[str]:
+        return re.compile(rf"^{re.escape(self.name)}{re.escape(self.suffix)}-(\d{{5}})\.parquet$")
+
+    def _remove_unlisted_shards(self) -> None:
+        """Delete shard files a killed build renamed but never listed in dataset.json (their groups are redone)."""
+        listed = {s["file"] for s in self.shards}
+        pat = self._shard_pattern()
+        for p in sorted(self.out.iterdir()):
+            if pat.match(p.name) and p.name not in listed:
+                log.warning("%s: removing a shard an interrupted build never committed (its groups will be rebuilt)", p)
+                p.unlink()
+
     def _first_free_number(self) -> int:
-        pat = re.compile(rf"^{re.escape(self.name)}{re.escape(self.suffix)}-(\d{{5}})\.parquet$")
-        used = [int(m.group(1)) for p in self.out.iterdir() if (m := pat.match(p.name))]
+        pat = self._shard_pattern()
+        names = [p.name for p in self.out.iterdir()] + [s["file"] for s in self.shards]
+        used = [int(m.group(1)) for n in names if (m := pat.match(n))]
         return max(used, default=-1) + 1
 
     def _ensure_shard(self) -> _OpenShard:
         if self._open is None:
-            fname = f"{self.name}{self.suffix}-{self._next_number:05d}.parquet"
-            self._next_number += 1
-            tmp = self.out / f".{fname}.tmp{os.getpid()}"
+            (fname,) = self.reserve_shard_names(1)
+            tmp = fsio.tmp_name(self.out / fname)
             self._open = _OpenShard(fname, tmp, parquet_writer(tmp))
         return self._open
 
@@ -286,6 +323,11 @@ class ShardWriter:
         self._buffer = []
         self._buffer_bytes = 0
 
+    def _publish_file(self, tmp: Path, final: Path) -> None:
+        fsio.fsync_file(tmp)
+        os.replace(tmp, final)
+        fsio.fsync_dir(self.out)
+
     def _finish_shard(self) -> None:
         shard = self._open
         assert shard is not None
@@ -295,10 +337,8 @@ class ShardWriter:
         if shard.rows == 0:
             shard.tmp_path.unlink(missing_ok=True)
             return
-        with open(shard.tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
         final = self.out / shard.file
-        os.replace(shard.tmp_path, final)
+        self._publish_file(shard.tmp_path, final)
         info = ShardInfo(shard.file, shard.rows, sha256_file(final), final.stat().st_size, shard.groups)
         self.shards.append(info.__dict__)
         self._index_tables.append(pa.Table.from_pylist(shard.index_rows, schema=INDEX_SCHEMA))
@@ -306,11 +346,17 @@ class ShardWriter:
         # Commit after every shard so a kill loses at most the shard being written.
         self._write_manifest(None)
 
-    def _write_manifest(self, stats: dict[str, Any] | None) -> None:
-        index = pa.concat_tables(self._index_tables) if self._index_tables else INDEX_SCHEMA.empty_table()
-        tmp = self.out / f".{INDEX_FILE}.tmp{os.getpid()}"
-        pq.write_table(index, tmp, compression="zstd")
-        os.replace(tmp, self.out / INDEX_FILE)
+    def index_table(self) -> pa.Table:
+        """The index of every committed shard (what index.parquet holds after the next commit)."""
+        return pa.concat_tables(self._index_tables) if self._index_tables else INDEX_SCHEMA.empty_table()
+
+    def _write_manifest(self, stats: dict[str, Any] | None, index_changed: bool = True) -> None:
+        """Commit: the index (when it changed) and then dataset.json, each durably renamed into place."""
+        index = self.index_table()
+        if index_changed or self._index_sha is None or not (self.out / INDEX_FILE).is_file():
+            with fsio.atomic_path(self.out / INDEX_FILE) as tmp:
+                pq.write_table(index, tmp, compression="zstd")
+                self._index_sha = sha256_file(tmp)
         prev_stats = self.manifest.get("stats", {})
         manifest = {
             "schema_version": SCHEMA_VERSION,
@@ -318,12 +364,100 @@ class ShardWriter:
             "num_rows": int(sum(s["num_rows"] for s in self.shards)),
             "num_groups": len(set(zip(index.column("dataset").to_pylist(), index.column("group_id").to_pylist()))),
             "shards": self.shards,
+            # Optional (added after schema_version 1): readers without it fall back to the index as it is.
+            "index_sha256": self._index_sha,
+            "next_shard": self._next_number,
             "build_args": {**self.manifest.get("build_args", {}), **self.build_args},
             "stats": {**prev_stats, **(stats or {})},
             "summary": summarize_index(index),
         }
-        atomic_write_text(self.out / DATASET_JSON, json.dumps(manifest, indent=2, sort_keys=True))
+        fsio.write_json(self.out / DATASET_JSON, manifest, indent=2, sort_keys=True)
         self.manifest = manifest
+
+
+def check_group_before_write(rows: list[dict[str, Any]]) -> None:
+    """Refuse a group whose rows break validate's rules (ids, kinds, cameras, lengths): ``RecordError``.
+
+    Media are not decoded here; the adapters probe every clip's frame count
+    and size, and ``validate`` decodes.
+    """
+    from syncam_data.shards.validate import check_group_rows
+
+    problems = check_group_rows(rows)
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise RecordError("; ".join(problems[:3]) + more)
+
+
+def index_from_shards(root: Path, shards: list[dict[str, Any]]) -> pa.Table:
+    """The index rows of the listed shards, read back from the shard files (one row group at a time).
+
+    Blob sizes come from the blob column itself, so this reads every shard
+    once; it is the repair path, taken only when ``index.parquet`` does not
+    match ``dataset.json``.
+    """
+    parts = []
+    absent: set[str] = set()
+    for s in shards:
+        path = Path(root) / s["file"]
+        try:
+            pf = pq.ParquetFile(str(path))
+        except (OSError, pa.ArrowException) as e:
+            raise ValueError(f"{path}: cannot rebuild the index from this shard ({e})") from None
+        have = set(pf.schema_arrow.names)
+        absent |= set(SMALL_COLUMNS) - have
+        cols = [c for c in SMALL_COLUMNS if c in have] + ["media"]
+        for rg in range(pf.num_row_groups):
+            t = pf.read_row_group(rg, columns=cols)
+            n = t.num_rows
+            data = {c: (t.column(c) if c in have else pa.nulls(n, INDEX_SCHEMA.field(c).type)) for c in SMALL_COLUMNS}
+            data.update(
+                shard=pa.array([s["file"]] * n, pa.string()),
+                row_group=pa.array([rg] * n, pa.int32()),
+                row_in_group=pa.array(range(n), pa.int32()),
+                media_bytes=pc.binary_length(t.column("media")).cast(pa.int64()),
+            )
+            parts.append(pa.table(data).cast(INDEX_SCHEMA))
+    index = pa.concat_tables(parts) if parts else INDEX_SCHEMA.empty_table()
+    # Columns added after schema version 1 that some shard lacks (another tool's) are left out, so
+    # ``derive.complete_index`` derives them instead of keeping nulls.
+    return index.drop_columns(sorted(absent & set(ADDED_INDEX_COLUMNS)))
+
+
+def read_index(root: Path, manifest: dict[str, Any]) -> tuple[pa.Table, str]:
+    """The index of exactly the shards ``manifest`` lists, and how it was obtained.
+
+    ``"ok"``: ``index.parquet`` has the sha256 the manifest records. ``"filtered"``:
+    a manifest without ``index_sha256`` (older or foreign writers), whose index
+    rows of listed shards match the listed row counts. ``"rebuilt"``: anything
+    else (a kill between the index and the manifest renames, a damaged or
+    missing index): rebuilt from the shards themselves.
+    """
+    root = Path(root)
+    shards = list(manifest.get("shards", []))
+    ipath = root / INDEX_FILE
+    if not shards:
+        return INDEX_SCHEMA.empty_table(), "ok" if manifest.get("index_sha256") else "filtered"
+    want = manifest.get("index_sha256")
+    if ipath.is_file():
+        try:
+            if want:
+                if sha256_file(ipath) == want:
+                    return pq.read_table(ipath), "ok"
+            else:
+                index = pq.read_table(ipath)
+                listed = {s["file"]: int(s.get("num_rows", -1)) for s in shards}
+                if index.num_rows:
+                    index = index.filter(pc.is_in(index.column("shard"), value_set=pa.array(sorted(listed), pa.string())))
+                counts: dict[str, int] = {}
+                if index.num_rows:
+                    agg = index.group_by("shard").aggregate([("shard", "count")])
+                    counts = dict(zip(agg.column("shard").to_pylist(), agg.column("shard_count").to_pylist()))
+                if all(counts.get(f, 0) == n for f, n in listed.items()):
+                    return index, "filtered"
+        except (OSError, pa.ArrowException, KeyError):
+            pass  # unreadable: rebuilt below
+    return index_from_shards(root, shards), "rebuilt"
 
 
 def summarize_index(index: pa.Table) -> dict[str, Any]:
@@ -338,13 +472,29 @@ def summarize_index(index: pa.Table) -> dict[str, Any]:
 
 
 def load_manifest(out_dir: Path) -> dict[str, Any] | None:
+    """``dataset.json`` as a dict (None when there is none); ``ValueError`` naming the file when it is unusable."""
     p = Path(out_dir) / DATASET_JSON
     if not p.exists():
         return None
+    if not p.is_file():
+        raise ValueError(f"{p}: is not a file")
     try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError as e:
+        manifest = json.loads(p.read_text())
+    except OSError as e:
+        raise ValueError(f"{p}: cannot read ({e.strerror or e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{p}: not valid JSON ({e})") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{p}: expected a JSON object, got {type(manifest).__name__}")
+    shards = manifest.get("shards", [])
+    if not isinstance(shards, list) or not all(isinstance(s, dict) and isinstance(s.get("file"), str) for s in shards):
+        raise ValueError(f"{p}: 'shards' must be a list of objects with a 'file' name")
+    for s in shards:
+        try:
+            check_id(s["file"], "shard file name", str(p))  # a manifest never points outside its folder
+        except ValueError as e:
+            raise ValueError(str(e)) from None
+    return manifest
 
 
 def write_records(out_dir: str | os.PathLike, groups: Iterable[list[ViewRecord]], **kw: Any) -> dict[str, Any]:

@@ -3,9 +3,9 @@
 The dataset is ``syncam-blender`` or ``syncam-unreal`` by the backend recorded
 in ``scene.json``; the group id is the scene folder's name (the scene id);
 depth blobs are the ``depth/<cam>.npz`` files as they are; the caption comes
-from ``scene.json``. Dot-prefixed folders (a renderer's temporary folders) and
-incomplete scenes are skipped with a warning: a render job may still be
-writing them.
+from ``scene.json``. Dot-prefixed folders (a renderer's temporary folders) are
+skipped with a warning: a render job may still be writing them. Every other
+folder is a scene; one that cannot be read is an error of the build.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from syncam_data.ids import UnsafeIdError, check_id
-from syncam_data.render.output import CAMERAS_JSON, SCENE_JSON, is_complete_scene, read_cameras_json
+from syncam_data.render.output import CAMERAS_JSON, SCENE_JSON, read_cameras_json
 from syncam_data.shards.adapters.base import (
     AdapterError,
     AdapterOptions,
@@ -53,9 +53,9 @@ def discover(path: Path, options: AdapterOptions) -> list[GroupRef]:
         if folder.name.startswith("."):
             log.warning("%s: skipped (temporary folder of a running or interrupted render)", folder)
             continue
-        if not is_complete_scene(folder):
-            log.warning("%s: skipped (incomplete scene: needs %s, %s and every camera's video)", folder, SCENE_JSON, CAMERAS_JSON)
-            continue
+        # Renders publish a scene by renaming its finished temporary folder: any other folder is a scene,
+        # and one that cannot be read (no or broken scene.json / cameras.json, a missing video) is an
+        # error row of the build, naming the file and the problem (``scan``), never silently dropped.
         refs.append(GroupRef(SOURCE, str(folder.resolve()), dataset=_cheap_dataset(folder), group_id=folder.name))
     return refs
 

@@ -1,0 +1,134 @@
+"""Durable writes: every output is published by one rename, after its bytes and its folder are on disk.
+
+The protocol (used by every stage, see docs/architecture.md):
+
+1. write under a temporary name in the destination folder (``.<name>.tmp<pid>.<random>``),
+2. ``fsync`` the file (for a folder: every file and sub-folder in it, then the folder),
+3. ``rename`` it to its final name (atomic on POSIX file systems),
+4. ``fsync`` the parent folder, so the rename itself survives a power loss.
+
+A crash at any point leaves either the old state or the new one, plus a
+temporary file or folder that the next run removes. ``fsync`` is what makes
+"renamed" mean "on disk": without it a power loss can leave a renamed file
+with no (or partial) contents on ext4/XFS (see rename(2) and fsync(2)).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+
+def tmp_name(path: Path) -> Path:
+    """A temporary sibling of ``path`` (hidden, unique per process and call; matches ``.*.tmp*``)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp{os.getpid()}.{uuid.uuid4().hex[:6]}")
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush one file's data and metadata to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Flush a folder's entries (creations, renames, deletions inside it) to disk."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return  # a platform without directory fds (Windows): nothing to flush
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on folders; the rename is still atomic
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: str | os.PathLike) -> None:
+    """fsync every file and folder under ``root`` (deepest first), then ``root`` itself."""
+    root = Path(root)
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        for name in filenames:
+            p = Path(dirpath) / name
+            if not p.is_symlink():
+                fsync_file(p)
+        fsync_dir(dirpath)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path to write ``path`` through (for writers that want a file name).
+
+    On success the file is fsynced, renamed to ``path`` and the folder fsynced;
+    on error the temporary file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_name(path)
+    try:
+        yield tmp
+        fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
+    """``with atomic_write(p) as f: f.write(...)``: temporary name, fsync, rename, fsync the folder."""
+    if "w" not in mode:
+        raise ValueError(f"atomic_write needs a write mode, got {mode!r}")
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, encoding=encoding if "b" not in mode else None) as f:
+            yield f
+            f.flush()
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2, sort_keys: bool = False, allow_nan: bool = False) -> None:
+    """JSON written durably; by default strict (NaN and infinity are not JSON: ``ValueError``)."""
+    write_text(path, json.dumps(obj, indent=indent, sort_keys=sort_keys, allow_nan=allow_nan, default=str))
+
+
+def publish_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Publish a finished temporary folder: fsync its contents, rename it to ``final``, fsync the parent.
+
+    ``final`` must not exist (a folder cannot atomically replace a non-empty one).
+    """
+    tmp, final = Path(tmp), Path(final)
+    fsync_tree(tmp)
+    os.rename(tmp, final)
+    fsync_dir(final.parent)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 8 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
