@@ -98,12 +98,16 @@ def make_web_videos(root: Path, specs: list[tuple[str, int, str]]) -> Path:
     return scores
 
 
-def make_syncamvideo(root: Path, extrinsics: Path, subset: str = "f24_aperture5", scene: str = "scene1", cams: int = 4, frames: int = FRAMES) -> Path:
-    """``<root>/<subset>/<scene>/videos/camXX.mp4`` + the real camera_extrinsics.json (videos for the first ``cams`` cameras)."""
-    folder = root / subset / scene
+def make_syncamvideo(root: Path, extrinsics: Path, subset: str = "f24_aperture5", scene: str = "scene1", cams: int = 4, frames: int = FRAMES, seed: int = 0) -> Path:
+    """``<root>/<subset>/<scene>/videos/camXX.mp4`` + the real camera_extrinsics.json (videos for the first ``cams`` cameras).
+
+    ``subset`` may hold several levels (``train/f24_aperture5``) and ``scene`` may be empty (the
+    released ``val/basic`` has no ``sceneN`` level).
+    """
+    folder = root / subset / scene if scene else root / subset
     (folder / "cameras").mkdir(parents=True)
     shutil.copy(extrinsics, folder / "cameras" / "camera_extrinsics.json")
     names = sorted(json.loads(extrinsics.read_text())["frame0"])[:cams]
     for i, cam in enumerate(names):
-        encode(smooth_frames(frames, H, W, seed=200 + i + 17 * len(scene)), folder / "videos" / f"{cam}.mp4", fps=15.0)
+        encode(smooth_frames(frames, H, W, seed=200 + i + 17 * len(scene) + 1000 * seed), folder / "videos" / f"{cam}.mp4", fps=15.0)
     return folder

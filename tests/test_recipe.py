@@ -92,7 +92,9 @@ def test_failed_stage_stops_the_run_unless_keep_going(tmp_path):
     res = run(str(path))
     assert res.exit_code == 1 and "stage first [build-shards]" in res.output and not (tmp_path / "b").exists()
     res = run(str(path), "--keep-going")
-    assert res.exit_code == 1 and (tmp_path / "b" / "dataset.json").exists()
+    # the second stage ran too, and failed: an input that yields nothing is an error, not an empty dataset
+    assert res.exit_code == 1 and "stage second [build-shards]" in res.output and "found nothing" in res.output
+    assert not (tmp_path / "b" / "dataset.json").exists()
 
 
 def _re10k_root(root: Path) -> Path:

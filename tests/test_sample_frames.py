@@ -220,7 +220,8 @@ def test_output_write_failure_is_an_error_not_bad_input(tmp_path, scene, monkeyp
 
     monkeypatch.setattr(frameset, "encode_image", disk_full)
     out = tmp_path / "out"
-    run_cli("--source", "realestate10k", "--root", str(tmp_path / "root"), "--out", str(out), "--views", "2")
+    res = CliRunner().invoke(app, ["sample-frames", "--no-progress", "--source", "realestate10k", "--root", str(tmp_path / "root"), "--out", str(out), "--views", "2"])
+    assert res.exit_code == 1 and "no frame set" in res.output  # a run that wrote nothing is not a success
     (seq,) = json.loads((out / "sample_report.json").read_text())["sequences"]
     assert seq["status"] == "error" and "cannot write frame set" in seq["reason"] and "No space left" in seq["reason"]
     assert sorted(p.name for p in out.iterdir()) == ["sample_report.json"]

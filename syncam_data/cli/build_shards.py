@@ -117,5 +117,7 @@ def build_shards(
         typer.echo(f"error: {e['input']}: {e['error']}", err=True)
     if len(summary.errors) > 20:
         typer.echo(f"... and {len(summary.errors) - 20} more errors (see dataset.json stats.builds)", err=True)
+    if summary.errors and summary.groups_written == 0:  # a build that wrote nothing and failed must not look like success
+        raise fail(f"{out}: no group written: {len(summary.errors)} failed (errors above and in dataset.json stats.builds)")
     if summary.errors and fail_on_error:
         raise typer.Exit(1)

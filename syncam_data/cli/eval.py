@@ -108,6 +108,10 @@ def eval(  # noqa: A001  (the command's name)
     _echo_summary(summary, out)
     if run.results == {} and run.errors:
         raise fail(f"every group failed ({len(run.errors)}); see {out / 'summary.json'}")
+    o = summary["overall"]
+    if o["groups_evaluated"] == 0 and summary["scores"]["fvd"].get("fvd") is None:  # a run that measured nothing is not a success
+        why = sorted(set(summary.get("skipped_groups", {}).values()))
+        raise fail(f"{input_path}: nothing to evaluate: {o['groups_skipped']} group(s) skipped ({'; '.join(why) or 'no view pairs'}); see {out / 'summary.json'}")
     if fail_on_flag and summary["overall"]["groups_flagged"]:
         raise typer.Exit(2)
 

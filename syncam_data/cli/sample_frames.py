@@ -61,7 +61,7 @@ def sample_frames(
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
 ) -> None:
     from syncam_data.sources import dl3dv, realestate10k
-    from syncam_data.sources.frameset import REPORT_JSON, OutputOptions
+    from syncam_data.sources.frameset import REPORT_JSON, OutputOptions, SourceError
     from syncam_data.sources.runner import SampleFramesJob, run_sample_frames
     from syncam_data.sources.sampling import SamplingConfig
 
@@ -91,11 +91,14 @@ def sample_frames(
         )
     except ValueError as e:
         raise fail(str(e)) from None
-    report = run_sample_frames(job, engine=engine, workers=workers, ray_address=ray_address, limit=limit, chunk_size=chunk_size, progress=not no_progress)
+    try:
+        report = run_sample_frames(job, engine=engine, workers=workers, ray_address=ray_address, limit=limit, chunk_size=chunk_size, progress=not no_progress)
+    except SourceError as e:  # --root holds no sequence at all
+        raise fail(f"--root {e}") from None
     t = report.totals
     log.info(
         "%d sequence(s): %d ok, %d skipped, %d failed; %d set(s) written, %d already present; report: %s",
         t["sequences"], t["ok"], t["skipped"], t["error"], t["sets_written"], t["sets_existing"], Path(out) / REPORT_JSON,
     )
-    if t["sequences"] == 0:
-        raise fail(f"no {source.value} sequences found under {root}")
+    if t["sets_written"] + t["sets_existing"] == 0:
+        raise fail(f"--root {root}: no frame set from {t['sequences']} {source.value} sequence(s): every one was skipped (reasons in {Path(out) / REPORT_JSON})")

@@ -211,6 +211,8 @@ def _shard_groups(root: Path) -> list[GroupRef]:
         reader = open_reader(str(root))
     except ShardDatasetError as e:
         raise InputError(str(e)) from None
+    if len(reader) == 0:
+        raise InputError(f"{root}: the shard dataset has no rows (dataset.json lists {len(reader.manifest.get('shards', []))} shard(s))")
     cols = ["dataset", "kind", "group_id", "view_id", "K", "c2w", "num_frames", "width", "height", "media_format", "caption"]
     rows = reader.index.select(cols).to_pylist()
     groups: list[GroupRef] = []

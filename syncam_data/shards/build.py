@@ -288,6 +288,8 @@ def discover_all(cfg: BuildConfig) -> list[GroupRef]:
         except AdapterError as e:
             raise BuildError(str(e)) from None
         log.info("%s %s: %d group(s)", source, path, len(found))
+        if not found:  # a job that found nothing must never look like success
+            raise BuildError(f"{path}: --{source} found nothing: expected {adapters.adapter(source).LAYOUT}")
         refs.extend(found)
     return refs
 

@@ -59,6 +59,7 @@ IMAGE_FOLDERS = ("images", "images_2", "images_4", "images_8")
 # pixels to decode than the 4K originals.
 AUTO_ORDER = ("images_4", "images_2", "images", "images_8")
 APPLIED_TRANSFORM = ("keep", "undo")
+LAYOUT = "scene folders with transforms.json (or nerfstudio/transforms.json) beside images/ or images_N/, anywhere under it"
 DIST_KEYS = ("k1", "k2", "p1", "p2", "k3")
 _PER_FRAME_KEYS = frozenset(("w", "h", "fl_x", "fl_y", "cx", "cy", "camera_model") + DIST_KEYS)
 _FRAME_NUM = re.compile(r"(\d+)(?=\.[A-Za-z0-9]+$)")

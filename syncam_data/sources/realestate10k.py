@@ -48,6 +48,7 @@ VIDEO_EXTS = (".mp4", ".mkv", ".webm", ".mov")
 FRAMES_FROM = ("auto", "images", "video")
 VIDEO_TIME = ("auto", "absolute", "relative")
 GAP_UNITS = ("video-frames", "index")
+LAYOUT = "<sequence>.txt camera files anywhere under it (line 1 the YouTube URL, then 19 numbers per frame)"
 
 
 @dataclass(frozen=True)

@@ -177,13 +177,21 @@ def run_sample_frames(
     chunk_size: int = 256,
     progress: bool = True,
 ) -> RunReport:
-    """Run the whole job; returns the report (also written to ``<out>/sample_report.json``)."""
+    """Run the whole job; returns the report (also written to ``<out>/sample_report.json``).
+
+    Raises SourceError, before anything is written, when ``job.root`` holds no sequence at all.
+    """
+    refs = iter_refs(job)
+    first = next(refs, None)
+    if first is None:  # a job that found nothing must never look like success
+        layout = realestate10k.LAYOUT if job.source == realestate10k.SOURCE else dl3dv.LAYOUT
+        raise SourceError(f"{job.root}: no {job.source} sequences found: expected {layout}")
+    refs = itertools.chain([first], refs)
     out = Path(job.out)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)
     report = RunReport(out, job.settings())
     report.write()
-    refs = iter_refs(job)
     if limit is not None:
         refs = itertools.islice(refs, limit)
     fn = functools.partial(process_sequence, job=job)

@@ -8,7 +8,8 @@
 | ``--syncamvideo DIR`` | ``syncamvideo`` | multiview_video | syncamvideo |
 
 Each module provides ``discover(path, options)``, ``scan(ref, options)`` and
-``convert(plan, options)`` (see ``base``).
+``convert(plan, options)`` (see ``base``), and ``LAYOUT``: what its input must
+hold, for the error when an input yields nothing.
 """
 
 from __future__ import annotations

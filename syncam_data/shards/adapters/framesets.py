@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 SOURCE = "frames"
 KIND = "multiview_image"
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+LAYOUT = "frame-set folders <group_id>/ with cameras.json and its images, as sample-frames writes them"
 
 
 def discover(path: Path, options: AdapterOptions) -> list[GroupRef]:

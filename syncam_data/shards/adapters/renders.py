@@ -37,6 +37,7 @@ SOURCE = "renders"
 KIND = "multiview_video"
 # scene.json "backend" -> dataset name (Contract 3).
 BACKEND_DATASETS = {"blender": "syncam-blender", "unrealcv": "syncam-unreal", "unreal": "syncam-unreal"}
+LAYOUT = "complete render scene folders <scene_id>/ with scene.json, cameras.json and videos/<cam>.mp4 (dot-prefixed folders are renders still running)"
 
 
 def discover(path: Path, options: AdapterOptions) -> list[GroupRef]:

@@ -1,10 +1,24 @@
 """The released SynCamVideo / MultiCamVideo layout -> ``multiview_video`` groups (dataset ``syncamvideo``).
 
-``<root>/<subset>/sceneN/videos/camXX.mp4`` + ``.../sceneN/cameras/camera_extrinsics.json``
-(a UE row-vector 4x4 in cm per ``frameN`` and ``camXX``; see REFERENCE.md).
-``--syncamvideo`` may point at the root, at a subset or at one scene. The group
-id is ``<subset>-<scene>`` (the scene folder's parent and name), stable
-whichever level was given.
+The archives unpack as (README of KwaiVGI/SynCamMaster)::
+
+    SynCamVideo-Dataset/train/f24_aperture5/sceneN/videos/camXX.mp4
+    SynCamVideo-Dataset/train/f24_aperture5/sceneN/cameras/camera_extrinsics.json
+    SynCamVideo-Dataset/val/basic/{videos, cameras}        (a scene without the sceneN level)
+    MultiCamVideo-Dataset/train/fNN_apertureM/sceneN/...   (several subsets)
+
+``camera_extrinsics.json`` holds a UE row-vector 4x4 in cm per ``frameN`` and
+``camXX``. A *scene* is any folder with ``videos/*.mp4`` and
+``cameras/camera_extrinsics.json``; ``--syncamvideo`` may point at an archive
+root, a split, a subset or one scene, and scenes are found at any depth below
+it (never inside a scene). The group id is the scene's path from its archive,
+``<archive>-<split>-<subset>-<scene>`` (``SynCamVideo-Dataset-val-basic`` for
+the scene without a ``sceneN`` level), taken from the folders above the scene
+whichever level was given, so it is stable and unique across archives, splits
+and subsets. The split is the nearest of the two folders above the scene
+named ``train``/``val``/``validation``/``test``; without one the id is
+``<subset>-<scene>`` (the scene folder's parent and name). ``extra`` keeps
+``archive``, ``split``, ``subset`` and ``scene``.
 
 Cameras: the first frame's extrinsics converted with
 ``cameras.c2w_from_ue_row_matrix`` (canonical, metres). The released cameras
@@ -49,29 +63,66 @@ EXTRINSICS = Path("cameras") / "camera_extrinsics.json"
 _FRAME_RE = re.compile(r"^frame(\d+)$")
 
 
+LAYOUT = (
+    "scene folders with videos/camXX.mp4 and cameras/camera_extrinsics.json at any depth, "
+    "as released: <archive>/train/<fNN_apertureM>/sceneN/ or <archive>/val/basic/"
+)
+SPLITS = ("train", "val", "validation", "test")
+
+
 def is_scene(folder: Path) -> bool:
-    return (folder / EXTRINSICS).is_file() and (folder / "videos").is_dir()
+    return (folder / EXTRINSICS).is_file() and (folder / "videos").is_dir() and any((folder / "videos").glob("*.mp4"))
 
 
 def discover(path: Path, options: AdapterOptions) -> list[GroupRef]:
-    """Scenes at ``path`` itself, among its children (a subset), or its grandchildren (the root)."""
+    """Every scene at or below ``path`` (sorted; a scene's own folders are not searched)."""
     path = Path(path)
     if not path.is_dir():
-        raise AdapterError(f"{path}: --syncamvideo must be a folder (dataset root, subset or scene)")
-    if is_scene(path):
-        scenes = [path]
-    else:
-        kids = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
-        scenes = [k for k in kids if is_scene(k)]
-        if not scenes:
-            scenes = [g for k in kids for g in sorted(k.iterdir()) if g.is_dir() and not g.name.startswith(".") and is_scene(g)]
-    if not scenes:
-        log.warning("%s: no SynCamVideo scene found (expected sceneN/videos/camXX.mp4 and sceneN/%s)", path, EXTRINSICS)
-    return [GroupRef(SOURCE, str(s.resolve()), dataset=DATASET, group_id=group_id_for(s.resolve())) for s in scenes]
+        raise AdapterError(f"{path}: --syncamvideo must be a folder (archive root, split, subset or scene)")
+    scenes: list[Path] = []
+    _walk(path.resolve(), scenes, set())
+    refs = []
+    for s in scenes:
+        parts = scene_parts(s)
+        refs.append(GroupRef(SOURCE, str(s), {"parts": parts}, dataset=DATASET, group_id=group_id_from(parts)))
+    return refs
+
+
+def _walk(folder: Path, out: list[Path], seen: set[Path]) -> None:
+    if folder in seen:  # a symlink loop
+        return
+    seen.add(folder)
+    if is_scene(folder):
+        out.append(folder)
+        return
+    try:
+        kids = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as e:
+        log.warning("cannot list %s: %s", folder, e)
+        return
+    for k in kids:
+        _walk(k.resolve(), out, seen)
+
+
+def scene_parts(scene: Path) -> dict[str, str | None]:
+    """archive / split / subset / scene names of a scene folder, from the folders above it."""
+    scene = Path(scene).resolve()
+    for up, split_dir in enumerate((scene.parent, scene.parent.parent)):
+        if split_dir.name.lower() in SPLITS:
+            subset = scene.name if up == 0 else scene.parent.name  # val/basic: the scene is the subset
+            return {"archive": split_dir.parent.name or None, "split": split_dir.name, "subset": subset, "scene": scene.name}
+    return {"archive": None, "split": None, "subset": scene.parent.name, "scene": scene.name}
+
+
+def group_id_from(parts: dict[str, str | None]) -> str:
+    names = [parts["archive"], parts["split"], parts["subset"]] if parts["split"] else [parts["subset"]]
+    if parts["scene"] != parts["subset"] or not parts["split"]:
+        names.append(parts["scene"])
+    return sanitize_id("-".join(n for n in names if n))
 
 
 def group_id_for(scene: Path) -> str:
-    return sanitize_id(f"{scene.parent.name}-{scene.name}")
+    return group_id_from(scene_parts(scene))
 
 
 def load_extrinsics(scene: Path) -> dict[int, dict[str, str]]:
@@ -159,8 +210,7 @@ def convert(plan: GroupPlan, options: AdapterOptions) -> list[ViewRecord]:
         c2w, per_frame = camera_track(scene, extr, cam, options)
         K, how = intrinsics_for(info.width, info.height, options)
         extra: dict[str, Any] = {
-            "subset": scene.parent.name,
-            "scene": scene.name,
+            **scene_parts(scene),
             "intrinsics_from": how,
             "raw": {"convention": "ue_row_matrix_cm", "frame": f"frame{first_key}", "matrix": extr[first_key][cam]},
         }

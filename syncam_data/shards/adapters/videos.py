@@ -40,6 +40,7 @@ KIND = "single_video"
 DATASET = "web"
 VIEW_ID = "v0"
 REQUIRED_COLUMNS = ("path", "status")
+LAYOUT = "a filter-videos scores.parquet with at least one row of status 'kept'"
 # Columns copied into `extra` when present (scores themselves go to their own columns).
 EXTRA_COLUMNS = ("reason", "duration_s", "fps", "width", "height", "num_frames", "codec", "settings")
 
