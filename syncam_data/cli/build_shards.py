@@ -44,7 +44,7 @@ def build_shards(
     renders: list[Path] = typer.Option([], "--renders", help="Folder of render scene folders (Contract 2) -> multiview_video rows (syncam-blender / syncam-unreal). Repeatable."),
     frames: list[Path] = typer.Option([], "--frames", help="Folder of sample-frames group folders -> multiview_image rows (realestate10k / dl3dv). Repeatable."),
     videos: list[Path] = typer.Option([], "--videos", help="A filter-videos scores.parquet; its kept rows -> single_video rows (web). Repeatable."),
-    syncamvideo: list[Path] = typer.Option([], "--syncamvideo", help="Released SynCamVideo/MultiCamVideo data: the root, one subset or one sceneN folder -> multiview_video rows (syncamvideo). Repeatable."),
+    syncamvideo: list[Path] = typer.Option([], "--syncamvideo", help="Released SynCamVideo/MultiCamVideo archive (root, split, subset or one scene; scenes = folders with videos/*.mp4 and cameras/camera_extrinsics.json, found at any depth) -> multiview_video rows (syncamvideo), group id <archive>-<split>-<subset>-<scene>. Repeatable."),
     captions: Path | None = typer.Option(None, "--captions", help="JSONL or CSV mapping sample_id, group_id or source path to a caption (see docs/build-shards.md). Missing captions are counted, never invented."),
     name: str = typer.Option("syncam", "--name", help="Shard file prefix: <name>-00000.parquet, ..."),
     shard_size: str = typer.Option("512MB", "--shard-size", help="Target shard size (e.g. 512MB, 1GB); also the unit of parallel work."),
