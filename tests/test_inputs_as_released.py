@@ -85,7 +85,7 @@ def test_a_build_input_that_yields_nothing_is_an_error(source, tmp_path):
     path = tmp_path / "in"
     if source == "renders":
         (path / ".scene0.tmp-1").mkdir(parents=True)  # only a render still running
-        (path / "scene1").mkdir()  # and an incomplete scene
+        (path / "render_report.json").write_text("{}")
         layout = "scene.json"
     elif source == "frames":
         (path / "notes").mkdir(parents=True)
