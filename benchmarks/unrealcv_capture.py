@@ -47,7 +47,7 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from syncam_data.render.unrealcv import decode_depth, decode_ids, decode_image  # noqa: E402
+from syncam_data.render.unrealcv_protocol import decode_depth, decode_ids, decode_image  # noqa: E402
 
 log = logging.getLogger("bench.unrealcv")
 

@@ -1,10 +1,13 @@
 """The UnrealCV backend against the local UnrealCV stand-in (tests/unrealcv_standin.py), over the real wire protocol.
 
-Unreal Engine cannot run here; the stand-in speaks UnrealCV's framing and
-renders exact geometry with its own Unreal projection, so these tests check
-that the exported canonical cameras reproject the server's markers to where
-the server drew them, that every frame is synchronized, and that the backend
-survives a dropped connection and detects missing capabilities.
+Unreal Engine cannot run here; the stand-in behaves like the servers users run
+(``oss-5.2``: the open-source plugin from unrealcv branch 5.2, and
+``unrealzoo-1.1``), speaks UnrealCV's framing and renders exact geometry with
+its own Unreal projection. The main tests run against both flavours: the
+exported canonical cameras reproject the server's markers to where the server
+drew them, every frame is synchronized, subjects are spawned, annotated and
+masked, and the backend survives a dropped connection and detects missing
+capabilities.
 """
 
 from __future__ import annotations
@@ -23,13 +26,17 @@ from syncam_data.render.output import SceneOutput, load_npz_array, read_cameras_
 from syncam_data.scenes import AnimationSpec, BackgroundSpec, CameraSpec, SceneSpec, SubjectSpec, TrajectorySpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from unrealcv_standin import SUBJECT_RADIUS_CM, StandinServer, level_markers  # noqa: E402
+from unrealcv_standin import FLAVOURS, SUBJECT_RADIUS_CM, LevelConfig, StandinServer, level_markers  # noqa: E402
 
 W, H = 128, 96
 MAP = "/Game/Maps/TestLevel"
+WALKER = "/Game/Characters/Walker/BP_Walker.BP_Walker_C"
+DOG = "/Game/Animals/Dog/BP_Dog.BP_Dog_C"
+# The open-source server spawns only classes the level has loaded: this level references both subjects.
+LEVELS = {MAP: LevelConfig(references=(WALKER, DOG))}
 
 
-def make_spec(scene_id: str = "scene_a", num_frames: int = 3, num_cameras: int = 3, hfov: float = 70.0, subjects: int = 2) -> SceneSpec:
+def make_spec(scene_id: str = "scene_a", num_frames: int = 3, num_cameras: int = 3, hfov: float = 70.0, subjects: int = 2, level: str = MAP) -> SceneSpec:
     centre = (0.0, 0.0, 1.0)
     f = W / (2 * math.tan(math.radians(hfov) / 2))
     cams = []
@@ -38,18 +45,18 @@ def make_spec(scene_id: str = "scene_a", num_frames: int = 3, num_cameras: int =
         cams.append(CameraSpec.from_camera(f"cam{i:02d}", Camera(W, H, f, f, W / 2, H / 2, look_at(eye, centre))))
     subs = [
         SubjectSpec(
-            instance_id=1, asset_id="walker", kind="unreal", asset="/Game/Characters/Walker/BP_Walker.BP_Walker_C",
+            instance_id=1, asset_id="walker", kind="unreal", asset=WALKER,
             animation=AnimationSpec(id="walk", clip="/Game/Characters/Walker/Anim_Walk.Anim_Walk", speed=1.5),
             trajectory=TrajectorySpec(type="line", start=(-0.8, -0.6), end=(0.6, 0.9)),
         ),
         SubjectSpec(
-            instance_id=2, asset_id="dog", kind="unreal", asset="/Game/Animals/Dog/BP_Dog.BP_Dog_C", scale=0.8,
+            instance_id=2, asset_id="dog", kind="unreal", asset=DOG, scale=0.8,
             animation=AnimationSpec(id="trot", clip="/Game/Animals/Dog/Anim_Trot.Anim_Trot"),
             trajectory=TrajectorySpec(type="circle", center=(0.2, -0.2), radius=0.9, turns=0.25, phase_deg=30),
         ),
     ][:subjects]
     return SceneSpec(
-        scene_id=scene_id, seed=0, background=BackgroundSpec(id="test_level", kind="unreal_level", asset=MAP),
+        scene_id=scene_id, seed=0, background=BackgroundSpec(id="test_level", kind="unreal_level", asset=level),
         subjects=subs, center=centre, cameras=cams, num_frames=num_frames, fps=12.0, width=W, height=H,
     )
 
@@ -92,9 +99,18 @@ def marker_offset(cam: Camera, depth: np.ndarray, centre_m: np.ndarray, radius_m
     return px.mean(axis=0) - uv
 
 
+def standin(**kw) -> StandinServer:
+    return StandinServer(**{"levels": LEVELS, **kw})
+
+
+@pytest.fixture(params=FLAVOURS)
+def flavour(request) -> str:
+    return request.param
+
+
 @pytest.fixture
-def server():
-    with StandinServer() as srv:
+def server(flavour):
+    with standin(flavour=flavour) as srv:
         yield srv
 
 
@@ -103,13 +119,16 @@ def backend_for(request):
     made = []
 
     def _make(srv: StandinServer, **opts):
+        for other_srv, other in made:
+            if other_srv is srv:
+                other.close()  # a server takes one client at a time: a new backend replaces the previous one
         b = get_backend("unrealcv", WorkerSlot(0, 1), **{"port": [srv.port], "connect_timeout": 5, "timeout": 20, **opts})
         b.open()
-        made.append(b)
+        made.append((srv, b))
         return b
 
     yield _make
-    for b in made:
+    for _, b in made:
         b.close()
 
 
@@ -119,6 +138,13 @@ def test_cameras_reproject_server_markers_within_a_pixel(server, backend_for, tm
     result, seen = render(backend, spec, tmp_path / "scene_a")
     assert seen == list(range(spec.num_frames))
     assert result.info["animation_sync"] == "exact"
+    assert result.info["spawn_method"] == "plugin"
+    # The cine lens where the server has it (UnrealZoo), the horizontal FOV otherwise; scene.json says which.
+    assert result.info["lens"] == ("cine" if server.flavour == "unrealzoo-1.1" else "fov")
+    assert result.info["server"]["version"] == server.version
+    assert result.info["server"]["lists_commands"] == (server.flavour == "unrealzoo-1.1")
+    # Camera 0 is the pawn's sensor: the spawned cameras are 1..3, whatever `vget /cameras` calls them.
+    assert result.info["cameras"] == {"cam00": 1, "cam01": 2, "cam02": 3}
     cams = read_cameras_json(tmp_path / "scene_a" / "cameras.json")
     assert [c[0] for c in cams] == [c.id for c in spec.cameras]
     checked = 0
@@ -160,11 +186,29 @@ def test_every_capture_is_synchronized_with_the_spec(server, backend_for, tmp_pa
             assert math.isclose(math.cos(math.radians(state["rotation"][1] + yaw)), 1.0, abs_tol=1e-6)
             assert state["anim_time"] == pytest.approx(s.animation_time(k, spec.fps), abs=1e-5)
             assert state["animation"] == s.animation.clip
-    # All cameras of one frame were captured in the same engine tick.
-    ticks = [c.tick for c in lit]
+    # Every capture of one frame saw one world state: the world was paused and nothing moved.
+    caps = [c for c in server.captures]
+    per_frame = len(caps) // spec.num_frames
+    assert len(caps) == spec.num_frames * 3 * len(spec.cameras)
     for k in range(spec.num_frames):
-        assert len(set(ticks[k * 3 : k * 3 + 3])) == 1
-    assert len(set(ticks)) == spec.num_frames
+        frame = caps[k * per_frame : (k + 1) * per_frame]
+        assert len({c.world_time for c in frame}) == 1
+        assert len({repr(c.actors) for c in frame}) == 1
+
+
+@pytest.mark.parametrize("revision", ["2024", "head"])
+def test_vbatch_is_measured_and_synchronization_does_not_depend_on_it(revision, backend_for, tmp_path):
+    """Builds before 2026-03 accept `vbatch` but batch nothing; at head a frame runs in one engine tick."""
+    with standin(revision=revision) as srv:
+        spec = make_spec(num_frames=3, num_cameras=2)
+        result, _ = render(backend_for(srv), spec, tmp_path / "s")
+        assert result.info["server"]["vbatch"] == {"accepted": True, "batches": revision == "head"}
+        lit = [c for c in srv.captures if c.mode == "lit"]
+        assert len(lit) == spec.num_frames * 2 and all(c.paused for c in lit)
+        if revision == "head":
+            # The plugin's clock (GFrameCounter) proves each frame ran in one tick, and so do the captures.
+            assert result.info["single_tick_frames"] == spec.num_frames
+            assert all(lit[2 * k].tick == lit[2 * k + 1].tick for k in range(spec.num_frames))
 
 
 def test_subject_masks_hold_instance_ids_where_the_server_drew_them(server, backend_for, tmp_path):
@@ -186,7 +230,7 @@ def test_subject_masks_hold_instance_ids_where_the_server_drew_them(server, back
 
 
 def test_dropped_connection_is_reconnected_and_scene_retried(backend_for, tmp_path, caplog):
-    with StandinServer(drop_after=40) as srv:
+    with standin(drop_after=80) as srv:
         spec = make_spec(num_frames=3)
         backend = backend_for(srv)
         with caplog.at_level(logging.WARNING):
@@ -202,12 +246,17 @@ def test_dropped_connection_is_reconnected_and_scene_retried(backend_for, tmp_pa
         assert load_npz_array(tmp_path / "s" / "depth" / "cam00.npz", "depth").shape[0] == spec.num_frames
 
 
-def test_without_plugin_falls_back_with_a_warning(backend_for, tmp_path, caplog):
-    with StandinServer(plugin=False) as srv:
+@pytest.mark.parametrize(
+    ("flavour", "spawn_method"),
+    [("oss-5.2", "class_name"), ("unrealzoo-1.1", "spawn_from_path")],
+)
+def test_without_plugin_falls_back_with_a_warning(flavour, spawn_method, backend_for, tmp_path, caplog):
+    with standin(flavour=flavour, plugin=False) as srv:
         spec = make_spec(num_frames=2, num_cameras=2)
         with caplog.at_level(logging.WARNING):
             result, _ = render(backend_for(srv), spec, tmp_path / "s")
         assert result.info["animation_sync"] == "approximate"
+        assert result.info["spawn_method"] == spawn_method
         assert "animation sync is APPROXIMATE" in caplog.text
         lit = [c for c in srv.captures if c.mode == "lit"]
         # Transforms are still exact; animation time comes from the engine clock.
@@ -215,37 +264,168 @@ def test_without_plugin_falls_back_with_a_warning(backend_for, tmp_path, caplog)
         xyz, _ = s.trajectory.pose(1, spec.num_frames)
         np.testing.assert_allclose(lit[-1].actors["SynCamSubject_1"]["location"], [xyz[0] * 100, -xyz[1] * 100, xyz[2] * 100], atol=1e-3)
         assert lit[-1].actors["SynCamSubject_1"]["anim_time"] > lit[0].actors["SynCamSubject_1"]["anim_time"]
+        # Spawned subjects are annotated (mask colour set), so they are in the depth and mask images.
+        ids = np.concatenate([load_npz_array(tmp_path / "s" / "masks" / f"{c.id}.npz", "ids").ravel() for c in spec.cameras])
+        assert (ids == 1).sum() > 20
+
+
+def test_open_source_server_without_plugin_names_the_fix_for_unloaded_classes(backend_for, tmp_path):
+    """`vset /objects/spawn` finds only loaded classes: a level that does not reference the subject cannot spawn it."""
+    from syncam_data.render.unrealcv import SpawnError
+
+    with standin(plugin=False) as srv:
+        spec = make_spec(num_frames=1, subjects=1, level="/Game/Maps/Empty")
+        with pytest.raises(SpawnError, match=r"'vset /objects/spawn BP_Walker_C' replied: error Can not find a class with name 'BP_Walker_C'\); "
+                           r"reference BP_Walker_C from the level /Game/Maps/Empty or install the SynCam plugin"):
+            backend_for(srv).render_scene(spec, SceneOutput(tmp_path / "s", fps=12))
+
+
+def test_plugin_spawns_blueprint_asset_paths_that_no_level_references(backend_for, tmp_path):
+    with standin() as srv:
+        spec = make_spec(num_frames=1, subjects=1, level="/Game/Maps/Empty")
+        sub = spec.subjects[0].model_copy(update={"asset": "/Game/Characters/Walker/BP_Walker.BP_Walker"})  # the Blueprint, not its class
+        result, _ = render(backend_for(srv), spec.model_copy(update={"subjects": [sub]}), tmp_path / "s")
+        assert result.info["spawn_method"] == "plugin"
+        assert srv.world.actors["SynCamSubject_1"].asset == WALKER
+
+
+def test_a_subject_without_a_mesh_is_refused_because_it_would_be_missing_from_depth(backend_for, tmp_path):
+    from syncam_data.render.unrealcv import SpawnError
+
+    with standin() as srv:
+        spec = make_spec(num_frames=1, subjects=1)
+        sub = spec.subjects[0].model_copy(update={"asset": "/Game/Logic/BP_Trigger.BP_Trigger_C"})
+        with pytest.raises(SpawnError, match="UnrealCV did not annotate SynCamSubject_1 .* no mesh component"):
+            backend_for(srv).render_scene(spec.model_copy(update={"subjects": [sub]}), SceneOutput(tmp_path / "s", fps=12))
+
+
+def test_camera_ids_count_cameras_the_level_already_has(flavour, backend_for, tmp_path):
+    """A level with placed cameras: new ids start after them (the count before each spawn), in both naming schemes."""
+    with standin(flavour=flavour, levels={"/Game/Maps/Placed": LevelConfig(references=(WALKER,), placed_cameras=2)}) as srv:
+        spec = make_spec(num_frames=1, num_cameras=2, subjects=1, level="/Game/Maps/Placed")
+        result, _ = render(backend_for(srv), spec, tmp_path / "s")
+        assert result.info["cameras"] == {"cam00": 3, "cam01": 4}
+        assert {c.camera for c in srv.captures} == {3, 4}
+        assert srv.world.cameras[1].location == [0.0, 0.0, 0.0]  # the level's own cameras were left alone
+        cams = read_cameras_json(tmp_path / "s" / "cameras.json")
+        assert [e["raw"]["camera_id"] for _, _, e in cams] == [3, 4]
+        assert all(e["raw"]["actor"].startswith("FusionCameraActor") for _, _, e in cams)
 
 
 def test_require_plugin_fails_clearly_without_it(backend_for, tmp_path):
-    with StandinServer(plugin=False) as srv:
+    with standin(plugin=False) as srv:
         backend = backend_for(srv, require_plugin=True)
         with pytest.raises(Exception, match="SynCam UE plugin"):
             backend.render_scene(make_spec(num_frames=1), SceneOutput(tmp_path / "s", fps=12))
 
 
-def test_missing_capability_is_named(monkeypatch, tmp_path):
-    import unrealcv_standin as standin
+def test_a_plugin_built_the_old_way_is_not_mistaken_for_a_working_one(backend_for, tmp_path, caplog):
+    """Declared with `const FString&` and bool/double returns, vbp cannot call it although GetSynCamVersion answers."""
+    from test_render_unrealcv_standin import OLD_PLUGIN_HEADER
 
-    monkeypatch.setattr(standin, "COMMAND_TEMPLATES", [t for t in standin.COMMAND_TEMPLATES if t != "vbatch [uint]"])
-    with StandinServer() as srv:
+    from syncam_data.render.unrealcv import CapabilityError
+
+    with standin(plugin_header=OLD_PLUGIN_HEADER) as srv:
+        with caplog.at_level(logging.WARNING):
+            result, _ = render(backend_for(srv), make_spec(num_frames=2, num_cameras=1), tmp_path / "s")
+        assert "SynCam UE plugin 1.0.0 is too old" in caplog.text
+        assert result.info["animation_sync"] == "approximate" and result.versions["syncam_plugin"] == "absent"
+        with pytest.raises(CapabilityError, match="too old: vbp cannot pass"):
+            backend_for(srv, require_plugin=True).render_scene(make_spec(num_frames=1), SceneOutput(tmp_path / "t", fps=12))
+    # Declared with the new version number but still a by-reference parameter: the dry calls catch it.
+    broken = OLD_PLUGIN_HEADER.replace('"1.0.0"', '"2.0.0"').replace("double GetWorldTime() const;", "FString GetWorldClock() const;")
+    with standin(plugin_header=broken) as srv:
+        with pytest.raises(CapabilityError, match=r"present but vbp cannot call .*SetActorTransformCm: vbp did not call the function .*\['ActorName'\] were skipped"):
+            backend_for(srv, require_plugin=True).render_scene(make_spec(num_frames=1), SceneOutput(tmp_path / "u", fps=12))
+
+
+def test_missing_capability_is_named(tmp_path):
+    with standin(without=("vget /camera/[uint]/object_mask [str]",)) as srv:
         backend = get_backend("unrealcv", WorkerSlot(), port=srv.port, connect_timeout=5)
-        with pytest.raises(Exception, match=r"batch requests into one tick \('vbatch 2'\)"):
+        with pytest.raises(Exception, match=r"capture object masks \('vget /camera/65535/object_mask bmp'\)"):
             backend.open()
         backend.close()
 
 
 def test_unix_socket_and_cine_lens(tmp_path, backend_for):
     sock = str(tmp_path / "unrealcv_{port}.socket")
-    with StandinServer(unix_socket=sock) as srv:
+    with standin(unix_socket=sock, flavour="unrealzoo-1.1") as srv:
         spec = make_spec(num_frames=1, num_cameras=2, subjects=1)
         backend = backend_for(srv, unix_socket=sock, lens="cine", sensor_width_mm=23.76)
         assert backend.endpoint == srv.unix_socket
-        render(backend, spec, tmp_path / "s")
+        result, _ = render(backend, spec, tmp_path / "s")
+        assert result.info["lens"] == "cine"
         cams = read_cameras_json(tmp_path / "s" / "cameras.json")
         for (cid, cam, _), c in zip(cams, spec.cameras):
             assert cam.fx == pytest.approx(c.fx, rel=1e-5)
-        assert srv.world.cameras[1].focal_mm == pytest.approx(spec.cameras[0].fx * 23.76 / W, rel=1e-6)
+        ue_cam = srv.world.cameras[1]
+        assert ue_cam.cine_enabled and ue_cam.filmback == pytest.approx((23.76, 23.76 * H / W), rel=1e-6)
+        assert ue_cam.focal_mm == pytest.approx(spec.cameras[0].fx * 23.76 / W, rel=1e-6)
+
+
+def test_cine_lens_on_a_server_without_it_is_a_capability_error_and_auto_uses_the_fov(backend_for, tmp_path):
+    from syncam_data.render.unrealcv import CapabilityError
+
+    with standin() as srv:
+        with pytest.raises(CapabilityError, match="no cine camera commands"):
+            backend_for(srv, lens="cine").render_scene(make_spec(num_frames=1), SceneOutput(tmp_path / "a", fps=12))
+        result, _ = render(backend_for(srv, lens="auto"), make_spec(num_frames=1, num_cameras=1), tmp_path / "b")
+        assert result.info["lens"] == "fov" and srv.world.cameras[1].cine_enabled is False
+
+
+def test_illumination_is_sent_per_camera_where_the_server_has_it(backend_for, tmp_path, caplog):
+    with standin() as srv:
+        result, _ = render(backend_for(srv, illumination="lumen"), make_spec(num_frames=1, num_cameras=2), tmp_path / "a")
+        assert result.info["illumination"] == "lumen"
+        assert [c.illumination for c in srv.world.cameras[1:]] == ["lumen", "lumen"]
+    with standin(without=("vset /camera/[uint]/illumination [str]",)) as srv:
+        with caplog.at_level(logging.WARNING):
+            result, _ = render(backend_for(srv, illumination="lumen"), make_spec(num_frames=1, num_cameras=1), tmp_path / "b")
+        assert result.info["illumination"] == "server default"
+        assert "cannot set a camera's illumination" in caplog.text
+
+
+def test_ground_that_reads_as_sky_is_recorded_and_warned(backend_for, tmp_path, caplog):
+    """A Landscape ground is never annotated: UnrealCV's depth shows sky there; scene.json and the log say so."""
+    with standin(levels={"/Game/Maps/Hills": LevelConfig(ground="landscape", references=(WALKER,))}) as srv:
+        with caplog.at_level(logging.WARNING):
+            result, _ = render(backend_for(srv), make_spec(num_frames=2, subjects=1, level="/Game/Maps/Hills"), tmp_path / "s")
+        depth = result.info["depth"]
+        assert depth["ground_reads_as_sky"] is True
+        assert all(f > 0.9 for f in depth["ground_sky_fraction"].values())
+        assert "the ground reads as sky in 3 of 3 cameras" in caplog.text and "static-mesh ground" in caplog.text
+    with standin() as srv:
+        result, _ = render(backend_for(srv), make_spec(num_frames=1), tmp_path / "t")
+        assert result.info["depth"]["ground_reads_as_sky"] is False
+        assert set(result.info["depth"]["sky_fraction"]) == {"cam00", "cam01", "cam02"}
+        assert all(0.0 <= f < 0.5 for f in result.info["depth"]["sky_fraction"].values())
+
+
+@pytest.mark.parametrize(("fault", "what"), [({"fault_nudge_after": 4}, "moved during the captures"), ({"fault_unpause_after": 4}, "world time moved")])
+def test_a_frame_where_something_moved_is_captured_again(fault, what, backend_for, tmp_path, caplog):
+    with standin(**fault) as srv:
+        spec = make_spec(num_frames=3, num_cameras=2)
+        with caplog.at_level(logging.WARNING):
+            result, _ = render(backend_for(srv), spec, tmp_path / "s")
+        assert result.info["recaptured_frames"] == 1
+        assert what in caplog.text and "capturing the frame again" in caplog.text
+        # The accepted frames show the spec: the first subject where the trajectory puts it at frame 0.
+        from syncam_data.video import probe
+
+        assert probe(tmp_path / "s" / "videos" / "cam00.mp4").num_frames == spec.num_frames
+        last0 = [c for c in srv.captures if c.mode == "lit"][2]  # the first capture of the repeated frame 0
+        xyz, _ = spec.subjects[0].trajectory.pose(0, spec.num_frames)
+        np.testing.assert_allclose(last0.actors["SynCamSubject_1"]["location"], [xyz[0] * 100, -xyz[1] * 100, xyz[2] * 100], atol=1e-3)
+        assert last0.paused
+
+
+def test_a_map_that_does_not_exist_is_reported(backend_for, tmp_path):
+    from syncam_data.render.unrealcv import UnrealCVError
+
+    with standin() as srv:
+        backend = backend_for(srv, level_timeout=1)
+        with pytest.raises(UnrealCVError, match=r"level '/Levels/Typo' did not load: the engine is on 'Default'"):
+            backend.render_scene(make_spec(num_frames=1, level="/Levels/Typo"), SceneOutput(tmp_path / "s", fps=12))
 
 
 def test_rejects_specs_unreal_cannot_render(server, backend_for, tmp_path):
@@ -282,7 +462,7 @@ def test_launch_one_engine_per_worker_and_restart_a_dead_one(tmp_path):
     import signal
 
     script = Path(__file__).resolve().parent / "unrealcv_standin.py"
-    launch = f"{sys.executable} {script} --port {{port}}"
+    launch = f"{sys.executable} {script} -cvport {{port}}"
     base = _free_port_pair()
     backends = [get_backend("unrealcv", WorkerSlot(i, 2), port=[base], launch=launch, connect_timeout=30, timeout=20) for i in range(2)]
     try:
@@ -307,30 +487,31 @@ def test_launch_one_engine_per_worker_and_restart_a_dead_one(tmp_path):
     assert all(p.poll() is not None for p in procs if p is not None)
 
 
-def test_one_shot_clip_holds_its_last_pose(server, backend_for, tmp_path):
+def test_one_shot_clip_holds_its_last_pose(backend_for, tmp_path):
     """animation.loop = False: the plugin clamps to the clip length and the backend accepts exactly that."""
-    spec = make_spec(num_frames=4, num_cameras=1, subjects=1)
-    sub = spec.subjects[0]
-    sub = sub.model_copy(update={"animation": sub.animation.model_copy(update={"loop": False, "speed": 12.0})})
-    spec = spec.model_copy(update={"subjects": [sub]})
-    render(backend_for(server), spec, tmp_path / "s")
-    from unrealcv_standin import clip_length
+    with standin() as server:
+        spec = make_spec(num_frames=4, num_cameras=1, subjects=1)
+        sub = spec.subjects[0]
+        sub = sub.model_copy(update={"animation": sub.animation.model_copy(update={"loop": False, "speed": 12.0})})
+        spec = spec.model_copy(update={"subjects": [sub]})
+        render(backend_for(server), spec, tmp_path / "s")
+        from unrealcv_standin import clip_length
 
-    length = clip_length(sub.animation.clip)
-    times = [c.actors["SynCamSubject_1"]["anim_time"] for c in server.captures if c.mode == "lit"]
-    want = [min(sub.animation_time(k, spec.fps), length) for k in range(spec.num_frames)]
-    assert times == pytest.approx(want, abs=1e-5)
-    assert times[-1] == pytest.approx(length, abs=1e-5)  # the test really reaches the clamp
+        length = clip_length(sub.animation.clip)
+        times = [c.actors["SynCamSubject_1"]["anim_time"] for c in server.captures if c.mode == "lit"]
+        want = [min(sub.animation_time(k, spec.fps), length) for k in range(spec.num_frames)]
+        assert times == pytest.approx(want, abs=1e-5)
+        assert times[-1] == pytest.approx(length, abs=1e-5)  # the test really reaches the clamp
 
 
 def test_slow_capture_within_timeout_succeeds_and_beyond_it_fails_clearly(backend_for, tmp_path):
     spec = make_spec(num_frames=1, num_cameras=1, subjects=1)
-    with StandinServer(capture_delay=0.1) as srv:  # 3 captures: 0.3 s per frame barrier
+    with standin(capture_delay=0.1) as srv:  # 0.1 s per image, timeout 5 s per reply
         render(backend_for(srv, timeout=5), spec, tmp_path / "ok")
         assert is_complete(tmp_path / "ok")
-    with StandinServer(capture_delay=0.4) as srv:  # 1.2 s per frame barrier, timeout 0.5 s
-        backend = backend_for(srv, timeout=0.5, retries=1)
-        with pytest.raises(ConnectionError, match=r"lost the UnrealCV server .* 2 times; last: .*no reply within"):
+    with standin(capture_delay=1.0) as srv:  # 1 s per image, timeout 0.6 s per reply
+        backend = backend_for(srv, timeout=0.6, retries=1)
+        with pytest.raises(ConnectionError, match=r"lost the UnrealCV server .* 2 times; last: .*no reply within 0.6 s"):
             backend.render_scene(spec, SceneOutput(tmp_path / "slow", fps=12))
 
 
@@ -350,7 +531,7 @@ def is_complete(folder: Path) -> bool:
 def test_reply_checks_catch_an_engine_that_does_not_do_what_was_set(fault, message, backend_for, tmp_path):
     from syncam_data.render.unrealcv import FrameSyncError
 
-    with StandinServer(**fault) as srv:
+    with standin(**fault) as srv:
         backend = backend_for(srv)
         with pytest.raises(FrameSyncError, match=message):
             backend.render_scene(make_spec(num_frames=2, num_cameras=1, subjects=1), SceneOutput(tmp_path / "s", fps=12))
@@ -367,26 +548,40 @@ def test_server_that_never_greets_times_out_instead_of_hanging():
         assert time.monotonic() - t0 < 8
 
 
-def test_png_and_bmp_decode_to_the_same_rgb_and_png_renders(server, backend_for, tmp_path):
-    from syncam_data.render.unrealcv import decode_image
+def test_a_second_backend_waits_for_the_first_to_disconnect(backend_for):
+    with standin() as srv:
+        first = backend_for(srv)
+        second = get_backend("unrealcv", WorkerSlot(), port=srv.port, connect_timeout=1.0)
+        with pytest.raises(ConnectionError, match="no answer within 1 s"):
+            second.open()
+        first.close()
+        second.connect_timeout = 10
+        second.open()
+        assert second.server.version == "1.0.1"
+        second.close()
+
+
+def test_png_and_bmp_decode_to_the_same_rgb_and_png_renders(backend_for, tmp_path):
+    from syncam_data.render.unrealcv_protocol import decode_image
     from unrealcv_standin import World, encode_image
 
-    world = World()
+    world = World("oss-5.2", {}, {}, plugin=False)
     world.load_level(MAP)
     cam = world.cameras[0]
     cam.width, cam.height, cam.location, cam.rotation = W, H, [-400.0, 50.0, 150.0], [-10.0, -5.0, 0.0]
-    rgb, _, _ = world.render(cam)
+    rgb = world.render(cam)[0]
     np.testing.assert_array_equal(decode_image(encode_image(rgb, "bmp"), "bmp"), rgb)
     np.testing.assert_array_equal(decode_image(encode_image(rgb, "png"), "png"), rgb)  # RGBA PNG, alpha dropped
-    result, _ = render(backend_for(server, image_format="png"), make_spec(num_frames=1, num_cameras=1, subjects=1), tmp_path / "s")
-    assert result.info["image_format"] == "png"
-    assert any(c.mode == "lit" for c in server.captures)
+    with standin() as server:
+        result, _ = render(backend_for(server, image_format="png"), make_spec(num_frames=1, num_cameras=1, subjects=1), tmp_path / "s")
+        assert result.info["image_format"] == "png"
+        assert any(c.mode == "lit" for c in server.captures)
 
 
 def test_point_depth_is_converted_to_plane_depth():
     import io as _io
 
-    from syncam_data.render.unrealcv import decode_depth
+    from syncam_data.render.unrealcv_protocol import decode_depth
 
     cam = Camera(W, H, 90.0, 90.0, W / 2, H / 2)
     g = cam.pixel_grid()
@@ -400,3 +595,14 @@ def test_point_depth_is_converted_to_plane_depth():
     np.testing.assert_allclose(d.ravel()[1:], 5.0, rtol=1e-5)
     d_plane = decode_depth(buf.getvalue(), cam, "plane", "test")
     assert d_plane[H // 2, 0] > 5.1  # read as plane depth, the ray distance at the edge is too far
+
+
+def test_an_unrealcv_client_older_than_1_3_is_refused(monkeypatch):
+    import unrealcv
+
+    import syncam_data.render.unrealcv as backend_module
+
+    monkeypatch.setattr(backend_module, "_CLIENT_CLASS", None)
+    monkeypatch.delattr(unrealcv.Client, "RECONNECT_ATTEMPTS")  # unrealcv 1.2.0 has no RECONNECT_* attributes
+    with pytest.raises(backend_module.CapabilityError, match=r"unrealcv>=1\.3,<2"):
+        backend_module._client_class()

@@ -1,4 +1,4 @@
-"""`syncam-data render --backend unrealcv` end to end against the local UnrealCV stand-in."""
+"""`syncam-data render --backend unrealcv` end to end against the local UnrealCV stand-in, both server flavours."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from syncam_data.render.output import is_complete_scene, load_npz_array, read_ca
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_render_unrealcv import marker_offset, ue_to_canonical  # noqa: E402
-from unrealcv_standin import StandinServer, level_markers  # noqa: E402
+from unrealcv_standin import LevelConfig, StandinServer, level_markers  # noqa: E402
 
 H, W = 96, 128
 
@@ -31,6 +31,15 @@ subjects:
   - {id: hiker, kind: unreal, asset: /Game/Characters/BP_Hiker.BP_Hiker_C, description: a hiker, animations: [walk, wave]}
   - {id: dog, kind: unreal, asset: /Game/Animals/BP_Dog.BP_Dog_C, description: a dog, animations: [walk]}
 """
+
+
+HIKER, DOG = "/Game/Characters/BP_Hiker.BP_Hiker_C", "/Game/Animals/BP_Dog.BP_Dog_C"
+# Levels that reference the subjects' classes: what the open-source server needs to spawn them by name.
+LEVELS = {m: LevelConfig(references=(HIKER, DOG)) for m in ("/Game/Maps/Forest", "/Game/Maps/Plaza")}
+
+
+def standin(**kw) -> StandinServer:
+    return StandinServer(**{"levels": LEVELS, **kw})
 
 
 def run_render(tmp_path: Path, ports: list[int], *extra: str, scenes: int = 2) -> tuple[object, Path]:
@@ -63,7 +72,7 @@ def check_scene_reprojects(folder: Path) -> int:
 
 
 def test_render_cli_reprojects_markers_and_survives_a_dropped_connection(tmp_path):
-    with StandinServer(drop_after=60) as srv:
+    with standin(drop_after=120) as srv:
         result, out = run_render(tmp_path, [srv.port])
         assert result.exit_code == 0, result.output
         assert srv.drops == 1
@@ -80,7 +89,7 @@ def test_render_cli_reprojects_markers_and_survives_a_dropped_connection(tmp_pat
 
 @pytest.mark.slow
 def test_render_cli_two_workers_one_engine_each(tmp_path):
-    with StandinServer() as a, StandinServer() as b:
+    with standin() as a, standin() as b:
         result, out = run_render(tmp_path, [a.port, b.port], "--workers", "2", scenes=2)
         assert result.exit_code == 0, result.output
         # Each worker slot talked to its own engine.
@@ -92,11 +101,8 @@ def test_render_cli_two_workers_one_engine_each(tmp_path):
     assert endpoints == {f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"}
 
 
-def test_render_cli_records_a_missing_capability_as_a_failed_scene(tmp_path, monkeypatch):
-    import unrealcv_standin as standin
-
-    monkeypatch.setattr(standin, "COMMAND_TEMPLATES", [t for t in standin.COMMAND_TEMPLATES if "object_mask" not in t])
-    with StandinServer() as srv:
+def test_render_cli_records_a_missing_capability_as_a_failed_scene(tmp_path):
+    with standin(without=("vget /camera/[uint]/object_mask [str]",)) as srv:
         result, out = run_render(tmp_path, [srv.port], "--retries", "0", scenes=1)
     assert result.exit_code == 1
     assert "capture object masks" in result.output
@@ -107,7 +113,7 @@ def test_render_cli_records_a_missing_capability_as_a_failed_scene(tmp_path, mon
 def test_render_cli_ray_engine_one_actor_per_instance(tmp_path):
     """--engine ray: each Ray actor owns one backend (one engine instance, its own port)."""
     pytest.importorskip("ray")
-    with StandinServer() as a, StandinServer() as b:
+    with standin() as a, standin() as b:
         result, out = run_render(tmp_path, [a.port, b.port], "--engine", "ray", "--workers", "2", scenes=2)
         assert result.exit_code == 0, result.output
         assert a.captures and b.captures
@@ -125,7 +131,7 @@ def test_render_cli_launches_one_engine_per_worker(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         base = s.getsockname()[1]
-    launch = f"{sys.executable} {script} --port {{port}}"
+    launch = f"{sys.executable} {script} -cvport {{port}} -RenderOffscreen -nosound"
     result, out = run_render(tmp_path, [base], "--workers", "2", "--launch", launch, scenes=2)
     assert result.exit_code == 0, result.output
     endpoints = set()
@@ -141,9 +147,65 @@ def test_render_cli_launches_one_engine_per_worker(tmp_path):
 
 def test_render_cli_over_the_unix_socket(tmp_path):
     template = str(tmp_path / "unrealcv_{port}.socket")
-    with StandinServer(unix_socket=template) as srv:
+    with standin(unix_socket=template) as srv:
         result, out = run_render(tmp_path, [srv.port], "--unix-socket", template, scenes=1)
         assert result.exit_code == 0, result.output
     info = json.loads((out / "scene_00000" / "scene.json").read_text())["info"]
     assert info["endpoint"] == srv.unix_socket
     assert check_scene_reprojects(out / "scene_00000") >= 1
+
+
+@pytest.mark.parametrize("flavour", ["oss-5.2", "unrealzoo-1.1"])
+@pytest.mark.parametrize("plugin", [True, False], ids=["plugin", "no-plugin"])
+def test_render_cli_against_both_server_flavours_with_and_without_the_plugin(flavour, plugin, tmp_path):
+    with standin(flavour=flavour, plugin=plugin) as srv:
+        result, out = run_render(tmp_path, [srv.port], scenes=1)
+        assert result.exit_code == 0, result.output
+    folder = out / "scene_00000"
+    assert is_complete_scene(folder)
+    assert check_scene_reprojects(folder) >= 1
+    scene = json.loads((folder / "scene.json").read_text())
+    info = scene["info"]
+    assert info["animation_sync"] == ("exact" if plugin else "approximate")
+    assert info["spawn_method"] == ("plugin" if plugin else "spawn_from_path" if flavour == "unrealzoo-1.1" else "class_name")
+    assert info["lens"] == ("cine" if flavour == "unrealzoo-1.1" else "fov")
+    assert info["server"]["version"] == srv.version
+    assert set(info["depth"]["sky_fraction"]) == {"cam00", "cam01", "cam02"}
+    # Synchronized: every camera has every frame, and the subjects are in the masks.
+    ids = [load_npz_array(folder / "masks" / f"cam0{i}.npz", "ids") for i in range(3)]
+    assert all(a.shape == (3, H, W) for a in ids)
+    assert sum(int((a > 0).sum()) for a in ids) > 50
+
+
+def test_new_user_blueprint_class_paths_against_the_open_source_server_without_the_plugin(tmp_path):
+    """A catalog of Blueprint class paths (/Game/.../BP_X.BP_X_C), an open-source 5.2 server, no SynCam plugin.
+
+    The server spawns a class by name only when the level has loaded it: with levels that reference the
+    subjects it renders; with a level that does not, the scene fails with the fix in its error.
+    """
+    with standin(plugin=False) as srv:
+        result, out = run_render(tmp_path, [srv.port], scenes=2)
+        assert result.exit_code == 0, result.output
+    for sid in ("scene_00000", "scene_00001"):
+        assert check_scene_reprojects(out / sid) >= 1
+        assert json.loads((out / sid / "scene.json").read_text())["info"]["spawn_method"] == "class_name"
+    (tmp_path / "bare").mkdir()
+    with StandinServer(plugin=False) as srv:  # levels that reference nothing
+        result, out = run_render(tmp_path / "bare", [srv.port], "--retries", "0", scenes=1)
+    assert result.exit_code == 1
+    assert "reference BP_" in result.output and "from the level /Game/Maps/" in result.output and "install the SynCam plugin" in result.output
+    assert not (out / "scene_00000").exists()
+
+
+def test_render_cli_illumination_and_lens_options(tmp_path):
+    with standin(flavour="unrealzoo-1.1") as srv:
+        result, out = run_render(tmp_path, [srv.port], "--illumination", "lumen", "--lens", "fov", scenes=1)
+        assert result.exit_code == 0, result.output
+        assert {c.illumination for c in srv.world.cameras[1:]} == {"lumen"}
+        assert not any(c.cine_enabled for c in srv.world.cameras)
+    info = json.loads((out / "scene_00000" / "scene.json").read_text())["info"]
+    assert info["illumination"] == "lumen" and info["lens"] == "fov"
+    (tmp_path / "b").mkdir()
+    with standin() as srv:
+        result, _ = run_render(tmp_path / "b", [srv.port], "--lens", "cine", "--retries", "0", scenes=1)
+    assert result.exit_code == 1 and "no cine camera commands" in result.output

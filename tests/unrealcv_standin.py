@@ -1,42 +1,87 @@
-"""A local stand-in for an Unreal Engine game running the UnrealCV server, for tests and benchmarks.
+"""A local stand-in for an Unreal Engine game running an UnrealCV server, for tests and benchmarks.
 
 Unreal Engine cannot run on the test machines, so the UnrealCV backend is
-tested against this server instead. It is faithful where the backend depends
-on Unreal's behaviour:
+tested against this server. It must be at least as strict as the servers
+users run, so it follows their C++ sources (unrealcv/unrealcv, branch ``5.2``,
+``UnrealCV.uplugin`` version 1.0.1) rather than our idea of them. Two
+flavours, chosen by ``flavour=``:
 
-- the wire protocol: uint32 magic 0x9E2B83C1, uint32 payload length, payload
-  ``"<id>:<command>"``; on connect it sends ``connected to <project>``; one
-  client at a time (a second one is closed without the greeting); TCP and,
-  like UnrealCV on Linux, a Unix socket;
-- the command subset the backend uses (listed by ``vget /unrealcv/commands``
-  as UnrealCV >= 1.1 does), with replies ``ok`` / ``error ...`` / values;
-- Unreal's world and camera semantics: a left-handed X-forward, Y-right, Z-up
-  world in centimetres, rotators (pitch, yaw, roll) in degrees whose
-  FRotationMatrix rows are the forward, right and up axes, and a *horizontal*
-  field of view (or a cine filmback + focal length);
-- ``vbatch N`` (the next N requests run in the same engine tick), pause and
-  resume (world time only advances while the game runs), loading a level
-  destroys what was spawned;
-- the SynCam UE plugin's Blueprint functions reached through ``vbp`` on the
-  ``SynCamFrameSync`` actor (``plugin=False`` runs without them, as an
-  engine without the plugin would).
+``oss-5.2`` (the default): the open-source plugin built from the 5.2 branch.
 
-It renders simple but geometrically exact images: a ground plane at z = 0,
-the level's marker spheres at known points, and one sphere (plus a "nose"
-sphere along the actor's forward axis) per spawned actor, by ray casting
-through every pixel centre with its own projection code (it does not use
-``syncam_data.cameras``). Lit images are BMP or PNG, depth is plane depth in
-cm as npy (quantized through float16 as Unreal's half-float target is, sky =
-65504), object masks are flat per-object colours.
+- ``vget /unrealcv/version`` replies ``1.0.1`` (``FPluginHandler::GetVersion``
+  returns the descriptor's VersionName); there is NO ``vget /unrealcv/commands``
+  (only ``vget /unrealcv/help``), so it replies "error ... handler ...".
+- Unknown commands: ``error Can not find a handler for URI '...'`` (builds before
+  commit 1f64480, 2026-03-04) or ``error No handler found for URI '...'``
+  (``revision="head"``), from ``FCommandDispatcher::Exec``. Commands are matched
+  with the dispatcher's regular expressions: ``[str]`` = ``([^ ]*)``, ``[uint]`` =
+  ``(\\d*)``, ``[float]`` = ``([-+]?\\d*[.]?\\d+)`` (no exponents), then ``[ ]*$``.
+- ``vbatch N`` (``FUnrealcvServer::ProcessPendingRequest``) is handled in the
+  server loop, never listed. Before 1f64480 every other request resets the batch
+  counter to 1, so a vbatch batches nothing; ``revision="head"`` collects the N
+  requests (over several ticks, at most 32 dequeued per tick) and runs them in one tick.
+- ``vget /cameras`` (``FCameraHandler::GetCameraList``) lists SENSOR component
+  names with a trailing space: ``PawnSensor FusionCameraSensor ...``; ``vset
+  /cameras/spawn`` replies the new ACTOR name (``FusionCameraActor_3``) that never
+  appears there. Camera ``N`` is the N-th entry of that list
+  (``USensorBPLib::GetFusionSensorList``: the pawn's sensor first); moving camera 0
+  moves the pawn.
+- Spawning: only ``vset /objects/spawn UCLASSNAME [NAME]``
+  (``FObjectHandler::Spawn``: ``FindFirstObjectSafe<UClass>``, so the class must
+  already be loaded: referenced by the current level), at the world origin.
+  ``spawn_from_path`` does not exist. No cine camera commands.
+  ``vset /camera/N/illumination`` exists.
+- ``vbp OBJECT FUNCTION args`` (``FAliasHandler::VExecWithOutput``): the argument
+  parser SKIPS parameters flagged out or reference (``const FString&`` is a
+  reference parameter), a bad argument means the function is not called but the
+  reply is still a JSON object of outputs; numeric outputs are read from the
+  start of the parameter block (the first parameter's bytes), bools come back as
+  empty strings. The SynCam plugin's functions here are declared by parsing the
+  plugin's C++ header (``unreal_plugin/.../SynCamFrameSync.h``), so a function
+  declared against these rules fails here as it would in Unreal.
+- Depth and object masks include only annotated meshes (``UDepthCamSensor::
+  CaptureDepth`` renders a show-only list of annotation components): UnrealCV
+  annotates every mesh actor at world start (``FObjectAnnotator::AnnotateWorld``)
+  and an actor spawned later only when its colour is set (``vset /object/X/color``
+  creates the components; an actor without a mesh component gets none). A
+  Landscape ground is never annotated: it reads as sky.
+- ``vset /action/game/level`` replies ``ok`` at once and takes effect on the next
+  tick (``UGameplayStatics::OpenLevel``); an unknown map falls back to the default map.
+- One client at a time: the listener thread serves its client inline
+  (``UUnixTcpServer::StartMessageServiceINet``), so a second client is accepted and
+  greeted only after the first disconnects.
 
-Failure and cost simulation: ``drop_after=N`` closes the connection once,
-without a reply, when the N-th request arrives; ``capture_delay`` adds a
-render cost per captured image (seconds); ``tick_s`` makes every request
-outside a ``vbatch`` wait for the next engine tick; ``silent`` accepts
-connections but never greets; ``fault_anim_offset`` / ``fault_camera_offset_cm``
-make the "engine" not do exactly what was set.
+``unrealzoo-1.1``: the UnrealZoo "UnrealCV Dev" build (v1.1): ``vget
+/unrealcv/commands`` lists the registered templates (never ``vbatch``), ``vget
+/cameras`` lists ``CID-...`` ids, ``vset /objects/spawn_from_path ASSET [NAME]``
+loads and spawns (and annotates) an asset path, and the cine camera needs
+``vset /camera/N/cine/enabled 1`` before ``cine/filmback W H OFFX OFFY`` and
+``cine/lens FOCAL APERTURE``.
 
-Run it by hand: ``python tests/unrealcv_standin.py --port 9000``.
+The world: a left-handed X-forward, Y-right, Z-up world in centimetres,
+rotators (pitch, yaw, roll) whose FRotationMatrix rows are the forward, right
+and up axes, a horizontal field of view. Images are ray-cast through every
+pixel centre with this module's own projection code (it does not use
+``syncam_data.cameras``): a ground plane at z = 0, the level's marker spheres
+at known points, one sphere plus a "nose" sphere per spawned actor. Lit images
+are BMP (32-bpp top-down BGRA, as ``FImageUtil::ConvertToBmp`` writes) or PNG;
+depth is plane depth in cm as npy, quantized through float16 as Unreal's
+half-float target is (sky 65504); masks are flat per-object colours.
+
+A game thread ticks the world (``tick_s``: engine frame time; 0 = tick as soon
+as requests are waiting): world time advances only while not paused, queued
+requests run in the tick, replies go out as each request runs.
+
+Cost and failure simulation: ``capture_delay`` makes every captured image take
+at least that long (the render/read-back cost of a real engine); ``drop_after=N``
+closes the connection without a reply at the N-th request; ``silent`` accepts
+but never greets; ``fault_anim_offset`` / ``fault_camera_offset_cm`` make the
+engine not hold exactly what was set; ``fault_nudge_after=N`` moves the first
+subject by 5 cm right after the N-th capture (game logic moving something during
+a frame), ``fault_unpause_after=N`` resumes the world (and lets 0.5 s of
+world time pass) after the N-th capture.
+
+Run it by hand: ``python tests/unrealcv_standin.py -cvport 9000 [--flavour unrealzoo-1.1]``.
 """
 
 from __future__ import annotations
@@ -47,6 +92,8 @@ import json
 import logging
 import math
 import os
+import queue
+import re
 import signal
 import socket
 import struct
@@ -54,6 +101,8 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
 
 import cv2
 import numpy as np
@@ -62,12 +111,14 @@ log = logging.getLogger("unrealcv_standin")
 
 MAGIC = 0x9E2B83C1
 PLUGIN_ACTOR = "SynCamFrameSync"
-PLUGIN_VERSION = "1.0.0"
-SERVER_VERSION = "1.1.2"
+PLUGIN_HEADER = Path(__file__).resolve().parent.parent / "unreal_plugin" / "SynCamUnreal" / "Source" / "SynCamUnreal" / "Public" / "SynCamFrameSync.h"
 SKY_DEPTH_CM = 65504.0  # the largest float16: what Unreal's half-float depth target holds for the sky
 GROUND_MASK = (60, 60, 60)
 SKY_RGB = (135, 180, 235)
 SUBJECT_RADIUS_CM = 30.0
+DEFAULT_MAP = "/Game/Maps/Default"
+FLAVOURS = ("oss-5.2", "unrealzoo-1.1")
+MAX_REQUESTS_PER_TICK = 32  # FUnrealcvServer::ProcessPendingRequest at head
 
 
 # --- Unreal math, written out independently of syncam_data.cameras -----------------
@@ -94,7 +145,55 @@ def normalize_axis(a: float) -> float:
 
 
 def fmt(*vals: float) -> str:
+    """FStrFormatter: vectors and rotators as '%.3f %.3f %.3f'."""
     return " ".join(f"{v:.3f}" for v in vals)
+
+
+def float32(v: float) -> float:
+    """UnrealCV parses command arguments with FCString::Atof into float."""
+    return float(np.float32(v))
+
+
+# --- project content -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Asset:
+    """An asset of the simulated project: a spawnable Blueprint class or an animation sequence."""
+
+    path: str
+    kind: str  # "class" or "animation"
+    has_mesh: bool = True  # classes: does the actor have a mesh component UnrealCV can annotate?
+
+
+# The assets the tests, the docs' examples and the benchmark use; a test may pass its own.
+DEFAULT_CONTENT: tuple[Asset, ...] = (
+    Asset("/Game/Characters/Walker/BP_Walker.BP_Walker_C", "class"),
+    Asset("/Game/Animals/Dog/BP_Dog.BP_Dog_C", "class"),
+    Asset("/Game/Characters/BP_Hiker.BP_Hiker_C", "class"),
+    Asset("/Game/Animals/BP_Dog.BP_Dog_C", "class"),
+    Asset("/Game/Bench/BP_Subject.BP_Subject_C", "class"),
+    Asset("/Game/Logic/BP_Trigger.BP_Trigger_C", "class", has_mesh=False),
+    Asset("/Game/Characters/Walker/Anim_Walk.Anim_Walk", "animation"),
+    Asset("/Game/Animals/Dog/Anim_Trot.Anim_Trot", "animation"),
+    Asset("/Game/Characters/Anim/Walk.Walk", "animation"),
+    Asset("/Game/Characters/Anim/Wave.Wave", "animation"),
+    Asset("/Game/Characters/Anim/Sit.Sit", "animation"),
+    Asset("/Game/Bench/Walk.Walk", "animation"),
+)
+
+
+def class_short_name(path: str) -> str:
+    """'/Game/X/BP_A.BP_A_C' -> 'BP_A_C' (the UClass's object name)."""
+    return path.rsplit(".", 1)[-1] if "." in path else path.rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class LevelConfig:
+    """What a map holds at world start."""
+
+    ground: str = "static_mesh"  # "static_mesh" (annotated at world start) or "landscape" (never annotated)
+    references: tuple[str, ...] = ()  # class asset paths the level references (loaded with it)
+    placed_cameras: int = 0  # FusionCameraActors placed in the level (listed after the pawn's sensor)
 
 
 # --- world state -----------------------------------------------------------------------
@@ -116,10 +215,11 @@ class Actor:
 
     name: str
     asset: str
+    has_mesh: bool = True
     location: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     rotation: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     scale: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
-    mask: tuple[int, int, int] = (128, 128, 128)
+    mask: tuple[int, int, int] | None = None  # annotation colour; None = not annotated (absent from depth and masks)
     animation: str = ""
     anim_time: float | None = None  # set and frozen by the plugin; None = plays with world time
     spawn_time: float = 0.0
@@ -133,17 +233,20 @@ class Actor:
 
 @dataclass
 class StandinCamera:
-    name: str
+    name: str  # what `vget /cameras` lists for it
+    actor: str
     location: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     rotation: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     fov: float = 90.0
     width: int = 640
     height: int = 480
-    filmback: tuple[float, float] | None = None  # sensor width, height (mm)
-    focal_mm: float | None = None
+    cine_enabled: bool = False
+    filmback: tuple[float, float] = (36.0, 24.0)  # sensor width, height (mm)
+    focal_mm: float = 35.0
+    illumination: str = "default"
 
     def hfov(self) -> float:
-        if self.filmback is not None and self.focal_mm is not None:
+        if self.cine_enabled:
             return math.degrees(2 * math.atan(self.filmback[0] / (2 * self.focal_mm)))
         return self.fov
 
@@ -169,22 +272,29 @@ def level_markers(map_path: str) -> list[Marker]:
 
 
 class World:
-    """The simulated game: level, actors, cameras, pause state and world time."""
+    """The simulated game world: level, actors, cameras, pause state and world time."""
 
-    def __init__(self, plugin: bool = True) -> None:
+    def __init__(self, flavour: str, levels: dict[str, LevelConfig], content: dict[str, Asset], plugin: bool) -> None:
+        self.flavour = flavour
+        self.levels = levels
+        self.content = content
         self.plugin = plugin
-        self.level = "/Game/Maps/Default"
-        self.markers: list[Marker] = level_markers(self.level)
+        self.level = ""
+        self.level_config = LevelConfig()
+        self.markers: list[Marker] = []
         self.actors: dict[str, Actor] = {}
-        self.cameras: list[StandinCamera] = [StandinCamera("PlayerCameraManager_0")]
+        self.cameras: list[StandinCamera] = []
+        self.loaded_classes: set[str] = set()
         self.paused = False
         self.slomo = 1.0
         self._time = 0.0
         self._last_wall = time.monotonic()
         self.tick_count = 0
-        self._spawned = 0
+        self._serial = 0
+        self._cid = 0
         # Lit, depth and mask of a camera in one world state share one render (keyed by that state).
-        self.render_cache: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self.render_cache: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+        self.load_level(DEFAULT_MAP)
 
     def advance(self) -> None:
         """Start an engine tick: world time follows the wall clock while the game runs."""
@@ -198,12 +308,53 @@ class World:
     def time(self) -> float:
         return self._time
 
+    def map_exists(self, path: str) -> bool:
+        return path in self.levels or path.startswith("/Game/Maps/")
+
     def load_level(self, path: str) -> None:
+        """A new world: what was spawned is gone, the pause is lifted, classes not referenced are unloaded."""
+        if not self.map_exists(path):
+            log.warning("travel to %s failed (no such map); loading the default map", path)
+            path = DEFAULT_MAP
         self.level = path
+        self.level_config = self.levels.get(path, LevelConfig())
         self.markers = level_markers(path)
         self.actors.clear()
-        self.cameras = [StandinCamera("PlayerCameraManager_0")]
+        self.loaded_classes = {p for p in self.level_config.references if p in self.content}
+        self.cameras = [StandinCamera(self._camera_name("PawnSensor"), "DefaultPawn_0")]
+        for i in range(self.level_config.placed_cameras):
+            self.cameras.append(StandinCamera(self._camera_name("FusionCameraSensor"), f"PlacedCamera_{i}"))
         self.paused = False
+        self.render_cache.clear()
+
+    def _camera_name(self, sensor: str) -> str:
+        if self.flavour == "unrealzoo-1.1":
+            self._cid += 1
+            return f"CID-{self._cid:04d}"
+        return sensor
+
+    def spawn_camera(self) -> StandinCamera:
+        self._serial += 1
+        cam = StandinCamera(self._camera_name("FusionCameraSensor"), f"FusionCameraActor_{self._serial}")
+        self.cameras.append(cam)
+        return cam
+
+    def spawn_actor(self, asset: Asset, name: str | None, annotate_colour: tuple[int, int, int] | None = None) -> Actor:
+        """SpawnActor at the origin (FActorSpawnParameters: AlwaysSpawn); a requested name that exists is made unique."""
+        self._serial += 1
+        base = name or f"{class_short_name(asset.path)}_{self._serial}"
+        actor_name = base
+        while actor_name in self.actors or actor_name in (m.name for m in self.markers):
+            self._serial += 1
+            actor_name = f"{base}_{self._serial}"
+        a = Actor(actor_name, asset.path, has_mesh=asset.has_mesh, spawn_time=self.time)
+        if annotate_colour is not None and a.has_mesh:
+            a.mask = annotate_colour
+        self.actors[actor_name] = a
+        return a
+
+    def anim_time(self, a: Actor) -> float:
+        return a.anim_time if a.anim_time is not None else self.time - a.spawn_time
 
     def state_key(self, cam: StandinCamera) -> tuple:
         """Everything a render of ``cam`` depends on."""
@@ -212,36 +363,39 @@ class World:
             tuple((n, tuple(a.location), tuple(a.rotation), tuple(a.scale), a.mask, self.anim_time(a)) for n, a in self.actors.items()),
         )
 
-    def anim_time(self, a: Actor) -> float:
-        return a.anim_time if a.anim_time is not None else self.time - a.spawn_time
-
     # --- rendering -----------------------------------------------------------------
-    def render(self, cam: StandinCamera) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Ray-cast every pixel centre: (rgb uint8 HxWx3, plane depth cm float32 HxW, mask uint8 HxWx3)."""
+    def render(self, cam: StandinCamera) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Ray-cast every pixel centre: (rgb uint8 HxWx3, plane depth cm float32 HxW, mask uint8 HxWx3, lit depth).
+
+        ``depth`` and the mask hold only annotated meshes (the rest is sky); the lit
+        image shows everything.
+        """
         w, h = cam.width, cam.height
         f = w / (2.0 * math.tan(math.radians(cam.hfov()) / 2.0))
         fwd, right, up = rotator_axes(*cam.rotation)
         u = (np.arange(w) + 0.5 - w / 2.0) / f
         v = (np.arange(h) + 0.5 - h / 2.0) / f
-        # Ray directions (one row per pixel, row-major) with a unit forward component, so the
-        # ray parameter of a hit is its plane depth.
-        d = (fwd[None, None, :] + u[None, :, None] * right[None, None, :] - v[:, None, None] * up[None, None, :]).reshape(-1, 3)
         o = np.array(cam.location, dtype=np.float64)
-        n_px = d.shape[0]
-        depth = np.full(n_px, np.inf)
-        rgb = np.empty((n_px, 3), np.float64)
+        lit_depth = np.full((h, w), np.inf)
+        ann_depth = np.full((h, w), np.inf)
+        rgb = np.empty((h, w, 3), np.float64)
         rgb[:] = SKY_RGB
-        mask = np.zeros((n_px, 3), np.uint8)
+        mask = np.zeros((h, w, 3), np.uint8)
+        # Ray directions with a unit forward component, so the ray parameter of a hit is its plane depth.
+        d = fwd[None, None, :] + u[None, :, None] * right[None, None, :] - v[:, None, None] * up[None, None, :]
         if o[2] > 0:  # the ground plane z = 0, seen from above
-            hit = np.flatnonzero(d[:, 2] < 0)
-            t = -o[2] / d[hit, 2]
-            p = o + t[:, None] * d[hit]
-            checker = (np.floor(p[:, 0] / 100.0) + np.floor(p[:, 1] / 100.0)) % 2 == 0
-            depth[hit] = t
-            rgb[hit] = np.where(checker[:, None], np.array([170.0, 160.0, 140.0]), np.array([110.0, 105.0, 95.0]))
-            mask[hit] = GROUND_MASK
+            hit = d[..., 2] < 0
+            t = np.where(hit, -o[2] / np.where(hit, d[..., 2], -1.0), np.inf)
+            p = o + np.where(hit, t, 0.0)[..., None] * d
+            checker = (np.floor(p[..., 0] / 100.0) + np.floor(p[..., 1] / 100.0)) % 2 == 0
+            lit_depth = np.where(hit, t, np.inf)
+            shade = np.where(checker[..., None], np.array([170.0, 160.0, 140.0]), np.array([110.0, 105.0, 95.0]))
+            rgb = np.where(hit[..., None], shade, rgb)
+            if self.level_config.ground == "static_mesh":
+                ann_depth = lit_depth.copy()
+                mask[hit] = GROUND_MASK
         light = np.array([0.3, -0.4, 0.87])
-        spheres: list[tuple[np.ndarray, float, np.ndarray, tuple[int, int, int]]] = []
+        spheres: list[tuple[np.ndarray, float, np.ndarray, tuple[int, int, int] | None]] = []
         for m in self.markers:
             spheres.append((np.array(m.location), m.radius, np.array(m.color, float), m.mask))
         for a in self.actors.values():
@@ -249,103 +403,201 @@ class World:
             # The animation is visible: the body colour pulses with the animation time.
             body = np.array([200.0, 128 + 100 * math.sin(2 * math.pi * phase), 60.0])
             for i, (c, r) in enumerate(a.spheres()):
-                spheres.append((c, r, body if i == 0 else np.array([30.0, 30.0, 220.0]), a.mask))
-        a2 = np.einsum("nk,nk->n", d, d)
+                spheres.append((c, r, body if i == 0 else np.array([30.0, 30.0, 220.0]), a.mask if a.has_mesh else None))
         for c, r, colour, mcol in spheres:
+            box = _screen_box(c, r, o, fwd, right, up, f, w, h)
+            if box is None:
+                continue
+            y0, y1, x0, x1 = box
+            dd = d[y0:y1, x0:x1]
             oc = o - c
-            b = 2.0 * (d @ oc)
+            a2 = np.einsum("ijk,ijk->ij", dd, dd)
+            b = 2.0 * (dd @ oc)
             disc = b * b - 4 * a2 * (float(oc @ oc) - r * r)
-            cand = np.flatnonzero(disc >= 0)
-            if cand.size == 0:
+            inside = disc >= 0
+            if not inside.any():
                 continue
-            t = (-b[cand] - np.sqrt(disc[cand])) / (2 * a2[cand])
-            keep = (t > 0) & (t < depth[cand])
-            idx, t = cand[keep], t[keep]
-            if idx.size == 0:
-                continue
-            n = (o + t[:, None] * d[idx] - c) / r
-            shade = 0.35 + 0.65 * np.clip(n @ light, 0, 1)
-            depth[idx] = t
-            rgb[idx] = colour * shade[:, None]
-            mask[idx] = mcol
-        depth = np.where(np.isfinite(depth), depth, SKY_DEPTH_CM)
-        depth = np.minimum(depth, SKY_DEPTH_CM).astype(np.float16).astype(np.float32)
-        return (
-            np.clip(rgb, 0, 255).astype(np.uint8).reshape(h, w, 3),
-            depth.reshape(h, w),
-            mask.reshape(h, w, 3),
-        )
+            t = np.where(inside, (-b - np.sqrt(np.where(inside, disc, 0.0))) / (2 * a2), np.inf)
+            t = np.where(t > 0, t, np.inf)
+            n = (o + t[..., None] * dd - c) / r
+            shade = 0.35 + 0.65 * np.clip(np.where(np.isfinite(t)[..., None], n, 0.0) @ light, 0, 1)
+            near = t < lit_depth[y0:y1, x0:x1]
+            lit_depth[y0:y1, x0:x1] = np.where(near, t, lit_depth[y0:y1, x0:x1])
+            rgb[y0:y1, x0:x1] = np.where(near[..., None], colour * shade[..., None], rgb[y0:y1, x0:x1])
+            if mcol is not None:  # an annotated mesh: in the depth and mask show-only list
+                near_a = t < ann_depth[y0:y1, x0:x1]
+                ann_depth[y0:y1, x0:x1] = np.where(near_a, t, ann_depth[y0:y1, x0:x1])
+                mask[y0:y1, x0:x1] = np.where(near_a[..., None], np.array(mcol, np.uint8), mask[y0:y1, x0:x1])
+        depth = np.minimum(np.where(np.isfinite(ann_depth), ann_depth, SKY_DEPTH_CM), SKY_DEPTH_CM)
+        depth = depth.astype(np.float16).astype(np.float32)
+        return np.clip(rgb, 0, 255).astype(np.uint8), depth, mask, lit_depth
+
+
+def _screen_box(c: np.ndarray, r: float, o: np.ndarray, fwd: np.ndarray, right: np.ndarray, up: np.ndarray,
+                f: float, w: int, h: int) -> tuple[int, int, int, int] | None:
+    """Pixel rows/columns a sphere can cover (a conservative bound), or None when it is behind the camera."""
+    rel = c - o
+    z = float(rel @ fwd)
+    if z + r <= 0:
+        return None
+    if z - r <= 1e-6:  # the camera is inside or next to the sphere: test every pixel
+        return 0, h, 0, w
+    x, y = float(rel @ right), -float(rel @ up)
+    # Half-angle of the sphere's silhouette cone, widened so the bound holds off-axis too.
+    spread = r / math.sqrt(max(z * z - r * r, 1e-9))
+    lo_x = (x / z - spread * (1 + abs(x / z))) * f + w / 2.0
+    hi_x = (x / z + spread * (1 + abs(x / z))) * f + w / 2.0
+    lo_y = (y / z - spread * (1 + abs(y / z))) * f + h / 2.0
+    hi_y = (y / z + spread * (1 + abs(y / z))) * f + h / 2.0
+    x0, x1 = max(0, int(math.floor(lo_x)) - 1), min(w, int(math.ceil(hi_x)) + 1)
+    y0, y1 = max(0, int(math.floor(lo_y)) - 1), min(h, int(math.ceil(hi_y)) + 1)
+    if x0 >= x1 or y0 >= y1:
+        return None
+    return y0, y1, x0, x1
 
 
 # --- encoding ----------------------------------------------------------------------------
 
+def encode_bmp(rgb: np.ndarray) -> bytes:
+    """FImageUtil::ConvertToBmp: a 54-byte header, 32 bits per pixel BGRA, top-down (negative height)."""
+    h, w = rgb.shape[:2]
+    bgra = np.empty((h, w, 4), np.uint8)
+    bgra[..., :3] = rgb[..., ::-1]
+    bgra[..., 3] = 255
+    header = struct.pack("<2sIHHI", b"BM", 54 + w * h * 4, 0, 0, 54)
+    info = struct.pack("<IiiHHIIiiII", 40, w, -h, 1, 32, 0, 0, 1024, 1024, 0, 0)
+    return header + info + bgra.tobytes()
+
+
 def encode_image(rgb: np.ndarray, fmt_name: str) -> bytes:
-    """BMP as UnrealCV sends it (BGR), PNG with an alpha channel (UnrealCV's PNG is RGBA)."""
-    bgr = np.ascontiguousarray(rgb[..., ::-1])
+    """BMP as UnrealCV writes it; PNG with an alpha channel (UnrealCV's PNG is RGBA)."""
     if fmt_name == "bmp":
-        ok, buf = cv2.imencode(".bmp", bgr)
-    elif fmt_name == "png":
-        bgra = np.dstack([bgr, np.full(bgr.shape[:2], 255, np.uint8)])
+        return encode_bmp(rgb)
+    if fmt_name == "png":
+        bgra = np.dstack([np.ascontiguousarray(rgb[..., ::-1]), np.full(rgb.shape[:2], 255, np.uint8)])
         ok, buf = cv2.imencode(".png", bgra)
-    else:
-        raise ValueError(f"unsupported image format {fmt_name!r}")
-    if not ok:
-        raise RuntimeError(f"cannot encode {fmt_name}")
-    return buf.tobytes()
+        if not ok:
+            raise RuntimeError("cannot encode png")
+        return buf.tobytes()
+    raise ValueError(f"unsupported image format {fmt_name!r}")
 
 
 def encode_npy(a: np.ndarray) -> bytes:
+    """FSerializationUtils::Array2Npy: float32, shape (H, W)."""
     buf = io.BytesIO()
-    np.save(buf, a, allow_pickle=False)
+    np.save(buf, np.ascontiguousarray(a, dtype=np.float32), allow_pickle=False)
     return buf.getvalue()
 
 
-# --- command handling ---------------------------------------------------------------------
+# --- the vbp argument parser and the plugin's UFUNCTIONs ---------------------------------
 
-COMMAND_TEMPLATES = [
-    "vget /unrealcv/commands",
-    "vget /unrealcv/version",
-    "vget /unrealcv/status",
-    "vset /action/game/level [str]",
-    "vset /action/game/pause",
-    "vset /action/game/resume",
-    "vget /action/game/is_paused",
-    "vrun [str]",
-    "vrun [str] [str]",
-    "vbatch [uint]",
-    "vget /objects",
-    "vset /objects/spawn_from_path [str]",
-    "vset /objects/spawn_from_path [str] [str]",
-    "vget /object/[str]/location",
-    "vset /object/[str]/location [float] [float] [float]",
-    "vget /object/[str]/rotation",
-    "vset /object/[str]/rotation [float] [float] [float]",
-    "vget /object/[str]/scale",
-    "vset /object/[str]/scale [float] [float] [float]",
-    "vget /object/[str]/color",
-    "vset /object/[str]/color [uint] [uint] [uint]",
-    "vset /object/[str]/destroy",
-    "vget /cameras",
-    "vset /cameras/spawn",
-    "vget /camera/[uint]/location",
-    "vset /camera/[uint]/location [float] [float] [float]",
-    "vget /camera/[uint]/rotation",
-    "vset /camera/[uint]/rotation [float] [float] [float]",
-    "vget /camera/[uint]/fov",
-    "vset /camera/[uint]/fov [float]",
-    "vget /camera/[uint]/size",
-    "vset /camera/[uint]/size [uint] [uint]",
-    "vset /camera/[uint]/cine/filmback [float] [float]",
-    "vset /camera/[uint]/cine/lens [float] [float]",
-    "vget /camera/[uint]/cine/intrinsics",
-    "vget /camera/[uint]/lit [str]",
-    "vget /camera/[uint]/depth [str]",
-    "vget /camera/[uint]/object_mask [str]",
-] + ["vbp [str] [str]" + " [str]" * k for k in range(0, 10)]
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: str  # FString, double, float, int32, bool
+    ref: bool = False  # CPF_ReferenceParm (declared with &)
+    out: bool = False  # CPF_OutParm (a non-const reference, or the return value)
 
+
+@dataclass(frozen=True)
+class UFunction:
+    name: str
+    params: tuple[Param, ...]  # in declaration order, the return value last as "ReturnValue"
+
+
+_UFUNCTION = re.compile(r"UFUNCTION\s*\([^)]*\)\s*([\w:<>]+)\s+(\w+)\s*\(([^)]*)\)\s*(?:const)?\s*;", re.S)
+
+
+def parse_ufunctions(header_text: str) -> dict[str, UFunction]:
+    """The UFUNCTIONs of a C++ header, with the parameter flags UnrealHeaderTool gives them."""
+    out = {}
+    text = re.sub(r"//[^\n]*|/\*.*?\*/", "", header_text, flags=re.S)
+    for ret, name, args in _UFUNCTION.findall(text):
+        params = []
+        for raw in (a.strip() for a in args.split(",") if a.strip()):
+            raw = raw.split("=")[0].strip()  # default values
+            ref = "&" in raw
+            const = raw.startswith("const ")
+            decl = raw.replace("const ", "").replace("&", " ").split()
+            params.append(Param(decl[-1], decl[0], ref=ref, out=ref and not const))
+        if ret != "void":
+            params.append(Param("ReturnValue", ret, out=True))
+        out[name] = UFunction(name, tuple(params))
+    return out
+
+
+_NUMERIC = {"double", "float", "int32", "int64", "uint8", "int"}
+
+
+def _import_text(p: Param, token: str) -> Any:
+    """FProperty::ImportText_Direct for the types the plugin uses; None when the import fails."""
+    if p.type == "FString":
+        return token
+    if p.type in _NUMERIC:
+        if not re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", token):
+            return None
+        return float(token) if p.type in ("double", "float") else int(float(token))
+    if p.type == "bool":
+        low = token.lower()
+        return True if low in ("true", "1", "yes") else False if low in ("false", "0", "no") else None
+    return None
+
+
+def vbp_call(fn: UFunction, tokens: list[str], impl: Callable[..., Any] | None) -> str:
+    """FAliasHandler::VExecWithOutput: parse ``tokens`` into ``fn``'s parameters, call, report the outputs."""
+    values: dict[str, Any] = {p.name: ("" if p.type == "FString" else 0) for p in fn.params}
+    args = list(tokens)
+    failed = False
+    inputs = [p for p in fn.params if p.name != "ReturnValue"]
+    last = inputs[-1] if inputs else None
+    for p in inputs:
+        if p.out or p.ref:
+            continue  # "Skip return parameters": out AND reference parameters are never parsed
+        token = args.pop(0) if args else ""
+        if p is last and p.type == "FString" and args:
+            token = " ".join([token, *args])  # the last string parameter takes the rest of the line
+            args = []
+        value = _import_text(p, token)
+        if value is None:
+            failed = True  # "Bad or missing property": logged to the console, the function is not called
+            break
+        values[p.name] = value
+    if not failed and impl is not None:
+        result = impl(**{p.name: values[p.name] for p in inputs})
+        outputs = result if isinstance(result, dict) else {"ReturnValue": result}
+        values.update(outputs)
+    first = fn.params[0] if fn.params else None
+    report = {}
+    for p in fn.params:
+        if not (p.out or p.ref):
+            continue
+        if p.type == "FString":
+            report[p.name] = str(values[p.name])
+        elif p.type in _NUMERIC:
+            # GetNumericPropertyValueToString(Parms): the container, not the property's offset, is read.
+            raw = values[first.name] if first is not None and first.type in _NUMERIC else 0
+            report[p.name] = f"{float(raw):f}" if p.type in ("double", "float") else str(int(raw))
+        else:
+            report[p.name] = ""  # neither a string nor a numeric property: "Unrecognized type", empty
+    # FJsonObjectBP(TMap<FString, FString>).ToString(): UE's default (pretty) JSON writer.
+    return "{\n" + ",\n".join(f"\t{json.dumps(k)}: {json.dumps(v)}" for k, v in report.items()) + "\n}"
+
+
+# --- command table ------------------------------------------------------------------------
 
 class CommandError(Exception):
     pass
+
+
+_TYPE_RE = {"str": r"([^ ]*)", "uint": r"(\d*)", "float": r"([-+]?\d*[.]?\d+)"}
+
+
+def _template_regex(template: str) -> re.Pattern:
+    """FCommandDispatcher::FormatUri: each [type] becomes its regex, then '[ ]*$' (a search, not anchored at the start)."""
+    out = re.sub(r"\[(\w+)\]", lambda m: "\0" + m.group(1) + "\0", template)
+    parts = out.split("\0")
+    rx = "".join(re.escape(p) if i % 2 == 0 else _TYPE_RE[p] for i, p in enumerate(parts))
+    return re.compile(rx + r"[ ]*$")
 
 
 @dataclass
@@ -363,157 +615,226 @@ class CaptureRecord:
 
 
 class Handler:
-    """Executes one command string against the world (the game thread)."""
+    """Executes one command string against the world, on the game thread."""
 
     def __init__(self, server: "StandinServer") -> None:
         self.server = server
-        self.world = server.world
+        self.table: list[tuple[str, re.Pattern, Callable[[list[str]], bytes | str]]] = []
+        self._register()
+
+    @property
+    def world(self) -> World:
+        return self.server.world
+
+    # --- dispatch -----------------------------------------------------------------------
+    def bind(self, template: str, fn: Callable[[list[str]], bytes | str]) -> None:
+        if template in self.server.without:
+            return
+        self.table.append((template, _template_regex(template), fn))
+
+    def templates(self) -> list[str]:
+        return [t for t, _, _ in self.table]
 
     def execute(self, cmd: str) -> bytes | str:
-        try:
-            return self._dispatch(cmd.split())
-        except CommandError as e:
-            return f"error {e}"
-        except (ValueError, IndexError) as e:
-            return f"error Invalid arguments for '{cmd}': {e}"
+        verb = cmd.split(" ", 1)[0]
+        for template, rx, fn in reversed(self.table):
+            if template.split(" ", 1)[0] != verb:
+                continue
+            m = rx.search(cmd)
+            if m is None:
+                continue
+            try:
+                return fn(list(m.groups()))
+            except CommandError as e:
+                return f"error {e}"
+            except (ValueError, IndexError):
+                return "error Argument Invalid"
+        if self.server.revision == "head" and self.server.flavour == "oss-5.2":
+            return f"error No handler found for URI '{cmd}'"
+        return f"error Can not find a handler for URI '{cmd}'"
 
+    def _register(self) -> None:
+        s, zoo = self.server, self.server.flavour == "unrealzoo-1.1"
+        b = self.bind
+        b("vget /unrealcv/status", lambda a: f"Is Listening\nClient Connected\n{s.port}\nConfiguration\n")
+        b("vget /unrealcv/help", lambda a: "".join(f"{t}\n{t}\n" for t in self.templates()))
+        b("vget /unrealcv/version", lambda a: s.version)
+        if zoo:
+            b("vget /unrealcv/commands", lambda a: "\n".join(self.templates()))
+        b("vget /level/name", lambda a: self.world.level.rsplit("/", 1)[-1])
+        b("vset /action/game/pause", lambda a: self._pause(True))
+        b("vset /action/game/resume", lambda a: self._pause(False))
+        b("vset /action/game/level [str]", self._open_level)
+        b("vget /action/game/is_paused", lambda a: "true" if self.world.paused else "false")
+        b("vget /objects", lambda a: "".join(f"{n} " for n in [m.name for m in self.world.markers] + list(self.world.actors)))
+        b("vset /objects/spawn_cube", lambda a: self._spawn_cube(None))
+        b("vset /objects/spawn_cube [str]", lambda a: self._spawn_cube(a[0]))
+        b("vset /objects/spawn [str]", lambda a: self._spawn_class(a[0], None))
+        b("vset /objects/spawn [str] [str]", lambda a: self._spawn_class(a[0], a[1]))
+        if zoo:
+            b("vset /objects/spawn_from_path [str]", lambda a: self._spawn_path(a[0], None))
+            b("vset /objects/spawn_from_path [str] [str]", lambda a: self._spawn_path(a[0], a[1]))
+        for prop in ("location", "rotation", "scale"):
+            b(f"vget /object/[str]/{prop}", lambda a, p=prop: self._get_actor(a, p))
+            b(f"vset /object/[str]/{prop} [float] [float] [float]", lambda a, p=prop: self._set_actor(a, p))
+        b("vget /object/[str]/color", self._get_colour)
+        b("vset /object/[str]/color [uint] [uint] [uint]", self._set_colour)
+        b("vset /object/[str]/destroy", lambda a: self._destroy(a[0]))
+        b("vget /cameras", lambda a: "".join(f"{c.name} " for c in self.world.cameras))
+        b("vset /cameras/spawn", lambda a: self.world.spawn_camera().actor)
+        b("vget /camera/[uint]/location", lambda a: fmt(*self._camera(a[0]).location))
+        b("vset /camera/[uint]/location [float] [float] [float]", self._set_cam_location)
+        b("vget /camera/[uint]/rotation", lambda a: fmt(*(normalize_axis(v) for v in self._camera(a[0]).rotation)))
+        b("vset /camera/[uint]/rotation [float] [float] [float]", self._set_cam_rotation)
+        b("vget /camera/[uint]/fov", lambda a: f"{self._camera(a[0]).hfov():f}")
+        b("vset /camera/[uint]/fov [float]", self._set_fov)
+        b("vget /camera/[uint]/size", lambda a: f"{self._camera(a[0]).width} {self._camera(a[0]).height}")
+        b("vset /camera/[uint]/size [uint] [uint]", self._set_size)
+        b("vset /camera/[uint]/illumination [str]", self._set_illumination)
+        if zoo:
+            b("vget /camera/[uint]/cine/enabled", lambda a: "1" if self._camera(a[0]).cine_enabled else "0")
+            b("vset /camera/[uint]/cine/enabled [uint]", self._cine_enabled)
+            b("vset /camera/[uint]/cine/filmback [float] [float] [float] [float]", self._cine_filmback)
+            b("vset /camera/[uint]/cine/lens [float] [float]", self._cine_lens)
+        for mode in ("lit", "depth", "object_mask"):
+            b(f"vget /camera/[uint]/{mode} [str]", lambda a, m=mode: self._capture(a[0], m, a[1]))
+        b("vrun [str]", self._vrun)
+        b("vrun [str] [str]", self._vrun)
+        for k in range(0, 10):  # FAliasHandler: "vbp [str] [str]" ... with up to 9 arguments
+            b("vbp [str] [str]" + " [str]" * k, self._vbp)
+
+    # --- helpers ------------------------------------------------------------------------
     def _camera(self, tok: str) -> StandinCamera:
         try:
             return self.world.cameras[int(tok)]
         except (ValueError, IndexError):
-            raise CommandError(f"Camera {tok} can not be found.") from None
+            raise CommandError("Invalid sensor id") from None
 
     def _actor(self, name: str) -> Actor:
         if name not in self.world.actors:
-            raise CommandError(f"Can not find object '{name}'")
+            raise CommandError("Cannot find object")
         return self.world.actors[name]
 
-    def _dispatch(self, t: list[str]) -> bytes | str:  # noqa: C901 - a flat command table reads best
+    def _pause(self, paused: bool) -> str:
+        self.world.paused = paused
+        return "ok"
+
+    def _open_level(self, a: list[str]) -> str:
+        self.server.pending_travel = a[0]  # OpenLevel: the travel happens on the next tick
+        return "ok"
+
+    def _vrun(self, a: list[str]) -> str:
+        if a[0] == "slomo" and len(a) > 1:
+            self.world.slomo = float(a[1])
+        return "ok"
+
+    def _spawn_cube(self, name: str | None) -> str:
+        return self.world.spawn_actor(Asset("/Engine/BasicShapes/Cube.Cube", "class"), name).name
+
+    def _spawn_class(self, class_name: str, name: str | None) -> str:
         w = self.world
-        if not t:
-            raise CommandError("empty command")
-        verb, path, args = t[0], (t[1] if len(t) > 1 else ""), t[2:]
-        if verb == "vbp":
-            return self._vbp(t[1:])
-        if verb == "vrun":
-            if path == "slomo" and args:
-                w.slomo = float(args[0])
-            return "ok"
-        parts = path.strip("/").split("/")
-        key = (verb, parts[0])
-        if key == ("vget", "unrealcv"):
-            if parts[1] == "commands":
-                return "\n".join(COMMAND_TEMPLATES)
-            if parts[1] == "version":
-                return SERVER_VERSION
-            if parts[1] == "status":
-                return f"Is Listening\nClient Connected\n{self.server.port}\n"
-        if key == ("vset", "action") and parts[1] == "game":
-            if parts[2] == "level":
-                w.load_level(args[0])
-                return "ok"
-            if parts[2] == "pause":
-                w.paused = True
-                return "ok"
-            if parts[2] == "resume":
-                w.paused = False
-                return "ok"
-        if key == ("vget", "action") and parts[2] == "is_paused":
-            return "true" if w.paused else "false"
-        if key == ("vget", "objects"):
-            return " ".join([m.name for m in w.markers] + list(w.actors))
-        if key == ("vset", "objects") and parts[1] == "spawn_from_path":
-            if not args[0].startswith("/"):
-                raise CommandError(f"Invalid asset path {args[0]}")
-            w._spawned += 1
-            name = args[1] if len(args) > 1 else f"{args[0].rsplit('.', 1)[-1].rsplit('/', 1)[-1]}_C_{w._spawned}"
-            if name in w.actors:
-                raise CommandError(f"Object {name} already exists")
-            w.actors[name] = Actor(name, args[0], spawn_time=w.time, mask=(255, (w._spawned * 71) % 256, 0))
-            return name
-        if key[1] == "object":
-            return self._object(verb, parts[1], parts[2], args)
-        if key == ("vget", "cameras"):
-            return " ".join(c.name for c in w.cameras)
-        if key == ("vset", "cameras") and parts[1] == "spawn":
-            cam = StandinCamera(f"FusionCameraActor_{len(w.cameras)}")
-            w.cameras.append(cam)
-            return cam.name
-        if key[1] == "camera":
-            return self._camera_cmd(verb, self._camera(parts[1]), int(parts[1]), parts[2:], args)
-        raise CommandError(f"Can not find a handler for URI '{' '.join(t)}'")
+        if name is not None and (name in w.actors):
+            raise CommandError(f"Failed to spawn {name}, object exists.")
+        loaded = {class_short_name(p): p for p in w.loaded_classes}
+        if class_name not in loaded:
+            raise CommandError(f"Can not find a class with name '{class_name}'")
+        return w.spawn_actor(w.content[loaded[class_name]], name).name
 
-    def _object(self, verb: str, name: str, prop: str, args: list[str]) -> str:
-        a = self._actor(name)
-        if prop in ("location", "rotation", "scale"):
-            if verb == "vget":
-                return fmt(*getattr(a, prop))
-            vals = [float(x) for x in args[:3]]
-            setattr(a, prop, vals)
-            return "ok"
-        if prop == "color":
-            if verb == "vget":
-                return f"(R={a.mask[0]},G={a.mask[1]},B={a.mask[2]},A=255)"
-            a.mask = tuple(int(x) for x in args[:3])  # type: ignore[assignment]
-            return "ok"
-        if prop == "destroy":
-            del self.world.actors[name]
-            return "ok"
-        raise CommandError(f"Unknown object property {prop}")
-
-    def _camera_cmd(self, verb: str, cam: StandinCamera, cid: int, prop: list[str], args: list[str]) -> bytes | str:
-        p = "/".join(prop)
-        if p == "location":
-            if verb == "vget":
-                return fmt(*cam.location)
-            cam.location = [float(x) for x in args[:3]]
-            cam.location[0] += self.server.fault_camera_offset_cm
-            return "ok"
-        if p == "rotation":
-            if verb == "vget":
-                # Unreal normalizes rotator axes to (-180, 180].
-                return fmt(*(normalize_axis(a) for a in cam.rotation))
-            cam.rotation = [float(x) for x in args[:3]]
-            return "ok"
-        if p == "fov":
-            if verb == "vget":
-                return f"{cam.hfov():.6f}"
-            fov = float(args[0])
-            if not 0 < fov < 180:
-                raise CommandError(f"Invalid fov {fov}")
-            cam.fov, cam.filmback, cam.focal_mm = fov, None, None
-            return "ok"
-        if p == "size":
-            if verb == "vget":
-                return f"{cam.width} {cam.height}"
-            cam.width, cam.height = int(args[0]), int(args[1])
-            if cam.width < 1 or cam.height < 1:
-                raise CommandError("Invalid size")
-            return "ok"
-        if p == "cine/filmback":
-            cam.filmback = (float(args[0]), float(args[1]))
-            return "ok"
-        if p == "cine/lens":
-            cam.focal_mm = float(args[0])
-            return "ok"
-        if p == "cine/intrinsics":
-            f = cam.width / (2 * math.tan(math.radians(cam.hfov()) / 2))
-            return json.dumps({"fx": f, "fy": f, "cx": cam.width / 2, "cy": cam.height / 2, "width": cam.width, "height": cam.height})
-        if verb == "vget" and p in ("lit", "depth", "object_mask"):
-            return self._capture(cam, cid, p, args[0] if args else "png")
-        raise CommandError(f"Unknown camera command {p}")
-
-    def _capture(self, cam: StandinCamera, cid: int, mode: str, fmt_name: str) -> bytes:
+    def _spawn_path(self, path: str, name: str | None) -> str:
         w = self.world
-        if self.server.capture_delay > 0:
-            time.sleep(self.server.capture_delay)  # the simulated render cost
+        asset = w.content.get(path) or w.content.get(path + "_C") or w.content.get(f"{path}.{path.rsplit('/', 1)[-1]}_C")
+        if asset is None or asset.kind != "class":
+            raise CommandError(f"Failed to load class from path '{path}'")
+        w.loaded_classes.add(asset.path)
+        # The UnrealZoo command annotates what it spawns (the "_wo_annotation" variant does not).
+        colour = (int(zlib.crc32(path.encode()) % 200) + 30, 90, 140)
+        return w.spawn_actor(asset, name, annotate_colour=colour).name
+
+    def _get_actor(self, a: list[str], prop: str) -> str:
+        vals = getattr(self._actor(a[0]), prop)
+        # GetActorRotation comes back through a quaternion: each axis normalized to (-180, 180].
+        return fmt(*(normalize_axis(v) for v in vals)) if prop == "rotation" else fmt(*vals)
+
+    def _set_actor(self, a: list[str], prop: str) -> str:
+        actor = self._actor(a[0])
+        setattr(actor, prop, [float32(x) for x in a[1:4]])
+        return "ok"
+
+    def _get_colour(self, a: list[str]) -> str:
+        actor = self._actor(a[0])
+        c = actor.mask
+        return f"(R={c[0]},G={c[1]},B={c[2]},A=255)" if c is not None else "(R=0,G=0,B=0,A=0)"
+
+    def _set_colour(self, a: list[str]) -> str:
+        actor = self._actor(a[0])
+        if actor.has_mesh:  # FObjectAnnotator::CreateAnnotationComponent: one per mesh component
+            actor.mask = (int(a[1]) & 255, int(a[2]) & 255, int(a[3]) & 255)
+        return "ok"
+
+    def _destroy(self, name: str) -> str:
+        self._actor(name)
+        del self.world.actors[name]
+        return "ok"
+
+    def _set_cam_location(self, a: list[str]) -> str:
+        cam = self._camera(a[0])
+        cam.location = [float32(x) for x in a[1:4]]
+        cam.location[0] += self.server.fault_camera_offset_cm
+        return "ok"
+
+    def _set_cam_rotation(self, a: list[str]) -> str:
+        cam = self._camera(a[0])
+        # The sensor's rotation is stored as given; `vget` reports it normalized to (-180, 180].
+        cam.rotation = [float32(x) for x in a[1:4]]
+        return "ok"
+
+    def _set_fov(self, a: list[str]) -> str:
+        cam = self._camera(a[0])
+        cam.fov = float32(a[1])
+        return "ok"
+
+    def _set_size(self, a: list[str]) -> str:
+        cam = self._camera(a[0])
+        cam.width, cam.height = int(a[1]), int(a[2])
+        return "ok"
+
+    def _set_illumination(self, a: list[str]) -> str:
+        cam = self._camera(a[0])
+        if a[1].lower() not in ("none", "lumen", "screen_space", "plugin"):
+            raise CommandError(f"Can not support global illumination method {a[1]}, available options are none, lumen, screen_space, plugin.")
+        cam.illumination = a[1].lower()
+        return "ok"
+
+    def _cine_enabled(self, a: list[str]) -> str:
+        self._camera(a[0]).cine_enabled = int(a[1]) != 0
+        return "ok"
+
+    def _cine_filmback(self, a: list[str]) -> str:
+        cam = self._camera(a[0])
+        if not cam.cine_enabled:
+            raise CommandError("The cine camera is not enabled (vset /camera/N/cine/enabled 1)")
+        cam.filmback = (float32(a[1]), float32(a[2]))
+        return "ok"
+
+    def _cine_lens(self, a: list[str]) -> str:
+        cam = self._camera(a[0])
+        if not cam.cine_enabled:
+            raise CommandError("The cine camera is not enabled (vset /camera/N/cine/enabled 1)")
+        cam.focal_mm = float32(a[1])
+        return "ok"
+
+    def _capture(self, tok: str, mode: str, fmt_name: str) -> bytes | str:
+        cid = int(tok)
+        cam = self._camera(tok)
+        srv, w = self.server, self.world
+        t0 = time.perf_counter()
         key = w.state_key(cam)
         if key not in w.render_cache:
-            if len(w.render_cache) > 64:
+            if len(w.render_cache) > 4 * max(1, len(w.cameras)):
                 w.render_cache.clear()
             w.render_cache[key] = w.render(cam)
-        rgb, depth, mask = w.render_cache[key]
-        self.server.captures.append(
+        rgb, depth, mask, _ = w.render_cache[key]
+        srv.captures.append(
             CaptureRecord(
                 w.tick_count, cid, mode, w.time, w.paused, tuple(cam.location), tuple(cam.rotation),
                 {n: {"location": tuple(a.location), "rotation": tuple(a.rotation), "scale": tuple(a.scale),
@@ -522,41 +843,71 @@ class Handler:
         )
         if mode == "depth":
             if fmt_name != "npy":
-                raise CommandError(f"depth supports npy only, got {fmt_name}")
-            return encode_npy(depth)
-        if fmt_name not in ("bmp", "png"):
-            raise CommandError(f"Unsupported format {fmt_name}")
-        return encode_image(rgb if mode == "lit" else mask, fmt_name)
+                raise CommandError(f"Invalid filename type, filename {fmt_name}")
+            data: bytes = encode_npy(depth)
+        else:
+            if fmt_name not in ("bmp", "png"):
+                raise CommandError(f"Invalid filename type, filename {fmt_name}")
+            data = encode_image(rgb if mode == "lit" else mask, fmt_name)
+        left = srv.capture_delay - (time.perf_counter() - t0)
+        if left > 0:
+            time.sleep(left)  # the simulated render cost of one image
+        srv.after_capture()
+        return data
 
-    def _vbp(self, t: list[str]) -> str:
-        """The plugin's Blueprint functions on the SynCamFrameSync actor; outputs as JSON like UnrealCV's vbp."""
-        if len(t) < 2:
-            raise CommandError("vbp needs an object and a function name")
-        obj, func, args = t[0], t[1], t[2:]
-        if not (self.world.plugin and obj == PLUGIN_ACTOR):
-            raise CommandError(f"Can not find object '{obj}'")
+    # --- the SynCam plugin through vbp --------------------------------------------------
+    def _vbp(self, a: list[str]) -> str:
+        obj, func, args = a[0], a[1], [x for x in a[2:] if x != ""]
         w = self.world
-        if func == "GetSynCamVersion":
-            return json.dumps({"ReturnValue": PLUGIN_VERSION})
-        if func == "GetWorldTime":
-            return json.dumps({"ReturnValue": f"{w.time:.6f}"})
-        if func == "SetActorTransformCm":
-            a = self._actor(args[0])
-            vals = [float(x) for x in args[1:8]]
-            a.location, a.rotation, a.scale = vals[0:3], vals[3:6], [vals[6]] * 3
-            return json.dumps({"ReturnValue": "true"})
-        if func == "SetAnimationPose":
-            # SetAnimationPose(ActorName, AnimationPath, Time, bLoop, out ClipLength) -> time now shown
-            a = self._actor(args[0])
-            clip, t_set, loop = args[1], float(args[2]), args[3].lower() in ("true", "1")
-            if clip != "None":
-                a.animation = clip
-            length = clip_length(a.animation)
-            # Frozen at that time (the plugin sets the play rate to 0); a looping clip reports the
-            # unwrapped time, a one-shot clip holds its last pose.
-            a.anim_time = (t_set if loop else min(t_set, length)) + self.server.fault_anim_offset
-            return json.dumps({"OutClipLength": f"{length:.6f}", "ReturnValue": f"{a.anim_time:.6f}"})
-        raise CommandError(f"Failed to call function '{func}' of {obj}")
+        if not (w.plugin and obj == PLUGIN_ACTOR):
+            raise CommandError(f"Can not find actor with id '{obj}'")
+        fn = self.server.ufunctions.get(func)
+        if fn is None:
+            return "error Argument Invalid"  # Obj->FindFunction failed
+        return vbp_call(fn, args, getattr(self, f"_plugin_{func}", None))
+
+    # The plugin's behaviour (what unreal_plugin/.../SynCamFrameSync.cpp does); the signatures come from its header.
+    def _plugin_GetSynCamVersion(self) -> str:
+        return self.server.plugin_version
+
+    def _plugin_GetWorldClock(self) -> str:
+        w = self.world
+        return json.dumps({"ok": True, "time": round(w.time, 6), "frame": w.tick_count, "paused": w.paused})
+
+    def _plugin_SetActorTransformCm(self, ActorName: str, X: float, Y: float, Z: float, Pitch: float, Yaw: float, Roll: float, Scale: float) -> str:
+        a = self.world.actors.get(ActorName)
+        if a is None:
+            return json.dumps({"ok": False, "error": f"no actor named '{ActorName}'"})
+        a.location, a.rotation, a.scale = [X, Y, Z], [Pitch, Yaw, Roll], [Scale] * 3
+        rot = [normalize_axis(v) for v in a.rotation]
+        return json.dumps({"ok": True, "actor": ActorName, "location": a.location, "rotation": rot, "scale": a.scale})
+
+    def _plugin_SetAnimationPose(self, ActorName: str, AnimationPath: str, Time: float, Loop: int) -> str:
+        a = self.world.actors.get(ActorName)
+        if a is None:
+            return json.dumps({"ok": False, "error": f"no actor named '{ActorName}'"})
+        if AnimationPath not in ("", "None"):
+            asset = self.world.content.get(AnimationPath)
+            if asset is None or asset.kind != "animation":
+                return json.dumps({"ok": False, "error": f"cannot load animation '{AnimationPath}'"})
+            a.animation = AnimationPath
+        if not a.animation:
+            return json.dumps({"ok": False, "error": f"actor '{ActorName}' plays no single-node animation"})
+        length = clip_length(a.animation)
+        t = max(float(Time), 0.0)
+        # Frozen at that time (play rate 0); a looping clip reports the unwrapped time, a one-shot clip its clamp.
+        shown = t if Loop else min(t, length)
+        a.anim_time = shown + self.server.fault_anim_offset
+        return json.dumps({"ok": True, "time": round(a.anim_time, 6), "clip_length": round(length, 6), "animation": a.animation})
+
+    def _plugin_SpawnActorFromPath(self, AssetPath: str, ActorName: str) -> str:
+        w = self.world
+        asset = w.content.get(AssetPath) or w.content.get(AssetPath + "_C")
+        if asset is None or asset.kind != "class":
+            return json.dumps({"ok": False, "error": f"cannot load an actor class from '{AssetPath}'"})
+        w.loaded_classes.add(asset.path)
+        a = w.spawn_actor(asset, ActorName or None)
+        return json.dumps({"ok": True, "actor": a.name, "class": class_short_name(asset.path)})
 
 
 # --- the server -----------------------------------------------------------------------------
@@ -586,6 +937,13 @@ def send_message(sock: socket.socket, payload: bytes) -> None:
     sock.sendall(struct.pack("<II", MAGIC, len(payload)) + payload)
 
 
+@dataclass
+class _Request:
+    conn: socket.socket
+    rid: bytes
+    message: str
+
+
 class StandinServer:
     """The UnrealCV stand-in; ``start()`` listens (port 0 picks a free port), ``stop()`` closes."""
 
@@ -596,30 +954,57 @@ class StandinServer:
         unix_socket: str | None = None,
         project: str = "SynCamStandin",
         plugin: bool = True,
+        flavour: str = "oss-5.2",
+        revision: str = "2024",
+        plugin_header: str | None = None,
+        plugin_version: str = "",
+        content: tuple[Asset, ...] = DEFAULT_CONTENT,
+        levels: dict[str, LevelConfig] | None = None,
         capture_delay: float = 0.0,
+        tick_s: float = 0.0,
         drop_after: int | None = None,
+        silent: bool = False,
         fault_anim_offset: float = 0.0,
         fault_camera_offset_cm: float = 0.0,
-        silent: bool = False,
-        tick_s: float = 0.0,
+        fault_nudge_after: int | None = None,
+        fault_unpause_after: int | None = None,
+        without: tuple[str, ...] = (),
+        stats_file: str | None = None,
     ) -> None:
+        if flavour not in FLAVOURS:
+            raise ValueError(f"flavour must be one of {FLAVOURS}, got {flavour!r}")
+        if revision not in ("2024", "head"):
+            raise ValueError(f"revision must be '2024' or 'head', got {revision!r}")
         self.host, self.port, self.unix_socket, self.project = host, port, unix_socket, project
-        self.world = World(plugin=plugin)
+        self.flavour, self.revision = flavour, revision
+        self.version = "1.0.1" if flavour == "oss-5.2" else "1.1.0"
+        header = plugin_header if plugin_header is not None else PLUGIN_HEADER.read_text()
+        self.ufunctions = parse_ufunctions(header)
+        self.plugin_version = plugin_version or _header_version(header)
+        self.world = World(flavour, dict(levels or {}), {a.path: a for a in content}, plugin)
         self.capture_delay = capture_delay
+        self.tick_s = tick_s
         self.drop_after = drop_after
+        self.silent = silent  # accept connections but never greet (an engine still loading)
         # Faults an engine or plugin could have, to prove the backend's reply checks catch them.
         self.fault_anim_offset = fault_anim_offset
         self.fault_camera_offset_cm = fault_camera_offset_cm
-        self.silent = silent  # accept connections but never greet (an engine still loading)
-        # Engine frame time: UnrealCV runs queued requests during the game thread's tick, so a
-        # request that is not part of a vbatch waits for the next tick boundary.
-        self.tick_s = tick_s
+        self.fault_nudge_after = fault_nudge_after
+        self.fault_unpause_after = fault_unpause_after
+        self.stats_file = stats_file
+        self.without = set(without)  # command templates this server lacks (older or trimmed builds)
+        self.pending_travel: str | None = None
         self.requests = 0
         self.connections = 0
         self.drops = 0
         self.captures: list[CaptureRecord] = []
-        self._busy = threading.Lock()  # one client at a time
-        self._game = threading.Lock()  # the game thread: one request (or batch) at a time
+        self.busy_s = 0.0  # time the game thread spent running requests (the engine's own work)
+        self.handler = Handler(self)
+        self._queue: "queue.Queue[_Request | None]" = queue.Queue()
+        self._pending: list[_Request] = []
+        self._batch: list[_Request] = []
+        self._batch_left = 0
+        self._serve_lock = threading.Lock()  # one client at a time, across TCP and the Unix socket
         self._listeners: list[socket.socket] = []
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -629,7 +1014,7 @@ class StandinServer:
         tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         tcp.bind((self.host, self.port))
-        tcp.listen(4)
+        tcp.listen(8)
         self.port = tcp.getsockname()[1]
         self._listeners.append(tcp)
         if self.unix_socket:
@@ -638,17 +1023,22 @@ class StandinServer:
                 os.unlink(self.unix_socket)
             us = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             us.bind(self.unix_socket)
-            us.listen(4)
+            us.listen(8)
             self._listeners.append(us)
         for ls in self._listeners:
-            th = threading.Thread(target=self._accept_loop, args=(ls,), daemon=True)
-            th.start()
-            self._threads.append(th)
-        log.info("UnrealCV stand-in listening on %s:%d%s", self.host, self.port, f" and {self.unix_socket}" if self.unix_socket else "")
+            self._spawn(self._accept_loop, ls)
+        self._spawn(self._game_loop)
+        log.info("UnrealCV stand-in (%s) listening on %s:%d%s", self.flavour, self.host, self.port, f" and {self.unix_socket}" if self.unix_socket else "")
         return self
+
+    def _spawn(self, fn: Callable[..., None], *args: Any) -> None:
+        th = threading.Thread(target=fn, args=args, daemon=True)
+        th.start()
+        self._threads.append(th)
 
     def stop(self) -> None:
         self._stop.set()
+        self._queue.put(None)
         for ls in self._listeners:
             try:
                 ls.close()
@@ -663,29 +1053,116 @@ class StandinServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    # --- faults fired by captures --------------------------------------------------------
+    def after_capture(self) -> None:
+        n = len(self.captures)
+        if self.fault_nudge_after is not None and n == self.fault_nudge_after and self.world.actors:
+            a = next(iter(self.world.actors.values()))
+            a.location = [a.location[0] + 5.0, a.location[1], a.location[2]]
+            log.warning("fault: moved %s by 5 cm after capture %d", a.name, n)
+        if self.fault_unpause_after is not None and n == self.fault_unpause_after:
+            # Something resumed the game and a few ticks ran before anyone noticed.
+            self.world.paused = False
+            self.world._time += 0.5
+            log.warning("fault: resumed the world after capture %d", n)
+
+    # --- the game thread --------------------------------------------------------------------
+    def _game_loop(self) -> None:
+        next_tick = time.monotonic()
+        while not self._stop.is_set():
+            if self.tick_s > 0:  # a fixed engine frame rate: tick on every boundary, busy or not
+                now = time.monotonic()
+                if now < next_tick:
+                    time.sleep(next_tick - now)
+                next_tick = max(next_tick + self.tick_s, time.monotonic())
+                self._collect(wait=0.0)
+            elif not (self._pending or self.pending_travel):  # tick as soon as there is work
+                self._collect(wait=0.05)
+                if not (self._pending or self.pending_travel):
+                    continue
+            else:
+                self._collect(wait=0.0)
+            self._tick()
+
+    def _collect(self, wait: float) -> None:
+        """Move what the connection thread received into the game thread's pending list."""
+        try:
+            item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+            while item is not None:
+                self._pending.append(item)
+                item = self._queue.get_nowait()
+        except queue.Empty:
+            pass
+
+    def _tick(self) -> None:
+        t0 = time.perf_counter()
+        if self.pending_travel is not None:
+            path, self.pending_travel = self.pending_travel, None
+            self.world.load_level(path)
+        self.world.advance()
+        if self.revision == "head":
+            self._process_head()
+        else:
+            self._process_2024()
+        self.busy_s += time.perf_counter() - t0
+
+    def _process_2024(self) -> None:
+        """Before 1f64480: every request runs as it is dequeued (vbatch's counter is reset to 1 by the next one)."""
+        while self._pending:
+            r = self._pending.pop(0)
+            if r.message.startswith("vbatch"):
+                self._reply(r, "ok")
+                continue
+            self._run(r)
+
+    def _process_head(self) -> None:
+        """At head: at most 32 requests per tick; 'vbatch N' holds the next N until all arrived, then runs them together."""
+        for _ in range(MAX_REQUESTS_PER_TICK):
+            if not self._pending:
+                return
+            r = self._pending.pop(0)
+            if r.message.startswith("vbatch"):
+                try:
+                    self._batch_left = int(r.message[len("vbatch"):].strip() or 0)
+                except ValueError:
+                    self._batch_left = 0
+                self._reply(r, "ok")
+                continue
+            if self._batch_left <= 0:
+                self._batch_left = 1
+            self._batch.append(r)
+            self._batch_left -= 1
+            if self._batch_left == 0:
+                batch, self._batch = self._batch, []
+                for b in batch:
+                    self._run(b)
+
+    def _run(self, r: _Request) -> None:
+        self._reply(r, self.handler.execute(r.message))
+
+    def _reply(self, r: _Request, reply: bytes | str) -> None:
+        data = reply.encode() if isinstance(reply, str) else reply
+        try:
+            send_message(r.conn, r.rid + b":" + data)
+        except OSError as e:
+            log.info("reply to a closed connection dropped: %s", e)
+
     # --- connections -------------------------------------------------------------------
     def _accept_loop(self, ls: socket.socket) -> None:
         ls.settimeout(0.2)
         while not self._stop.is_set():
-            try:
-                conn, _ = ls.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            if self.silent:
-                threading.Thread(target=self._hold_silently, args=(conn,), daemon=True).start()
-                continue
-            if not self._busy.acquire(blocking=False):
-                log.warning("rejecting a second client: only one client at a time")
-                conn.close()
-                continue
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _wait_for_tick(self) -> None:
-        if self.tick_s > 0:
-            now = time.monotonic()
-            time.sleep(math.ceil(now / self.tick_s) * self.tick_s - now)
+            # The listener serves one client inline: the next one waits, un-greeted, in the backlog.
+            with self._serve_lock:
+                try:
+                    conn, _ = ls.accept()
+                except socket.timeout:
+                    continue
+                except OSError:
+                    return
+                if self.silent:
+                    self._spawn(self._hold_silently, conn)
+                    continue
+                self._serve(conn)
 
     def _hold_silently(self, conn: socket.socket) -> None:
         """Keep the connection open without the greeting until the server stops."""
@@ -694,12 +1171,11 @@ class StandinServer:
 
     def _serve(self, conn: socket.socket) -> None:
         self.connections += 1
+        self._batch_left, self._batch = 0, []
         try:
             if conn.family == socket.AF_INET:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             send_message(conn, f"connected to {self.project}".encode())
-            handler = Handler(self)
-            batch_left = 0
             while not self._stop.is_set():
                 msg = recv_message(conn)
                 if msg is None:
@@ -709,46 +1185,52 @@ class StandinServer:
                     log.warning("simulating a dropped connection at request %d", self.requests)
                     self.drops += 1
                     return
-                rid, _, body = msg.partition(b":")
-                cmd = body.decode("utf-8", errors="replace")
-                with self._game:
-                    if batch_left == 0:
-                        self._wait_for_tick()
-                        self.world.advance()  # a new engine tick unless this request belongs to a vbatch
-                    else:
-                        batch_left -= 1
-                    if cmd.split()[:1] == ["vbatch"]:
-                        try:
-                            batch_left = int(cmd.split()[1])
-                            reply: bytes | str = "ok"
-                        except (IndexError, ValueError):
-                            reply = "error vbatch needs a count"
-                    else:
-                        reply = handler.execute(cmd)
-                data = reply.encode() if isinstance(reply, str) else reply
-                send_message(conn, rid + b":" + data)
+                m = re.match(rb"(\d{1,}):(.*)", msg, re.S)  # FUnrealcvServer::HandleRawMessage
+                if m is None:
+                    log.warning("malformed raw message %r", msg[:40])
+                    continue
+                self._queue.put(_Request(conn, m.group(1), m.group(2).decode("utf-8", errors="replace")))
         except (ConnectionError, OSError) as e:
             log.info("client connection ended: %s", e)
         finally:
             try:
-                conn.close()
-            finally:
-                self._busy.release()
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            conn.close()
+            self._write_stats()
+
+    def _write_stats(self) -> None:
+        if self.stats_file:
+            tmp = f"{self.stats_file}.tmp"
+            with open(tmp, "w") as f:
+                json.dump({"busy_s": self.busy_s, "captures": len(self.captures), "requests": self.requests, "ticks": self.world.tick_count}, f)
+            os.replace(tmp, self.stats_file)
+
+
+def _header_version(header: str) -> str:
+    m = re.search(r'SYNCAM_PLUGIN_VERSION\s+TEXT\("([^"]+)"\)', header)
+    return m.group(1) if m else "1.0.0"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="A local UnrealCV stand-in server (see the module docstring).")
-    ap.add_argument("--port", type=int, default=9000, help="TCP port (0 picks a free one)")
+    # `-cvport PORT` is what the real server reads from the command line (FServerConfig::ParseCmdArgs).
+    ap.add_argument("--port", "-cvport", type=int, default=9000, help="TCP port (0 picks a free one)")
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on")
     ap.add_argument("--unix-socket", default=None, help="also listen on this Unix socket path ({port} is replaced)")
-    ap.add_argument("--no-plugin", action="store_true", help="run without the SynCam plugin's vbp functions")
+    ap.add_argument("--flavour", choices=FLAVOURS, default="oss-5.2", help="which server family to behave like")
+    ap.add_argument("--revision", choices=("2024", "head"), default="2024", help="oss-5.2: vbatch before 1f64480 (2024) or at head")
+    ap.add_argument("--no-plugin", action="store_true", help="run without the SynCam plugin's actor")
     ap.add_argument("--capture-delay", type=float, default=0.0, help="simulated render cost per captured image (s)")
+    ap.add_argument("--tick-ms", type=float, default=0.0, help="engine frame time (0: tick whenever requests wait)")
     ap.add_argument("--drop-after", type=int, default=None, help="close the connection once at this request number")
     ap.add_argument("--project", default="SynCamStandin", help="project name sent in the connect greeting")
-    ap.add_argument("--tick-ms", type=float, default=0.0, help="engine frame time: requests outside a vbatch wait for the next tick")
-    a = ap.parse_args()
+    ap.add_argument("--stats-file", default=None, help="write the game thread's busy time here when a client disconnects")
+    a, unknown = ap.parse_known_args()  # an engine's other options (-RenderOffscreen, -nosound, ...) are not ours
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    srv = StandinServer(a.port, a.host, a.unix_socket, a.project, not a.no_plugin, a.capture_delay, a.drop_after, tick_s=a.tick_ms / 1000.0).start()
+    srv = StandinServer(a.port, a.host, a.unix_socket, a.project, plugin=not a.no_plugin, flavour=a.flavour, revision=a.revision,
+                        capture_delay=a.capture_delay, tick_s=a.tick_ms / 1000.0, drop_after=a.drop_after, stats_file=a.stats_file).start()
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())

@@ -24,6 +24,18 @@ class EngineKind(str, Enum):
     ray = "ray"
 
 
+class UnrealLens(str, Enum):
+    auto = "auto"
+    fov = "fov"
+    cine = "cine"
+
+
+class Illumination(str, Enum):
+    lumen = "lumen"
+    screen_space = "screen_space"
+    none = "none"
+
+
 class Device(str, Enum):
     cpu = "cpu"
     gpu = "gpu"
@@ -76,7 +88,9 @@ def render(
     host: str = typer.Option("127.0.0.1", "--host", help="UnrealCV: host of the Unreal Engine instances."),
     port: list[int] = typer.Option([9000], "--port", help="UnrealCV: server port; repeat once per engine instance (worker i uses the i-th port)."),
     unix_socket: str | None = typer.Option(None, "--unix-socket", help="UnrealCV: connect through this Unix socket instead of TCP (Linux); {port} is replaced, 'auto' means /tmp/unrealcv_{port}.socket."),
-    launch: str | None = typer.Option(None, "--launch", help="UnrealCV: command template that starts an engine instance, with {port} (e.g. './Game.sh -UnrealCVPort={port} -RenderOffscreen')."),
+    launch: str | None = typer.Option(None, "--launch", help="UnrealCV: command template that starts an engine instance, with {port} (e.g. './Game.sh -cvport {port} -RenderOffscreen': -cvport PORT is the option UnrealCV's server reads)."),
+    lens: UnrealLens = typer.Option(UnrealLens.auto, "--lens", help="UnrealCV: auto uses the cine camera where the server has it (UnrealZoo v1.1), else the horizontal FOV; fov or cine force one (cine fails on servers without it)."),
+    illumination: Illumination | None = typer.Option(None, "--illumination", help="UnrealCV: global illumination of every camera's captures (UE 5.5+ scene captures disable Lumen unless asked: --illumination lumen); sent where the server has 'vset /camera/N/illumination', default: the server's."),
     depth_dtype: str = typer.Option("float16", "--depth-dtype", help="Depth arrays: float16 (half the size) or float32."),
     strict: bool = typer.Option(False, "--strict", help="Stop when the catalog has invalid entries instead of skipping them."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars for scenes and frames."),
@@ -127,6 +141,8 @@ def render(
         "unix_socket": unix_socket,
         "launch": launch,
         "retries": retries,
+        "lens": lens.value,
+        "illumination": illumination.value if illumination else None,
     }
     cfg = RenderJobConfig(out=out, backend=backend.value, backend_options=options, workers=workers, engine=engine.value, ray_address=ray_address, retries=retries, progress=progress, depth_dtype=depth_dtype)
     args = {"scenes": scenes, "catalog": str(catalog) if catalog else "builtin:demo", "backend": backend.value, "seed": seed, "cameras": cameras, "frames": frames, "fps": fps, "resolution": resolution, "workers": workers, "engine": engine.value, **options}
