@@ -24,6 +24,8 @@ from typing import Optional
 
 import typer
 
+from syncam_model.frames import decodable_error
+
 log = logging.getLogger("syncam_model.generate")
 
 app = typer.Typer(
@@ -97,6 +99,29 @@ def write_outputs(out: Path, videos, rig, generation: dict, fps: float) -> None:
         raise
 
 
+def _camera_rule(meta: dict, normalization: str | None, scale: float | None):
+    """The camera rule to apply: the adapter's, unless the options ask for another (then the adapter is refused)."""
+    from syncam_model.camera_input import CameraRule, CameraRuleError, check_rule, rule_of
+
+    rules = CameraRule.model_fields["translation_normalization"].annotation.__args__
+    if normalization is not None and normalization not in rules:
+        raise ValueError(f"--translation-normalization must be one of {list(rules)}, got {normalization!r}")
+    if scale is not None and not scale > 0:
+        raise ValueError(f"--translation-scale must be positive, got {scale}")
+    if not meta:
+        return CameraRule(translation_normalization=normalization or "max_distance", translation_scale=1.0 if scale is None else scale)
+    try:
+        have = rule_of(meta, "--checkpoint")
+        if normalization is None and scale is None:
+            return have
+        norm = normalization or have.translation_normalization
+        if scale is None:
+            scale = have.translation_scale if norm == have.translation_normalization else 1.0
+        return check_rule(meta, CameraRule(translation_normalization=norm, translation_scale=scale), "--checkpoint")
+    except CameraRuleError as exc:
+        raise ValueError(str(exc)) from None
+
+
 @app.command()
 def generate(
     prompt: str = typer.Option(..., "--prompt", "-p", help="Text prompt shared by all views."),
@@ -108,16 +133,17 @@ def generate(
     resolution: str = typer.Option("480x720", "--resolution", help="Output size HxW, multiples of 16."),
     steps: int = typer.Option(50, "--steps", help="Denoising steps."),
     guidance: float = typer.Option(6.0, "--guidance", help="Text classifier-free guidance scale for text-to-views (1 disables it)."),
-    dynamic_cfg: bool = typer.Option(False, "--dynamic-cfg/--no-dynamic-cfg", help="CogVideoX's cosine guidance schedule (use_dynamic_cfg)."),
+    dynamic_cfg: bool = typer.Option(True, "--dynamic-cfg/--no-dynamic-cfg", help="CogVideoX's cosine guidance schedule (use_dynamic_cfg); on by default, as the official SynCamMaster inference."),
     negative_prompt: str = typer.Option("", "--negative-prompt", help="Unconditional prompt for guidance."),
     input_video: Optional[Path] = typer.Option(None, "--input-video", help="Re-render this video (view 0's camera) from the other cameras."),
     text_guidance: float = typer.Option(7.5, "--text-guidance", help="Text guidance scale in re-rendering mode."),
     video_guidance: float = typer.Option(1.8, "--video-guidance", help="Video guidance scale in re-rendering mode."),
-    sampler: str = typer.Option("ddim", "--sampler", help="'ddim' (CogVideoXDDIMScheduler) or 'dpm' (CogVideoXDPMScheduler)."),
+    sampler: str = typer.Option("auto", "--sampler", help="'auto' (DDIM for CogVideoX-2B, DPM for 5B and 1.5, as the official inference), 'ddim' (CogVideoXDDIMScheduler) or 'dpm' (CogVideoXDPMScheduler)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the initial noise."),
     batch_passes: bool = typer.Option(True, "--batch-passes/--sequential-passes", help="Run the guidance passes as one batch (faster) or one after another (less GPU memory)."),
     vae_tiling: bool = typer.Option(False, "--vae-tiling/--no-vae-tiling", help="Decode/encode with the VAE in tiles (less GPU memory at full resolution; diffusers' enable_tiling)."),
-    translation_scale: Optional[float] = typer.Option(None, "--translation-scale", help="Divide relative translations by this (default: the value recorded in the checkpoint, else 1.0)."),
+    translation_normalization: Optional[str] = typer.Option(None, "--translation-normalization", help="Camera translation rule: 'max_distance' (farthest camera centre from view 0 at distance 1) or 'fixed' (divided by --translation-scale). Default: the checkpoint's; a checkpoint trained with another rule is refused."),
+    translation_scale: Optional[float] = typer.Option(None, "--translation-scale", help="Metres per unit with --translation-normalization fixed (default: the checkpoint's, else 1.0)."),
     hfov: float = typer.Option(60.0, "--hfov", help="Horizontal field of view (degrees) of preset cameras, for cameras.json."),
     fps: float = typer.Option(8.0, "--fps", help="Frame rate of the written videos (CogVideoX: 8)."),
     dtype: str = typer.Option("bfloat16", "--dtype", help="Weight dtype: bfloat16, float32 (float16 gives NaNs with CogVideoX). 'tiny' always uses float32."),
@@ -131,13 +157,14 @@ def generate(
     import torch
 
     from syncam_model.generate import generate as run_generation
-    from syncam_model.model import AdapterError, load_adapter, load_components, read_adapter_meta
+    from syncam_model.generate import resolve_sampler
+    from syncam_model.model import AdapterError, adapter_spec_of, load_adapter, load_components, read_adapter_meta
     from syncam_model.rig import RigError, resolve_rig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     height, width = parse_resolution(resolution)
-    if frames < 1 or (frames - 1) % 8:
-        raise typer.BadParameter(f"{frames}: use 8N+1 frames (9, 17, ..., 49) so CogVideoX's VAE decodes exactly that many", param_hint="--frames")
+    if decodable_error(frames):
+        raise typer.BadParameter(decodable_error(frames), param_hint="--frames")
     if out.exists() and not out.is_dir():
         raise typer.BadParameter(f"{out}: exists and is not a folder", param_hint="--out")
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -159,17 +186,21 @@ def generate(
     if device.startswith("cuda") and not torch.cuda.is_available():
         log.warning("CUDA is not available; running on cpu")
         device = "cpu"
-    scale = translation_scale if translation_scale is not None else float(meta.get("translation_scale", 1.0))
+    try:
+        rule = _camera_rule(meta, translation_normalization, translation_scale)
+        spec = adapter_spec_of(meta, str(checkpoint)) if checkpoint else None
+    except (AdapterError, ValueError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--checkpoint" if checkpoint else "--translation-normalization") from None
     try:
         rig = resolve_rig(cameras, width, height, hfov, views.split(",") if views else None)
     except (RigError, ValueError) as exc:
         raise typer.BadParameter(str(exc), param_hint="--cameras") from None
 
     start = time.time()
-    components = load_components(pretrained, dtype=torch_dtype, device=device, tiny_config=tiny_config)
+    components = load_components(pretrained, dtype=torch_dtype, device=device, tiny_config=tiny_config, adapter=spec)
     if checkpoint:
         try:
-            load_adapter(components.transformer, checkpoint, components.base_id)
+            load_adapter(components.transformer, checkpoint, components.base_id, camera_rule=rule)
         except AdapterError as exc:
             raise typer.BadParameter(str(exc), param_hint="--checkpoint") from None
     else:
@@ -177,10 +208,11 @@ def generate(
     if vae_tiling:
         components.vae.enable_tiling()
     video = load_input_video(input_video, frames, height, width) if input_video else None
+    model_cameras = rig.relative(rule)  # the same rule as in training (syncam_model.camera_input)
     videos = run_generation(
         components,
         prompt,
-        rig.relative(scale),
+        model_cameras,
         num_frames=frames,
         height=height,
         width=width,
@@ -202,10 +234,12 @@ def generate(
         "mode": "rerender" if input_video else "text",
         "input_video": str(input_video) if input_video else None,
         "views": rig.ids,
+        "camera_input": [[round(float(v), 6) for v in row] for row in model_cameras],
         "settings": {
             "frames": frames, "height": height, "width": width, "steps": steps, "guidance": guidance,
             "dynamic_cfg": dynamic_cfg, "text_guidance": text_guidance, "video_guidance": video_guidance,
-            "sampler": sampler, "seed": seed, "batch_passes": batch_passes, "vae_tiling": vae_tiling, "translation_scale": scale, "cameras": cameras, "fps": fps,
+            "sampler": resolve_sampler(components, sampler), "seed": seed, "batch_passes": batch_passes, "vae_tiling": vae_tiling,
+            "camera_rule": rule.model_dump(), "cameras": cameras, "fps": fps,
             "dtype": str(torch_dtype).removeprefix("torch."), "device": str(components.device),
         },
         "checkpoint": str(checkpoint) if checkpoint else None,

@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from syncam_model.frames import decodable_error, encodable_error
+
 KINDS = ("multiview_video", "multiview_image", "single_video")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -52,6 +54,11 @@ class CurriculumConfig(_Strict):
     # Multi-view image sets come from one posed video whose frames overlap; the
     # paper applies the angle curriculum to the rendered multi-camera video only.
     apply_to_images: bool = False
+    pairwise: bool = Field(
+        False,
+        description="false: each view's angle to view 0 lies in the window (pairs among the other views may differ by up to twice "
+        "its maximum); true: every pair of chosen views lies in the window",
+    )
 
     @field_validator("schedule")
     @classmethod
@@ -74,7 +81,12 @@ class DataConfig(_Strict):
     frame_sampling: Literal["random", "first"] = "random"
     num_views: int | tuple[int, int] = Field(4, description="views per multi-view sample: a number or [min, max]")
     mix: dict[str, float] = Field(default_factory=lambda: {"multiview_video": 0.6, "multiview_image": 0.2, "single_video": 0.2})
-    translation_scale: float = Field(1.0, gt=0, description="relative translations are divided by this (metres)")
+    translation_normalization: Literal["max_distance", "fixed"] = Field(
+        "max_distance",
+        description="relative translations of each sample: max_distance = divided by the largest camera-centre distance from view 0 "
+        "(posed image sets have an arbitrary scale per sequence); fixed = divided by translation_scale",
+    )
+    translation_scale: float = Field(1.0, gt=0, description="with translation_normalization=fixed: metres per unit of the camera input")
     micro_batch_size: int = Field(1, ge=1)
     num_workers: int = Field(2, ge=0)
     prefetch_factor: int = Field(2, ge=1)
@@ -83,8 +95,8 @@ class DataConfig(_Strict):
     @field_validator("frames")
     @classmethod
     def _vae_frames(cls, v: int) -> int:
-        if v % 4 != 1:
-            raise ValueError(f"{v} is not 4k+1 (CogVideoX's VAE compresses time by 4 after the first frame), e.g. 49, 13, 9")
+        if encodable_error(v):
+            raise ValueError(encodable_error(v))
         return v
 
     @field_validator("num_views")
@@ -106,6 +118,12 @@ class DataConfig(_Strict):
         return v
 
     @model_validator(mode="after")
+    def _scale_used(self) -> "DataConfig":
+        if self.translation_normalization != "fixed" and self.translation_scale != 1.0:
+            raise ValueError(f"translation_scale={self.translation_scale} is only used with translation_normalization=fixed")
+        return self
+
+    @model_validator(mode="after")
     def _multiple_of_16(self) -> "DataConfig":
         # 8x VAE downsampling then 2x2 patches.
         for key in ("height", "width"):
@@ -124,14 +142,53 @@ class CacheConfig(_Strict):
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
 
 
+Projector = Literal["linear", "relu_linear"]
+AttentionText = Literal["none", "all_views"]
+Position = Literal["after_attention", "block_input"]
+
+
+class AdapterSpec(_Strict):
+    """The structure of the multi-view modules (recorded in every adapter file; docs/model.md compares the choices)."""
+
+    projector: Projector = Field(
+        "linear", description="after the cross-view attention: a zero-initialized Linear (both official releases) or ReLU then that Linear"
+    )
+    attention_text: AttentionText = Field(
+        "none", description="cross-view attention over the views' video tokens only (Wan release), or also all views' text tokens (CogVideoX release)"
+    )
+    position: Position = Field(
+        "after_attention", description="where the module runs in each block: after the block's attention (Wan release) or at the block input (CogVideoX release)"
+    )
+
+
 class ModelConfig(_Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="weights of the frozen base; auto = bfloat16 on a GPU that supports it, else float32"
+        "auto", description="weights of the frozen base; auto = bfloat16 on a GPU that supports it, else float32 (trained weights stay float32)"
     )
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        "auto", description="accelerate's autocast; auto = bf16 where the weights are bfloat16 on a GPU, else no"
+    )
     gradient_checkpointing: bool = True
     train_base: bool = False
     tiny_config: dict[str, Any] | None = Field(None, description="overrides for --pretrained tiny")
+    projector: Projector = Field("linear", description=AdapterSpec.model_fields["projector"].description)
+    mv_attention_text: AttentionText = Field("none", description=AdapterSpec.model_fields["attention_text"].description)
+    mv_position: Position = Field("after_attention", description=AdapterSpec.model_fields["position"].description)
+
+    def adapter_spec(self) -> AdapterSpec:
+        return AdapterSpec(projector=self.projector, attention_text=self.mv_attention_text, position=self.mv_position)
+
+    @model_validator(mode="after")
+    def _precision(self) -> "ModelConfig":
+        # Autocast computes in one 16-bit type while the weights are stored in the other: ops autocast leaves
+        # alone (LayerNorm with its weights) then see two dtypes and fail (measured on CPU: "mixed dtype").
+        clash = {("float16", "bf16"), ("bfloat16", "fp16")}
+        if (self.dtype, self.mixed_precision) in clash:
+            raise ValueError(
+                f"dtype={self.dtype} with mixed_precision={self.mixed_precision} mixes the two 16-bit types; "
+                f"use mixed_precision={'bf16' if self.dtype == 'bfloat16' else 'fp16'} or no"
+            )
+        return self
 
 
 class OptimConfig(_Strict):
@@ -166,12 +223,13 @@ class ValidationConfig(_Strict):
     cameras: str = Field("azimuth:0,30,60,90", description="camera preset understood by syncam-generate")
     frames: int | None = Field(None, description="frames of the validation videos (8N+1; default: data.frames rounded up to 8N+1)")
     steps: int = Field(25, ge=1)
+    dynamic_cfg: bool = Field(True, description="CogVideoX's cosine guidance schedule, as the official SynCamMaster inference")
 
     @field_validator("frames")
     @classmethod
     def _decodable(cls, v: int | None) -> int | None:
-        if v is not None and (v < 1 or (v - 1) % 8):
-            raise ValueError(f"{v} is not 8N+1 (CogVideoX's VAE decodes 8N+1 frames exactly), e.g. 9, 17, 49")
+        if v is not None and decodable_error(v):
+            raise ValueError(decodable_error(v))
         return v
     guidance: float = Field(6.0, ge=1)
 

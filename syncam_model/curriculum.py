@@ -2,8 +2,11 @@
 
 The window of allowed angles between each chosen view and view 0 widens as
 training goes on (paper: 0-60 deg for steps 0-10k, 30-90 deg for 10k-20k,
-60-120 deg after). Selection works on poses from the shard index only, so a
-step's views are planned without reading any media.
+60-120 deg after). By default only the angles to view 0 are constrained, so two
+other views may differ by up to twice the window's maximum; ``pairwise`` puts
+every pair of chosen views in the window (the official Wan trainer samples two
+views, where both readings agree). Selection works on poses from the shard
+index only, so a step's views are planned without reading any media.
 """
 
 from __future__ import annotations
@@ -58,25 +61,39 @@ def partners(angles: np.ndarray, ref: int, window: Window) -> np.ndarray:
     return np.flatnonzero(ok)
 
 
-def feasible(angles: np.ndarray, n: int, window: Window) -> bool:
-    """Can some view 0 find ``n - 1`` partners in the window?"""
+# Bound on the search for n mutually compatible views (pairwise mode): groups have tens of cameras and n is small,
+# so the bound is reached only by groups that have (almost) no such set; they are skipped like infeasible ones.
+MAX_SEARCH_NODES = 20_000
+
+
+def feasible(angles: np.ndarray, n: int, window: Window, pairwise: bool = False) -> bool:
+    """Can some view 0 find ``n - 1`` partners in the window (with ``pairwise``: partners also in the window of each other)?"""
     if n <= 1:
         return angles.shape[0] >= 1
-    counts = (window.contains(angles) & ~np.eye(angles.shape[0], dtype=bool)).sum(axis=1)
-    return bool((counts >= n - 1).any())
+    ok = window.contains(angles) & ~np.eye(angles.shape[0], dtype=bool)
+    if not pairwise:
+        return bool((ok.sum(axis=1) >= n - 1).any())
+    return _compatible_set(ok, n, order=np.arange(angles.shape[0]), rng=None) is not None
 
 
-def select_views(angles: np.ndarray, n: int, window: Window | None, rng: np.random.Generator) -> list[int] | None:
+def select_views(
+    angles: np.ndarray, n: int, window: Window | None, rng: np.random.Generator, pairwise: bool = False
+) -> list[int] | None:
     """Pick ``n`` distinct views: a random view 0, then ``n - 1`` random views whose angle to it lies in ``window``.
 
-    ``window=None`` picks any ``n`` distinct views. Returns None when no view 0
-    has enough partners (the caller skips the group for this step).
+    With ``pairwise`` every pair of the chosen views lies in the window, not only
+    the pairs with view 0 (``curriculum.pairwise``). ``window=None`` picks any
+    ``n`` distinct views. Returns None when no such set exists (the caller skips
+    the group for this step).
     """
     m = angles.shape[0]
     if n > m:
         return None
     if window is None:
         return [int(i) for i in rng.permutation(m)[:n]]
+    if pairwise and n > 2:
+        ok = window.contains(angles) & ~np.eye(m, dtype=bool)
+        return _compatible_set(ok, n, order=rng.permutation(m), rng=rng)
     for ref in rng.permutation(m):
         cand = partners(angles, int(ref), window)
         if len(cand) >= n - 1:
@@ -85,7 +102,45 @@ def select_views(angles: np.ndarray, n: int, window: Window | None, rng: np.rand
     return None
 
 
-def pairs_in_window(angles: np.ndarray, views: Sequence[int], window: Window) -> bool:
-    """Every chosen view's angle to view 0 lies in the window (used by tests and sanity checks)."""
-    a = angles[views[0], list(views[1:])]
+def _compatible_set(ok: np.ndarray, n: int, order: np.ndarray, rng: np.random.Generator | None) -> list[int] | None:
+    """``n`` views, every pair marked ``ok`` (a clique), found by depth-first search in random order; view 0 first.
+
+    Candidates are visited in ``rng``'s order at each level, so every such set can
+    come out; ``rng=None`` gives a deterministic existence check.
+    """
+    nodes = 0
+
+    def extend(chosen: list[int], cand: np.ndarray) -> list[int] | None:
+        nonlocal nodes
+        if len(chosen) == n:
+            return chosen
+        if len(chosen) + len(cand) < n:
+            return None
+        for v in cand if rng is None else rng.permutation(cand):
+            nodes += 1
+            if nodes > MAX_SEARCH_NODES:
+                return None
+            rest = cand[ok[v, cand]]
+            found = extend(chosen + [int(v)], rest)
+            if found is not None:
+                return found
+        return None
+
+    for ref in order:
+        ref = int(ref)
+        found = extend([ref], np.flatnonzero(ok[ref]))
+        if found is not None:
+            return found
+        if nodes > MAX_SEARCH_NODES:
+            return None
+    return None
+
+
+def pairs_in_window(angles: np.ndarray, views: Sequence[int], window: Window, pairwise: bool = False) -> bool:
+    """Every chosen view's angle to view 0 (with ``pairwise``: every pair's angle) lies in the window."""
+    views = list(views)
+    if pairwise:
+        a = angles[np.ix_(views, views)][~np.eye(len(views), dtype=bool)]
+    else:
+        a = angles[views[0], views[1:]]
     return bool(np.all(window.contains(a)))

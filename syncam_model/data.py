@@ -45,8 +45,9 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from syncam_data.cameras import Camera, relative_poses
+from syncam_data.cameras import Camera
 from syncam_data.shards.reader import ShardReader
+from syncam_model.camera_input import CameraRule
 from syncam_model.config import KINDS, TrainConfig
 from syncam_model.curriculum import AngleSchedule, Window, angle_matrix, feasible, select_views
 
@@ -201,13 +202,14 @@ class DataIndex:
             return None
         lo, hi = self.cfg.data.views_range
         groups = self.groups[kind]
+        pairwise = self.cfg.curriculum.pairwise  # curriculum.pairwise: the window on every pair of views
         for s, start in enumerate(self.schedule.starts):
             win = self.window(kind, start, self.schedule)
             for n in range(lo, hi + 1):
                 for r in range(self.world_size):
-                    if any(len(g.rows) >= n and (win is None or feasible(g.angles, n, win)) for g in self._share(kind, groups, r)):
+                    if any(len(g.rows) >= n and (win is None or feasible(g.angles, n, win, pairwise)) for g in self._share(kind, groups, r)):
                         continue
-                    able = sum(1 for g in groups if len(g.rows) >= n and (win is None or feasible(g.angles, n, win)))
+                    able = sum(1 for g in groups if len(g.rows) >= n and (win is None or feasible(g.angles, n, win, pairwise)))
                     sizes = sorted(len(g.rows) for g in groups)
                     where = f" in the window of curriculum.schedule[{s}] ({win.lo:g}-{win.hi:g} deg)" if win else ""
                     on = f" (none on rank {r} of {self.world_size})" if able else ""
@@ -364,7 +366,7 @@ def plan_slot(g: Group, n: int, win: Window | None, cfg: TrainConfig, frame_samp
     if g.kind == "single_video":
         views: list[int] | None = [int(rng.integers(0, len(g.rows)))]
     else:
-        views = select_views(g.angles, n, win, rng)
+        views = select_views(g.angles, n, win, rng, pairwise=cfg.curriculum.pairwise)
     if views is None:
         return None
     frames = choose_frames(g.num_frames, frames_for(g.kind, cfg), cfg.data.frame_stride, frame_sampling, rng)
@@ -443,6 +445,8 @@ class ShardSampleDataset(torch.utils.data.Dataset):
         self.reader, self.index, self.cfg, self.cache = reader, index, cfg, cache
         self.by_key = {g.key: g for gs in index.groups.values() for g in gs}
         self.schedule = AngleSchedule(cfg.curriculum)
+        # Relative poses with the translation rule of data.translation_normalization (syncam_model.camera_input).
+        self.camera_rule = CameraRule.from_data_config(cfg.data)
         self.bad: set[str] = set()
 
     def __len__(self) -> int:  # map-style with plan keys; length is not meaningful
@@ -457,7 +461,7 @@ class ShardSampleDataset(torch.utils.data.Dataset):
         if g.c2w is None:
             out["cameras"] = np.tile(IDENTITY12, (len(rows), 1))
         else:
-            out["cameras"] = relative_poses([g.c2w[v] for v in slot.views], self.cfg.data.translation_scale).astype(np.float32)
+            out["cameras"] = self.camera_rule.apply([g.c2w[v] for v in slot.views])
         out["K"] = np.stack([updated_K(g.K[v], g.size, hw) for v in slot.views])
         if self.cache is not None:
             out.update(self.cache.load_views(sids, slot.frames, out["caption"]))

@@ -13,10 +13,19 @@ Two modes, one loop (numbered like diffusers' CogVideoX pipeline):
       v = v(none, none) + s_video * (v(video, none) - v(none, none))
                         + s_text  * (v(video, text) - v(video, none))
 
-  "none" text is the negative (empty) prompt; "none" video means view 0 is not
-  replaced and is denoised along with the others (the training dropout case,
-  10 %). With the video, view 0's latent is the clean latent and its timestep
-  is 0 (``video_cond_mask``, see ``MultiViewTransformer.forward``).
+  for views 1..n-1. "none" text is the negative (empty) prompt; "none" video
+  means view 0 is not replaced and is denoised along with the others (the
+  training dropout case, 10 %). With the video, view 0's latent is the clean
+  latent and its timestep is 0 (``video_cond_mask``, see
+  ``MultiViewTransformer.forward``); the model's outputs there were never
+  trained (view 0 is out of the loss), so view 0 of the no-video pass is
+  stepped with its own unguided prediction ``v(none, none)[0]``, not with the
+  combination.
+
+Defaults follow the official SynCamMaster + CogVideoX inference
+(``inference/syncammaster_inference.py`` of the first release): 50 steps,
+guidance 6 with dynamic CFG (``use_dynamic_cfg=True``), DDIM with trailing
+timesteps for CogVideoX-2B and the DPM scheduler for the other models.
 
 All views share the initial noise generator, the schedule and the timestep.
 """
@@ -32,6 +41,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from syncam_model.frames import check_decodable, temporal_padding
 from syncam_model.model import Components, check_video_size, decode_latents, encode_video
 from syncam_model.text import encode_prompts
 
@@ -52,8 +62,7 @@ class SamplingPlan:
 def plan_latents(components: Components, num_frames: int, height: int, width: int) -> SamplingPlan:
     """Latent shape for ``num_frames x height x width``; CogVideoX 1.5 pads latent frames to a multiple of ``patch_size_t``."""
     f, c, h, w = components.latent_shape(num_frames, height, width)
-    p_t = components.transformer.config.patch_size_t
-    pad = (p_t - f % p_t) % p_t if p_t else 0
+    pad = temporal_padding(f, components.transformer.config.patch_size_t)
     return SamplingPlan(latent_frames=f + pad, padding_frames=pad, channels=c, height=h, width=w)
 
 
@@ -65,12 +74,7 @@ def _check_inputs(
     if not torch.isfinite(cameras).all():
         raise ValueError("cameras contain NaN or Inf")
     check_video_size(num_frames, height, width, components.vae_scale_factor_spatial, components.vae_scale_factor_temporal)
-    latent_frames = (num_frames - 1) // components.vae_scale_factor_temporal + 1
-    if latent_frames % 2 == 0:
-        # CogVideoX's VAE decoder upsamples time by keeping the first frame only for an odd number of
-        # latent frames; an even number decodes to 4*F' frames instead of the 4*(F'-1)+1 requested.
-        raise ValueError(f"num_frames {num_frames} gives {latent_frames} latent frames, which CogVideoX's VAE cannot decode back to "
-                         f"{num_frames} frames: use 8N+1 frames (9, 17, 25, 33, 41, 49, ...)")
+    check_decodable(num_frames, components.vae_scale_factor_temporal)
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if input_video is not None:
@@ -80,14 +84,44 @@ def _check_inputs(
             raise ValueError("re-rendering needs the input view plus at least one new camera")
 
 
+SAMPLERS = ("auto", "ddim", "dpm")
+
+
+def resolve_sampler(components: Components, sampler: str) -> str:
+    """``auto`` -> the official inference's choice: DDIM for CogVideoX-2B (sin-cos positions), DPM for RoPE models (5B, 1.5).
+
+    The official script keys it on the model path (``"2b" in cogvideo_model_path``); the
+    position embedding is what distinguishes 2B from the others in the configs.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
+    if sampler != "auto":
+        return sampler
+    return "dpm" if components.transformer.config.use_rotary_positional_embeddings else "ddim"
+
+
 def make_scheduler(components: Components, sampler: str) -> Any:
-    """A fresh scheduler of the requested kind with the base model's scheduler config (schedulers keep state)."""
+    """A fresh scheduler of the requested kind with the base model's scheduler config (schedulers keep state).
+
+    ``timestep_spacing`` comes from that config ("trailing" in the released CogVideoX folders,
+    which is what the official inference sets explicitly).
+    """
     from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler
 
     kinds = {"ddim": CogVideoXDDIMScheduler, "dpm": CogVideoXDPMScheduler}
-    if sampler not in kinds:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(kinds)}")
-    return kinds[sampler].from_config(components.scheduler.config)
+    return kinds[resolve_sampler(components, sampler)].from_config(components.scheduler.config)
+
+
+def combine_rerender(v_none: torch.Tensor, v_video: torch.Tensor, v_full: torch.Tensor, video_guidance: float, text_guidance: float) -> torch.Tensor:
+    """InstructPix2Pix-style text + video guidance for views 1..n-1; view 0 keeps the no-video pass's own prediction.
+
+    Tensors are ``[1, n, F', C, h, w]``. In the video passes view 0 is the clean input (timestep 0),
+    whose outputs were never trained; in the no-video pass it is a noisy view being denoised,
+    which its unguided prediction steps.
+    """
+    v = v_none + video_guidance * (v_video - v_none) + text_guidance * (v_full - v_video)
+    v[:, 0] = v_none[:, 0]
+    return v
 
 
 def _cfg_scale(guidance: float, dynamic: bool, t: int, steps: int) -> float:
@@ -112,8 +146,8 @@ def generate(
     text_guidance: float = 7.5,
     video_guidance: float = 1.8,
     negative_prompt: str = "",
-    use_dynamic_cfg: bool = False,
-    sampler: str = "ddim",
+    use_dynamic_cfg: bool = True,
+    sampler: str = "auto",
     batch_passes: bool = True,
     progress: bool = True,
 ) -> torch.Tensor:
@@ -130,9 +164,11 @@ def generate(
         input_video: ``[F, 3, H, W]`` in [-1, 1]: re-render it from cameras 1..n-1.
         text_guidance, video_guidance: the two scales of re-rendering.
         negative_prompt: the unconditional prompt (empty, as CogVideoX).
-        use_dynamic_cfg: the pipeline's cosine guidance schedule (text mode).
-        sampler: "ddim" (``CogVideoXDDIMScheduler``) or "dpm" (``CogVideoXDPMScheduler``, the
-            5B pipelines' default), both built from the components' scheduler config.
+        use_dynamic_cfg: the pipeline's cosine guidance schedule (text mode); on by default, as
+            the official SynCamMaster inference.
+        sampler: "auto" (DDIM for 2B, DPM otherwise, as the official inference), "ddim"
+            (``CogVideoXDDIMScheduler``) or "dpm" (``CogVideoXDPMScheduler``), built from the
+            components' scheduler config.
         batch_passes: run the guidance passes (2 or 3) as one batch (fast) or one after
             another (less GPU memory at real sizes; same result up to float rounding).
     """
@@ -207,8 +243,7 @@ def _denoise(model, scheduler, timesteps, latents, cond, batch_text, cams_b, con
         x = scheduler.scale_model_input(x, t)
         v = _predict(model, x, batch_text, t, cams_b, cond_mask, batch_passes)
         if rerender:
-            v_none, v_video, v_full = v.chunk(3)
-            v = v_none + video_guidance * (v_video - v_none) + text_guidance * (v_full - v_video)
+            v = combine_rerender(*v.chunk(3), video_guidance=video_guidance, text_guidance=text_guidance)
         elif do_cfg:
             v_uncond, v_text = v.chunk(2)
             v = v_uncond + _cfg_scale(guidance, dynamic, int(t), steps) * (v_text - v_uncond)

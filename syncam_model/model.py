@@ -27,12 +27,17 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from syncam_model.camera_input import META_KEY as CAMERA_RULE_KEY
+from syncam_model.camera_input import CameraRule, CameraRuleError, check_rule, rule_of
+from syncam_model.config import AdapterSpec
+from syncam_model.frames import check_encodable, latent_frames, patched_frames, temporal_padding
 from syncam_model.modules import CAMERA_DIM, MULTIVIEW_KEY, MultiViewContext, adapt_block, multiview_modules
 
 log = logging.getLogger(__name__)
 
 ADAPTER_FORMAT = "syncam-multiview-adapter"
-ADAPTER_FORMAT_VERSION = 1
+# 2: camera embedding after the norm (was before), projector / attention_text / position in adapter_config, camera_rule.
+ADAPTER_FORMAT_VERSION = 2
 TINY = "tiny"
 
 # Tiny random models: 2 layers, 2 heads x 16, 4 latent channels, a 4-level VAE with
@@ -98,11 +103,12 @@ class MultiViewTransformer(nn.Module):
     initialization the result equals the base model applied to each view alone.
     """
 
-    def __init__(self, base: nn.Module) -> None:
+    def __init__(self, base: nn.Module, spec: AdapterSpec | None = None) -> None:
         super().__init__()
         self.base = base
+        self.spec = spec or AdapterSpec()
         for block in base.transformer_blocks:
-            adapt_block(block)
+            adapt_block(block, self.spec)
         self.set_trainable(base=False)
 
     # ---- configuration ------------------------------------------------------
@@ -129,7 +135,9 @@ class MultiViewTransformer(nn.Module):
             "heads": int(c.num_attention_heads),
             "time_embed_dim": int(c.time_embed_dim),
             "rope": bool(c.use_rotary_positional_embeddings),
-            "projector": "relu-linear0",
+            # Since format 2 the camera embedding is added after the norm and modulation (both official releases).
+            "camera_input": "after_norm",
+            **self.spec.model_dump(),
         }
 
     # ---- parameters -----------------------------------------------------------
@@ -236,7 +244,7 @@ class MultiViewTransformer(nn.Module):
             raise ValueError(f"latents have {c} channels, the transformer expects {cfg.in_channels}")
         if h % cfg.patch_size or w % cfg.patch_size:
             raise ValueError(f"latent size {h}x{w} is not divisible by the patch size {cfg.patch_size}")
-        if cfg.patch_size_t is not None and f % cfg.patch_size_t:
+        if temporal_padding(f, cfg.patch_size_t):
             raise ValueError(
                 f"{f} latent frames is not divisible by patch_size_t={cfg.patch_size_t} (CogVideoX 1.5); "
                 "pad the latents as the CogVideoX 1.5 pipeline does"
@@ -286,9 +294,7 @@ class MultiViewTransformer(nn.Module):
 
     def base_rotary_emb(self, frames: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The base model's RoPE for one view of ``frames`` latent frames."""
-        p_t = self.base.config.patch_size_t
-        temporal = frames if p_t is None else (frames + p_t - 1) // p_t
-        return self._rotary(temporal, h, w)
+        return self._rotary(patched_frames(frames, self.base.config.patch_size_t), h, w)
 
     def view_rotary_emb(self, num_views: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
         """RoPE for the cross-view sequence of one frame: the view index takes the temporal slot."""
@@ -331,15 +337,14 @@ class Components:
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         """``(F', C, h, w)`` of the latents of a ``num_frames x height x width`` video (``num_frames`` = 4k+1)."""
         check_video_size(num_frames, height, width, self.vae_scale_factor_spatial, self.vae_scale_factor_temporal)
-        f = (num_frames - 1) // self.vae_scale_factor_temporal + 1
+        f = latent_frames(num_frames, self.vae_scale_factor_temporal)
         s = self.vae_scale_factor_spatial
         return f, int(self.transformer.config.in_channels), height // s, width // s
 
 
 def check_video_size(num_frames: int, height: int, width: int, spatial: int = 8, temporal: int = 4) -> None:
-    """Raise ValueError unless frames = temporal*k + 1 and H, W are multiples of 2*spatial (one patch)."""
-    if num_frames < 1 or (num_frames - 1) % temporal:
-        raise ValueError(f"num_frames must be {temporal}k+1 (e.g. 9, 13, 49), got {num_frames}")
+    """Raise ValueError unless the VAE encodes ``num_frames`` (``syncam_model.frames``) and H, W are multiples of 2*spatial (one patch)."""
+    check_encodable(num_frames, temporal)
     if height % (2 * spatial) or width % (2 * spatial) or height <= 0 or width <= 0:
         raise ValueError(f"height and width must be positive multiples of {2 * spatial}, got {height}x{width}")
 
@@ -431,6 +436,7 @@ def load_components(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     tiny_config: dict[str, Any] | None = None,
+    adapter: AdapterSpec | None = None,
 ) -> Components:
     """Load the base model and wrap its transformer with fresh (identity) multi-view modules.
 
@@ -441,6 +447,8 @@ def load_components(
         device: where to put the models.
         tiny_config: for ``"tiny"`` only: ``{"variant": "2b"|"5b"|"1.5", "seed": int,
             "transformer": {...overrides}, "vae": {...overrides}}``.
+        adapter: the structure of the multi-view modules (default ``AdapterSpec()``; an
+            adapter file's own is ``adapter_spec_of(read_adapter_meta(path))``).
 
     The VAE and text encoder are frozen and in eval mode; the transformer's
     base weights are frozen, its new modules trainable (see ``set_trainable``).
@@ -467,7 +475,7 @@ def load_components(
     vae.requires_grad_(False).eval()
     text_encoder.requires_grad_(False).eval()
     base_id = base_identity(transformer, name, tiny_meta)
-    mv = MultiViewTransformer(transformer)
+    mv = MultiViewTransformer(transformer, adapter)
     temporal = int(getattr(vae.config, "temporal_compression_ratio", 4))
     spatial = 2 ** (len(vae.config.block_out_channels) - 1)
     return Components(
@@ -551,14 +559,18 @@ def _config_diff(a: dict[str, Any], b: dict[str, Any]) -> str:
 def save_adapter(transformer: MultiViewTransformer, path: str | os.PathLike, meta: dict[str, Any]) -> Path:
     """Write the multi-view modules' weights to ``path`` (safetensors), atomically.
 
-    ``meta`` must hold ``"base_id"`` (``Components.base_id``); everything in it
-    is stored as JSON in the safetensors header under ``"syncam"``, together
-    with the adapter config, so a checkpoint says which base it belongs to.
+    ``meta`` must hold ``"base_id"`` (``Components.base_id``) and the camera rule
+    (``CameraRule(...).to_meta()``); everything in it is stored as JSON in the
+    safetensors header under ``"syncam"``, together with the adapter config, so a
+    checkpoint says which base it belongs to and what its camera input means.
     """
     from safetensors.torch import save_file
 
     if "base_id" not in meta:
         raise ValueError("save_adapter: meta must contain 'base_id' (Components.base_id)")
+    if CAMERA_RULE_KEY not in meta:
+        raise ValueError(f"save_adapter: meta must contain {CAMERA_RULE_KEY!r} (CameraRule(...).to_meta()): what the camera input means")
+    CameraRule.model_validate(meta[CAMERA_RULE_KEY])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in transformer.adapter_state_dict().items()}
@@ -596,7 +608,20 @@ def read_adapter_meta(path: str | os.PathLike) -> dict[str, Any]:
     meta = json.loads(raw)
     if meta.get("format") != ADAPTER_FORMAT:
         raise AdapterError(f"{path}: header format is {meta.get('format')!r}, expected {ADAPTER_FORMAT!r}")
+    version = meta.get("format_version")
+    if version != ADAPTER_FORMAT_VERSION:
+        why = " (format 1 added the camera embedding before the norm; retrain the adapter)" if version == 1 else ""
+        raise AdapterError(f"{path}: adapter format_version {version!r}, this SynCam reads {ADAPTER_FORMAT_VERSION}{why}")
     return meta
+
+
+def adapter_spec_of(meta: dict[str, Any], source: str = "adapter") -> AdapterSpec:
+    """The module structure recorded in an adapter's metadata (build the transformer with it before loading)."""
+    cfg = meta.get("adapter_config", {})
+    try:
+        return AdapterSpec.model_validate({k: cfg[k] for k in AdapterSpec.model_fields if k in cfg})
+    except ValueError as exc:
+        raise AdapterError(f"{source}: unreadable adapter_config {cfg!r} ({exc})") from None
 
 
 def load_adapter(
@@ -604,18 +629,33 @@ def load_adapter(
     path: str | os.PathLike,
     base_id: dict[str, Any],
     *,
+    camera_rule: CameraRule | None = None,
     allow_base_mismatch: bool = False,
 ) -> dict[str, Any]:
     """Load multi-view weights saved by :func:`save_adapter` into ``transformer``; returns the stored metadata.
 
     Raises AdapterError when the file was trained on another base model
     (config hash or weight fingerprint differ; ``allow_base_mismatch`` turns that
-    into a warning) or when its tensors do not match the modules' names and shapes.
+    into a warning), with another module structure (``adapter_config``: projector,
+    attention_text, position), with a camera rule other than ``camera_rule`` (when
+    given), or when its tensors do not match the modules' names and shapes.
     """
     from safetensors.torch import load_file
 
     path = Path(path)
     meta = read_adapter_meta(path)
+    spec = adapter_spec_of(meta, str(path))
+    if spec != transformer.spec:
+        diff = ", ".join(f"{k}: file {getattr(spec, k)!r}, model {getattr(transformer.spec, k)!r}"
+                         for k in AdapterSpec.model_fields if getattr(spec, k) != getattr(transformer.spec, k))
+        raise AdapterError(f"{path}: built with another module structure ({diff}); build the transformer with the file's adapter_config")
+    try:
+        if camera_rule is not None:
+            check_rule(meta, camera_rule, str(path))
+        else:
+            rule_of(meta, str(path))
+    except CameraRuleError as exc:
+        raise AdapterError(str(exc)) from None
     try:
         check_base(meta.get("base_id", {}), base_id, source=str(path))
     except AdapterError as exc:

@@ -13,7 +13,8 @@ looks at it (``syncam_data.cameras.look_at``), like the paper's training rig:
 
 A ``cameras.json`` (render output form, Contract 2) is taken as given; its
 intrinsics are rescaled (resize + centre crop) to the generation resolution.
-The model sees poses relative to view 0 (Contract 1).
+The model sees poses relative to view 0 (Contract 1), translations scaled by
+the adapter's camera rule (``syncam_model.camera_input``), as in training.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from syncam_data.cameras import Camera, intrinsics_from_hfov, look_at, relative_poses, spherical_position
+from syncam_data.cameras import Camera, intrinsics_from_hfov, look_at, spherical_position
+from syncam_model.camera_input import CameraRule
 
 DEFAULT_AZIMUTH = 0.0
 DEFAULT_ELEVATION = 15.0
@@ -48,9 +50,9 @@ class Rig:
     def __len__(self) -> int:
         return len(self.cameras)
 
-    def relative(self, translation_scale: float = 1.0) -> np.ndarray:
-        """``(n, 12)`` model input: each pose relative to view 0, translations divided by ``translation_scale``."""
-        return relative_poses([c.c2w for c in self.cameras], translation_scale=translation_scale).astype(np.float32)
+    def relative(self, rule: CameraRule | None = None) -> np.ndarray:
+        """``(n, 12)`` model input: each pose relative to view 0, translations by ``rule`` (default: max_distance)."""
+        return (rule or CameraRule()).apply([c.c2w for c in self.cameras])
 
     def to_json(self) -> dict[str, Any]:
         """``{"cameras": [{"id", "width", "height", "fx", "fy", "cx", "cy", "c2w"}]}`` like render output."""

@@ -36,8 +36,10 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from syncam_model.camera_input import CameraRule
 from syncam_model.config import TrainConfig
 from syncam_model.data import Loader, build_loader, video_to_float
+from syncam_model.frames import pad_latent_frames, round_up_decodable
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +80,18 @@ def lr_lambda(cfg: TrainConfig):
 
 
 def resolve_dtypes(cfg: TrainConfig) -> tuple[torch.dtype, str]:
-    """(weight dtype, accelerate mixed_precision): bf16 where the GPU supports it, float32 elsewhere."""
+    """(weight dtype, accelerate mixed_precision): bf16 where the GPU supports it, float32 elsewhere.
+
+    The trained parameters stay float32 whatever the base's dtype; the multi-view modules compute in
+    their own dtype (``MultiViewModule.forward``), so every combination ``ModelConfig`` accepts runs.
+    """
     bf16_ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     dtype = (torch.bfloat16 if bf16_ok else torch.float32) if cfg.model.dtype == "auto" else names[cfg.model.dtype]
-    mp = ("bf16" if bf16_ok else "no") if cfg.model.mixed_precision == "auto" else cfg.model.mixed_precision
+    if cfg.model.mixed_precision != "auto":
+        return dtype, cfg.model.mixed_precision
+    # auto follows the weights' 16-bit type (never the other one, see ModelConfig._precision).
+    mp = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "bf16" if bf16_ok else "no")
     return dtype, mp
 
 
@@ -218,7 +227,9 @@ class Trainer:
         self.accum = cfg.grad_accumulation(self.world)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.seed)
-        self.components = load_components(pretrained, dtype=dtype, device=self.acc.device, tiny_config=tiny_config(pretrained, cfg))
+        self.components = load_components(pretrained, dtype=dtype, device=self.acc.device, tiny_config=tiny_config(pretrained, cfg),
+                                          adapter=cfg.model.adapter_spec())
+        self.camera_rule = CameraRule.from_data_config(cfg.data)
         model = self.components.transformer
         model.set_trainable(base=cfg.model.train_base)
         # Master weights of trained parameters stay float32 (AdamW on bf16 weights loses small updates).
@@ -290,6 +301,9 @@ class Trainer:
         # Fixed draw order: timesteps, posterior eps, noise, text dropout, novel view.
         t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=gen)
         latents, text = self.latents_and_text(batch, gen)
+        # CogVideoX 1.5 patches latent frames in pairs: pad in front with copies of the first latent frame (as
+        # CogVideo's fine-tuning does; syncam_model.frames) and keep the padding out of the loss.
+        latents, pad = pad_latent_frames(latents, self.components.transformer.config.patch_size_t, dim=2)
         noise = torch.randn(latents.shape, generator=gen).to(dev)
         drop = torch.rand(b, generator=gen) < cfg.diffusion.text_dropout
         novel = (torch.rand(b, generator=gen) < cfg.diffusion.novel_view_prob) & cfg.diffusion.novel_view & (n > 1)
@@ -310,7 +324,7 @@ class Trainer:
         dtype = self.components.dtype
         with self.acc.autocast():
             pred = self.model(noisy.to(dtype), text.to(dtype), t.to(dev), batch["cameras"].to(dev, dtype), cond_mask)
-        per_view = (pred.float() - target.float()).pow(2).mean(dim=(2, 3, 4, 5))
+        per_view = (pred.float() - target.float())[:, :, pad:].pow(2).mean(dim=(2, 3, 4, 5))
         self.last_view_losses, self.last_view_weights = per_view.detach(), weight
         per_sample = (per_view * weight).sum(1) / weight.sum(1)
         return per_sample, t
@@ -407,7 +421,7 @@ class Trainer:
         model = self.acc.unwrap_model(self.model)
         d = self.cfg.data
         # What syncam-generate reads back: the base, the pose scale, the training shape.
-        meta = {"base_id": self.components.base_id, "step": self.step, "translation_scale": d.translation_scale,
+        meta = {"base_id": self.components.base_id, "step": self.step, **self.camera_rule.to_meta(),
                 "resolution": [d.height, d.width], "frames": d.frames, "train_config": self.cfg.to_dict()}
         if self.sharded_state:
             self.acc.save_state(str(tmp / "accelerate_state"))
@@ -468,7 +482,7 @@ class Trainer:
                 "so the run could not continue exactly (start a new run from the adapter with --init-adapter instead)"
             )
         model = self.acc.unwrap_model(self.model)
-        load_adapter(model, path / ADAPTER_FILE, self.components.base_id)
+        load_adapter(model, path / ADAPTER_FILE, self.components.base_id, camera_rule=self.camera_rule)
         if self.cfg.model.train_base:
             model.base.load_state_dict(load_file(str(path / BASE_FILE)))
         if state.get("sharded_state"):
@@ -493,15 +507,15 @@ class Trainer:
         v = self.cfg.validation
         d = self.cfg.data
         rig = resolve_rig(v.cameras, d.width, d.height)
-        cams = rig.relative(d.translation_scale)
+        cams = rig.relative(self.camera_rule)
         out = self.run_dir / "validation" / f"step_{self.step:06d}"
         out.mkdir(parents=True, exist_ok=True)
         model = self.acc.unwrap_model(self.model)
         model.eval()
         for i in range(self.rank, len(v.prompts), self.world):
             with torch.no_grad():
-                vids = generate(self.components, v.prompts[i], cams, num_frames=v.frames or decodable_frames(d.frames), height=d.height, width=d.width,
-                                steps=v.steps, guidance=v.guidance, seed=self.cfg.seed + i, progress=False)
+                vids = generate(self.components, v.prompts[i], cams, num_frames=v.frames or round_up_decodable(d.frames), height=d.height, width=d.width,
+                                steps=v.steps, guidance=v.guidance, use_dynamic_cfg=v.dynamic_cfg, seed=self.cfg.seed + i, progress=False)
             grid = ((vids.permute(1, 3, 0, 4, 2).flatten(2, 3) + 1) * 127.5).clamp(0, 255).to(torch.uint8).numpy()  # F, H, n*W, 3
             vio.encode(grid, out / f"prompt{i:02d}.mp4", fps=8)
         model.train()
@@ -545,11 +559,6 @@ class Trainer:
         return records
 
 
-def decodable_frames(frames: int) -> int:
-    """The smallest 8N+1 frame count >= ``frames``: what CogVideoX's VAE decodes back exactly (validation videos)."""
-    return (frames - 1 + 7) // 8 * 8 + 1
-
-
 def _point_latest(ck: Path, name: str) -> None:
     """``checkpoints/latest`` -> ``step_<6-digit step>`` (a relative symlink, swapped atomically)."""
     tmp = ck / f".{LATEST}.tmp{os.getpid()}"
@@ -581,5 +590,5 @@ def train(
     elif init_adapter:
         from syncam_model.model import load_adapter
 
-        load_adapter(trainer.acc.unwrap_model(trainer.model), init_adapter, trainer.components.base_id)
+        load_adapter(trainer.acc.unwrap_model(trainer.model), init_adapter, trainer.components.base_id, camera_rule=trainer.camera_rule)
     return trainer.run(stop_after=stop_after)

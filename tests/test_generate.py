@@ -12,7 +12,9 @@ from typer.testing import CliRunner
 from syncam_data.cameras import Camera, look_at
 from syncam_data.video import encode, probe
 from syncam_model.cli_generate import app
-from syncam_model.generate import generate, plan_latents
+from syncam_model.camera_input import CameraRule
+from syncam_model.config import AdapterSpec
+from syncam_model.generate import combine_rerender, generate, plan_latents
 from syncam_model.model import load_components, save_adapter
 from syncam_model.modules import multiview_modules
 from syncam_model.rig import RigError, load_rig, parse_preset, preset_rig, write_rig
@@ -26,12 +28,12 @@ pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 
-def perturbed_tiny(variant: str = "2b"):
-    c = load_components("tiny", tiny_config={"variant": variant})
+def perturbed_tiny(variant: str = "2b", spec: AdapterSpec | None = None):
+    c = load_components("tiny", tiny_config={"variant": variant}, adapter=spec)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for _, m in multiview_modules(c.transformer):
-            for lin in (m.camera_encoder, m.proj[1]):
+            for lin in (m.camera_encoder, m.projector_linear):
                 lin.weight.copy_(torch.randn(lin.weight.shape, generator=g) * 0.3)
     return c
 
@@ -51,8 +53,14 @@ def test_preset_broadcast_and_geometry():
         np.testing.assert_allclose(cam.forward, -cam.t / np.linalg.norm(cam.t), atol=1e-9)
     # view 2 is opposite view 0: their optical axes' horizontal parts are opposite
     assert np.dot(rig.cameras[0].forward[:2], rig.cameras[2].forward[:2]) < 0
-    # relative translation divided by the scale
-    np.testing.assert_allclose(rig.relative(2.0)[1, [3, 7, 11]], rel[1, [3, 7, 11]] / 2, atol=1e-6)
+    # default rule: the farthest camera centre from view 0 is at distance 1 (view 2, opposite view 0, at 2 x 6 cos 30 m)
+    far = 2 * 6.0 * np.cos(np.radians(30))
+    np.testing.assert_allclose(np.linalg.norm(rel[:, [3, 7, 11]], axis=1), [0.0, np.sqrt(2) * 6 * np.cos(np.radians(30)) / far, 1.0], atol=1e-6)
+    # fixed rule: metric translation divided by the scale
+    metric = rig.relative(CameraRule(translation_normalization="fixed"))
+    np.testing.assert_allclose(np.linalg.norm(metric[2, [3, 7, 11]]), far, atol=1e-5)
+    halved = rig.relative(CameraRule(translation_normalization="fixed", translation_scale=2.0))
+    np.testing.assert_allclose(halved[1, [3, 7, 11]], metric[1, [3, 7, 11]] / 2, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -156,8 +164,8 @@ def test_generate_rejects_bad_sizes():
 
 
 def _run(args):
-    result = CliRunner().invoke(app, args)
-    return result
+    # A wide terminal: typer's error box would otherwise wrap long messages.
+    return CliRunner().invoke(app, args, env={"COLUMNS": "1000"})
 
 
 def _check_output(out, n, ids=None):
@@ -179,14 +187,17 @@ def _check_output(out, n, ids=None):
 
 def test_cli_text_to_views_with_checkpoint(tmp_path):
     c = perturbed_tiny()
-    ckpt = save_adapter(c.transformer, tmp_path / "adapter.safetensors", {"base_id": c.base_id, "translation_scale": 2.0})
+    fixed = CameraRule(translation_normalization="fixed", translation_scale=2.0)
+    ckpt = save_adapter(c.transformer, tmp_path / "adapter.safetensors", {"base_id": c.base_id, **fixed.to_meta()})
     out = tmp_path / "gen"
     common = ["--pretrained", "tiny", "--prompt", "a cat", "--frames", str(FRAMES), "--resolution", f"{H}x{W}", "--steps", "2", "--no-progress", "--device", "cpu"]
     r = _run([*common, "--checkpoint", str(ckpt), "--cameras", "azimuth:0,30,60", "--out", str(out)])
     assert r.exit_code == 0, r.output
     gen, cams = _check_output(out, 3, ["view00", "view01", "view02"])
     assert gen["mode"] == "text" and gen["checkpoint"] == str(ckpt)
-    assert gen["settings"]["translation_scale"] == 2.0  # taken from the checkpoint
+    assert gen["settings"]["camera_rule"] == fixed.model_dump()  # taken from the checkpoint
+    # the official inference's defaults: dynamic CFG at guidance 6, DDIM for 2B
+    assert gen["settings"]["dynamic_cfg"] is True and gen["settings"]["guidance"] == 6.0 and gen["settings"]["sampler"] == "ddim"
     np.testing.assert_allclose(cams[0]["c2w"], preset_rig("azimuth:0,30,60", W, H).cameras[0].c2w12())
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".gen")]  # no temporary folder left
 
@@ -194,7 +205,7 @@ def test_cli_text_to_views_with_checkpoint(tmp_path):
     r = _run([*common, "--cameras", "azimuth:0,30", "--out", str(out)])
     assert r.exit_code != 0 and "--overwrite" in r.output
     c5 = load_components("tiny", tiny_config={"variant": "5b"})
-    ckpt5 = save_adapter(c5.transformer, tmp_path / "a5.safetensors", {"base_id": c5.base_id})
+    ckpt5 = save_adapter(c5.transformer, tmp_path / "a5.safetensors", {"base_id": c5.base_id, **CameraRule().to_meta()})
     r = _run([*common, "--checkpoint", str(ckpt5), "--tiny-variant", "2b", "--out", str(tmp_path / "bad")])
     assert r.exit_code == 2 and "different base model" in r.output
     assert not (tmp_path / "bad").exists()
@@ -237,3 +248,88 @@ def test_frame_counts_the_vae_cannot_decode_are_refused(tmp_path):
     res = CliRunner().invoke(gen_app, ["--pretrained", "tiny", "--prompt", "x", "--cameras", "azimuth:0,30", "--frames", "5",
                                        "--resolution", "32x48", "--steps", "1", "--device", "cpu", "--out", str(tmp_path / "o")])
     assert res.exit_code != 0 and "8N+1" in res.output
+
+
+# --------------------------------------------------------------------------- fidelity to the official inference
+
+
+def test_rerender_steps_view_0_of_the_no_video_pass_with_its_unguided_prediction():
+    """Guidance combines views 1..n-1 only; view 0 (noisy in the no-video pass) follows v(none, none)[0]."""
+    from syncam_model.generate import _denoise, make_scheduler
+    from syncam_model.text import encode_prompts
+
+    g = torch.Generator().manual_seed(0)
+    parts = [torch.randn(1, 3, 2, 4, 4, 6, generator=g) for _ in range(3)]
+    v = combine_rerender(*parts, video_guidance=1.8, text_guidance=7.5)
+    assert torch.equal(v[:, 0], parts[0][:, 0])
+    torch.testing.assert_close(v[:, 1:], (parts[0] + 1.8 * (parts[1] - parts[0]) + 7.5 * (parts[2] - parts[1]))[:, 1:])
+
+    c = perturbed_tiny()
+    model = c.transformer.eval()
+    n = 3
+    cams = torch.from_numpy(preset_rig("azimuth:0,30,60", W, H).relative())[None]
+    neg, pos = encode_prompts(c, ["", "a cat"]).split(1)
+    text = torch.cat([neg, neg, pos])
+    mask = torch.zeros(3, n, dtype=torch.bool)
+    mask[1:, 0] = True
+    latents = torch.randn(1, n, 3, 4, 4, 6, generator=g)
+    cond = torch.randn(1, 3, 4, 4, 6, generator=g)
+    sched = make_scheduler(c, "ddim")
+    sched.set_timesteps(4)
+    t = sched.timesteps[:1]
+    with torch.no_grad():
+        out = _denoise(model, sched, t, latents, cond, text, cams, mask, g, False, True,
+                       guidance=6.0, do_cfg=False, dynamic=False, text_guidance=7.5, video_guidance=1.8)
+        x = latents.expand(3, -1, -1, -1, -1, -1).clone()
+        x[1:, 0] = cond[0]
+        pred = model(x, text, t.expand(3), cams.expand(3, -1, -1), mask)
+    none, video, full = pred.chunk(3)
+    step = lambda vel, sample: sched.step(vel, t[0], sample, return_dict=False)[0]  # noqa: E731 - DDIM is elementwise
+    torch.testing.assert_close(out[:, 0], step(none[:, 0], latents[:, 0]), atol=1e-5, rtol=1e-5)
+    guided = none + 1.8 * (video - none) + 7.5 * (full - video)
+    torch.testing.assert_close(out[:, 1:], step(guided[:, 1:], latents[:, 1:]), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(out[:, 0], step(guided[:, 0], latents[:, 0]), atol=1e-3)
+
+
+def test_defaults_follow_the_official_cogvideox_inference():
+    """inference/syncammaster_inference.py: 50 steps, guidance 6, use_dynamic_cfg=True, DDIM for 2B, DPM for 5B."""
+    import inspect
+
+    from syncam_model.generate import resolve_sampler
+
+    defaults = {k: p.default for k, p in inspect.signature(generate).parameters.items()}
+    assert (defaults["steps"], defaults["guidance"], defaults["use_dynamic_cfg"], defaults["sampler"]) == (50, 6.0, True, "auto")
+    c = load_components("tiny")
+    assert resolve_sampler(c, "auto") == "ddim"
+    assert resolve_sampler(load_components("tiny", tiny_config={"variant": "5b"}), "auto") == "dpm"
+    cams = preset_rig("azimuth:0,30", W, H).relative()
+    kw = dict(num_frames=FRAMES, height=H, width=W, steps=2, progress=False, seed=0)
+    default = generate(c, "a dog", cams, **kw)
+    assert torch.equal(default, generate(c, "a dog", cams, guidance=6.0, use_dynamic_cfg=True, sampler="ddim", **kw))
+    assert not torch.allclose(default, generate(c, "a dog", cams, use_dynamic_cfg=False, **kw))
+
+
+def test_cli_uses_the_adapters_structure_and_camera_rule(tmp_path):
+    """The transformer is built as the adapter file says; its camera rule is applied to --cameras FILE; another rule is refused."""
+    spec = AdapterSpec(projector="relu_linear", attention_text="all_views", position="block_input")
+    c = perturbed_tiny(spec=spec)
+    ckpt = save_adapter(c.transformer, tmp_path / "adapter.safetensors", {"base_id": c.base_id, **CameraRule().to_meta()})
+    rig = preset_rig("azimuth:0,30,90;distance:4", W, H)
+    write_rig(rig, tmp_path / "cameras.json")
+    common = ["--pretrained", "tiny", "--prompt", "a cat", "--frames", str(FRAMES), "--resolution", f"{H}x{W}", "--steps", "1",
+              "--no-progress", "--device", "cpu", "--checkpoint", str(ckpt), "--cameras", str(tmp_path / "cameras.json")]
+    r = _run([*common, "--out", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    gen = json.loads((tmp_path / "a" / "generation.json").read_text())
+    assert gen["checkpoint_meta"]["adapter_config"]["attention_text"] == "all_views"
+    dist = np.linalg.norm(np.asarray(gen["camera_input"])[:, [3, 7, 11]], axis=1)
+    np.testing.assert_allclose(dist, [0.0, 2 * np.sin(np.radians(15)) / np.sqrt(2), 1.0], atol=1e-5)  # farthest view at 1
+    r = _run([*common, "--translation-normalization", "fixed", "--out", str(tmp_path / "b")])
+    assert r.exit_code == 2 and "trained with camera translation rule max_distance" in r.output
+    assert not (tmp_path / "b").exists()
+    # without a checkpoint the options choose the rule: fixed, 2 m per unit
+    r = _run([*common[:-4], "--cameras", str(tmp_path / "cameras.json"), "--translation-normalization", "fixed",
+              "--translation-scale", "2", "--out", str(tmp_path / "c")])
+    assert r.exit_code == 0, r.output
+    rel = np.asarray(json.loads((tmp_path / "c" / "generation.json").read_text())["camera_input"])
+    np.testing.assert_allclose(np.linalg.norm(rel[2, [3, 7, 11]]), np.linalg.norm(rig.cameras[2].t - rig.cameras[0].t) / 2, atol=1e-5)

@@ -191,3 +191,129 @@ def test_validation_writes_a_grid_video(shards, tmp_path):
     assert [v.name for v in vids] == ["prompt00.mp4", "prompt01.mp4"]
     info = probe(vids[0])
     assert (info.height, info.width) == (16, 96) and info.num_frames > 1  # 3 views side by side
+
+
+# --------------------------------------------------------------------------- fidelity and pinned numerics
+
+# Tiny seeded runs whose per-step losses are pinned in tests/golden/train_tiny_losses.json (as torchtitan pins
+# its loss curve): any change to the numerics of data, model or objective must be a visible decision.
+# Regenerate on purpose with:
+#   SYNCAM_UPDATE_GOLDEN=1 CI=true PYTHONPATH=$PWD python -m pytest -q tests/test_train_loop.py -k golden
+GOLDEN = Path(__file__).resolve().parent / "golden" / "train_tiny_losses.json"
+GOLDEN_RUNS = {
+    "2b": {"steps": 4},
+    "1.5-odd-latent-frames": {"steps": 3, "data.frames": 9, "model.tiny_config": {"variant": "1.5", "seed": 0}},
+    "5b-official-cogvideox-module": {"steps": 3, "model.tiny_config": {"variant": "5b", "seed": 0}, "model.mv_attention_text": "all_views",
+                                     "model.mv_position": "block_input", "diffusion.novel_view": True, "curriculum.pairwise": True,
+                                     "curriculum.schedule": [{"start_step": 0, "min_angle": 0, "max_angle": 60}]},
+}
+
+
+def seeded_adapter(cfg, path: Path, seed: int = 0) -> Path:
+    """A non-zero adapter (every new parameter drawn from a seeded generator), so the module's numerics reach the loss at once.
+
+    Fresh modules add exactly zero and their camera encoder gets no gradient on step one: a run from them would
+    hide most of the module's arithmetic from a few-step loss curve.
+    """
+    from syncam_model.camera_input import CameraRule
+    from syncam_model.model import load_components, save_adapter
+
+    c = load_components("tiny", tiny_config=cfg.model.tiny_config, adapter=cfg.model.adapter_spec())
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in sorted(c.transformer.adapter_state_dict().items()):  # views of the parameters
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    return save_adapter(c.transformer, path, {"base_id": c.base_id, **CameraRule.from_data_config(cfg.data).to_meta()})
+
+
+def test_per_step_losses_match_the_golden_file(shards, tmp_path):
+    import os
+
+    import diffusers
+
+    got = {}
+    for name, over in GOLDEN_RUNS.items():
+        cfg = cfg_for(**{"checkpoint.every": 100, **over})
+        init = seeded_adapter(cfg, tmp_path / f"{name}.safetensors")
+        records = train(str(shards), "tiny", tmp_path / name, cfg, init_adapter=str(init))
+        got[name] = {"config": over, "losses": [r["loss"] for r in records]}
+    if os.environ.get("SYNCAM_UPDATE_GOLDEN") == "1":
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(json.dumps({"torch": torch.__version__, "diffusers": diffusers.__version__, "runs": got}, indent=1) + "\n")
+    golden = json.loads(GOLDEN.read_text())["runs"]
+    assert golden.keys() == got.keys()
+    for name in got:
+        assert golden[name]["config"] == got[name]["config"], f"{name}: the pinned run's settings changed; regenerate the golden file"
+        # Same machine: bit-identical; other CPUs may round float32 matmuls a little differently.
+        assert got[name]["losses"] == pytest.approx(golden[name]["losses"], rel=1e-5, abs=1e-7), name
+
+
+def test_cogvideox_15_trains_on_odd_latent_frame_counts_and_masks_the_padding(shards, tmp_path):
+    """9 frames (3 latent frames) and one-frame image sets (1 latent frame) train on 1.5; the front padding is not in the loss."""
+    cfg = cfg_for(steps=2, **{"data.frames": 9, "model.tiny_config": {"variant": "1.5", "seed": 0},
+                              "data.mix": {"multiview_video": 0.5, "multiview_image": 0.5}, "optim.global_batch_size": 1})
+    tr = Trainer(str(shards), "tiny", tmp_path / "r15", cfg)
+    kinds = set()
+    for _ in range(4):
+        batch = tr.loader.dataset[tr.loader.sampler.plan()]
+        kinds.add(batch["kind"])
+        model = tr.model
+
+        def shifted(frame):
+            def run(noisy, *args):
+                out = model(noisy, *args).clone()
+                out[:, :, frame] += 100.0
+                return out
+            return run
+
+        with torch.no_grad():
+            base = tr.micro_loss(batch)[0]
+            tr.model = shifted(0)  # the padding frame (a copy of the first latent frame, in front)
+            padded = tr.micro_loss(batch)[0]
+            tr.model = shifted(1)
+            real = tr.micro_loss(batch)[0]
+            tr.model = model
+        assert torch.isfinite(base).all()
+        torch.testing.assert_close(padded, base)
+        assert (real > base + 1.0).all()
+    assert kinds == {"multiview_video", "multiview_image"}
+    records = train(str(shards), "tiny", tmp_path / "run", cfg)
+    assert len(records) == 2 and all(math.isfinite(r["loss"]) for r in records)
+
+
+def test_bfloat16_base_without_autocast_trains(shards, tmp_path):
+    """model.dtype=bfloat16 with mixed_precision=no used to fail at the first step (bf16 inputs, fp32 adapter)."""
+    cfg = cfg_for(steps=1, **{"model.dtype": "bfloat16", "model.mixed_precision": "no", "optim.global_batch_size": 1})
+    tr = Trainer(str(shards), "tiny", tmp_path / "bf16", cfg)
+    assert tr.components.dtype == torch.bfloat16 and all(p.dtype == torch.float32 for p in tr.params)
+    before = [p.detach().clone() for p in tr.params]
+    rec = tr.run()[0]
+    assert math.isfinite(rec["loss"]) and rec["grad_norm"] > 0
+    assert any(not torch.equal(a, p) for a, p in zip(before, tr.params))
+
+
+def test_mixed_16_bit_types_are_refused_at_load():
+    from syncam_model.config import ConfigError
+
+    for dtype, mp in (("float16", "bf16"), ("bfloat16", "fp16")):
+        with pytest.raises(ConfigError, match=f"model: .*dtype={dtype} with mixed_precision={mp}"):
+            cfg_for(**{"model.dtype": dtype, "model.mixed_precision": mp})
+
+
+def test_camera_rule_reaches_the_batches_and_the_checkpoint(shards, tmp_path):
+    """Multi-view samples get max_distance-normalized translations; the adapter records the rule; another rule is refused."""
+    from syncam_model.model import AdapterError, read_adapter_meta
+
+    cfg = cfg_for(steps=1, **{"optim.global_batch_size": 1, "data.mix": {"multiview_video": 1.0, "multiview_image": 1.0}})
+    tr = Trainer(str(shards), "tiny", tmp_path / "c", cfg)
+    for _ in range(4):
+        batch = tr.loader.dataset[tr.loader.sampler.plan()]
+        dist = batch["cameras"][0].reshape(-1, 3, 4)[:, :, 3].norm(dim=1)
+        assert dist[0] == 0 and dist.max() == pytest.approx(1.0, abs=1e-5), batch["kind"]
+    tr.loader.sampler.load_state_dict({"micro_id": 0})
+    tr.run()
+    meta = read_adapter_meta(tmp_path / "c" / "checkpoints" / "latest" / "adapter.safetensors")
+    assert meta["camera_rule"] == {"translation_normalization": "max_distance", "translation_scale": 1.0}
+    fixed = cfg_for(steps=1, **{"optim.global_batch_size": 1, "data.translation_normalization": "fixed"})
+    with pytest.raises(AdapterError, match="trained with camera translation rule max_distance"):
+        train(str(shards), "tiny", tmp_path / "d", fixed, init_adapter=str(tmp_path / "c" / "checkpoints" / "latest" / "adapter.safetensors"))
