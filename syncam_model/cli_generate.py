@@ -20,7 +20,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, get_args
 
 import typer
 
@@ -103,7 +103,7 @@ def _camera_rule(meta: dict, normalization: str | None, scale: float | None):
     """The camera rule to apply: the adapter's, unless the options ask for another (then the adapter is refused)."""
     from syncam_model.camera_input import CameraRule, CameraRuleError, check_rule, rule_of
 
-    rules = CameraRule.model_fields["translation_normalization"].annotation.__args__
+    rules = get_args(CameraRule.model_fields["translation_normalization"].annotation)
     if normalization is not None and normalization not in rules:
         raise ValueError(f"--translation-normalization must be one of {list(rules)}, got {normalization!r}")
     if scale is not None and not scale > 0:
