@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from syncam_data.cli import app
 from syncam_data.filter.cuts import cut_scores, first_shot_length
+from syncam_data.filter.debug import debug_png_name
 from syncam_data.filter.decode import decode_clip, sha256_of
 from syncam_data.filter.run import expand_inputs, rescore, run_filter
 from syncam_data.filter.score import score_tracks
@@ -132,7 +133,7 @@ def test_rescore_thresholds_apply_to_raw_scores(scored):
 
     r = rows["static_subject"]
     args = (r["width"], r["height"], r["duration_s"], r["scene_cut_score"], np.array(r["camera_motion_per_pair"]),
-            np.array(r["track_speed"]), np.array(r["track_candidate"]))
+            np.array(r["camera_support_per_pair"]), np.array(r["track_speed"]), np.array(r["track_candidate"]))
     assert decide(base, *args).status == "kept"
     assert decide(base.with_decisions(threshold=r["subject_motion"] * 1.01), *args).reason == "static"
     assert decide(base.with_decisions(camera_threshold=r["camera_motion"] * 0.5), *args).reason == "camera_moves"
@@ -228,8 +229,10 @@ def test_bad_files_become_error_rows_and_the_run_completes(videos, tmp_path):
         r = rows[name]
         assert r["status"] == "error" and r["error"] and r["subject_motion"] is None, name
         assert name in r["error"] or "missing.mp4" in r["error"], f"the message must name the file: {r['error']}"
-    for name in ("noise.mp4", "truncated.mp4", "notes.mp4"):
+    for name in ("noise.mp4", "notes.mp4"):
         assert rows[name]["reason"] == "decode_error", name
+    # An index-at-end mp4 cut before its index is an interrupted download, not a corrupt file (issue 16.4).
+    assert rows["truncated.mp4"]["reason"] == "truncated"
     assert rows["static_subject.mp4"]["status"] == "kept"
 
 
@@ -339,8 +342,9 @@ def test_cli_end_to_end_debug_and_rescore(videos, tmp_path):
     rows = _rows(out)
     assert len(rows) == len(videos) + 2
     for r in rows.values():
-        png = out / "debug" / f"{r['content_hash']}.png"
+        png = out / "debug" / debug_png_name(r["path"], r["content_hash"])
         assert png.exists() == (r["status"] != "error" and r["track_speed"] is not None), r["path"]
+    assert (out / "debug" / "score_histogram.png").stat().st_size > 1000
     assert (out / "kept.txt").read_text().splitlines() == [str(videos["static_subject"].resolve())]
 
     # Rescore: a higher subject threshold rejects the kept video as static, without recomputing anything.
@@ -434,7 +438,7 @@ def test_ray_engine_gives_the_same_rows(videos, tmp_path):
         assert (a[k]["status"], a[k]["reason"]) == (b[k]["status"], b[k]["reason"]), k
         if a[k]["subject_motion"] is not None:
             assert b[k]["subject_motion"] == pytest.approx(a[k]["subject_motion"], rel=1e-5)
-    assert (remote / "debug" / f"{b['pan.mp4']['content_hash']}.png").exists()
+    assert (remote / "debug" / debug_png_name(b["pan.mp4"]["path"], b["pan.mp4"]["content_hash"])).exists()
 
 
 def _faststart_mp4(path: Path, frames: np.ndarray, fps: int = 24) -> bytes:

@@ -11,6 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from syncam_data.cli import app
+from syncam_data.filter.debug import debug_png_name
 from syncam_data.filter.decode import decode_clip
 from syncam_data.filter.run import run_filter
 from syncam_data.filter.segment import query_points
@@ -68,8 +69,10 @@ def test_cotracker_call_signature_and_shapes(videos, checkpoint):
     t = len(clip.frames)
     assert tracks.shape == (1, t, 25, 2) and vis.shape == (1, t, 25) and vis.dtype == torch.bool
     pts = query_points([], *clip.frames.shape[1:3], grid_size=6, points_per_mask=1)[0]
-    out_tracks, out_vis = CoTrackerTracker(model).track(clip.frames, pts)
+    got = CoTrackerTracker(model, query_every=0).track(clip.frames, pts)
+    out_tracks, out_vis = got.xy, got.visible
     assert out_tracks.shape == (t, 36, 2) and out_vis.shape == (t, 36) and out_vis.dtype == bool
+    assert not got.start.any()
     assert np.allclose(out_tracks[0], pts)
     # The pan moves the scene left by 1.5 px per source frame (x3 stride): tracks must follow it.
     moved = out_tracks[1, out_vis[1]] - out_tracks[0, out_vis[1]]
@@ -129,7 +132,8 @@ def test_lk_tracker_follows_a_translation():
     tex = cv2.normalize(tex, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
     frames = np.stack([np.repeat(np.roll(tex, 2 * i, axis=1)[..., None], 3, 2) for i in range(4)])
     pts = query_points([], 120, 160, 6, 1)[0]
-    tracks, vis = LKTracker().track(frames, pts)
+    got = LKTracker().track(frames, pts)
+    tracks, vis = got.xy, got.visible
     ok = vis[3]
     assert ok.sum() > 20
     assert np.allclose(tracks[3, ok] - pts[ok], [6.0, 0.0], atol=0.2)
@@ -172,7 +176,7 @@ def test_sam_plumbing_vit_b_random_weights(videos, tmp_path):
         assert 0 < sum(row["track_candidate"]) <= 6 * len(subjects)
     else:
         assert all(row["track_candidate"])
-    assert row["status"] in ("kept", "rejected") and (tmp_path / f"{'f' * 64}.png").exists()
+    assert row["status"] in ("kept", "rejected") and (tmp_path / debug_png_name(item.path, item.content_hash)).exists()
 
 
 def test_sam_missing_checkpoint_is_a_clear_error(tmp_path):

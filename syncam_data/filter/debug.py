@@ -1,18 +1,38 @@
-"""Debug image per video: first frame, subject masks, and tracks coloured by residual motion.
+"""``--debug`` output: one image per analysed video, and a histogram of the run's scores.
 
-Blue tracks follow the camera (background); red tracks move on their own
-(subject motion at or above the keep threshold). The header gives the
-decision and both scores.
+Per video, ``debug/<file stem>-<content hash>.png``: the first frame, subject
+masks, and the tracks coloured by residual motion (blue: moves with the
+camera; red: moves on its own at or above twice the keep threshold), under a
+header with the source file name, the decision, both scores and the measured
+share of frame pairs.
+
+Per run, ``debug/score_histogram.png``: the camera and subject scores of every
+measured video in the output folder, with the thresholds drawn, to choose
+thresholds before a ``--rescore``.
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
 
+from syncam_data.ids import sanitize_id
 from syncam_data.video import atomic_write_bytes
+
+HISTOGRAM_FILE = "score_histogram.png"
+
+
+def debug_png_name(path: str, content_hash: str) -> str:
+    """``<safe file stem>-<first 12 hex of the hash>.png``: readable, and distinct for different contents."""
+    return f"{sanitize_id(Path(path).stem)[:80]}-{(content_hash or 'nohash')[:12]}.png"
+
+
+def _ascii(text: str) -> str:
+    return text.encode("ascii", "replace").decode("ascii")  # OpenCV's Hershey fonts draw ASCII only
 
 
 def render_debug(
@@ -22,10 +42,10 @@ def render_debug(
     visible: np.ndarray,
     track_speed: np.ndarray,
     threshold: float,
-    title: str,
+    title: str | Sequence[str],
     scale: int = 2,
 ) -> np.ndarray:
-    """BGR uint8 image (for cv2.imencode)."""
+    """BGR uint8 image (for cv2.imencode); ``title`` is one line or several (e.g. file name, decision)."""
     img = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR).astype(np.float32)
     rng = np.random.default_rng(0)
     for m in masks:
@@ -43,8 +63,12 @@ def render_debug(
         if len(pts) > 1:
             cv2.polylines(img, [pts.reshape(-1, 1, 2)], False, c, 1, cv2.LINE_AA)
         cv2.circle(img, tuple(int(v) for v in pts[-1]), 2, c, -1)
-    header = np.zeros((22, img.shape[1], 3), np.uint8)
-    cv2.putText(header, title, (4, 15), cv2.FONT_HERSHEY_SIMPLEX, min(0.4, img.shape[1] / (len(title) * 20.0)), (255, 255, 255), 1, cv2.LINE_AA)
+    lines = [title] if isinstance(title, str) else list(title)
+    header = np.zeros((20 * len(lines) + 4, img.shape[1], 3), np.uint8)
+    for k, line in enumerate(lines):
+        text = _ascii(line)
+        size = min(0.45, img.shape[1] / (max(len(text), 1) * 9.0))
+        cv2.putText(header, text, (4, 16 + 20 * k), cv2.FONT_HERSHEY_SIMPLEX, size, (255, 255, 255), 1, cv2.LINE_AA)
     return np.concatenate([header, img])
 
 
@@ -53,3 +77,42 @@ def write_debug_png(path: Path, image_bgr: np.ndarray) -> None:
     if not ok:
         raise RuntimeError(f"{path}: PNG encoding failed")
     atomic_write_bytes(path, buf.tobytes())
+
+
+def write_score_histogram(rows: list[dict[str, Any]], settings: Any, path: Path) -> None:
+    """Histograms of camera and subject motion over ``rows`` (log scale), thresholds as vertical lines.
+
+    Duplicates are counted once (they copy another row); videos without a
+    score (errors, rejected before tracking) are left out and counted in the title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scored = [r for r in rows if not r.get("duplicate_of")]
+    floor = 1e-5  # still scenes score ~0: shown in the first bin of the log axis
+    panels = (
+        ("camera_motion", "camera motion", settings.camera_threshold, "camera threshold", "reject above"),
+        ("subject_motion", "subject motion", settings.threshold, "subject threshold", "keep above"),
+    )
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, (key, label, thr, thr_name, rule) in zip(axes, panels):
+        vals = np.array([r[key] for r in scored if r.get(key) is not None], np.float64)
+        kept = np.array([r[key] for r in scored if r.get(key) is not None and r["status"] == "kept"], np.float64)
+        bins = np.logspace(np.log10(floor), 0.5, 41)
+        ax.hist(np.clip(vals, floor, None), bins=bins, color="0.6", label=f"all measured ({len(vals)})")
+        if len(kept):
+            ax.hist(np.clip(kept, floor, None), bins=bins, color="tab:green", alpha=0.8, label=f"kept ({len(kept)})")
+        ax.axvline(max(thr, floor), color="tab:red", linestyle="--", label=f"{thr_name} {thr:g} ({rule})")
+        ax.set_xscale("log")
+        ax.set_xlabel(f"{label} (frame diagonals per second; values below {floor:g} drawn at {floor:g})")
+        ax.set_ylabel("videos")
+        ax.legend(fontsize=8)
+    unscored = sum(1 for r in scored if r.get("camera_motion") is None and r.get("subject_motion") is None)
+    fig.suptitle(f"filter-videos scores: {len(scored)} videos ({unscored} without scores: errors or rejected before tracking)")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())

@@ -13,7 +13,12 @@ newest row per path winning.
 camera_motion (diagonals per second, null when not measured), duration_s,
 fps, width, height, num_frames, codec (0 / "" when the file could not be
 probed), error (message for error rows, else null), settings (JSON of the
-settings used), plus the raw measurements for ``--rescore``.
+settings used), measured_fraction (share of frame pairs with a valid camera
+estimate), duplicate_of (the path whose row this content copies, else null),
+plus the raw measurements for ``--rescore``.
+
+``kept.txt`` lists each kept *content* once: the row that was processed,
+not its duplicates.
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ SCHEMA = pa.schema(
         ("codec", pa.string()),
         ("error", pa.string()),
         ("settings", pa.string()),
+        ("measured_fraction", pa.float32()),
+        ("duplicate_of", pa.string()),
         # Extra columns: provenance and raw measurements for --rescore.
         ("file_size", pa.int64()),
         ("mtime_ns", pa.int64()),
@@ -59,9 +66,11 @@ SCHEMA = pa.schema(
         ("analyzed_height", pa.int32()),
         ("num_masks", pa.int32()),
         ("num_tracks", pa.int32()),
+        ("seeded_tracks", pa.int32()),
         ("inlier_fraction", pa.float32()),
         ("scene_cut_score", pa.float32()),
         ("camera_motion_per_pair", pa.list_(pa.float32())),
+        ("camera_support_per_pair", pa.list_(pa.int32())),
         ("track_speed", pa.list_(pa.float32())),
         ("track_candidate", pa.list_(pa.bool_())),
         ("seconds", pa.float32()),
@@ -69,6 +78,15 @@ SCHEMA = pa.schema(
     ]
 )
 COLUMNS = tuple(SCHEMA.names)
+
+
+def kept_paths(rows: Iterable[dict[str, Any]]) -> list[str]:
+    """Kept paths, one per content hash (the processed row rather than a duplicate), sorted."""
+    chosen: dict[str, str] = {}
+    for r in sorted(rows, key=lambda r: (r.get("duplicate_of") is not None, r["path"])):
+        if r["status"] == "kept":
+            chosen.setdefault(r.get("content_hash") or r["path"], r["path"])
+    return sorted(chosen.values())
 
 
 def rows_to_table(rows: Iterable[dict[str, Any]]) -> pa.Table:
@@ -148,8 +166,7 @@ class ScoresStore:
         table = rows_to_table(ordered)
         self.out.mkdir(parents=True, exist_ok=True)
         _atomic_parquet(table, self.scores)
-        kept = [r["path"] for r in ordered if r["status"] == "kept"]
-        _atomic_text("".join(p + "\n" for p in kept), self.kept)
+        _atomic_text("".join(p + "\n" for p in kept_paths(ordered)), self.kept)
         for p in parts:
             p.unlink(missing_ok=True)
         return table

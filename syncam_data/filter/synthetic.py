@@ -15,6 +15,10 @@ Kinds:
 - ``static``: static camera, static scene (``static``)
 - ``pan_subject``: camera pans and subjects move (``camera_moves``)
 - ``scene_cut``: static camera + moving subject, then a cut to a different scene (``scene_cut``)
+
+Any kind can lose its texture midway (``fade_at``/``fade``): the background
+only (the subjects stay trackable, few background points remain late in the
+clip) or the whole picture (nothing left to track).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import numpy as np
 
 from syncam_data.video import encode
 
+FADE_FRAMES = 6
 KINDS = ("static_subject", "pan", "zoom", "static", "pan_subject", "scene_cut")
 # What the filter must decide for each kind with its default thresholds.
 EXPECTED_REASON = {
@@ -54,10 +59,17 @@ class SyntheticSpec:
     zoom_rate: float = 0.008  # relative scale change per frame
     num_subjects: int = 2
     noise: float = 2.0  # std of per-frame sensor noise (grey levels): real cameras are never bit-exact
+    # Lose the texture midway, as real footage does (focus pull, lights out, lens covered): from this fraction of
+    # the clip on, ``fade`` ("background": the scenery only, the subjects stay textured; "picture": everything)
+    # fades within ``FADE_FRAMES`` frames to a flat colour. 1.0 = never.
+    fade_at: float = 1.0
+    fade: str = "background"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown synthetic video kind {self.kind!r}; choose one of {', '.join(KINDS)}")
+        if self.fade not in ("background", "picture") or not 0 <= self.fade_at <= 1:
+            raise ValueError(f"synthetic video: fade must be 'background' or 'picture' and fade_at in [0, 1], got {self.fade!r}, {self.fade_at}")
         if self.width < 16 or self.height < 16 or self.seconds <= 0 or self.fps <= 0:
             raise ValueError(f"synthetic video needs width/height >= 16 and positive seconds/fps, got {self}")
 
@@ -112,8 +124,11 @@ def _render(spec: SyntheticSpec, n: int, seed: int, subjects_move: bool, camera:
     speed = spec.subject_speed if subjects_move else 0.0
     subjects = [_Subject(rng, world_w, world_h, size, speed) for _ in range(spec.num_subjects)]
     out = np.empty((n, h, w, 3), np.uint8)
+    flat = background.mean(axis=(0, 1))
+    fade_start = spec.fade_at * n if spec.fade_at < 1 else np.inf
     for i in range(n):
-        canvas = background.copy()
+        fade = float(np.clip((i - fade_start) / FADE_FRAMES, 0.0, 1.0))
+        canvas = background.copy() if fade == 0 or spec.fade != "background" else (1 - fade) * background + fade * flat
         for s in subjects:
             s.paint(canvas)
             s.step()
@@ -127,6 +142,8 @@ def _render(spec: SyntheticSpec, n: int, seed: int, subjects_move: bool, camera:
         cx_w, cy_w = tx + w / 2, ty + h / 2
         m = np.array([[scale, 0, w / 2 - scale * cx_w], [0, scale, h / 2 - scale * cy_w]], np.float64)
         frame = cv2.warpAffine(canvas, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        if fade > 0 and spec.fade == "picture":
+            frame = (1 - fade) * frame + fade * flat
         if spec.noise > 0:
             frame = frame + rng.normal(0.0, spec.noise, frame.shape).astype(np.float32)
         out[i] = np.clip(frame, 0, 255).astype(np.uint8)

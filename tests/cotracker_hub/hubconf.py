@@ -12,7 +12,11 @@ entry points, ``pretrained`` keyword, a predictor whose weights live in
 
 The tracks are real: pyramidal Lucas-Kanade with a forward-backward check,
 whose window and check threshold are the module's "weights" (so loading a
-checkpoint visibly changes them).
+checkpoint visibly changes them). Queries may start at any frame, as in
+CoTracker; for the frames before a query's frame (without
+``backward_tracking``) CoTracker's ``predictor.py`` returns the model's
+output unpinned, which is no track: this stand-in returns the query point
+marked visible there, so a caller that trusts those frames gets caught.
 """
 
 from __future__ import annotations
@@ -115,7 +119,11 @@ class CoTrackerPredictor(nn.Module):
                         tracks[bi, :tq, sel] = torch.from_numpy(bwd[1:][::-1].copy())
                         visibility[bi, :tq, sel] = torch.from_numpy(bvis[1:][::-1].copy())
                     else:
+                        # CoTracker's predictor pins only the query frame itself; before it, the real model
+                        # still outputs positions and visibilities that are no track. Return a confident-looking
+                        # non-track (the query point, "visible") so a caller that trusts those frames is caught.
                         tracks[bi, :tq, sel] = torch.from_numpy(start)[None]
+                        visibility[bi, :tq, sel] = True
         return tracks.to(video.device), visibility.to(video.device)
 
 
