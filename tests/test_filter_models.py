@@ -205,3 +205,32 @@ def test_cotracker_from_the_torch_hub_cache(checkpoint, tmp_path):
             load_cotracker(None, None)
     finally:
         torch.hub.set_dir(old)
+
+
+def test_cotracker_query_grids_keep_a_long_pan_measured(checkpoint, tmp_path):
+    """Tracks lost midway (a fast pan): later query grids, as CoTracker is used on long clips, keep every pair measured."""
+    from syncam_data.filter.synthetic import write_synthetic_video
+
+    video = write_synthetic_video(tmp_path / "fastpan.mp4", "pan", seed=3, seconds=3.0, pan_speed=4.0)
+    model = load_cotracker(str(HUB), str(checkpoint))
+    clip = decode_clip(video, 256, 8, 10)
+    pts = query_points([], *clip.frames.shape[1:3], grid_size=8, points_per_mask=1)[0]
+    tracker = CoTrackerTracker(model, query_every=4, grid_size=8)
+    got = tracker.track(clip.frames, pts)
+    assert tracker.query_frames(len(clip.frames)) == [4, 8, 12, 16, 20]
+    assert got.xy.shape[1] == 64 * 6 and sorted(set(got.start.tolist())) == [0, 4, 8, 12, 16, 20]
+    for i in range(got.xy.shape[1]):  # the stand-in, like CoTracker, returns something before a query's frame: not a track
+        k = got.start[i]
+        assert not got.visible[:k, i].any() and got.visible[k, i]
+        assert np.allclose(got.xy[:k, i], got.xy[k, i])
+    assert got.visible[:4, :64].any() and not got.visible[-1, :64].any(), "the first grid is lost by the end"
+
+    expected = 4.0 * np.hypot(1.0, 0.3) * 24 / np.hypot(160, 128)
+    base = dict(tracker="cotracker", cotracker_repo=str(HUB), cotracker_checkpoint=str(checkpoint))
+    run_filter([video], tmp_path / "grids", FilterSettings(**base, cotracker_query_every=4), progress=False)
+    run_filter([video], tmp_path / "first", FilterSettings(**base, cotracker_query_every=0), progress=False)
+    grids = pq.read_table(tmp_path / "grids" / "scores.parquet").to_pylist()[0]
+    first = pq.read_table(tmp_path / "first" / "scores.parquet").to_pylist()[0]
+    assert grids["reason"] == "camera_moves" and grids["measured_fraction"] >= 0.9 and grids["seeded_tracks"] > 0
+    assert grids["camera_motion"] == pytest.approx(expected, rel=0.05)
+    assert first["reason"] == "unmeasured" and first["measured_fraction"] < 0.8

@@ -54,7 +54,7 @@ def render_debug(
     img = cv2.resize(img.clip(0, 255).astype(np.uint8), None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
     # 0 -> blue (moves with the camera), >= 2x threshold -> red.
     level = np.nan_to_num(np.asarray(track_speed, np.float64) / max(2 * threshold, 1e-9), nan=0.0).clip(0, 1)
-    colors = cv2.applyColorMap((level * 255).astype(np.uint8).reshape(-1, 1), cv2.COLORMAP_JET).reshape(-1, 3)
+    colors = cv2.applyColorMap((level * 255).astype(np.uint8).reshape(-1, 1), cv2.COLORMAP_JET).reshape(-1, 3) if len(level) else []
     for i in range(tracks.shape[1]):
         pts = (tracks[visible[:, i], i] * scale).round().astype(np.int32)
         if len(pts) == 0:
