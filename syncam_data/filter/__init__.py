@@ -1,7 +1,7 @@
 """Web-video motion filter (`syncam-data filter-videos`): static camera, moving subjects.
 
 Modules: ``settings`` (validated options), ``decode`` (downsampled decode),
-``cuts`` (scene cuts), ``segment`` (grid / SAM; the only importer of
+``isobmff`` (is an MP4/MOV complete?), ``cuts`` (scene cuts), ``segment`` (grid / SAM; the only importer of
 ``segment_anything``), ``track`` (Lucas-Kanade / CoTracker via torch.hub; the
 only loader of CoTracker), ``score`` (camera vs subject motion, decisions),
 ``store`` (scores.parquet, resumable parts), ``run`` (the job), ``ray_engine``
