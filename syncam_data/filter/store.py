@@ -24,13 +24,14 @@ not its duplicates.
 from __future__ import annotations
 
 import logging
-import os
 import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from syncam_data.fsio import atomic_path, write_text
 
 log = logging.getLogger(__name__)
 
@@ -96,21 +97,12 @@ def rows_to_table(rows: Iterable[dict[str, Any]]) -> pa.Table:
 
 
 def _atomic_parquet(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:  # fsync, rename, fsync the folder: a part or table survives a power loss
+        pq.write_table(table, tmp, compression="zstd")
 
 
 def _atomic_text(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_text(path, text)
 
 
 class ScoresStore:
