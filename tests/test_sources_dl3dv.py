@@ -65,7 +65,7 @@ def test_sample_frames_cameras_equal_ground_truth(tmp_path, scene, folder, size)
         assert fi[-1] - fi[0] <= 6 and min(fi) >= 1  # 1-based frame file numbers
         for k, entry in enumerate(g["cameras"]):
             assert entry["frame_index"] == fi[k] and "timestamp_us" not in entry
-            assert entry["raw"]["convention"] == "opengl_c2w" and entry["raw"]["file_path"] == f"frame_{fi[k]:05d}.png"
+            assert entry["raw"]["convention"] == "opengl_c2w" and entry["raw"]["file_path"] == f"images/frame_{fi[k]:05d}.png"  # as written in transforms.json
             truth = cams[fi[k] - 1].resized(*size)
             assert_camera_equal(entry, truth)
             assert image_error(read_rgb(out / g["group_id"] / entry["image"]), truth) < 4.0

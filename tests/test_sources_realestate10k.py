@@ -25,7 +25,7 @@ from syncam_data.sources.realestate10k import (
 from tests.test_sources_scene import colour_at, image_error, luma, render, trajectory
 
 FPS = 30000 / 1001
-STRIDE = 3  # pose lines every 3rd video frame (the dataset uses ~8-9; smaller keeps the fixture tiny)
+STRIDE = 3  # pose lines every 3rd video frame, like a subsampled copy (CameraCtrl's keep every 8th-9th; the original files every frame)
 N_FRAMES = 40
 
 
@@ -99,7 +99,7 @@ def test_real_camera_file_is_read_correctly(fixtures_dir):
     assert len(cf) == 16
     assert cf.timestamps_us[0] == 158692025 and cf.timestamps_us[1] == 158958959
     assert np.all(np.diff(cf.timestamps_us) > 0)
-    # Lines are 8-9 video frames apart at 29.97 fps.
+    # CameraCtrl's copy is subsampled: lines are 8-9 video frames apart at 29.97 fps.
     steps = np.diff(cf.timestamps_us) * FPS / 1e6
     assert np.all((steps > 7.5) & (steps < 9.5))
     cam = cf.camera(0, 640, 360)

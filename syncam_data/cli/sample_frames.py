@@ -19,6 +19,12 @@ class SourceName(str, Enum):
     dl3dv = "dl3dv"
 
 
+class FrameResize(str, Enum):
+    none = "none"
+    squash = "squash"
+    center_crop = "center-crop"
+
+
 class GapUnit(str, Enum):
     auto = "auto"
     video_frames = "video-frames"
@@ -36,7 +42,8 @@ def sample_frames(
         GapUnit.auto,
         "--gap-unit",
         help="What --max-gap counts. video-frames (RealEstate10K default): frames of the source video, from the timestamps (as in the paper). "
-        "index: RealEstate10K pose-line index (lines are ~8-9 video frames apart). DL3DV always uses the frame file number.",
+        "index: RealEstate10K pose-line index (the original files list every video frame; subsampled copies such as CameraCtrl's every 8th-9th). "
+        "DL3DV always uses the frame number from the file name.",
     ),
     sets_per_sequence: int = typer.Option(1, "--sets-per-sequence", "-k", min=1, help="Frame sets to sample from each sequence."),
     seed: int = typer.Option(0, "--seed", help="Random seed; a sequence's sets depend only on the seed and the sequence id."),
@@ -49,7 +56,21 @@ def sample_frames(
     videos_dir: Optional[Path] = typer.Option(None, "--videos-dir", help="RealEstate10K: folder with <sequence>.mp4 (or <youtube id>.mp4) videos (default: beside each .txt)."),
     frames_from: str = typer.Option("auto", "--frames-from", help="RealEstate10K: auto (image folder if present, else video), images or video."),
     video_time: str = typer.Option("auto", "--video-time", help="RealEstate10K videos: absolute (timestamps are YouTube times), relative (video starts at the first timestamp) or auto."),
-    fps: float = typer.Option(30000 / 1001, "--fps", show_default="30000/1001 = 29.97", help="RealEstate10K image frames: video frame rate used to turn timestamps into video frame numbers for --gap-unit video-frames."),
+    fps: Optional[float] = typer.Option(
+        None,
+        "--fps",
+        min=0.001,
+        show_default="from the timestamps",
+        help="RealEstate10K image frames: video frame rate that turns timestamps into video frame numbers (--gap-unit video-frames). "
+        "Default: inferred per sequence from the timestamps (their median step, or the standard rate whose frame grid they sit on), else 29.97 with a warning.",
+    ),
+    frame_resize: FrameResize = typer.Option(
+        FrameResize.none,
+        "--frame-resize",
+        help="How stored frames whose aspect differs (>1%) from the camera's were made: squash (whole frame resized to the stored size) or "
+        "center-crop (resized to cover, centre cropped; the principal point moves). none: refuse such sequences. "
+        "Camera aspect: RealEstate10K fy/fx of the normalized intrinsics (square pixels), DL3DV w/h of transforms.json.",
+    ),
     image_folder: str = typer.Option("auto", "--image-folder", help="DL3DV: images, images_2, images_4, images_8 or auto (images_4, else images_2, images, images_8)."),
     undistort: bool = typer.Option(True, "--undistort/--no-undistort", help="DL3DV: undistort images with OpenCV when transforms.json has k1 k2 p1 p2 (else record them per camera)."),
     applied_transform: str = typer.Option("keep", "--applied-transform", help="DL3DV: keep poses in the transforms.json world, or undo its applied_transform (COLMAP world). Relative poses are the same."),
@@ -86,8 +107,9 @@ def sample_frames(
                 video_time,
                 fps,
                 "video-frames" if unit == "auto" else unit,
+                frame_resize.value,
             ),
-            dl3dv=dl3dv.Dl3dvOptions(image_folder, undistort, applied_transform),
+            dl3dv=dl3dv.Dl3dvOptions(image_folder, undistort, applied_transform, frame_resize.value),
         )
     except ValueError as e:
         raise fail(str(e)) from None

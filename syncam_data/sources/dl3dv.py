@@ -14,7 +14,20 @@ such as ``1K/``, ``2K/``), either directly or in a ``nerfstudio/`` sub-folder
 looking along -z); the canonical pose is ``c2w_from_opengl`` of it. The
 intrinsics refer to ``w``×``h`` and are rescaled to the size of the image
 actually read from the chosen folder (so a rounded ``images_8`` size stays
-exact). Per-frame intrinsics in a frame entry override the global ones.
+exact); an image of another aspect is refused unless ``frame_resize`` says
+how it was made, and EXIF orientation is never applied (``sources/framing.py``).
+
+nerfstudio variants read as nerfstudio's own ``nerfstudio_dataparser`` does:
+intrinsics keys (``w h fl_x fl_y cx cy``, distortion, ``camera_model``) may be
+global, per frame, or both, a frame's own value overriding the global one
+(e.g. global ``w``/``h`` with per-frame ``fl_x``/``cx``/``cy``); ``file_path``
+is relative to the folder of ``transforms.json`` and may hold sub-folders
+(``./images/robot/000001-color.png``): for ``images_N`` it is looked up with
+its sub-folders inside ``images_N``, then, as nerfstudio's loader does, by
+its file name alone; a path without an extension gets ``.png``/``.jpg``/
+``.jpeg``. Only pinhole models are read: ``PINHOLE``, ``SIMPLE_PINHOLE`` and
+``OPENCV`` (k1 k2 p1 p2 k3); fisheye (``OPENCV_FISHEYE``, ``is_fisheye``),
+``EQUIRECTANGULAR`` and a non-zero ``k4`` are refused with that reason.
 
 ``applied_transform`` (3×4, written by nerfstudio when it permutes the
 world axes of the COLMAP reconstruction) is already contained in every
@@ -23,8 +36,13 @@ world axes of the COLMAP reconstruction) is already contained in every
 world. It is a rigid change of world, so poses relative to view 0 (what the
 model sees) are the same either way.
 
-Frame index: the number in the file name (``frame_00001.png`` -> 1), which
-is also what ``--max-gap`` is measured in.
+Frame index (also what ``--max-gap`` is measured in): the last run of digits
+in the file name's stem (``frame_00026.png`` and ``frame_00026`` -> 26,
+``000026-color.png`` -> 26), never the frame's position in the list (which
+COLMAP exports in image-id order). When names carry no number (UUIDs) or
+their numbers repeat (one per sub-folder camera), ``colmap_im_id`` is used
+if every frame has a distinct one, else the position in the sorted file
+names, with a warning in the report.
 
 Distortion (``camera_model`` OPENCV with k1 k2 p1 p2 [k3]): by default each
 image is undistorted with OpenCV onto the same pinhole intrinsics, so the
@@ -37,10 +55,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Iterator
 
 import cv2
@@ -48,7 +67,8 @@ import numpy as np
 
 from syncam_data.cameras import Camera, CameraError, c2w_from_opengl, check_rotation, orthonormalize
 from syncam_data.ids import UnsafeIdError, check_id, sanitize_id
-from syncam_data.sources.frameset import SourceError, SourceFrame, read_image_rgb
+from syncam_data.sources.framing import FRAME_RESIZE, frame_camera, read_image
+from syncam_data.sources.frameset import SourceError, SourceFrame
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +81,12 @@ AUTO_ORDER = ("images_4", "images_2", "images", "images_8")
 APPLIED_TRANSFORM = ("keep", "undo")
 LAYOUT = "scene folders with transforms.json (or nerfstudio/transforms.json) beside images/ or images_N/, anywhere under it"
 DIST_KEYS = ("k1", "k2", "p1", "p2", "k3")
-_PER_FRAME_KEYS = frozenset(("w", "h", "fl_x", "fl_y", "cx", "cy", "camera_model") + DIST_KEYS)
-_FRAME_NUM = re.compile(r"(\d+)(?=\.[A-Za-z0-9]+$)")
+INTRINSIC_KEYS = ("w", "h", "fl_x", "fl_y", "cx", "cy", "camera_model", "camera_angle_x", "camera_angle_y", "is_fisheye", "k4") + DIST_KEYS
+PINHOLE_MODELS = ("PINHOLE", "SIMPLE_PINHOLE", "OPENCV")
+IMAGE_EXTS = (".png", ".jpg", ".jpeg")
+_DIGITS = re.compile(r"\d+")
+_OTHER_IMAGE_EXTS = (".webp", ".bmp", ".tif", ".tiff", ".exr")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 @dataclass(frozen=True)
@@ -70,12 +94,15 @@ class Dl3dvOptions:
     image_folder: str = "auto"
     undistort: bool = True
     applied_transform: str = "keep"
+    frame_resize: str = "none"  # how stored images of another aspect were made (sources/framing.py)
 
     def __post_init__(self) -> None:
         if self.image_folder not in ("auto",) + IMAGE_FOLDERS:
             raise ValueError(f"image folder must be auto or one of {IMAGE_FOLDERS}, got {self.image_folder!r}")
         if self.applied_transform not in APPLIED_TRANSFORM:
             raise ValueError(f"applied-transform must be one of {APPLIED_TRANSFORM}, got {self.applied_transform!r}")
+        if self.frame_resize not in FRAME_RESIZE:
+            raise ValueError(f"frame-resize must be one of {FRAME_RESIZE}, got {self.frame_resize!r}")
 
 
 @dataclass(frozen=True)
@@ -147,7 +174,12 @@ class Intrinsics:
     def has_distortion(self) -> bool:
         return any(abs(v) > 0 for v in self.dist)
 
+    @property
+    def values(self) -> tuple[float, float, float, float]:
+        return (self.fl_x, self.fl_y, self.cx, self.cy)
+
     def camera(self, width: int, height: int, c2w: np.ndarray) -> Camera:
+        """The camera for the whole ``w`` x ``h`` frame stored at width x height (each axis scaled)."""
         sx, sy = width / self.w, height / self.h
         return Camera(width, height, self.fl_x * sx, self.fl_y * sy, self.cx * sx, self.cy * sy, c2w)
 
@@ -155,63 +187,99 @@ class Intrinsics:
 @dataclass
 class Transforms:
     path: Path
-    frame_numbers: np.ndarray  # (N,) from the file names, increasing
-    files: list[str]  # file names (basename) per frame
+    frame_numbers: np.ndarray  # (N,) increasing (see the module docstring for where they come from)
+    files: list[str]  # file_path per frame, as written in transforms.json
     c2w: np.ndarray  # (N, 3, 4) canonical
     raw_matrices: list[list[float]]  # transform_matrix as stored (16 numbers)
     intrinsics: list[Intrinsics]
     applied_transform: list[float] | None
+    numbering: str = "file name"  # file name | colmap_im_id | sorted file names
+    warnings: list[str] = field(default_factory=list)
 
 
-def _intrinsics(d: dict[str, Any], base: Intrinsics | None, where: str) -> Intrinsics:
-    def get(key: str, default: Any = None) -> Any:
-        if key in d:
-            return d[key]
-        if base is not None:
-            return getattr(base, key) if key != "camera_model" else base.model
-        return default
-
+def _intrinsics(d: dict[str, Any], where: str) -> Intrinsics:
+    """Intrinsics from one frame's keys merged over the global ones (nerfstudio: a frame's own value wins)."""
+    model = str(d.get("camera_model", "OPENCV")).upper()
+    if model not in PINHOLE_MODELS:
+        raise SourceError(f"{where}: camera_model {model} is not a pinhole model (supported: {', '.join(PINHOLE_MODELS)})")
+    if d.get("is_fisheye") is True:
+        raise SourceError(f"{where}: is_fisheye is true: fisheye cameras are not supported (pinhole models only)")
     try:
-        w, h = int(get("w")), int(get("h"))
-        fl_x, fl_y = float(get("fl_x")), float(get("fl_y", get("fl_x")))
-        cx, cy = float(get("cx", w / 2)), float(get("cy", h / 2))
-    except (TypeError, ValueError):
-        raise SourceError(f"{where}: needs numeric w, h, fl_x (and fl_y, cx, cy)") from None
-    base_dist = dict(zip(DIST_KEYS, base.dist)) if base is not None else {}
+        w, h = round(float(d["w"])), round(float(d["h"]))
+        if "fl_x" in d:
+            fl_x = float(d["fl_x"])
+        else:  # instant-ngp style: a field of view instead of a focal length
+            fl_x = 0.5 * w / math.tan(0.5 * float(d["camera_angle_x"]))
+        if "fl_y" in d:
+            fl_y = float(d["fl_y"])
+        elif "camera_angle_y" in d:
+            fl_y = 0.5 * h / math.tan(0.5 * float(d["camera_angle_y"]))
+        else:
+            fl_y = fl_x
+        cx, cy = float(d.get("cx", w / 2)), float(d.get("cy", h / 2))
+    except (KeyError, TypeError, ValueError):
+        raise SourceError(f"{where}: needs numeric w, h and fl_x (or camera_angle_x), globally or per frame") from None
     try:
-        dist = tuple(float(d.get(k, base_dist.get(k, 0.0))) for k in DIST_KEYS)
+        dist = tuple(float(d.get(k, 0.0)) for k in DIST_KEYS)
+        k4 = float(d.get("k4", 0.0))
     except (TypeError, ValueError):
         raise SourceError(f"{where}: distortion coefficients must be numbers") from None
-    model = str(d.get("camera_model", base.model if base else "OPENCV"))
-    if w <= 0 or h <= 0 or fl_x <= 0 or fl_y <= 0:
+    if k4 != 0.0:
+        raise SourceError(f"{where}: k4 = {k4:g}: only the OPENCV model (k1 k2 p1 p2 k3) is supported")
+    if any(dist) and model != "OPENCV":
+        raise SourceError(f"{where}: camera_model {model} with distortion coefficients (only OPENCV has them)")
+    if w <= 0 or h <= 0 or not (fl_x > 0 and fl_y > 0):
         raise SourceError(f"{where}: invalid intrinsics w={w} h={h} fl_x={fl_x} fl_y={fl_y}")
     return Intrinsics(w, h, fl_x, fl_y, cx, cy, dist, model)
 
 
-def frame_number(file_path: str, fallback: int) -> int:
-    m = _FRAME_NUM.search(os.path.basename(file_path))
-    return int(m.group(1)) if m else fallback
+def frame_number(file_path: str) -> int | None:
+    """The last run of digits in the file name's stem, with or without an extension; None when it has none (or is a UUID)."""
+    name = PurePosixPath(str(file_path).replace("\\", "/")).name
+    stem = name[: -len(PurePosixPath(name).suffix)] if PurePosixPath(name).suffix.lower() in IMAGE_EXTS + _OTHER_IMAGE_EXTS else name
+    if _UUID.search(stem):
+        return None  # the digits of a random name are no frame number
+    runs = _DIGITS.findall(stem)
+    return int(runs[-1]) if runs else None
+
+
+def _numbering(paths: list[str], frames: list[dict[str, Any]], path: Path) -> tuple[list[int], str, list[str]]:
+    """Frame numbers: from the names, else colmap_im_id, else the sorted file-name order (with a warning)."""
+    nums = [frame_number(p) for p in paths]
+    if all(n is not None for n in nums) and len(set(nums)) == len(nums):
+        return nums, "file name", []  # type: ignore[return-value]
+    ids = [fr.get("colmap_im_id") for fr in frames]
+    if all(isinstance(i, int) and not isinstance(i, bool) for i in ids) and len(set(ids)) == len(ids):
+        return ids, "colmap_im_id", []  # type: ignore[return-value]
+    why = "carry no frame number" if any(n is None for n in nums) else "repeat frame numbers"
+    rank = {p: k + 1 for k, p in enumerate(sorted(range(len(paths)), key=lambda i: (paths[i], i)))}
+    warn = f"{path}: file names {why} and there is no distinct colmap_im_id: frames numbered in sorted file-name order (--max-gap counts that order)"
+    return [rank[i] for i in range(len(paths))], "sorted file names", [warn]
 
 
 def read_transforms(path: str | Path, applied_transform: str = "keep") -> Transforms:
     """Parse a nerfstudio transforms.json; SourceError names the file and the frame entry."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))  # a BOM is tolerated, as for RealEstate10K files
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise SourceError(f"{path}: cannot read transforms.json ({e})") from None
     if not isinstance(data, dict) or not isinstance(data.get("frames"), list) or not data["frames"]:
         raise SourceError(f"{path}: no 'frames' list")
-    has_global = "fl_x" in data
-    global_intr = _intrinsics(data, None, str(path)) if has_global else None
+    common = {k: data[k] for k in INTRINSIC_KEYS if k in data}
     applied = _applied(data.get("applied_transform"), path) if "applied_transform" in data else None
     undo = np.linalg.inv(applied) if (applied is not None and applied_transform == "undo") else None
+    cache: dict[str, Intrinsics] = {}
     rows = []
     for i, fr in enumerate(data["frames"]):
         where = f"{path}: frames[{i}]"
         if not isinstance(fr, dict) or "file_path" not in fr or "transform_matrix" not in fr:
             raise SourceError(f"{where}: needs file_path and transform_matrix")
-        intr = _intrinsics(fr, global_intr, where) if (global_intr is None or _PER_FRAME_KEYS.intersection(fr)) else global_intr
+        merged = {**common, **{k: fr[k] for k in INTRINSIC_KEYS if k in fr}}
+        key = json.dumps(merged, sort_keys=True, default=str)
+        intr = cache.get(key)
+        if intr is None:
+            intr = cache[key] = _intrinsics(merged, where if any(k in fr for k in INTRINSIC_KEYS) else str(path))
         c2w_gl = _matrix(fr["transform_matrix"], where)
         if undo is not None:
             c2w_gl = undo @ c2w_gl
@@ -220,21 +288,19 @@ def read_transforms(path: str | Path, applied_transform: str = "keep") -> Transf
         except CameraError as e:
             raise SourceError(f"{where}: {e}") from None
         c2w_gl[:3, :3] = orthonormalize(c2w_gl[:3, :3])
-        fp = str(fr["file_path"])
-        rows.append((frame_number(fp, i), os.path.basename(fp), c2w_from_opengl(c2w_gl), [float(v) for v in np.asarray(fr["transform_matrix"], float).reshape(-1)], intr))
-    rows.sort(key=lambda r: r[0])
-    nums = np.array([r[0] for r in rows], np.int64)
-    if np.any(np.diff(nums) <= 0):
-        dup = int(nums[int(np.argmax(np.diff(nums) <= 0)) + 1])
-        raise SourceError(f"{path}: two frames share frame number {dup}")
+        rows.append((str(fr["file_path"]), c2w_from_opengl(c2w_gl), [float(v) for v in np.asarray(fr["transform_matrix"], float).reshape(-1)], intr))
+    nums, numbering, warnings = _numbering([r[0] for r in rows], data["frames"], path)
+    order = sorted(range(len(rows)), key=lambda k: nums[k])
     return Transforms(
         path,
-        nums,
-        [r[1] for r in rows],
-        np.stack([r[2] for r in rows]),
-        [r[3] for r in rows],
-        [r[4] for r in rows],
+        np.array([nums[k] for k in order], np.int64),
+        [rows[k][0] for k in order],
+        np.stack([rows[k][1] for k in order]),
+        [rows[k][2] for k in order],
+        [rows[k][3] for k in order],
         [float(v) for v in applied[:3].reshape(-1)] if applied is not None else None,
+        numbering,
+        warnings,
     )
 
 
@@ -285,8 +351,9 @@ def undistort_maps(cam: Camera, dist: tuple[float, ...]) -> tuple[np.ndarray, np
 class Dl3dvScene:
     ref: SceneRef
     transforms: Transforms
-    image_dir: Path
+    image_dir: Path | None  # the chosen images/images_N folder; None: file paths used as listed
     opts: Dl3dvOptions
+    image_paths: list[Path] = field(default_factory=list)  # per frame, resolved at open
     warnings: list[str] = field(default_factory=list)
     _maps: dict[tuple, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
@@ -313,7 +380,11 @@ class Dl3dvScene:
         return self.transforms.frame_numbers
 
     def header(self) -> dict[str, Any]:
-        h: dict[str, Any] = {"image_folder": self.image_dir.name, "undistorted": self.opts.undistort}
+        h: dict[str, Any] = {"image_folder": self.image_dir.name if self.image_dir else "as listed", "undistorted": self.opts.undistort}
+        if self.transforms.numbering != "file name":
+            h["frame_numbers_from"] = self.transforms.numbering
+        if self.opts.frame_resize != "none":
+            h["frame_resize"] = self.opts.frame_resize
         if self.transforms.applied_transform is not None:
             h["applied_transform"] = {"matrix": self.transforms.applied_transform, "mode": self.opts.applied_transform}
         return h
@@ -323,16 +394,16 @@ class Dl3dvScene:
 
     def _frame(self, i: int) -> SourceFrame:
         t = self.transforms
-        path = self.image_dir / t.files[i]
-        img = read_image_rgb(path)
+        path = self.image_paths[i]
+        img, orientation = read_image(path)
         h, w = img.shape[:2]
         intr = t.intrinsics[i]
-        cam = intr.camera(w, h, t.c2w[i])
+        desc = f"w x h = {intr.w}x{intr.h} in {t.path}"
+        cam = frame_camera(intr.values, (intr.w, intr.h), (w, h), t.c2w[i], self.opts.frame_resize, str(path), desc, orientation)
         raw: dict[str, Any] = {"convention": "opengl_c2w", "transform_matrix": t.raw_matrices[i], "file_path": t.files[i]}
         extra: dict[str, Any] = {"source_uri": str(path)}
         if intr.has_distortion:
-            if intr.model not in ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE"):
-                raise SourceError(f"{t.path}: camera_model {intr.model} is not supported (only OPENCV distortion)")
+            # The coefficients act on normalized coordinates, which a resize or crop (with K updated) leaves as they are.
             if self.opts.undistort:
                 key = (w, h, cam.intrinsics, intr.dist)
                 if key not in self._maps:
@@ -344,32 +415,84 @@ class Dl3dvScene:
         return SourceFrame(int(t.frame_numbers[i]), img, cam, raw, extra)
 
 
-def _choose_image_dir(base: Path, opts: Dl3dvOptions, transforms_path: Path) -> Path:
+def _path_parts(file_path: str) -> list[str]:
+    return [p for p in PurePosixPath(str(file_path).replace("\\", "/")).parts if p not in (".", "/")]
+
+
+def _under_image_folders(tr: Transforms) -> bool:
+    return all((parts := _path_parts(f)) and parts[0] in IMAGE_FOLDERS for f in tr.files)
+
+
+def _choose_image_dir(base: Path, opts: Dl3dvOptions, tr: Transforms) -> Path | None:
     order = AUTO_ORDER if opts.image_folder == "auto" else (opts.image_folder,)
     for name in order:
         if (base / name).is_dir():
             return base / name
-    raise SourceError(f"{transforms_path}: no image folder ({', '.join(order)}) beside it")
+    if opts.image_folder in ("auto", "images") and not _under_image_folders(tr):
+        return None  # e.g. "rgb/0001.png": full-size images where file_path says (as nerfstudio reads them)
+    raise SourceError(f"{tr.path}: no image folder ({', '.join(order)}) beside it")
+
+
+def _candidates(base: Path, image_dir: Path | None, file_path: str) -> list[Path]:
+    """Where a frame's image may be, best first: its sub-folders inside the chosen folder, then nerfstudio's flat lookup."""
+    parts = _path_parts(file_path)
+    if not parts:
+        return []
+    if image_dir is None:
+        paths = [base.joinpath(*parts)]
+    else:
+        sub = parts[1:] if parts[0] in IMAGE_FOLDERS and len(parts) > 1 else parts
+        paths = [image_dir.joinpath(*sub)]
+        if len(sub) > 1:
+            # nerfstudio_dataparser._get_fname looks images_N/<file name> up without the sub-folders.
+            paths.append(image_dir / sub[-1])
+    out = []
+    for p in paths:
+        out.append(p)
+        if p.suffix.lower() not in IMAGE_EXTS + _OTHER_IMAGE_EXTS:  # no extension (NeRF-synthetic style "./train/r_0")
+            out.extend(p.with_name(p.name + ext) for ext in IMAGE_EXTS)
+    return out
 
 
 def open_scene(ref: SceneRef, opts: Dl3dvOptions) -> Dl3dvScene:
     base = Path(ref.path)
     tr = read_transforms(base / TRANSFORMS, opts.applied_transform)
-    image_dir = _choose_image_dir(base, opts, base / TRANSFORMS)
-    _check_images(tr, image_dir)
-    scene = Dl3dvScene(ref, tr, image_dir, opts)
+    image_dir = _choose_image_dir(base, opts, tr)
+    paths = _resolve_images(tr, base, image_dir)
+    scene = Dl3dvScene(ref, tr, image_dir, opts, paths, list(tr.warnings))
     if not opts.undistort and any(i.has_distortion for i in tr.intrinsics):
         scene.warnings.append("images kept distorted (--no-undistort): coefficients recorded per camera under 'distortion'")
     return scene
 
 
-def _check_images(tr: Transforms, image_dir: Path) -> None:
-    """Every frame needs its image; one directory listing instead of a stat per frame."""
-    try:
-        with os.scandir(image_dir) as it:
-            names = {e.name for e in it}
-    except OSError as e:
-        raise SourceError(f"{image_dir}: cannot list image folder ({e})") from None
-    for i, name in enumerate(tr.files):
-        if name not in names:
-            raise SourceError(f"{image_dir / name}: image file is missing (frame {int(tr.frame_numbers[i])} of {tr.path})")
+def _resolve_images(tr: Transforms, base: Path, image_dir: Path | None) -> list[Path]:
+    """Every frame's image, found with one directory listing per folder (not a stat per frame)."""
+    listings: dict[Path, set[str]] = {}
+
+    def exists(p: Path) -> bool:
+        if p.parent not in listings:
+            try:
+                with os.scandir(p.parent) as it:
+                    listings[p.parent] = {e.name for e in it}
+            except OSError:
+                listings[p.parent] = set()
+        return p.name in listings[p.parent]
+
+    out = []
+    for i, fp in enumerate(tr.files):
+        cands = _candidates(base, image_dir, fp)
+        hit = next((c for c in cands if exists(c)), None)
+        if hit is None:
+            first = cands[0] if cands else base / str(fp)
+            if first.suffix.lower() not in IMAGE_EXTS + _OTHER_IMAGE_EXTS:
+                first = first.with_name(first.name + _usual_ext(listings.get(first.parent, set())))
+            raise SourceError(f"{first}: image file is missing (frame {int(tr.frame_numbers[i])} of {tr.path})")
+        out.append(hit)
+    return out
+
+
+def _usual_ext(names: set[str]) -> str:
+    counts = {e: sum(1 for n in names if n.lower().endswith(e)) for e in IMAGE_EXTS}
+    return max(IMAGE_EXTS, key=lambda e: counts[e]) if any(counts.values()) else IMAGE_EXTS[0]
+
+

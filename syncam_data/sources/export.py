@@ -11,8 +11,9 @@ RealEstate10K (``export_realestate10k``)::
     <out>/<seq>.mp4              the whole video (frames_as="video")
 
 Every video frame i has the timestamp round(i · 1e6 / fps) µs, so the nearest
-frame to a timestamp is frame i again. Like the real dataset, the camera file
-may list only every ``pose_stride``-th frame.
+frame to a timestamp is frame i again. The original dataset files list every
+frame (``pose_stride=1``); subsampled copies, such as CameraCtrl's, only every
+8th-9th (``pose_stride`` > 1).
 
 DL3DV-10K (``export_dl3dv``)::
 

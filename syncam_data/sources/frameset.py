@@ -111,17 +111,6 @@ def encode_image(image: np.ndarray, fmt: str, jpeg_quality: int) -> bytes:
     return buf.tobytes()
 
 
-def read_image_rgb(path: Path) -> np.ndarray:
-    """RGB uint8 image; SourceError naming the file when it is missing or unreadable."""
-    if not path.is_file():
-        raise SourceError(f"{path}: image file is missing")
-    data = np.fromfile(path, dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if img is None:
-        raise SourceError(f"{path}: not a readable image")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
 def _write_file(path: Path, data: bytes) -> None:
     with open(path, "wb") as f:
         f.write(data)

@@ -17,10 +17,19 @@ Frames are found by timestamp, in one of two common layouts:
   sequence starts at the first timestamp instead (``--video-time``).
 
 Frame index: the position of the pose line in the ``.txt`` (0-based, the
-first pose line is index 0). The pose lines are themselves a subsample of the
-video (about every 8–9th frame at 29.97 fps), so each frame also has a *video
-frame number*: round(timestamp · fps), with the video's fps, or ``--fps`` when
-frames come as images.
+first pose line is index 0). Each frame also has a *video frame number*,
+round(timestamp · fps): the original files list every frame of the clip (one
+frame period apart), subsampled copies (e.g. CameraCtrl's, every 8th–9th
+frame) a subset. The fps is the video's own when frames are decoded from it;
+for image frames it is ``--fps`` when given, else inferred from the timestamps
+(``infer_fps``): regular steps give it directly (the median step is one frame
+period at a standard rate), steps of whole numbers of frames (a subsampled
+copy) put the timestamps on one standard rate's frame grid; 29.97 (with a
+warning in the report) when neither holds.
+
+Frame size: the normalized intrinsics describe a frame of aspect
+``fy_n / fx_n`` (square pixels). Frames stored at another aspect are refused
+unless ``frame_resize`` says how they were made (``sources/framing.py``).
 """
 
 from __future__ import annotations
@@ -36,13 +45,16 @@ import numpy as np
 
 from syncam_data.cameras import Camera, CameraError, parse_realestate10k_line
 from syncam_data.ids import UnsafeIdError, check_id, sanitize_id
-from syncam_data.sources.frameset import SourceError, SourceFrame, read_image_rgb
+from syncam_data.sources.framing import FRAME_RESIZE, frame_camera, read_image
+from syncam_data.sources.frameset import SourceError, SourceFrame
 from syncam_data.video import VideoError, decode, probe
 
 log = logging.getLogger(__name__)
 
 SOURCE = "realestate10k"
 DEFAULT_FPS = 30000 / 1001
+# Frame rates of the videos the timestamps may come from (NTSC 23.976/29.97/59.94, film, PAL, ...).
+STANDARD_FPS = (24000 / 1001, 24.0, 25.0, 30000 / 1001, 30.0, 48.0, 50.0, 60000 / 1001, 60.0)
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 VIDEO_EXTS = (".mp4", ".mkv", ".webm", ".mov")
 FRAMES_FROM = ("auto", "images", "video")
@@ -59,14 +71,15 @@ class Re10kOptions:
     videos_dir: str | None = None
     frames_from: str = "auto"  # auto: an image folder when one exists, else the video
     video_time: str = "auto"  # absolute: YouTube time; relative: video starts at the first timestamp
-    fps: float = DEFAULT_FPS  # for video frame numbers when frames come as images
+    fps: float | None = None  # for video frame numbers when frames come as images; None: from the timestamps
     gap_unit: str = "video-frames"
+    frame_resize: str = "none"  # how stored frames of another aspect were made (sources/framing.py)
 
     def __post_init__(self) -> None:
-        for name, allowed in (("frames_from", FRAMES_FROM), ("video_time", VIDEO_TIME), ("gap_unit", GAP_UNITS)):
+        for name, allowed in (("frames_from", FRAMES_FROM), ("video_time", VIDEO_TIME), ("gap_unit", GAP_UNITS), ("frame_resize", FRAME_RESIZE)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name.replace('_', '-')} must be one of {allowed}, got {getattr(self, name)!r}")
-        if not self.fps > 0:
+        if self.fps is not None and not self.fps > 0:
             raise ValueError(f"fps must be positive, got {self.fps}")
 
 
@@ -146,8 +159,21 @@ class CameraFile:
         return len(self.timestamps_us)
 
     def camera(self, i: int, width: int, height: int) -> Camera:
+        """The camera of line ``i`` for the whole source frame stored at width x height (aspect kept or squashed)."""
         fx, fy, cx, cy = self.intrinsics_norm[i]
         return Camera(width, height, fx * width, fy * height, cx * width, cy * height, self.c2w[i])
+
+    def source_frame(self, i: int) -> tuple[tuple[float, float, float, float], tuple[float, float]]:
+        """(intrinsics, size) of line ``i``'s source frame at height 1: square pixels give width fy_n / fx_n."""
+        fx, fy, cx, cy = (float(v) for v in self.intrinsics_norm[i])
+        aspect = fy / fx
+        return (fx * aspect, fy, cx * aspect, cy), (aspect, 1.0)
+
+    def stored_camera(self, i: int, width: int, height: int, mode: str, where: str, orientation: int = 1) -> Camera:
+        """The camera of line ``i`` for a stored width x height frame made by ``mode`` (``framing.frame_camera``)."""
+        intr, size = self.source_frame(i)
+        desc = f"fy/fx of the normalized intrinsics on line {int(self.line_numbers[i])} of {self.path}, square pixels"
+        return frame_camera(intr, size, (width, height), self.c2w[i], mode, where, desc, orientation)
 
     def raw(self, i: int) -> dict[str, Any]:
         return {
@@ -162,7 +188,7 @@ def read_camera_file(path: str | Path) -> CameraFile:
     """Parse a RealEstate10K camera file; SourceError names the file and line of any bad pose."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (files saved by Windows editors) is not part of the URL
     except (OSError, UnicodeDecodeError) as e:
         raise SourceError(f"{path}: cannot read camera file ({e})") from None
     lines = text.splitlines()
@@ -223,6 +249,44 @@ def _video_candidates(ref: SequenceRef, url: str, opts: Re10kOptions) -> list[Pa
     return [f / (n + ext) for f in folders for n in names for ext in VIDEO_EXTS]
 
 
+def infer_fps(ts_us: np.ndarray) -> tuple[float | None, str]:
+    """(frame rate of the video the timestamps come from, how it was found), or (None, why not).
+
+    The original files list every frame of a clip: their steps are one frame
+    period (a dropped frame now and then, timestamps off by up to a
+    millisecond), so the median step snaps to a standard rate. Subsampled
+    copies (CameraCtrl's keep every 8th-9th frame) sit on the frame grid of
+    one: the lowest standard rate on whose grid the times after the first
+    lie (within 0.05 frame) is it (29.97 and 30 stay apart over a few dozen
+    frames; of two rates 1 % apart the better fit wins).
+    """
+    t = np.asarray(ts_us, dtype=np.float64)
+    d = np.diff(t)
+    if len(d) < 2 or np.any(d <= 0):
+        return None, "too few or unordered timestamps"
+    med = float(np.median(d))
+    regular = bool(np.mean(np.abs(d - med) <= max(2.0, 0.01 * med)) >= 0.8)
+    raw = 1e6 / med
+    if regular:
+        snap = min(STANDARD_FPS, key=lambda f: abs(f - raw) / f)
+        if abs(snap - raw) / snap <= 0.002:
+            return snap, f"timestamps: median step {med:.0f} us"
+    rel = t - t[0]
+    fits = []
+    for f in STANDARD_FPS:
+        k = rel * f / 1e6
+        r = np.abs(k - np.rint(k))
+        if np.mean(r <= 0.05) >= 0.9 and np.all(np.diff(np.rint(k)) >= 1):
+            fits.append((f, float(np.mean(r))))
+    if fits:
+        lowest = min(f for f, _ in fits)
+        f = min((x for x in fits if x[0] <= lowest * 1.011), key=lambda x: x[1])[0]
+        return f, f"timestamps: frame grid of {f:.3f} fps (steps of whole frames, a subsampled file)"
+    if regular:
+        return raw, f"timestamps: median step {med:.0f} us (not a standard rate)"
+    return None, "irregular timestamps (neither one frame period apart nor on a standard rate's frame grid)"
+
+
 def timestamps_to_video_frames(ts_us: np.ndarray, fps: float, num_frames: int, mode: str, name: str) -> tuple[np.ndarray, str]:
     """Nearest video frame for each timestamp; ``auto`` picks absolute time when it fits the video."""
     tried = ("absolute", "relative") if mode == "auto" else (mode,)
@@ -253,6 +317,10 @@ class Re10kSequence:
     video_fps: float | None = None
     video_time: str | None = None  # absolute | relative: how timestamps were matched to the video
     warnings: list[str] = field(default_factory=list)
+    fps: float | None = None  # image frames: the rate video_frames were computed with
+    fps_from: str | None = None  # and where it came from (--fps, the timestamps, the default)
+    frame_resize: str = "none"
+    image_ext: str = ".png"  # image frames: the extension the folder's frames use
 
     source = SOURCE
 
@@ -277,6 +345,11 @@ class Re10kSequence:
         if self.video_fps:
             h["video_fps"] = self.video_fps
             h["video_time"] = self.video_time
+        if self.fps:
+            h["fps"] = self.fps
+            h["fps_from"] = self.fps_from
+        if self.frame_resize != "none":
+            h["frame_resize"] = self.frame_resize
         return h
 
     def describe_entry(self, i: int) -> str:
@@ -298,10 +371,11 @@ class Re10kSequence:
         ts = int(self.cameras.timestamps_us[i])
         path = next((self.frames_path / f"{ts}{ext}" for ext in IMAGE_EXTS if (self.frames_path / f"{ts}{ext}").is_file()), None)
         if path is None:
-            raise SourceError(f"{self.frames_path}/{ts}.png: image file is missing (frame {i}, {self.describe_entry(i)})")
-        img = read_image_rgb(path)
+            raise SourceError(f"{self.frames_path}/{ts}{self.image_ext}: image file is missing (frame {i}, {self.describe_entry(i)})")
+        img, orientation = read_image(path)
         h, w = img.shape[:2]
-        return SourceFrame(i, img, self.cameras.camera(i, w, h), self.cameras.raw(i), self._extra(i, str(path)))
+        cam = self.cameras.stored_camera(i, w, h, self.frame_resize, str(path), orientation)
+        return SourceFrame(i, img, cam, self.cameras.raw(i), self._extra(i, str(path)))
 
     def _frames_from_video(self, entries: list[int]) -> dict[int, SourceFrame]:
         if self.video_frames is None:
@@ -311,7 +385,8 @@ class Re10kSequence:
         h, w = imgs.shape[1:3]
         out = {}
         for i, k, img in zip(entries, wanted, imgs):
-            out[i] = SourceFrame(i, img, self.cameras.camera(i, w, h), self.cameras.raw(i), self._extra(i, f"{self.frames_path}#frame={k}"))
+            uri = f"{self.frames_path}#frame={k}"
+            out[i] = SourceFrame(i, img, self.cameras.stored_camera(i, w, h, self.frame_resize, uri), self.cameras.raw(i), self._extra(i, uri))
         return out
 
 
@@ -331,30 +406,43 @@ def open_sequence(ref: SequenceRef, opts: Re10kOptions) -> Re10kSequence:
         if np.any(np.diff(video_frames) <= 0):
             dup = int(np.argmax(np.diff(video_frames) <= 0)) + 1
             raise SourceError(f"{ref.path}: line {int(cf.line_numbers[dup])}: timestamp maps to the same video frame as the previous line in {path}")
-    else:
-        fps = None
-        video_frames = np.rint(cf.timestamps_us * opts.fps / 1e6).astype(np.int64)
-        if np.any(np.diff(video_frames) <= 0):
-            video_frames = None  # timestamps closer than one frame at --fps: no usable video frame numbers
-            if opts.gap_unit == "video-frames":
-                raise SourceError(f"{ref.path}: timestamps are closer than one frame at --fps {opts.fps:g}; use --gap-unit index")
+    image_fps, fps_from, image_ext = None, None, ".png"
     if kind == "images":
-        _check_images(cf, path)
+        fps = None
+        if opts.fps is not None:
+            image_fps, fps_from = opts.fps, "--fps"
+        else:
+            image_fps, fps_from = infer_fps(cf.timestamps_us)
+            if image_fps is None:
+                warnings.append(f"{fps_from}: video frame numbers assume {DEFAULT_FPS:.3f} fps (set --fps)")
+                image_fps, fps_from = DEFAULT_FPS, f"default ({fps_from})"
+        video_frames = np.rint(cf.timestamps_us * image_fps / 1e6).astype(np.int64)
+        if np.any(np.diff(video_frames) <= 0):
+            video_frames = None  # timestamps closer than one frame at that rate: no usable video frame numbers
+            if opts.gap_unit == "video-frames":
+                raise SourceError(f"{ref.path}: timestamps are closer than one frame at {image_fps:g} fps ({fps_from}); use --gap-unit index or --fps")
+        image_ext = _check_images(cf, path)
     gap = video_frames if opts.gap_unit == "video-frames" else np.arange(len(cf))
     assert gap is not None
-    return Re10kSequence(ref, cf, kind, path, video_frames, np.asarray(gap, np.int64), fps, time_mode, warnings)
+    return Re10kSequence(
+        ref, cf, kind, path, video_frames, np.asarray(gap, np.int64), fps, time_mode, warnings, image_fps, fps_from, opts.frame_resize, image_ext
+    )
 
 
-def _check_images(cf: CameraFile, folder: Path) -> None:
-    """Every pose line needs its image; one directory listing instead of a stat per frame."""
+def _check_images(cf: CameraFile, folder: Path) -> str:
+    """Every pose line needs its image (one directory listing, not a stat per frame); returns the extension in use."""
     try:
         with os.scandir(folder) as it:
             names = {e.name for e in it}
     except OSError as e:
         raise SourceError(f"{folder}: cannot list frame folder ({e})") from None
+    # The missing-image message names the file as this folder would hold it (e.g. .jpg frames).
+    counts = {ext: sum(1 for n in names if n.lower().endswith(ext)) for ext in IMAGE_EXTS}
+    ext = max(IMAGE_EXTS, key=lambda e: counts[e]) if any(counts.values()) else IMAGE_EXTS[0]
     for i, ts in enumerate(cf.timestamps_us):
-        if not any(f"{int(ts)}{ext}" in names for ext in IMAGE_EXTS):
-            raise SourceError(f"{folder}/{int(ts)}.png: image file is missing (frame {i}, line {int(cf.line_numbers[i])} of {cf.path})")
+        if not any(f"{int(ts)}{e}" in names for e in IMAGE_EXTS):
+            raise SourceError(f"{folder}/{int(ts)}{ext}: image file is missing (frame {i}, line {int(cf.line_numbers[i])} of {cf.path})")
+    return ext
 
 
 def _locate_frames(ref: SequenceRef, url: str, opts: Re10kOptions) -> tuple[str, Path]:
@@ -382,6 +470,7 @@ __all__ = [
     "read_camera_file",
     "open_sequence",
     "timestamps_to_video_frames",
+    "infer_fps",
     "youtube_id",
     "VideoError",
 ]
