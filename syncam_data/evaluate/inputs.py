@@ -254,7 +254,8 @@ def frame_indices(num_frames: int, n: int) -> list[int]:
 
 
 def _decode_image(data: bytes, name: str) -> np.ndarray:
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    # Stored pixels, never rotated by an EXIF Orientation tag: the cameras describe them (sources/framing.py).
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if img is None:
         raise InputError(f"{name}: not a decodable image")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
