@@ -165,7 +165,7 @@ def test_cli_rejects_bad_options(tmp_path):
 def test_help_documents_every_option():
     r = CliRunner().invoke(app, ["sample-frames", "--help"], env={"COLUMNS": "250", "TERM": "dumb"})
     assert r.exit_code == 0
-    for opt in ("--max-gap", "--gap-unit", "--min-angle", "--min-baseline", "--frames-dir", "--videos-dir", "--image-folder", "--undistort", "--applied-transform", "--engine", "--workers"):
+    for opt in ("--max-gap", "--gap-unit", "--min-angle", "--min-baseline", "--frames-dir", "--videos-dir", "--image-folder", "--undistort", "--applied-transform", "--engine", "--workers", "--frame-resize", "--fps"):
         assert opt in r.output
 
 
