@@ -144,3 +144,19 @@ def test_depth_sky_and_ids_with_tolerance():
     mask[1, 0] = (255, 134, 197)
     ids = decode_ids(mask, {1: (255, 67, 226), 2: (255, 134, 197)})
     np.testing.assert_array_equal(ids, [[1, 1, 0], [2, 0, 0]])
+
+
+def test_mask_ids_from_unrealcv_bmp_match_the_per_colour_definition():
+    """The table lookup equals |pixel - colour| <= 3 on every channel, last matching subject wins, for many subjects."""
+    from syncam_data.render.unrealcv_protocol import MASK_TOLERANCE, decode_mask, mask_colour
+
+    rng = np.random.default_rng(1)
+    colours = {i: mask_colour(i) for i in range(1, 12)}  # more than one 8-subject table
+    base = np.array([colours[int(i)] for i in rng.integers(1, 12, size=600)], np.int16).reshape(20, 30, 3)
+    rgb = np.clip(base + rng.integers(-5, 6, size=base.shape), 0, 255).astype(np.uint8)
+    want = np.zeros((20, 30), np.uint8)
+    for iid, c in colours.items():
+        want[np.all(np.abs(rgb.astype(np.int16) - np.array(c)) <= MASK_TOLERANCE, axis=-1)] = iid
+    np.testing.assert_array_equal(decode_ids(rgb, colours), want)
+    np.testing.assert_array_equal(decode_mask(encode_bmp(rgb), colours, "mask"), want)
+    assert 0 < (want > 0).mean() < 1

@@ -293,7 +293,8 @@ class World:
         self._serial = 0
         self._cid = 0
         # Lit, depth and mask of a camera in one world state share one render (keyed by that state).
-        self.render_cache: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+        self.render_cache: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self.static_cache: dict[tuple, list[np.ndarray]] = {}
         self.load_level(DEFAULT_MAP)
 
     def advance(self) -> None:
@@ -326,6 +327,7 @@ class World:
             self.cameras.append(StandinCamera(self._camera_name("FusionCameraSensor"), f"PlacedCamera_{i}"))
         self.paused = False
         self.render_cache.clear()
+        self.static_cache.clear()
 
     def _camera_name(self, sensor: str) -> str:
         if self.flavour == "unrealzoo-1.1":
@@ -365,72 +367,107 @@ class World:
 
     # --- rendering -----------------------------------------------------------------
     def render(self, cam: StandinCamera) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Ray-cast every pixel centre: (rgb uint8 HxWx3, plane depth cm float32 HxW, mask uint8 HxWx3, lit depth).
+        """Ray-cast every pixel centre: (rgb uint8 HxWx3, plane depth cm float32 HxW, mask uint8 HxWx3, lit depth cm).
 
-        ``depth`` and the mask hold only annotated meshes (the rest is sky); the lit
-        image shows everything.
+        ``depth`` (quantized through float16 like Unreal's half-float target, sky
+        65504) and the mask hold only annotated meshes; the lit image shows
+        everything. The level's static part (ground, markers) is cast once per
+        camera pose; each render adds the actors inside their screen boxes.
         """
         w, h = cam.width, cam.height
         f = w / (2.0 * math.tan(math.radians(cam.hfov()) / 2.0))
-        fwd, right, up = rotator_axes(*cam.rotation)
-        u = (np.arange(w) + 0.5 - w / 2.0) / f
-        v = (np.arange(h) + 0.5 - h / 2.0) / f
+        axes = rotator_axes(*cam.rotation)
         o = np.array(cam.location, dtype=np.float64)
-        lit_depth = np.full((h, w), np.inf)
-        ann_depth = np.full((h, w), np.inf)
-        rgb = np.empty((h, w, 3), np.float64)
-        rgb[:] = SKY_RGB
-        mask = np.zeros((h, w, 3), np.uint8)
-        # Ray directions with a unit forward component, so the ray parameter of a hit is its plane depth.
-        d = fwd[None, None, :] + u[None, :, None] * right[None, None, :] - v[:, None, None] * up[None, None, :]
-        if o[2] > 0:  # the ground plane z = 0, seen from above
-            hit = d[..., 2] < 0
-            t = np.where(hit, -o[2] / np.where(hit, d[..., 2], -1.0), np.inf)
-            p = o + np.where(hit, t, 0.0)[..., None] * d
-            checker = (np.floor(p[..., 0] / 100.0) + np.floor(p[..., 1] / 100.0)) % 2 == 0
-            lit_depth = np.where(hit, t, np.inf)
-            shade = np.where(checker[..., None], np.array([170.0, 160.0, 140.0]), np.array([110.0, 105.0, 95.0]))
-            rgb = np.where(hit[..., None], shade, rgb)
-            if self.level_config.ground == "static_mesh":
-                ann_depth = lit_depth.copy()
-                mask[hit] = GROUND_MASK
-        light = np.array([0.3, -0.4, 0.87])
-        spheres: list[tuple[np.ndarray, float, np.ndarray, tuple[int, int, int] | None]] = []
-        for m in self.markers:
-            spheres.append((np.array(m.location), m.radius, np.array(m.color, float), m.mask))
+        key = (self.level, self.level_config.ground, tuple(cam.location), tuple(cam.rotation), cam.hfov(), w, h)
+        static = self.static_cache.get(key)
+        if static is None:
+            if len(self.static_cache) > 2 * max(1, len(self.cameras)):
+                self.static_cache.clear()
+            static = self.static_cache[key] = self._render_static(o, axes, f, w, h)
+        buffers = [a.copy() for a in static]
         for a in self.actors.values():
             phase = self.anim_time(a)
             # The animation is visible: the body colour pulses with the animation time.
             body = np.array([200.0, 128 + 100 * math.sin(2 * math.pi * phase), 60.0])
             for i, (c, r) in enumerate(a.spheres()):
-                spheres.append((c, r, body if i == 0 else np.array([30.0, 30.0, 220.0]), a.mask if a.has_mesh else None))
-        for c, r, colour, mcol in spheres:
-            box = _screen_box(c, r, o, fwd, right, up, f, w, h)
-            if box is None:
-                continue
-            y0, y1, x0, x1 = box
-            dd = d[y0:y1, x0:x1]
-            oc = o - c
-            a2 = np.einsum("ijk,ijk->ij", dd, dd)
-            b = 2.0 * (dd @ oc)
-            disc = b * b - 4 * a2 * (float(oc @ oc) - r * r)
-            inside = disc >= 0
-            if not inside.any():
-                continue
-            t = np.where(inside, (-b - np.sqrt(np.where(inside, disc, 0.0))) / (2 * a2), np.inf)
-            t = np.where(t > 0, t, np.inf)
-            n = (o + t[..., None] * dd - c) / r
-            shade = 0.35 + 0.65 * np.clip(np.where(np.isfinite(t)[..., None], n, 0.0) @ light, 0, 1)
-            near = t < lit_depth[y0:y1, x0:x1]
-            lit_depth[y0:y1, x0:x1] = np.where(near, t, lit_depth[y0:y1, x0:x1])
-            rgb[y0:y1, x0:x1] = np.where(near[..., None], colour * shade[..., None], rgb[y0:y1, x0:x1])
-            if mcol is not None:  # an annotated mesh: in the depth and mask show-only list
-                near_a = t < ann_depth[y0:y1, x0:x1]
-                ann_depth[y0:y1, x0:x1] = np.where(near_a, t, ann_depth[y0:y1, x0:x1])
-                mask[y0:y1, x0:x1] = np.where(near_a[..., None], np.array(mcol, np.uint8), mask[y0:y1, x0:x1])
-        depth = np.minimum(np.where(np.isfinite(ann_depth), ann_depth, SKY_DEPTH_CM), SKY_DEPTH_CM)
-        depth = depth.astype(np.float16).astype(np.float32)
-        return np.clip(rgb, 0, 255).astype(np.uint8), depth, mask, lit_depth
+                colour = body if i == 0 else np.array([30.0, 30.0, 220.0])
+                _cast_sphere(c, r, colour, a.mask if a.has_mesh else None, o, axes, f, *buffers)
+        rgb, lit_depth, ann_depth, depth, mask = buffers
+        return rgb, depth, mask, lit_depth
+
+    def _render_static(self, o: np.ndarray, axes: tuple[np.ndarray, ...], f: float, w: int, h: int) -> list[np.ndarray]:
+        """The level alone: the ground plane z = 0 and the markers (all annotated at world start, except a Landscape)."""
+        lit_depth = np.full((h, w), np.inf, np.float32)
+        rgb = np.empty((h, w, 3), np.uint8)
+        rgb[:] = SKY_RGB
+        mask = np.zeros((h, w, 3), np.uint8)
+        ann_depth = lit_depth.copy()
+        if o[2] > 0:  # the ground plane, seen from above
+            d = _rays(axes, f, w, h, 0, h, 0, w)
+            hit = d[..., 2] < 0
+            t = np.where(hit, -o[2] / np.where(hit, d[..., 2], -1.0), np.inf)
+            p = o + np.where(hit, t, 0.0)[..., None] * d
+            checker = (np.floor(p[..., 0] / 100.0) + np.floor(p[..., 1] / 100.0)) % 2 == 0
+            lit_depth = np.where(hit, t, np.inf).astype(np.float32)
+            shade = np.where(checker[..., None], np.array([170, 160, 140], np.uint8), np.array([110, 105, 95], np.uint8))
+            rgb = np.where(hit[..., None], shade, rgb).astype(np.uint8)
+            if self.level_config.ground == "static_mesh":
+                ann_depth = lit_depth.copy()
+                mask[hit] = GROUND_MASK
+        depth = _half_depth(ann_depth)
+        buffers = [rgb, lit_depth, ann_depth, depth, mask]
+        for m in self.markers:
+            _cast_sphere(np.array(m.location), m.radius, np.array(m.color, float), m.mask, o, axes, f, *buffers)
+        return buffers
+
+
+def _half_depth(cm: np.ndarray) -> np.ndarray:
+    """What UnrealCV's depth npy holds: plane depth in cm through a float16 target, 65504 for the sky."""
+    return np.minimum(np.where(np.isfinite(cm), cm, SKY_DEPTH_CM), SKY_DEPTH_CM).astype(np.float16).astype(np.float32)
+
+
+def _rays(axes: tuple[np.ndarray, ...], f: float, w: int, h: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """Ray directions through pixel centres [y0:y1, x0:x1], with a unit forward component (so a hit's t is its plane depth)."""
+    fwd, right, up = axes
+    u = (np.arange(x0, x1) + 0.5 - w / 2.0) / f
+    v = (np.arange(y0, y1) + 0.5 - h / 2.0) / f
+    return fwd[None, None, :] + u[None, :, None] * right[None, None, :] - v[:, None, None] * up[None, None, :]
+
+
+_LIGHT = np.array([0.3, -0.4, 0.87])
+
+
+def _cast_sphere(c: np.ndarray, r: float, colour: np.ndarray, mcol: tuple[int, int, int] | None, o: np.ndarray,
+                 axes: tuple[np.ndarray, ...], f: float, rgb: np.ndarray, lit_depth: np.ndarray, ann_depth: np.ndarray,
+                 depth: np.ndarray, mask: np.ndarray) -> None:
+    """Draw one sphere into the buffers where it is nearer than what they hold (only pixels of its screen box)."""
+    h, w = lit_depth.shape
+    fwd, right, up = axes
+    box = _screen_box(c, r, o, fwd, right, up, f, w, h)
+    if box is None:
+        return
+    y0, y1, x0, x1 = box
+    dd = _rays(axes, f, w, h, y0, y1, x0, x1)
+    oc = o - c
+    a2 = np.einsum("ijk,ijk->ij", dd, dd)
+    b = 2.0 * (dd @ oc)
+    disc = b * b - 4 * a2 * (float(oc @ oc) - r * r)
+    inside = disc >= 0
+    if not inside.any():
+        return
+    t = np.where(inside, (-b - np.sqrt(np.where(inside, disc, 0.0))) / (2 * a2), np.inf)
+    t = np.where(t > 0, t, np.inf)
+    n = (o + np.where(np.isfinite(t), t, 0.0)[..., None] * dd - c) / r
+    shade = 0.35 + 0.65 * np.clip(n @ _LIGHT, 0, 1)
+    win = np.s_[y0:y1, x0:x1]
+    near = t < lit_depth[win]
+    lit_depth[win] = np.where(near, t, lit_depth[win])
+    rgb[win] = np.where(near[..., None], np.clip(colour * shade[..., None], 0, 255).astype(np.uint8), rgb[win])
+    if mcol is not None:  # an annotated mesh: in the depth and mask show-only list
+        near_a = t < ann_depth[win]
+        ann_depth[win] = np.where(near_a, t, ann_depth[win])
+        depth[win] = np.where(near_a, _half_depth(t), depth[win])
+        mask[win] = np.where(near_a[..., None], np.array(mcol, np.uint8), mask[win])
 
 
 def _screen_box(c: np.ndarray, r: float, o: np.ndarray, fwd: np.ndarray, right: np.ndarray, up: np.ndarray,
@@ -461,12 +498,12 @@ def _screen_box(c: np.ndarray, r: float, o: np.ndarray, fwd: np.ndarray, right: 
 def encode_bmp(rgb: np.ndarray) -> bytes:
     """FImageUtil::ConvertToBmp: a 54-byte header, 32 bits per pixel BGRA, top-down (negative height)."""
     h, w = rgb.shape[:2]
-    bgra = np.empty((h, w, 4), np.uint8)
-    bgra[..., :3] = rgb[..., ::-1]
-    bgra[..., 3] = 255
-    header = struct.pack("<2sIHHI", b"BM", 54 + w * h * 4, 0, 0, 54)
-    info = struct.pack("<IiiHHIIiiII", 40, w, -h, 1, 32, 0, 0, 1024, 1024, 0, 0)
-    return header + info + bgra.tobytes()
+    out = bytearray(54 + w * h * 4)
+    struct.pack_into("<2sIHHI", out, 0, b"BM", 54 + w * h * 4, 0, 0, 54)
+    struct.pack_into("<IiiHHIIiiII", out, 14, 40, w, -h, 1, 32, 0, 0, 1024, 1024, 0, 0)
+    bgra = np.frombuffer(out, np.uint8, offset=54).reshape(h, w, 4)
+    cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGRA, dst=bgra)  # alpha 255
+    return bytes(out)
 
 
 def encode_image(rgb: np.ndarray, fmt_name: str) -> bytes:
@@ -830,10 +867,10 @@ class Handler:
         t0 = time.perf_counter()
         key = w.state_key(cam)
         if key not in w.render_cache:
-            if len(w.render_cache) > 4 * max(1, len(w.cameras)):
-                w.render_cache.clear()
-            w.render_cache[key] = w.render(cam)
-        rgb, depth, mask, _ = w.render_cache[key]
+            while len(w.render_cache) >= 2 * max(1, len(w.cameras)):  # the current state of every camera, and some
+                w.render_cache.pop(next(iter(w.render_cache)))
+            w.render_cache[key] = w.render(cam)[:3]
+        rgb, depth, mask = w.render_cache[key]
         srv.captures.append(
             CaptureRecord(
                 w.tick_count, cid, mode, w.time, w.paused, tuple(cam.location), tuple(cam.rotation),
@@ -852,6 +889,7 @@ class Handler:
         left = srv.capture_delay - (time.perf_counter() - t0)
         if left > 0:
             time.sleep(left)  # the simulated render cost of one image
+        srv.capture_s += time.perf_counter() - t0
         srv.after_capture()
         return data
 
@@ -933,8 +971,10 @@ def recv_message(sock: socket.socket) -> bytes | None:
     return _recv_exact(sock, size)
 
 
-def send_message(sock: socket.socket, payload: bytes) -> None:
-    sock.sendall(struct.pack("<II", MAGIC, len(payload)) + payload)
+def send_message(sock: socket.socket, payload: bytes, prefix: bytes = b"") -> None:
+    """One framed message: magic, length, ``prefix + payload`` (sent without joining large payloads)."""
+    sock.sendall(struct.pack("<II", MAGIC, len(prefix) + len(payload)) + prefix)
+    sock.sendall(payload)
 
 
 @dataclass
@@ -998,7 +1038,8 @@ class StandinServer:
         self.connections = 0
         self.drops = 0
         self.captures: list[CaptureRecord] = []
-        self.busy_s = 0.0  # time the game thread spent running requests (the engine's own work)
+        self.busy_s = 0.0  # time the game thread spent running requests, replies included
+        self.capture_s = 0.0  # of which rendering and encoding captured images (the engine's own capture time)
         self.handler = Handler(self)
         self._queue: "queue.Queue[_Request | None]" = queue.Queue()
         self._pending: list[_Request] = []
@@ -1143,7 +1184,7 @@ class StandinServer:
     def _reply(self, r: _Request, reply: bytes | str) -> None:
         data = reply.encode() if isinstance(reply, str) else reply
         try:
-            send_message(r.conn, r.rid + b":" + data)
+            send_message(r.conn, data, prefix=r.rid + b":")
         except OSError as e:
             log.info("reply to a closed connection dropped: %s", e)
 
@@ -1204,7 +1245,8 @@ class StandinServer:
         if self.stats_file:
             tmp = f"{self.stats_file}.tmp"
             with open(tmp, "w") as f:
-                json.dump({"busy_s": self.busy_s, "captures": len(self.captures), "requests": self.requests, "ticks": self.world.tick_count}, f)
+                json.dump({"busy_s": self.busy_s, "capture_s": self.capture_s, "captures": len(self.captures),
+                           "requests": self.requests, "ticks": self.world.tick_count}, f)
             os.replace(tmp, self.stats_file)
 
 
@@ -1227,10 +1269,20 @@ def main() -> None:
     ap.add_argument("--drop-after", type=int, default=None, help="close the connection once at this request number")
     ap.add_argument("--project", default="SynCamStandin", help="project name sent in the connect greeting")
     ap.add_argument("--stats-file", default=None, help="write the game thread's busy time here when a client disconnects")
+    ap.add_argument("--level", action="append", default=[], metavar="MAP=ASSET[,ASSET]",
+                    help="a map and the class asset paths it references (what `vset /objects/spawn CLASS` can spawn there); repeatable")
+    ap.add_argument("--landscape", action="append", default=[], metavar="MAP", help="this map's ground is a Landscape (sky in depth and masks)")
     a, unknown = ap.parse_known_args()  # an engine's other options (-RenderOffscreen, -nosound, ...) are not ours
+    levels: dict[str, LevelConfig] = {}
+    for spec in a.level:
+        name, _, assets = spec.partition("=")
+        levels[name] = LevelConfig(references=tuple(x for x in assets.split(",") if x))
+    for name in a.landscape:
+        levels[name] = LevelConfig(ground="landscape", references=levels.get(name, LevelConfig()).references)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     srv = StandinServer(a.port, a.host, a.unix_socket, a.project, plugin=not a.no_plugin, flavour=a.flavour, revision=a.revision,
-                        capture_delay=a.capture_delay, tick_s=a.tick_ms / 1000.0, drop_after=a.drop_after, stats_file=a.stats_file).start()
+                        levels=levels, capture_delay=a.capture_delay, tick_s=a.tick_ms / 1000.0, drop_after=a.drop_after,
+                        stats_file=a.stats_file).start()
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())

@@ -101,8 +101,8 @@ from syncam_data.render.unrealcv_protocol import (
     camera_count,
     class_name_from_asset,
     decode_depth,
-    decode_ids,
     decode_image,
+    decode_mask,
     fnum,
     fnums,
     image_size,
@@ -438,10 +438,10 @@ def level_short_name(path: str) -> str:
 
 def ground_ray_mask(cam: Camera, below_deg: float = GROUND_RAY_DEG) -> np.ndarray:
     """Pixels whose ray points at least ``below_deg`` below the horizon (canonical world: Z up)."""
-    g = cam.pixel_grid()
-    rays = np.stack([(g[..., 0] - cam.cx) / cam.fx, (g[..., 1] - cam.cy) / cam.fy, np.ones(g.shape[:2])], axis=-1)
-    world = rays @ np.asarray(cam.c2w)[:, :3].T
-    z = world[..., 2] / np.linalg.norm(world, axis=-1)
+    x = ((np.arange(cam.width) + 0.5 - cam.cx) / cam.fx)[None, :]
+    y = ((np.arange(cam.height) + 0.5 - cam.cy) / cam.fy)[:, None]
+    r = np.asarray(cam.c2w)[2, :3]  # the world z row of the rotation
+    z = (r[0] * x + r[1] * y + r[2]) / np.sqrt(x * x + y * y + 1.0)
     return z < -math.sin(math.radians(below_deg))
 
 
@@ -1114,10 +1114,8 @@ class UnrealCVBackend(RenderBackend):
                 size = image_size(raw)
                 if size is not None and size != (cam.width, cam.height):
                     raise FrameSyncError(f"{where}: image is {size[0]}x{size[1]}, camera {data.spec_id} is {cam.width}x{cam.height}")
-                arr = decode_image(raw, where)
+                arr = decode_mask(raw, colours, where) if kind == "mask" else decode_image(raw, where)
                 shape = arr.shape[:2]
-                if kind == "mask":
-                    arr = decode_ids(arr, colours)
             if shape != (cam.height, cam.width):
                 raise FrameSyncError(f"{where}: image is {shape[1]}x{shape[0]}, camera {data.spec_id} is {cam.width}x{cam.height}")
             images[data.spec_id][kind] = arr

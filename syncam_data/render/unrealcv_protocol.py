@@ -190,31 +190,38 @@ def rotation_gap(a: Sequence[float], b: Sequence[float]) -> float:
 
 # --- images ---------------------------------------------------------------------------------
 
-def _bmp_fast(data: bytes) -> np.ndarray | None:
-    """UnrealCV's own BMP (uncompressed 32-bpp, top-down) as an RGB view without a decoder; None for any other BMP."""
+def _bmp_bgra(data: bytes) -> np.ndarray | None:
+    """UnrealCV's own BMP (uncompressed 32-bpp, top-down) as a BGRA view of ``data``; None for any other image."""
     if len(data) < 54 or data[:2] != b"BM":
         return None
     off = struct.unpack_from("<I", data, 10)[0]
     size, w, h, planes, bpp, comp = struct.unpack_from("<IiiHHI", data, 14)
     if size < 40 or bpp != 32 or comp != 0 or h >= 0 or w <= 0 or len(data) < off + w * -h * 4:
         return None
-    bgra = np.frombuffer(data, np.uint8, count=w * -h * 4, offset=off).reshape(-h, w, 4)
-    return bgra[..., 2::-1]
+    return np.frombuffer(data, np.uint8, count=w * -h * 4, offset=off).reshape(-h, w, 4)
 
 
 def decode_image(data: bytes, what: str) -> np.ndarray:
-    """BMP/PNG bytes -> RGB uint8 (UnrealCV sends BGR(A))."""
-    fast = _bmp_fast(data)
-    if fast is not None:
-        return np.ascontiguousarray(fast)
+    """BMP/PNG bytes -> RGB uint8 (UnrealCV sends BGR(A)); UnrealCV's BMP needs no decoder."""
     import cv2
 
+    bgra = _bmp_bgra(data)
+    if bgra is not None:
+        return cv2.cvtColor(bgra, cv2.COLOR_BGRA2RGB)
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ProtocolError(f"{what}: cannot decode the image ({len(data)} bytes, starts {data[:8]!r})")
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=2)
     return np.ascontiguousarray(img[..., :3][..., ::-1])
+
+
+def decode_mask(data: bytes, colours: dict[int, tuple[int, int, int]], what: str) -> np.ndarray:
+    """An object-mask image (BMP/PNG bytes) -> instance ids (see ``decode_ids``), without an RGB copy for UnrealCV's BMP."""
+    bgra = _bmp_bgra(data)
+    if bgra is not None:
+        return decode_ids(bgra, colours, order="bgr")
+    return decode_ids(decode_image(data, what), colours)
 
 
 def image_size(data: bytes) -> tuple[int, int] | None:
@@ -243,18 +250,28 @@ def decode_depth(data: bytes, cam: Camera, kind: str, what: str) -> np.ndarray:
     return out.astype(np.float32, copy=False)
 
 
-def decode_ids(mask_rgb: np.ndarray, colours: dict[int, tuple[int, int, int]]) -> np.ndarray:
-    """Object-mask colours within MASK_TOLERANCE of a subject's colour -> its instance id; 0 elsewhere."""
-    ids = np.zeros(mask_rgb.shape[:2], np.uint8)
-    for iid, c in colours.items():
-        hit = None
-        for ch in range(3):
-            # |pixel - colour| <= tol per channel, in uint8 without widening the whole image
-            lo, hi = max(0, c[ch] - MASK_TOLERANCE), min(255, c[ch] + MASK_TOLERANCE)
-            plane = mask_rgb[..., ch]
-            ok = (plane >= lo) & (plane <= hi)
-            hit = ok if hit is None else hit & ok
-        ids[hit] = iid
+def decode_ids(mask: np.ndarray, colours: dict[int, tuple[int, int, int]], order: str = "rgb") -> np.ndarray:
+    """Object-mask colours within MASK_TOLERANCE of a subject's (r, g, b) colour -> its instance id; 0 elsewhere.
+
+    ``mask`` is (H, W, 3 or 4) in ``order`` ("rgb", or "bgr" for UnrealCV's BGRA
+    BMP). Per channel, a 256-entry table gives the subjects whose colour is within
+    the tolerance; a pixel's id is the last subject matching on all three.
+    """
+    ids = np.zeros(mask.shape[:2], np.uint8)
+    items = list(colours.items())
+    for start in range(0, len(items), 8):  # eight subjects per bit table
+        chunk = items[start : start + 8]
+        luts = np.zeros((3, 256), np.uint8)
+        for bit, (_, c) in enumerate(chunk):
+            for ch in range(3):
+                luts[ch, max(0, c[ch] - MASK_TOLERANCE) : min(255, c[ch] + MASK_TOLERANCE) + 1] |= np.uint8(1 << bit)
+        planes = (0, 1, 2) if order == "rgb" else (2, 1, 0)
+        bits = luts[0][mask[..., planes[0]]] & luts[1][mask[..., planes[1]]] & luts[2][mask[..., planes[2]]]
+        to_id = np.zeros(256, np.uint8)
+        for value in range(1, 1 << len(chunk)):
+            to_id[value] = chunk[value.bit_length() - 1][0]
+        hit = to_id[bits]
+        ids = np.where(hit > 0, hit, ids)
     return ids
 
 
