@@ -562,6 +562,7 @@ class UnrealCVBackend(RenderBackend):
         self.plugin_version: str | None = None
         self._warned: set[str] = set()
         self._levels_loaded = 0
+        self._plugin_seen = False
         self._finalizer: Any = None
 
     @property
@@ -800,9 +801,11 @@ class UnrealCVBackend(RenderBackend):
         conn = self.conn
         assert conn is not None
         self._levels_loaded += 1
-        token = f"SynCamLevelToken{self._levels_loaded}"
-        # A marker actor in the old world: when it is gone, the travel happened.
-        has_token = not is_error(conn.request(f"vset /objects/spawn_cube {token}"))
+        # A marker actor in the old world: when it is gone, the travel happened. Poll the name the server
+        # gave it (FObjectHandler::SpawnBox keeps its own name when the requested one is taken).
+        reply = conn.request(f"vset /objects/spawn_cube SynCamLevelToken_{os.getpid()}_{self._levels_loaded}")
+        has_token = not is_error(reply) and bool(as_text(reply).strip())
+        token = as_text(reply).strip()
         conn.check(f"vset /action/game/level {path}")
         if not has_token:  # no marker: give the travel (on a later tick) time to start before trusting the name
             time.sleep(1.0)
@@ -823,12 +826,18 @@ class UnrealCVBackend(RenderBackend):
                 raise UnrealCVError(f"UnrealCV server at {self.endpoint}: level {path!r} did not load within {self.level_timeout:.0f} s")
             time.sleep(0.02)
 
-    def _pause(self) -> None:
+    def _pause(self, wait_s: float = 5.0) -> None:
+        """Pause the world and check it (a world that just loaded may need a few ticks for its player controller)."""
         conn = self.conn
         assert conn is not None
-        _, paused = conn.batch(["vset /action/game/pause", "vget /action/game/is_paused"])
-        if as_text(paused).strip().lower() != "true":
-            raise UnrealCVError(f"UnrealCV server at {self.endpoint}: the world did not pause ('vget /action/game/is_paused' = {as_text(paused)[:40]!r})")
+        deadline = time.monotonic() + wait_s
+        while True:
+            _, paused = conn.batch(["vset /action/game/pause", "vget /action/game/is_paused"])
+            if as_text(paused).strip().lower() == "true":
+                return
+            if time.monotonic() > deadline:
+                raise UnrealCVError(f"UnrealCV server at {self.endpoint}: the world did not pause ('vget /action/game/is_paused' = {as_text(paused)[:40]!r})")
+            time.sleep(0.05)
 
     def _detect_plugin(self) -> None:
         """Is the SynCam plugin's actor in this world, and can vbp call its functions? (after each level load)."""
@@ -837,7 +846,14 @@ class UnrealCVBackend(RenderBackend):
         self.plugin_version = None
         problem = f"the SynCam UE plugin ({PLUGIN_ACTOR} actor, see unreal_plugin/README.md) is not available"
         if self.server.has("vbp"):
-            version = plugin_version(conn.request(f"vbp {PLUGIN_ACTOR} GetSynCamVersion"))
+            # The plugin's world subsystem spawns its actor at BeginPlay: where it was seen before, give a
+            # freshly loaded world a moment before concluding it is absent.
+            deadline = time.monotonic() + (2.0 if self._plugin_seen else 0.0)
+            while True:
+                version = plugin_version(conn.request(f"vbp {PLUGIN_ACTOR} GetSynCamVersion"))
+                if version is not None or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
             if version is not None and parse_version(version) < PLUGIN_MIN_VERSION:
                 problem = (f"the SynCam UE plugin {version} is too old: vbp cannot pass its functions' arguments "
                            "(rebuild unreal_plugin/ from this release, 2.0.0 or newer)")
@@ -847,6 +863,7 @@ class UnrealCVBackend(RenderBackend):
                     problem = f"the SynCam UE plugin {version} is present but vbp cannot call {'; '.join(bad)}"
                 else:
                     self.plugin_version = version
+                    self._plugin_seen = True
         if self.plugin_version is not None:
             return
         msg = f"UnrealCV server at {self.endpoint}: {problem}"
