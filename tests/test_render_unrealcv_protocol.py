@@ -30,6 +30,7 @@ from syncam_data.render.unrealcv_protocol import (
     fnum,
     fnums,
     image_size,
+    is_binary_payload,
     is_error,
     is_missing_handler,
     parse_colour,
@@ -160,3 +161,27 @@ def test_mask_ids_from_unrealcv_bmp_match_the_per_colour_definition():
     np.testing.assert_array_equal(decode_ids(rgb, colours), want)
     np.testing.assert_array_equal(decode_mask(encode_bmp(rgb), colours, "mask"), want)
     assert 0 < (want > 0).mean() < 1
+
+
+def test_binary_payloads_are_recognized_by_their_headers_and_text_is_not():
+    rgb = np.zeros((4, 6, 3), np.uint8)
+    assert is_binary_payload(encode_bmp(rgb))
+    assert is_binary_payload(encode_npy(np.zeros((4, 6), np.float32)))
+    assert is_binary_payload(cv2.imencode(".png", rgb)[1].tobytes())
+    # Text replies stay text, also one that starts like a BMP (an actor named BMW_...).
+    for text in (b"BMW_Car_1 BMW_Car_2 ", b"ok", b"error Invalid sensor id", b'{"ReturnValue": ""}', b""):
+        assert not is_binary_payload(text)
+
+
+def test_the_client_keeps_images_as_bytes_and_text_as_str():
+    """Our unrealcv.Client subclass reads replies like the stock one, without decoding images as UTF-8."""
+    from syncam_data.render.unrealcv import _client_class
+
+    c = _client_class()(("127.0.0.1", 1), "inet")
+    c.recv_message_id = 7
+    bmp = encode_bmp(np.full((4, 6, 3), 65, np.uint8))  # all 'A': decodes as UTF-8, but it is an image
+    assert c.raw_message_handler(b"7:" + bmp) == bmp
+    assert c.raw_message_handler(b"7:1.000 2.000 3.000") == "1.000 2.000 3.000"
+    assert c.raw_message_handler(b"7:\xff\xfe") == b"\xff\xfe"
+    with pytest.raises(AssertionError, match="Message ID mismatch"):
+        c.raw_message_handler(b"8:ok")

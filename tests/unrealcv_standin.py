@@ -327,7 +327,6 @@ class World:
             self.cameras.append(StandinCamera(self._camera_name("FusionCameraSensor"), f"PlacedCamera_{i}"))
         self.paused = False
         self.render_cache.clear()
-        self.static_cache.clear()
 
     def _camera_name(self, sensor: str) -> str:
         if self.flavour == "unrealzoo-1.1":
@@ -380,9 +379,9 @@ class World:
         o = np.array(cam.location, dtype=np.float64)
         key = (self.level, self.level_config.ground, tuple(cam.location), tuple(cam.rotation), cam.hfov(), w, h)
         static = self.static_cache.get(key)
-        if static is None:
-            if len(self.static_cache) > 2 * max(1, len(self.cameras)):
-                self.static_cache.clear()
+        if static is None:  # (kept across level loads: its key holds the level)
+            while len(self.static_cache) >= 4 * max(1, len(self.cameras)):
+                self.static_cache.pop(next(iter(self.static_cache)))
             static = self.static_cache[key] = self._render_static(o, axes, f, w, h)
         buffers = [a.copy() for a in static]
         for a in self.actors.values():
@@ -1040,6 +1039,7 @@ class StandinServer:
         self.captures: list[CaptureRecord] = []
         self.busy_s = 0.0  # time the game thread spent running requests, replies included
         self.capture_s = 0.0  # of which rendering and encoding captured images (the engine's own capture time)
+        self.send_s = 0.0  # of which sending replies (waits while the client does not read)
         self.handler = Handler(self)
         self._queue: "queue.Queue[_Request | None]" = queue.Queue()
         self._pending: list[_Request] = []
@@ -1183,10 +1183,12 @@ class StandinServer:
 
     def _reply(self, r: _Request, reply: bytes | str) -> None:
         data = reply.encode() if isinstance(reply, str) else reply
+        t0 = time.perf_counter()
         try:
             send_message(r.conn, data, prefix=r.rid + b":")
         except OSError as e:
             log.info("reply to a closed connection dropped: %s", e)
+        self.send_s += time.perf_counter() - t0
 
     # --- connections -------------------------------------------------------------------
     def _accept_loop(self, ls: socket.socket) -> None:
@@ -1245,7 +1247,7 @@ class StandinServer:
         if self.stats_file:
             tmp = f"{self.stats_file}.tmp"
             with open(tmp, "w") as f:
-                json.dump({"busy_s": self.busy_s, "capture_s": self.capture_s, "captures": len(self.captures),
+                json.dump({"busy_s": self.busy_s, "capture_s": self.capture_s, "send_s": self.send_s, "captures": len(self.captures),
                            "requests": self.requests, "ticks": self.world.tick_count}, f)
             os.replace(tmp, self.stats_file)
 

@@ -224,6 +224,13 @@ def decode_mask(data: bytes, colours: dict[int, tuple[int, int, int]], what: str
     return decode_ids(decode_image(data, what), colours)
 
 
+def is_binary_payload(body: bytes) -> bool:
+    """Is this reply one of UnrealCV's binary payloads (BMP whose header states its size, PNG, npy)?"""
+    if body[:8] == b"\x89PNG\r\n\x1a\n" or body[:6] == b"\x93NUMPY":
+        return True
+    return body[:2] == b"BM" and len(body) >= 54 and struct.unpack_from("<I", body, 2)[0] == len(body)
+
+
 def image_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) of a BMP or PNG from its header, without decoding."""
     if data[:2] == b"BM" and len(data) >= 26:
