@@ -20,8 +20,9 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from syncam_data import limits
 from syncam_data.cameras import Camera, CameraError, RigSpec, sample_rig
 from syncam_data.ids import UnsafeIdError, check_id
 
@@ -29,7 +30,16 @@ log = logging.getLogger(__name__)
 
 
 class SpecError(ValueError):
-    """An invalid scene spec or catalog entry; the message names it."""
+    """An invalid scene spec or catalog entry; the message names it.
+
+    ``source`` is where it came from (``file.jsonl:12``) and ``detail`` the
+    problem alone, for reports that already show the source.
+    """
+
+    def __init__(self, message: str, source: str | None = None, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.source = source
+        self.detail = detail or message
 
 
 class _Model(BaseModel):
@@ -157,6 +167,11 @@ class CameraSpec(_Model):
     def _safe_id(cls, v: str) -> str:
         return _checked(v, "camera id")
 
+    @field_validator("width", "height")
+    @classmethod
+    def _bounded_size(cls, v: int, info: ValidationInfo) -> int:
+        return int(limits.SIDE.check(v, info.field_name))
+
     @model_validator(mode="after")
     def _valid_pose(self) -> "CameraSpec":
         try:
@@ -195,6 +210,11 @@ class SceneSpec(_Model):
     def _safe_id(cls, v: str) -> str:
         return _checked(v, "scene id")
 
+    @field_validator("num_frames", "width", "height", "fps", "cameras")
+    @classmethod
+    def _bounded(cls, v: Any, info: ValidationInfo) -> Any:
+        return _bounded_field(v, info.field_name)
+
     @model_validator(mode="after")
     def _consistent(self) -> "SceneSpec":
         ids = [c.id for c in self.cameras]
@@ -216,7 +236,8 @@ class SceneSpec(_Model):
         try:
             return cls.model_validate_json(text)
         except Exception as e:  # pydantic's ValidationError lists every bad field
-            raise SpecError(f"{source}: invalid scene spec: {e}") from None
+            detail = f"invalid scene spec: {short_validation_error(e)}"
+            raise SpecError(f"{source}: {detail}", source=source, detail=detail) from None
 
 
 def _checked(v: str, what: str) -> str:
@@ -224,6 +245,23 @@ def _checked(v: str, what: str) -> str:
         return check_id(v, what)
     except UnsafeIdError as e:
         raise ValueError(str(e)) from None
+
+
+# Spec and sampler fields with a documented maximum (syncam_data/limits.py).
+_FIELD_LIMITS = {
+    "num_frames": limits.FRAMES,
+    "width": limits.SIDE,
+    "height": limits.SIDE,
+    "fps": limits.FPS,
+    "cameras": limits.CAMERAS,
+    "num_cameras": limits.CAMERAS,
+}
+
+
+def _bounded_field(v: Any, name: str) -> Any:
+    limit = _FIELD_LIMITS[name]
+    limit.check(len(v) if isinstance(v, list) else v, name)
+    return v
 
 
 # --- catalog -------------------------------------------------------------------------------------
@@ -345,7 +383,7 @@ def _parse_entries(path: Path, data: dict[str, Any], key: str, model: type[_Mode
         try:
             obj = model.model_validate(entry)
         except Exception as e:  # pydantic lists every bad field
-            problems.append(f"{where}: invalid entry: {_short_validation_error(e)}")
+            problems.append(f"{where}: invalid entry: {short_validation_error(e)}")
             continue
         if obj.id in seen:
             problems.append(f"{where}: duplicate id")
@@ -355,7 +393,7 @@ def _parse_entries(path: Path, data: dict[str, Any], key: str, model: type[_Mode
     return out
 
 
-def _short_validation_error(e: Exception) -> str:
+def short_validation_error(e: Exception) -> str:
     errors = getattr(e, "errors", None)
     if callable(errors):
         return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'entry'}: {err['msg']}" for err in errors())
@@ -404,6 +442,11 @@ class SamplerOptions(_Model):
     center_height: tuple[float, float] = (0.7, 1.0)
     # Subjects stay within this radius (m) of the scene centre's ground point.
     area_radius: float = Field(default=2.0, gt=0)
+
+    @field_validator("num_cameras", "num_frames", "fps", "width", "height")
+    @classmethod
+    def _bounded(cls, v: Any, info: ValidationInfo) -> Any:
+        return _bounded_field(v, info.field_name)
 
 
 def scene_id_for(index: int) -> str:

@@ -17,6 +17,8 @@ from typing import BinaryIO, Iterable, Sequence, Union
 import av
 import numpy as np
 
+from syncam_data import fsio
+
 log = logging.getLogger(__name__)
 
 Source = Union[str, os.PathLike, bytes, BinaryIO]
@@ -399,10 +401,5 @@ def encode(
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Temporary name, fsync, rename, fsync the folder (``fsio.write_bytes``)."""
+    fsio.write_bytes(path, data)

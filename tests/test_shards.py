@@ -245,7 +245,8 @@ def test_inspect_cli_writes_summary_and_plot(tmp_path):
     assert s["views"] == 9 and s["groups"] == 3
     assert s["by_source"]["syncam-blender/multiview_video"]["groups"] == 2
     assert s["frames"] == {"1": 2, "6": 7}
-    png = tmp_path / "ds" / "inspect_cameras.png"
+    png = tmp_path / "ds-cameras.png"  # next to --json: the dataset folder is an input, left untouched
+    assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == ["dataset.json", "index.parquet", "syncam-00000.parquet"]
     assert png.read_bytes()[:4] == b"\x89PNG"
     img = cv2.imread(str(png))
     assert img.shape[0] > 300 and img.std() > 5  # a real plot, not an empty canvas

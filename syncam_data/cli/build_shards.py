@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import typer
 
-from syncam_data.cli.app import app, fail
+from syncam_data import limits
+from syncam_data.cli.app import app, bounded, check_out_path, fail, float_in
 
 
 def parse_intrinsics(text: str | None) -> tuple[float, float, float, float] | None:
@@ -17,7 +19,7 @@ def parse_intrinsics(text: str | None) -> tuple[float, float, float, float] | No
         vals = tuple(float(v) for v in text.split(","))
     except ValueError:
         raise fail(f"--intrinsics {text!r}: expected four numbers fx,fy,cx,cy") from None
-    if len(vals) != 4 or vals[0] <= 0 or vals[1] <= 0:
+    if len(vals) != 4 or not all(math.isfinite(v) for v in vals) or vals[0] <= 0 or vals[1] <= 0:
         raise fail(f"--intrinsics {text!r}: expected four numbers fx,fy,cx,cy with fx, fy > 0")
     return vals  # type: ignore[return-value]
 
@@ -33,7 +35,7 @@ def parse_mix(text: str | None) -> dict[str, float] | None:
             out[key.strip()] = float(val)
         except ValueError:
             raise fail(f"--mix {text!r}: expected NAME=WEIGHT pairs separated by commas") from None
-        if not sep or not key.strip() or out[key.strip()] < 0:
+        if not sep or not key.strip() or not math.isfinite(out[key.strip()]) or out[key.strip()] < 0:
             raise fail(f"--mix {text!r}: expected NAME=WEIGHT pairs with non-negative weights")
     return out
 
@@ -50,13 +52,13 @@ def build_shards(
     shard_size: str = typer.Option("512MB", "--shard-size", help="Target shard size (e.g. 512MB, 1GB); also the unit of parallel work."),
     row_group_size: str = typer.Option("96MB", "--row-group-size", help="Target row-group size inside a shard (64-128MB suits random access)."),
     engine: str = typer.Option("local", "--engine", help="local (processes on this machine) or ray (Ray tasks on a cluster)."),
-    workers: int = typer.Option(1, "--workers", "-w", min=1, help="Local engine: parallel processes (1 = in this process)."),
+    workers: int = typer.Option(1, "--workers", "-w", min=1, callback=bounded(limits.WORKERS), help="Local engine: parallel processes (1 = in this process)."),
     ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster address (e.g. auto or ray://head:10001); default starts a local Ray."),
-    fov: float | None = typer.Option(None, "--fov", help="SynCamVideo: horizontal field of view in degrees (instead of the lens/filmback)."),
+    fov: float | None = typer.Option(None, "--fov", callback=float_in(0.0, 180.0, lo_open=True), help="SynCamVideo: horizontal field of view in degrees (instead of the lens/filmback)."),
     intrinsics: str | None = typer.Option(None, "--intrinsics", help="SynCamVideo: fx,fy,cx,cy in pixels of the videos (overrides --fov and the lens)."),
-    focal_mm: float = typer.Option(24.0, "--focal-mm", help="SynCamVideo: lens focal length in mm (SynCamVideo 2025: 24)."),
-    sensor_mm: float = typer.Option(23.76, "--sensor-mm", help="SynCamVideo: filmback (sensor) width in mm (SynCamVideo 2025: 23.76); scaled to the video width."),
-    max_frames: int = typer.Option(1000, "--max-frames", min=1, help="Web videos: clips longer than this are re-encoded keeping their first MAX_FRAMES frames."),
+    focal_mm: float = typer.Option(24.0, "--focal-mm", callback=float_in(0.0, lo_open=True), help="SynCamVideo: lens focal length in mm (SynCamVideo 2025: 24)."),
+    sensor_mm: float = typer.Option(23.76, "--sensor-mm", callback=float_in(0.0, lo_open=True), help="SynCamVideo: filmback (sensor) width in mm (SynCamVideo 2025: 23.76); scaled to the video width."),
+    max_frames: int = typer.Option(1000, "--max-frames", min=1, callback=bounded(limits.FRAMES), help="Web videos: clips longer than this are re-encoded keeping their first MAX_FRAMES frames."),
     max_size: str = typer.Option("128MB", "--max-size", help="Web videos: clips bigger than this are re-encoded (and refused if still bigger)."),
     crf: int = typer.Option(20, "--crf", min=0, max=51, help="Web videos: x264 quality when re-encoding (lower = better, bigger)."),
     mix: str | None = typer.Option(None, "--mix", help="Training mix to record in dataset.json, e.g. multiview_video=0.6,multiview_image=0.2,single_video=0.2."),
@@ -73,6 +75,18 @@ def build_shards(
     from syncam_data.shards.captions import CaptionsError
     from syncam_data.shards.writer import parse_size
 
+    check_out_path(out)
+    for option, text in (("--shard-size", shard_size), ("--row-group-size", row_group_size), ("--max-size", max_size)):
+        try:
+            n = parse_size(text)
+        except ValueError as e:
+            raise fail(f"{option}: {e}", 2) from None
+        if n < 1:
+            raise fail(f"{option} {text!r}: must be at least 1 byte", 2)
+        try:
+            limits.BYTES.check(n, option)
+        except limits.LimitError as e:
+            raise fail(str(e), 2) from None
     try:
         options = AdapterOptions(
             intrinsics=parse_intrinsics(intrinsics),
@@ -105,7 +119,7 @@ def build_shards(
         raise fail(str(e)) from None
     d = summary.to_dict()
     if json_out:
-        json_out.write_text(json.dumps(d, indent=2))
+        json_out.write_text(json.dumps(d, indent=2, default=str))
     typer.echo(
         f"{out}: wrote {summary.groups_written} group(s), {summary.views_written} view(s), "
         f"{summary.bytes_written / 1e6:.1f} MB in {len(summary.shards_written)} shard(s) in {summary.seconds:.1f}s; "

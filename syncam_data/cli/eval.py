@@ -7,7 +7,8 @@ from pathlib import Path
 
 import typer
 
-from syncam_data.cli.app import app, fail
+from syncam_data import limits
+from syncam_data.cli.app import app, bounded, check_out_path, fail
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ def eval(  # noqa: A001  (the command's name)
         "was asked to follow when its output folder lacks them. Without it INPUT's own cameras are checked where it has them.",
     ),
     check_cameras: bool = typer.Option(True, "--check-cameras/--no-check-cameras", help="Measure the epipolar error of the matches under the stated cameras."),
-    frames: int = typer.Option(3, "--frames", min=1, help="Frames evaluated per video group, evenly spaced; all views use the same frame numbers."),
+    frames: int = typer.Option(3, "--frames", min=1, callback=bounded(limits.FRAMES), help="Frames evaluated per video group, evenly spaced; all views use the same frame numbers."),
     matcher: str = typer.Option(
         "sift",
         "--matcher",
@@ -42,19 +43,19 @@ def eval(  # noqa: A001  (the command's name)
     ratio: float = typer.Option(0.8, "--ratio", min=0.01, max=0.99, help="Lowe's ratio-test threshold."),
     ransac_px: float = typer.Option(1.0, "--ransac-px", min=0.01, help="RANSAC threshold (pixels) for the fundamental matrix estimated from the pixels."),
     max_pairs: int = typer.Option(0, "--max-pairs", min=0, help="View pairs evaluated per group, sampled reproducibly; 0 evaluates every pair (n(n-1)/2)."),
-    max_side: int = typer.Option(0, "--max-side", min=0, help="Downscale frames so the longer side is at most this many pixels (intrinsics follow); 0 keeps native size."),
+    max_side: int = typer.Option(0, "--max-side", min=0, callback=bounded(limits.SIDE), help="Downscale frames so the longer side is at most this many pixels (intrinsics follow); 0 keeps native size."),
     flag_px: float = typer.Option(2.0, "--flag-px", min=0.01, help="Flag a view, and its group, whose median symmetric epipolar error over its pairs exceeds this (pixels) in at least two of its pair-frames."),
     min_inliers: int = typer.Option(20, "--min-inliers", min=8, help="Pairs with fewer RANSAC inliers give no camera verdict (too few matches to trust)."),
     clip: Path | None = typer.Option(None, "--clip", help="Local CLIP folder (transformers save_pretrained: model + processor) for CLIP-T and CLIP-F; skipped without it."),
     i3d: Path | None = typer.Option(None, "--i3d", help="Local I3D TorchScript checkpoint (i3d_torchscript.pt) for FVD; skipped without it."),
     fvd_reference: Path | None = typer.Option(None, "--fvd-reference", help="Reference videos for FVD, any INPUT layout (e.g. the real dataset a generator is compared with)."),
-    fvd_frames: int = typer.Option(16, "--fvd-frames", min=9, help="Frames per clip fed to I3D (from the start of each view's video)."),
+    fvd_frames: int = typer.Option(16, "--fvd-frames", min=9, callback=bounded(limits.FRAMES), help="Frames per clip fed to I3D (from the start of each view's video)."),
     device: str = typer.Option("cpu", "--device", help="Torch device for CLIP and I3D, e.g. cpu or cuda."),
     report_groups: int = typer.Option(5, "--report-groups", min=0, help="Worst groups drawn in report.html (matches and epipolar lines)."),
     limit: int = typer.Option(0, "--limit", min=0, help="Evaluate only the first N groups (sorted by key); 0 = all."),
     seed: int = typer.Option(0, "--seed", help="Seed for RANSAC and pair sampling (results are reproducible)."),
     engine: str = typer.Option("local", "--engine", help="'local' (processes on this machine) or 'ray' (one Ray task per group)."),
-    workers: int = typer.Option(1, "--workers", "-w", min=1, help="Local processes evaluating groups in parallel (--engine local)."),
+    workers: int = typer.Option(1, "--workers", "-w", min=1, callback=bounded(limits.WORKERS), help="Local processes evaluating groups in parallel (--engine local)."),
     ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster address (--engine ray); a local Ray starts when omitted."),
     fail_on_flag: bool = typer.Option(False, "--fail-on-flag", help="Exit with code 2 when any group is flagged (for CI checks of a dataset)."),
 ) -> None:
@@ -69,6 +70,7 @@ def eval(  # noqa: A001  (the command's name)
     from syncam_data.evaluate.report import write_outputs
     from syncam_data.evaluate.run import EvalConfig, run_eval
 
+    check_out_path(out)
     if engine not in ("local", "ray"):
         raise fail(f"--engine must be 'local' or 'ray', got {engine!r}")
     if matcher not in MATCHERS:

@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from syncam_data.cli.app import app, fail
+from syncam_data import limits
+from syncam_data.cli.app import app, bounded, check_out_path, fail
 
 _UNITS = "Units: frame diagonals per second."
 
@@ -48,7 +49,7 @@ def filter_videos(
     ransac_threshold: Optional[float] = typer.Option(None, "--ransac-threshold", help="RANSAC reprojection threshold in analysed pixels (default 1.0)."),
     min_support: Optional[float] = typer.Option(None, "--min-support", help="A frame pair counts as measured only when at least this share of the grid's points (and at least 8) support its background homography (default 0.05)."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Per-video time limit in seconds; a video over it becomes an error row (default 300)."),
-    workers: int = typer.Option(1, "--workers", "-w", min=1, help="Local processes, or Ray analysis actors with --engine ray."),
+    workers: int = typer.Option(1, "--workers", "-w", min=1, callback=bounded(limits.WORKERS), help="Local processes, or Ray analysis actors with --engine ray."),
     engine: str = typer.Option("local", "--engine", help="'local' (processes on this machine) or 'ray' (Ray Data: CPU decode tasks, GPU analysis actors)."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address (default: start a local Ray)."),
     debug: bool = typer.Option(False, "--debug", help="Write debug/<file stem>-<hash>.png per video (first frame, masks, tracks coloured by motion, file name and scores) and debug/score_histogram.png (the run's scores with the thresholds); with --rescore, the histogram only."),
@@ -84,6 +85,7 @@ def filter_videos(
         "timeout_s": timeout,
     }
     given = {k: v for k, v in given.items() if v is not None}
+    check_out_path(out)
     if rescore:
         other = sorted(k for k in given if k not in DECISION_KEYS)
         if other:

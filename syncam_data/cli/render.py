@@ -9,7 +9,8 @@ from pathlib import Path
 
 import typer
 
-from syncam_data.cli.app import app, fail
+from syncam_data import limits
+from syncam_data.cli.app import app, bounded, check_out_path, fail, float_in
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +42,15 @@ class Device(str, Enum):
     gpu = "gpu"
 
 
-def parse_resolution(text: str) -> tuple[int, int]:
-    """'480x720' -> (height, width)."""
+def parse_resolution(text: str, option: str = "--resolution") -> tuple[int, int]:
+    """'480x720' -> (height, width), each side at least 2 and at most ``limits.SIDE``."""
     m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
     if not m or int(m.group(1)) < 2 or int(m.group(2)) < 2:
-        raise typer.BadParameter(f"expected HxW like 480x720, got {text!r}")
-    return int(m.group(1)), int(m.group(2))
+        raise typer.BadParameter(f"expected HxW like 480x720, got {text!r}", param_hint=f"'{option}'")
+    h, w = int(m.group(1)), int(m.group(2))
+    if max(h, w) > limits.SIDE.max:
+        raise typer.BadParameter(f"{text}: each side must be at most {limits.SIDE.max} pixels (set {limits.SIDE.env} to raise it)", param_hint=f"'{option}'")
+    return h, w
 
 
 def parse_range(text: str, what: str) -> tuple[float, float]:
@@ -69,21 +73,21 @@ def render(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: one Contract 2 folder per scene, plus specs.jsonl and render_report.json."),
     catalog: Path | None = typer.Option(None, "--catalog", help="Catalog YAML of backgrounds, subjects and animations (default: the built-in procedural demo catalog)."),
     backend: Backend = typer.Option(Backend.blender, "--backend", help="Renderer: blender (bpy + Cycles, needs no engine) or unrealcv (running Unreal Engine instances)."),
-    cameras: int = typer.Option(36, "--cameras", min=1, help="Cameras per sampled scene."),
-    frames: int = typer.Option(100, "--frames", min=1, help="Frames per sampled scene."),
-    fps: float = typer.Option(24.0, "--fps", min=0.001, help="Frames per second of sampled scenes."),
-    resolution: str = typer.Option("480x720", "--resolution", help="Image size HxW of sampled scenes."),
-    hfov: float | None = typer.Option(None, "--hfov", min=1.0, max=179.0, help="Horizontal field of view in degrees (default 66.8, SynCamVideo's fx=545.45 at 720 px)."),
+    cameras: int = typer.Option(36, "--cameras", min=1, callback=bounded(limits.CAMERAS), help=f"Cameras per sampled scene (at most {limits.CAMERAS.default}; {limits.CAMERAS.env} raises it)."),
+    frames: int = typer.Option(100, "--frames", min=1, callback=bounded(limits.FRAMES), help=f"Frames per sampled scene (at most {limits.FRAMES.default}; {limits.FRAMES.env} raises it)."),
+    fps: float = typer.Option(24.0, "--fps", callback=float_in(0.001, limits.FPS.default), help=f"Frames per second of sampled scenes (0.001 to {limits.FPS.default})."),
+    resolution: str = typer.Option("480x720", "--resolution", help=f"Image size HxW of sampled scenes (each side at most {limits.SIDE.default}; {limits.SIDE.env} raises it)."),
+    hfov: float | None = typer.Option(None, "--hfov", callback=float_in(1.0, 179.0), help="Horizontal field of view in degrees, 1 to 179 (default 66.8, SynCamVideo's fx=545.45 at 720 px)."),
     distance: str = typer.Option("3.5-9", "--distance", help="Camera distance range from the scene centre in metres, MIN-MAX."),
     elevation: str = typer.Option("0-45", "--elevation", help="Camera elevation range in degrees, MIN-MAX."),
     subjects: str = typer.Option("1-2", "--subjects", help="Number of subjects per scene, MIN-MAX."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed: scene i is drawn from (seed, i), so more scenes later keep earlier ones identical."),
     start: int = typer.Option(0, "--start", min=0, help="Index of the first sampled scene (scene ids scene_<start>...)."),
-    workers: int = typer.Option(1, "--workers", "-w", min=1, help="Worker processes (or Ray actors), each owning one renderer instance for many scenes."),
+    workers: int = typer.Option(1, "--workers", "-w", min=1, callback=bounded(limits.WORKERS), help="Worker processes (or Ray actors), each owning one renderer instance for many scenes."),
     engine: EngineKind = typer.Option(EngineKind.local, "--engine", help="local: worker processes on this machine; ray: one Ray actor per worker."),
     ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster address (default: start a local Ray). The --out folder must be visible to every node."),
-    retries: int = typer.Option(1, "--retries", min=0, help="Extra attempts for a failing scene before it is recorded as failed."),
-    samples: int = typer.Option(16, "--samples", min=1, help="Blender: Cycles samples per pixel."),
+    retries: int = typer.Option(1, "--retries", min=0, max=100, help="Extra attempts for a failing scene before it is recorded as failed (at most 100)."),
+    samples: int = typer.Option(16, "--samples", min=1, callback=bounded(limits.SAMPLES), help="Blender: Cycles samples per pixel."),
     device: Device = typer.Option(Device.cpu, "--device", help="Blender: render on the CPU or a GPU (CUDA/OptiX/HIP/oneAPI/Metal)."),
     host: str = typer.Option("127.0.0.1", "--host", help="UnrealCV: host of the Unreal Engine instances."),
     port: list[int] = typer.Option([9000], "--port", help="UnrealCV: server port; repeat once per engine instance (worker i uses the i-th port)."),
@@ -102,13 +106,15 @@ def render(
     <out>/render_report.json; the exit code is 1 when any scene failed.
     """
     from syncam_data.render.jobs import SPECS_JSONL, RenderJobConfig, run_render_job
-    from syncam_data.scenes import SamplerOptions, SceneSpec, SpecError, load_catalog, read_specs_jsonl, sample_scenes, write_specs_jsonl
+    from syncam_data.scenes import SamplerOptions, SceneSpec, SpecError, short_validation_error, load_catalog, read_specs_jsonl, sample_scenes, write_specs_jsonl
 
     if depth_dtype not in ("float16", "float32"):
         raise fail(f"--depth-dtype must be float16 or float32, got {depth_dtype!r}", 2)
+    check_out_path(out)
     problems: list[str] = []
     try:
         if scenes.strip().isdigit():
+            limits.SCENES.check(int(scenes), "--scenes")
             height, width = parse_resolution(resolution)
             lo, hi = parse_range(subjects, "--subjects")
             cat = load_catalog(catalog, strict=strict)
@@ -130,7 +136,7 @@ def render(
     except SpecError as e:
         raise fail(str(e), 2)
     except ValueError as e:  # option values that SamplerOptions rejects
-        raise fail(str(e), 2)
+        raise fail(short_validation_error(e), 2)
     out.mkdir(parents=True, exist_ok=True)
     write_specs_jsonl([s for s in items if isinstance(s, SceneSpec)], out / SPECS_JSONL)
     options = {

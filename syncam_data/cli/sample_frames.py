@@ -9,7 +9,8 @@ from typing import Optional
 
 import typer
 
-from syncam_data.cli.app import app, fail
+from syncam_data import limits
+from syncam_data.cli.app import app, bounded, check_out_path, fail, float_in
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def sample_frames(
     source: SourceName = typer.Option(..., "--source", help="Dataset format of --root: realestate10k (camera .txt files) or dl3dv (transforms.json scenes)."),
     root: Path = typer.Option(..., "--root", help="Dataset root; searched recursively (split folders like train/ or subset folders like 1K/ included)."),
     out: Path = typer.Option(..., "--out", help="Output folder: one <sequence>_sNNN/ group per frame set, plus sample_report.json."),
-    views: int = typer.Option(4, "--views", "-n", min=1, help="Views (frames) per set."),
+    views: int = typer.Option(4, "--views", "-n", min=1, callback=bounded(limits.VIEWS), help="Views (frames) per set."),
     max_gap: int = typer.Option(100, "--max-gap", min=0, help="Largest allowed span of a set (last minus first), in --gap-unit."),
     gap_unit: GapUnit = typer.Option(
         GapUnit.auto,
@@ -45,11 +46,11 @@ def sample_frames(
         "index: RealEstate10K pose-line index (the original files list every video frame; subsampled copies such as CameraCtrl's every 8th-9th). "
         "DL3DV always uses the frame number from the file name.",
     ),
-    sets_per_sequence: int = typer.Option(1, "--sets-per-sequence", "-k", min=1, help="Frame sets to sample from each sequence."),
+    sets_per_sequence: int = typer.Option(1, "--sets-per-sequence", "-k", min=1, max=10_000, help="Frame sets to sample from each sequence (at most 10000)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; a sequence's sets depend only on the seed and the sequence id."),
-    min_angle: float = typer.Option(2.0, "--min-angle", min=0.0, max=180.0, help="Two views must differ by at least this angle between optical axes (degrees)..."),
-    min_baseline: Optional[float] = typer.Option(None, "--min-baseline", min=0.0, help="...or have camera centres at least this far apart (source pose units; off by default)."),
-    max_size: Optional[int] = typer.Option(None, "--max-size", min=8, help="Downscale images so the longest side is at most this many pixels (intrinsics updated)."),
+    min_angle: float = typer.Option(2.0, "--min-angle", callback=float_in(0.0, 180.0), help="Two views must differ by at least this angle between optical axes (degrees)..."),
+    min_baseline: Optional[float] = typer.Option(None, "--min-baseline", callback=float_in(0.0), help="...or have camera centres at least this far apart (source pose units; off by default)."),
+    max_size: Optional[int] = typer.Option(None, "--max-size", min=8, callback=bounded(limits.SIDE), help="Downscale images so the longest side is at most this many pixels (intrinsics updated)."),
     image_format: str = typer.Option("jpg", "--image-format", help="Stored image format: jpg or png."),
     jpeg_quality: int = typer.Option(95, "--jpeg-quality", min=1, max=100, help="JPEG quality for --image-format jpg."),
     frames_dir: Optional[Path] = typer.Option(None, "--frames-dir", help="RealEstate10K: folder with <sequence>/<timestamp>.png|jpg frame folders (default: beside each .txt)."),
@@ -59,7 +60,7 @@ def sample_frames(
     fps: Optional[float] = typer.Option(
         None,
         "--fps",
-        min=0.001,
+        callback=float_in(0.001, limits.FPS),
         show_default="from the timestamps",
         help="RealEstate10K image frames: video frame rate that turns timestamps into video frame numbers (--gap-unit video-frames). "
         "Default: inferred per sequence from the timestamps (their median step, or the standard rate whose frame grid they sit on), else 29.97 with a warning.",
@@ -74,11 +75,11 @@ def sample_frames(
     image_folder: str = typer.Option("auto", "--image-folder", help="DL3DV: images, images_2, images_4, images_8 or auto (images_4, else images_2, images, images_8)."),
     undistort: bool = typer.Option(True, "--undistort/--no-undistort", help="DL3DV: undistort images with OpenCV when transforms.json has k1 k2 p1 p2 (else record them per camera)."),
     applied_transform: str = typer.Option("keep", "--applied-transform", help="DL3DV: keep poses in the transforms.json world, or undo its applied_transform (COLMAP world). Relative poses are the same."),
-    workers: int = typer.Option(1, "--workers", "-j", min=1, help="Local worker processes (engine local)."),
+    workers: int = typer.Option(1, "--workers", "-j", min=1, callback=bounded(limits.WORKERS), help="Local worker processes (engine local)."),
     engine: str = typer.Option("local", "--engine", help="local (processes on this machine) or ray."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address for --engine ray (default: start a local Ray)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Process at most this many sequences (for a trial run)."),
-    chunk_size: int = typer.Option(256, "--chunk-size", min=1, help="Sequences handed to the workers at a time (memory stays bounded by this)."),
+    chunk_size: int = typer.Option(256, "--chunk-size", min=1, max=100_000, help="Sequences handed to the workers at a time (memory stays bounded by this)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
 ) -> None:
     from syncam_data.sources import dl3dv, realestate10k
@@ -88,6 +89,7 @@ def sample_frames(
 
     if not root.is_dir():
         raise fail(f"--root {root}: not a directory")
+    check_out_path(out)
     if engine not in ("local", "ray"):
         raise fail(f"--engine must be local or ray, got {engine!r}")
     unit = gap_unit.value

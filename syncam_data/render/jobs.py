@@ -4,9 +4,10 @@ For each spec the job
 
 1. skips it when ``<out>/<scene_id>`` is already a complete scene folder;
 2. otherwise renders into ``<out>/.tmp-<scene_id>-<pid>-<random>`` (removing
-   temporary folders that a killed run left for this scene), calls
-   ``SceneOutput.finish`` with ``scene.json`` and renames the folder to
-   ``<out>/<scene_id>`` (a stale, incomplete target is removed first);
+   temporary folders that a killed run left for exactly this scene id), calls
+   ``SceneOutput.finish`` with ``scene.json``, fsyncs every file and folder
+   in it and renames the folder to ``<out>/<scene_id>`` -- the commit point
+   of a scene (a stale, incomplete target is removed first);
 3. retries a failing scene ``retries`` times (re-opening the backend, since
    an engine that failed once may be in a bad state), then records it as
    failed with its error and traceback and goes on.
@@ -33,6 +34,7 @@ import multiprocessing.util
 import os
 import platform
 import queue as _queue
+import re
 import shutil
 import socket
 import time
@@ -44,8 +46,9 @@ from typing import Any, Callable, Sequence
 
 from tqdm import tqdm
 
+from syncam_data import fsio
 from syncam_data.render.base import RenderBackend, WorkerSlot, get_backend
-from syncam_data.render.output import SceneOutput, fsync_dir, is_complete_scene, write_json
+from syncam_data.render.output import SceneOutput, is_complete_scene, write_json
 from syncam_data.scenes import SceneSpec, SpecError
 
 log = logging.getLogger(__name__)
@@ -160,7 +163,7 @@ class SceneRenderer:
         error = tb = None
         for attempt in range(1, self.retries + 2):
             remove_stale_temps(self.out, spec.scene_id)
-            tmp = self.out / f"{TMP_PREFIX}{spec.scene_id}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            tmp = self.out / temp_folder_name(spec.scene_id)
             out = SceneOutput(tmp, spec.fps, depth_dtype=self.depth_dtype, crf=self.crf)
             try:
                 backend = self._backend()
@@ -200,7 +203,12 @@ def scene_json(spec: SceneSpec, result: Any, options: dict[str, Any], slot: Work
 
 
 def publish(tmp: Path, final: Path) -> None:
-    """Rename a finished temporary scene folder to its final name (replacing an incomplete leftover)."""
+    """Publish a finished temporary scene folder under its final name (replacing an incomplete leftover).
+
+    The scene's files and folders are fsynced before the rename and the
+    parent after it (``fsio.publish_dir``), so a power loss never leaves a
+    renamed scene folder whose files are empty.
+    """
     if final.exists():
         if is_complete_scene(final):
             log.info("%s: completed meanwhile by another worker; discarding this copy", final.name)
@@ -208,14 +216,26 @@ def publish(tmp: Path, final: Path) -> None:
             return
         log.warning("%s: removing an incomplete scene folder left by an earlier run", final)
         shutil.rmtree(final)
-    os.rename(tmp, final)
-    fsync_dir(final.parent)
+    fsio.publish_dir(tmp, final)
+
+
+# .tmp-<scene_id>-<pid>-<8 hex>: anchored at the end, because scene ids may themselves contain '-'.
+_TMP_RE = re.compile(rf"^{re.escape(TMP_PREFIX)}(?P<scene>.+)-(?P<pid>\d+)-(?P<rand>[0-9a-f]{{8}})$")
+
+
+def temp_folder_name(scene_id: str) -> str:
+    return f"{TMP_PREFIX}{scene_id}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 def remove_stale_temps(out: Path, scene_id: str) -> None:
-    """Delete ``.tmp-<scene_id>-*`` folders a killed run left behind (runs on one out dir do not overlap)."""
-    for p in out.glob(f"{TMP_PREFIX}{scene_id}-*"):
-        if p.is_dir():
+    """Delete the temporary folders a killed run left for exactly this scene (runs on one out dir do not overlap).
+
+    ``.tmp-scene_1-*`` would also match the folders of a scene ``scene_1-2``,
+    which another worker may be rendering right now: the id is compared whole.
+    """
+    for p in out.glob(f"{TMP_PREFIX}*"):
+        m = _TMP_RE.match(p.name)
+        if m and m.group("scene") == scene_id and p.is_dir():
             log.info("removing unfinished temporary folder %s", p)
             shutil.rmtree(p, ignore_errors=True)
 
@@ -405,7 +425,8 @@ def run_render_job(items: Sequence[SceneSpec | SpecError], cfg: RenderJobConfig,
     seen: set[str] = set()
     for it in items:
         if isinstance(it, SpecError):
-            report.add(SceneOutcome(_spec_error_id(it), "failed", 0, error=str(it)))
+            # The report names the spec by its file:line; the error says only what is wrong with it.
+            report.add(SceneOutcome(_spec_error_id(it), "failed", 0, error=it.detail if it.source else str(it)))
         elif it.scene_id in seen:
             report.add(SceneOutcome(it.scene_id, "failed", 0, error=f"duplicate scene id {it.scene_id!r} in the spec list"))
         else:
@@ -448,7 +469,7 @@ def run_render_job(items: Sequence[SceneSpec | SpecError], cfg: RenderJobConfig,
 
 def _spec_error_id(e: SpecError) -> str:
     # "file.jsonl:12: invalid scene spec: ..." -> "file.jsonl:12"
-    return str(e).split(": ", 1)[0]
+    return e.source or str(e).split(": ", 1)[0]
 
 
 def _now() -> str:

@@ -10,7 +10,8 @@
 ```
 
 Backends render into a temporary folder through ``SceneOutput`` and the job
-runner renames it to ``<scene_id>`` when the scene is complete.
+runner renames it to ``<scene_id>`` when the scene is complete, after an fsync
+of every file and folder in it (``render/jobs.publish``).
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from syncam_data import fsio
 from syncam_data.cameras import Camera
 from syncam_data.ids import check_id
-from syncam_data.video import VideoWriter, atomic_write_bytes
+from syncam_data.video import VideoWriter
 
 SCENE_JSON = "scene.json"
 CAMERAS_JSON = "cameras.json"
@@ -183,16 +185,15 @@ class SceneOutput:
 
 def _write_npz_streaming(path: Path, key: str, arr: np.ndarray) -> None:
     """``np.savez_compressed`` equivalent that streams a (memory-mapped) array in chunks, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with zipfile.ZipFile(tmp, mode="w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
-        with zf.open(f"{key}.npy", mode="w", force_zip64=True) as f:
-            np.lib.format.write_array(f, arr, allow_pickle=False)
-    os.replace(tmp, path)
+    with fsio.atomic_path(path) as tmp:
+        with zipfile.ZipFile(tmp, mode="w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
+            with zf.open(f"{key}.npy", mode="w", force_zip64=True) as f:
+                np.lib.format.write_array(f, arr, allow_pickle=False)
 
 
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(Path(path), json.dumps(obj, indent=2, sort_keys=False).encode())
+    """JSON written durably (temporary name, fsync, rename, fsync the folder)."""
+    fsio.write_json(path, obj, indent=2, allow_nan=True)
 
 
 def read_cameras_json(path: Path) -> list[tuple[str, Camera, dict[str, Any]]]:
@@ -228,15 +229,7 @@ def is_complete_scene(folder: Path) -> bool:
     return bool(cams) and all((folder / "videos" / f"{cid}.mp4").is_file() for cid, _, _ in cams)
 
 
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+fsync_dir = fsio.fsync_dir  # kept importable from here (sources/frameset.py uses it)
 
 
 # --- consistency check ----------------------------------------------------------------------------
