@@ -24,6 +24,8 @@ from typing import Optional, get_args
 
 import typer
 
+from syncam_data import limits
+from syncam_data.cli.options import SafeCommand, bounded, check_out_path, float_in
 from syncam_model.frames import decodable_error
 
 log = logging.getLogger("syncam_model.generate")
@@ -39,11 +41,15 @@ _DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf1
 
 
 def parse_resolution(text: str) -> tuple[int, int]:
-    """``"480x720"`` -> (480, 720) as (height, width)."""
+    """``"480x720"`` -> (480, 720) as (height, width): positive multiples of 16, at most ``limits.MODEL_SIDE``."""
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise typer.BadParameter(f"resolution must look like 480x720 (HxW), got {text!r}") from None
+        raise typer.BadParameter(f"resolution must look like 480x720 (HxW), got {text!r}", param_hint="'--resolution'") from None
+    if h < 16 or w < 16 or h % 16 or w % 16:
+        raise typer.BadParameter(f"{text}: height and width must be positive multiples of 16", param_hint="'--resolution'")
+    if max(h, w) > limits.MODEL_SIDE.max:
+        raise typer.BadParameter(f"{text}: each side must be at most {limits.MODEL_SIDE.max} pixels (set {limits.MODEL_SIDE.env} to raise it)", param_hint="'--resolution'")
     return h, w
 
 
@@ -53,12 +59,15 @@ def load_input_video(path: Path, num_frames: int, height: int, width: int):
     import torch
     import torch.nn.functional as F
 
-    from syncam_data.video import decode, probe
+    from syncam_data.video import VideoError, decode, probe
 
-    info = probe(path, count_frames=True)
-    if info.num_frames < num_frames:
-        raise typer.BadParameter(f"{path}: has {info.num_frames} frames, --frames asks for {num_frames}")
-    frames = decode(path, indices=list(range(num_frames)))
+    try:
+        info = probe(path, count_frames=True)
+        if info.num_frames < num_frames:
+            raise typer.BadParameter(f"{path}: has {info.num_frames} frames, --frames asks for {num_frames}", param_hint="'--input-video'")
+        frames = decode(path, indices=list(range(num_frames)))
+    except VideoError as e:
+        raise typer.BadParameter(str(e), param_hint="'--input-video'") from None
     video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     scale = max(height / video.shape[2], width / video.shape[3])
     rh, rw = max(height, round(video.shape[2] * scale)), max(width, round(video.shape[3] * scale))
@@ -122,30 +131,30 @@ def _camera_rule(meta: dict, normalization: str | None, scale: float | None):
         raise ValueError(str(exc)) from None
 
 
-@app.command()
+@app.command(cls=SafeCommand)
 def generate(
     prompt: str = typer.Option(..., "--prompt", "-p", help="Text prompt shared by all views."),
     pretrained: str = typer.Option(..., "--pretrained", help="Local diffusers CogVideoX folder (transformer/, vae/, text_encoder/, tokenizer/, scheduler/), or 'tiny' for a tiny random model."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="Multi-view adapter weights: an adapter.safetensors from syncam-train, or a checkpoint folder holding one (e.g. RUN/checkpoints/latest). Without it the modules are at their identity initialization (views are independent)."),
     cameras: str = typer.Option("azimuth:0,30,60", "--cameras", help="Camera preset ('azimuth:0,30,60', 'elevation:...', 'distance:...', parts joined by ';') or a cameras.json; view 0 is the reference (and the input video's camera)."),
     views: Optional[str] = typer.Option(None, "--views", help="Comma-separated camera ids to use from a cameras.json, in order (default: all)."),
-    frames: int = typer.Option(49, "--frames", help="Frames per video: 8N+1 (9, 17, ..., 49), which CogVideoX's VAE decodes exactly; CogVideoX is trained on 49."),
+    frames: int = typer.Option(49, "--frames", callback=bounded(limits.MODEL_FRAMES), help="Frames per video: 8N+1 (9, 17, ..., 49), which CogVideoX's VAE decodes exactly; CogVideoX is trained on 49."),
     resolution: str = typer.Option("480x720", "--resolution", help="Output size HxW, multiples of 16."),
-    steps: int = typer.Option(50, "--steps", help="Denoising steps."),
-    guidance: float = typer.Option(6.0, "--guidance", help="Text classifier-free guidance scale for text-to-views (1 disables it)."),
+    steps: int = typer.Option(50, "--steps", min=1, callback=bounded(limits.SAMPLING_STEPS), help=f"Denoising steps (1 to {limits.SAMPLING_STEPS.default})."),
+    guidance: float = typer.Option(6.0, "--guidance", callback=float_in(0.0), help="Text classifier-free guidance scale for text-to-views (1 disables it)."),
     dynamic_cfg: bool = typer.Option(True, "--dynamic-cfg/--no-dynamic-cfg", help="CogVideoX's cosine guidance schedule (use_dynamic_cfg); on by default, as the official SynCamMaster inference."),
     negative_prompt: str = typer.Option("", "--negative-prompt", help="Unconditional prompt for guidance."),
     input_video: Optional[Path] = typer.Option(None, "--input-video", help="Re-render this video (view 0's camera) from the other cameras."),
-    text_guidance: float = typer.Option(7.5, "--text-guidance", help="Text guidance scale in re-rendering mode."),
-    video_guidance: float = typer.Option(1.8, "--video-guidance", help="Video guidance scale in re-rendering mode."),
+    text_guidance: float = typer.Option(7.5, "--text-guidance", callback=float_in(0.0), help="Text guidance scale in re-rendering mode."),
+    video_guidance: float = typer.Option(1.8, "--video-guidance", callback=float_in(0.0), help="Video guidance scale in re-rendering mode."),
     sampler: str = typer.Option("auto", "--sampler", help="'auto' (DDIM for CogVideoX-2B, DPM for 5B and 1.5, as the official inference), 'ddim' (CogVideoXDDIMScheduler) or 'dpm' (CogVideoXDPMScheduler)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the initial noise."),
     batch_passes: bool = typer.Option(True, "--batch-passes/--sequential-passes", help="Run the guidance passes as one batch (faster) or one after another (less GPU memory)."),
     vae_tiling: bool = typer.Option(False, "--vae-tiling/--no-vae-tiling", help="Decode/encode with the VAE in tiles (less GPU memory at full resolution; diffusers' enable_tiling)."),
     translation_normalization: Optional[str] = typer.Option(None, "--translation-normalization", help="Camera translation rule: 'max_distance' (farthest camera centre from view 0 at distance 1) or 'fixed' (divided by --translation-scale). Default: the checkpoint's; a checkpoint trained with another rule is refused."),
-    translation_scale: Optional[float] = typer.Option(None, "--translation-scale", help="Metres per unit with --translation-normalization fixed (default: the checkpoint's, else 1.0)."),
-    hfov: float = typer.Option(60.0, "--hfov", help="Horizontal field of view (degrees) of preset cameras, for cameras.json."),
-    fps: float = typer.Option(8.0, "--fps", help="Frame rate of the written videos (CogVideoX: 8)."),
+    translation_scale: Optional[float] = typer.Option(None, "--translation-scale", callback=float_in(0.0, lo_open=True), help="Metres per unit with --translation-normalization fixed (default: the checkpoint's, else 1.0)."),
+    hfov: float = typer.Option(60.0, "--hfov", callback=float_in(0.0, 180.0, lo_open=True), help="Horizontal field of view (degrees) of preset cameras, for cameras.json."),
+    fps: float = typer.Option(8.0, "--fps", callback=float_in(0.0, limits.FPS, lo_open=True), help="Frame rate of the written videos (CogVideoX: 8)."),
     dtype: str = typer.Option("bfloat16", "--dtype", help="Weight dtype: bfloat16, float32 (float16 gives NaNs with CogVideoX). 'tiny' always uses float32."),
     device: str = typer.Option("cuda", "--device", help="Torch device; falls back to cpu when CUDA is unavailable."),
     tiny_variant: Optional[str] = typer.Option(None, "--tiny-variant", help="With --pretrained tiny: '2b', '5b' or '1.5' (default: the checkpoint's, else 2b)."),
@@ -165,8 +174,7 @@ def generate(
     height, width = parse_resolution(resolution)
     if decodable_error(frames):
         raise typer.BadParameter(decodable_error(frames), param_hint="--frames")
-    if out.exists() and not out.is_dir():
-        raise typer.BadParameter(f"{out}: exists and is not a folder", param_hint="--out")
+    check_out_path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise typer.BadParameter(f"{out}: exists and is not empty (use --overwrite)", param_hint="--out")
     if dtype not in _DTYPES:
@@ -193,8 +201,13 @@ def generate(
         raise typer.BadParameter(str(exc), param_hint="--checkpoint" if checkpoint else "--translation-normalization") from None
     try:
         rig = resolve_rig(cameras, width, height, hfov, views.split(",") if views else None)
+        limits.VIEWS.check(len(rig), "--cameras: views")
     except (RigError, ValueError) as exc:
         raise typer.BadParameter(str(exc), param_hint="--cameras") from None
+    if input_video is not None and not input_video.is_file():
+        raise typer.BadParameter(f"{input_video}: no such file", param_hint="'--input-video'")
+    # The input video is read (and checked) before the model is loaded.
+    video = load_input_video(input_video, frames, height, width) if input_video else None
 
     start = time.time()
     components = load_components(pretrained, dtype=torch_dtype, device=device, tiny_config=tiny_config, adapter=spec)
@@ -207,7 +220,6 @@ def generate(
         log.warning("no --checkpoint: multi-view modules are at initialization, views will not be synchronized")
     if vae_tiling:
         components.vae.enable_tiling()
-    video = load_input_video(input_video, frames, height, width) if input_video else None
     model_cameras = rig.relative(rule)  # the same rule as in training (syncam_model.camera_input)
     videos = run_generation(
         components,

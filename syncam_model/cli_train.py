@@ -16,7 +16,10 @@ from typing import Any, Optional
 
 import typer
 
+from syncam_data.cli.options import SafeGroup, check_out_path
+
 app = typer.Typer(
+    cls=SafeGroup,
     name="syncam-train",
     help="Train SynCamMaster's multi-view modules on CogVideoX from a shard dataset (run under `accelerate launch` for several processes). "
     "`syncam-train cache ...` precomputes VAE latents and T5 embeddings.",
@@ -47,6 +50,23 @@ def _overrides(sets: list[str] | None, **named: Any) -> dict[str, Any]:
         out[key.strip()] = yaml.safe_load(raw)
     out.update({k: v for k, v in named.items() if v is not None})
     return out
+
+
+def check_shards(path: Path) -> None:
+    """The shard dataset exists and its dataset.json is usable: checked before any model is built."""
+    from syncam_data.shards.reader import ShardDatasetError
+    from syncam_data.shards.writer import DATASET_JSON, load_manifest
+
+    if not path.is_dir():
+        raise ShardDatasetError(f"--shards {path}: no such folder")
+    try:
+        manifest = load_manifest(path)
+    except ValueError as e:
+        raise ShardDatasetError(f"--shards: {e}") from None
+    if manifest is None:
+        raise ShardDatasetError(f"--shards {path}: no {DATASET_JSON} (not a shard dataset; build one with syncam-data build-shards)")
+    if not manifest.get("shards"):
+        raise ShardDatasetError(f"--shards {path}: {DATASET_JSON} lists no shards (an empty dataset)")
 
 
 def _fail(e: Exception) -> None:
@@ -89,13 +109,16 @@ def train_command(
     from syncam_model.config import ConfigError, load_config
     from syncam_model.data import DataError
     from syncam_model.model import AdapterError
+    from syncam_data.shards.reader import ShardDatasetError
     from syncam_model.train import CheckpointError, train
 
+    check_out_path(out)
     try:
         cfg = load_config(config, _overrides(sets, steps=steps, seed=seed, **{"diffusion.novel_view": novel_view}))
+        check_shards(shards)
         train(str(shards), str(pretrained), out, cfg, resume=resume, init_adapter=str(init_adapter) if init_adapter else None,
               log_samples=log_samples, stop_after=stop_after)
-    except (ConfigError, DataError, CheckpointError, AdapterError, CacheError, FileNotFoundError) as e:
+    except (ConfigError, DataError, CheckpointError, AdapterError, CacheError, ShardDatasetError, FileNotFoundError) as e:
         _fail(e)
 
 
@@ -121,8 +144,11 @@ def cache_command(
     from syncam_model.model import load_components
     from syncam_model.train import resolve_dtypes, tiny_config
 
+    from syncam_data.shards.reader import ShardDatasetError
+
     try:
         cfg = load_config(config, _overrides(sets, **{"cache.dir": str(cache_dir) if cache_dir else None}))
+        check_shards(shards)
         state = PartialState(cpu=not torch.cuda.is_available())
         dtype, _ = resolve_dtypes(cfg)
         torch.manual_seed(cfg.seed)
@@ -131,7 +157,7 @@ def cache_command(
             str(shards), cfg, components, rank=state.process_index, world_size=state.num_processes, view_batch=view_batch,
             groups_per_part=groups_per_part, barrier=state.wait_for_everyone, progress=state.is_main_process,
         )
-    except (ConfigError, DataError, FileNotFoundError) as e:
+    except (ConfigError, DataError, ShardDatasetError, FileNotFoundError) as e:
         _fail(e)
     if state.is_main_process:
         typer.echo(str(path))

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from syncam_data import limits
 
 from syncam_model.frames import decodable_error, encodable_error
 
@@ -27,6 +29,18 @@ class ConfigError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _at_most(limit: limits.Limit):
+    """A field validator: the value (a number, or each end of a [min, max] pair) within ``limit``."""
+
+    def check(cls, v: Any, info: ValidationInfo) -> Any:
+        if v is not None:
+            for x in v if isinstance(v, (list, tuple)) else [v]:
+                limit.check(x, info.field_name)
+        return v
+
+    return classmethod(check)
 
 
 class CurriculumStage(_Strict):
@@ -90,7 +104,14 @@ class DataConfig(_Strict):
     micro_batch_size: int = Field(1, ge=1)
     num_workers: int = Field(2, ge=0)
     prefetch_factor: int = Field(2, ge=1)
-    max_decode_retries: int = Field(8, ge=0, description="replacement draws after a view fails to decode")
+    max_decode_retries: int = Field(8, ge=0, le=1000, description="replacement draws after a view fails to decode")
+
+    # Documented maxima (syncam_data/limits.py; SYNCAM_MAX_* raises them): refused here, not by running out of memory.
+    _side = field_validator("height", "width")(_at_most(limits.MODEL_SIDE))
+    _length = field_validator("frames")(_at_most(limits.MODEL_FRAMES))
+    _count = field_validator("num_views")(_at_most(limits.VIEWS))
+    _batch = field_validator("micro_batch_size")(_at_most(limits.BATCH))
+    _workers = field_validator("num_workers", "prefetch_factor")(_at_most(limits.WORKERS))
 
     @field_validator("frames")
     @classmethod
@@ -201,6 +222,9 @@ class OptimConfig(_Strict):
     max_grad_norm: float = Field(1.0, gt=0)
     global_batch_size: int = Field(32, ge=1, description="samples per optimizer step over all ranks (gradient accumulation fills it)")
 
+    _batch = field_validator("global_batch_size")(_at_most(limits.BATCH))
+    _steps = field_validator("warmup_steps")(_at_most(limits.STEPS))
+
 
 class DiffusionConfig(_Strict):
     text_dropout: float = Field(0.1, ge=0, le=1, description="probability of training a sample on the empty prompt")
@@ -214,7 +238,7 @@ class DiffusionConfig(_Strict):
 
 class CheckpointConfig(_Strict):
     every: int = Field(1000, ge=1)
-    keep: int = Field(3, ge=1)
+    keep: int = Field(3, ge=1, le=10_000)
 
 
 class ValidationConfig(_Strict):
@@ -224,6 +248,9 @@ class ValidationConfig(_Strict):
     frames: int | None = Field(None, description="frames of the validation videos (8N+1; default: data.frames rounded up to 8N+1)")
     steps: int = Field(25, ge=1)
     dynamic_cfg: bool = Field(True, description="CogVideoX's cosine guidance schedule, as the official SynCamMaster inference")
+
+    _steps = field_validator("steps")(_at_most(limits.SAMPLING_STEPS))
+    _length = field_validator("frames")(_at_most(limits.MODEL_FRAMES))
 
     @field_validator("frames")
     @classmethod
@@ -242,6 +269,8 @@ class LogConfig(_Strict):
 class TrainConfig(_Strict):
     seed: int = 0
     steps: int = Field(50_000, ge=1)
+
+    _steps = field_validator("steps")(_at_most(limits.STEPS))
     data: DataConfig = Field(default_factory=DataConfig)
     curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)

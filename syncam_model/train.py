@@ -12,7 +12,10 @@ a seeded, saved state; so a run resumed from a checkpoint replays the very
 same batches and noise as the uninterrupted run. Checkpoints hold the
 adapter (safetensors), the optimizer's tensors (safetensors) and its
 hyper-parameters (JSON), the LR schedule, every rank's RNG and loader state,
-and the step, and are written to a temporary folder renamed when complete.
+and the step, and are written to a temporary folder that is fsynced and
+renamed when complete (``trainer_state.json``, written last, lists every file
+with its size); a checkpoint being replaced or pruned is renamed away before it
+is deleted, and ``--resume latest`` falls back to the newest complete one.
 No pickles (FSDP / DeepSpeed state goes through ``accelerator.save_state``,
 see docs/train.md).
 """
@@ -36,6 +39,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from syncam_data import fsio
 from syncam_model.camera_input import CameraRule
 from syncam_model.config import TrainConfig
 from syncam_model.data import Loader, build_loader, video_to_float
@@ -173,24 +177,78 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Non
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
+    fsio.write_json(path, obj, indent=1, allow_nan=True)
+
+
+# Keys every trainer_state.json has (older checkpoints lack "files", the size of every file in the folder).
+_STATE_KEYS = ("step", "world_size", "config", "base_id", "lr_scheduler")
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """A checkpoint's trainer_state.json; CheckpointError naming the file when it is missing or malformed."""
+    f = Path(path) / STATE_FILE
+    try:
+        state = json.loads(f.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: not a checkpoint folder (no {STATE_FILE})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{f}: not valid JSON ({e})") from None
+    if not isinstance(state, dict) or any(k not in state for k in _STATE_KEYS):
+        raise CheckpointError(f"{f}: not a trainer state (needs {', '.join(_STATE_KEYS)})")
+    return state
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete checkpoint (None when it is): every file it lists, at its size."""
+    try:
+        state = read_state(path)
+    except CheckpointError as e:
+        return str(e)
+    files = state.get("files")
+    if files is None:  # written before checkpoints listed their files
+        world = int(state["world_size"])
+        need = [ADAPTER_FILE] + [f"{k}_r{r}.{ext}" for r in range(world) for k, ext in (("rng", "safetensors"), ("rng", "json"), ("loader", "json"))]
+        if not state.get("sharded_state"):
+            need += ["optimizer.safetensors", "optimizer.json"]
+        files = {n: None for n in need}
+    for name, size in files.items():
+        f = Path(path) / name
+        if not f.exists():
+            return f"{f}: missing"
+        if size is not None and f.stat().st_size != size:
+            return f"{f}: {f.stat().st_size} bytes, {STATE_FILE} says {size} (truncated or changed)"
+    return None
 
 
 def resolve_checkpoint(run_dir: Path, which: str) -> Path | None:
-    """``latest`` (the newest complete checkpoint of the run) or a checkpoint folder path."""
+    """``latest`` (the newest complete checkpoint of the run) or a checkpoint folder path.
+
+    ``latest`` follows ``checkpoints/latest`` and falls back, with a warning,
+    to the newest complete ``step_*`` when that one is incomplete (a kill
+    while it was written or replaced). None when the run has no checkpoint;
+    CheckpointError when it has some and none is complete.
+    """
     if which != LATEST:
         p = Path(which)
-        if not (p / STATE_FILE).exists():
-            raise CheckpointError(f"{p}: not a checkpoint folder (no {STATE_FILE})")
+        problem = checkpoint_problem(p)
+        if problem:
+            raise CheckpointError(f"--resume {which}: {problem}")
         return p
     ck = run_dir / CHECKPOINTS
     link = ck / LATEST
-    if link.exists() and (link / STATE_FILE).exists():
-        return link.resolve()
-    done = sorted(p for p in ck.glob("step_*") if (p / STATE_FILE).exists())
-    return done[-1] if done else None
+    candidates = ([link.resolve()] if link.is_symlink() or link.exists() else []) + sorted(ck.glob("step_*"), reverse=True)
+    problems = []
+    for p in candidates:
+        problem = checkpoint_problem(p)
+        if problem is None:
+            if problems:
+                log.warning("resuming from %s: newer checkpoint(s) are incomplete (%s)", p, "; ".join(problems))
+            return p
+        if problem not in problems:
+            problems.append(problem)
+    if problems:
+        raise CheckpointError(f"{ck}: no complete checkpoint to resume from ({'; '.join(problems)}); delete the damaged folder(s) to start afresh")
+    return None
 
 
 # --- the trainer ------------------------------------------------------------------------------
@@ -415,7 +473,7 @@ class Trainer:
         name = f"step_{self.step:06d}"
         tmp, final = ck / f".tmp-{name}", ck / name
         if self.acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
+            _remove_leftovers(ck)
             tmp.mkdir(parents=True)
         self.acc.wait_for_everyone()
         model = self.acc.unwrap_model(self.model)
@@ -433,28 +491,26 @@ class Trainer:
                 tensors, opt_meta = optimizer_to_safetensors(self.optimizer.state_dict())
                 save_file(tensors, str(tmp / "optimizer.safetensors"))
                 _write_json(tmp / "optimizer.json", opt_meta)
-            _write_json(
-                tmp / STATE_FILE,
-                {
-                    "step": self.step,
-                    "world_size": self.world,
-                    "accumulation": self.accum,
-                    "config": self.cfg.to_dict(),
-                    "base_id": self.components.base_id,
-                    "lr_scheduler": self.lr_sched.state_dict(),
-                    "sharded_state": self.sharded_state,
-                    "torch": torch.__version__,
-                },
-            )
+            state = {
+                "step": self.step,
+                "world_size": self.world,
+                "accumulation": self.accum,
+                "config": self.cfg.to_dict(),
+                "base_id": self.components.base_id,
+                "lr_scheduler": self.lr_sched.state_dict(),
+                "sharded_state": self.sharded_state,
+                "torch": torch.__version__,
+            }
         rng_t, rng_m = rng_state()
         save_file(rng_t, str(tmp / f"rng_r{self.rank}.safetensors"))
         _write_json(tmp / f"rng_r{self.rank}.json", rng_m)
         _write_json(tmp / f"loader_r{self.rank}.json", self.loader_state)
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            # trainer_state.json last, listing every file of every rank with its size: what "complete" means.
+            state["files"] = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+            _write_json(tmp / STATE_FILE, state)
+            publish_checkpoint(tmp, final)
             _point_latest(ck, name)
             self._prune(ck)
             log.info("checkpoint %s", final)
@@ -462,16 +518,19 @@ class Trainer:
         return final
 
     def _prune(self, ck: Path) -> None:
+        """Delete checkpoints beyond ``checkpoint.keep``: each renamed out of ``step_*`` first, so a kill
+        mid-deletion never leaves a half-deleted folder under a name ``--resume latest`` considers."""
         done = sorted(p for p in ck.glob("step_*") if p.is_dir())
         for p in done[: -self.cfg.checkpoint.keep]:
-            shutil.rmtree(p, ignore_errors=True)
+            gone = ck / f".del-{p.name}-{os.getpid()}"
+            os.rename(p, gone)
+            fsio.fsync_dir(ck)
+            shutil.rmtree(gone, ignore_errors=True)
 
     def load_checkpoint(self, path: Path) -> None:
-        from safetensors.torch import load_file
-
         from syncam_model.model import check_base, load_adapter
 
-        state = json.loads((path / STATE_FILE).read_text())
+        state = read_state(path)
         check_base(state["base_id"], self.components.base_id, source=str(path))
         diff = config_mismatch(state["config"], self.cfg.to_dict())
         if diff:
@@ -484,15 +543,15 @@ class Trainer:
         model = self.acc.unwrap_model(self.model)
         load_adapter(model, path / ADAPTER_FILE, self.components.base_id, camera_rule=self.camera_rule)
         if self.cfg.model.train_base:
-            model.base.load_state_dict(load_file(str(path / BASE_FILE)))
+            model.base.load_state_dict(_load_tensors(path / BASE_FILE))
         if state.get("sharded_state"):
             self.acc.load_state(str(path / "accelerate_state"))
         else:
-            opt_meta = json.loads((path / "optimizer.json").read_text())
-            self.optimizer.load_state_dict(optimizer_from_safetensors(load_file(str(path / "optimizer.safetensors")), opt_meta))
+            opt_meta = _read_json(path / "optimizer.json")
+            self.optimizer.load_state_dict(optimizer_from_safetensors(_load_tensors(path / "optimizer.safetensors"), opt_meta))
         self.lr_sched.load_state_dict(state["lr_scheduler"])
-        set_rng_state(load_file(str(path / f"rng_r{self.rank}.safetensors")), json.loads((path / f"rng_r{self.rank}.json").read_text()))
-        self.loader_state = json.loads((path / f"loader_r{self.rank}.json").read_text())
+        set_rng_state(_load_tensors(path / f"rng_r{self.rank}.safetensors"), _read_json(path / f"rng_r{self.rank}.json"))
+        self.loader_state = _read_json(path / f"loader_r{self.rank}.json")
         self.loader.sampler.load_state_dict(self.loader_state)
         self.step = int(state["step"])
         log.info("resumed from %s at step %d", path, self.step)
@@ -559,6 +618,45 @@ class Trainer:
         return records
 
 
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: cannot read ({e})") from None
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors' own error type, or OSError: the file is damaged or missing
+        raise CheckpointError(f"{path}: cannot read ({e})") from None
+
+
+def publish_checkpoint(tmp: Path, final: Path) -> None:
+    """Publish a finished temporary checkpoint folder as ``final``: its files fsynced, then renamed in.
+
+    A checkpoint of the same step that exists (a resumed run saving it again)
+    is first renamed aside and deleted only after the new one is in place, so
+    no published checkpoint is ever half-deleted.
+    """
+    old = None
+    if final.exists():
+        old = final.with_name(f".old-{final.name}-{os.getpid()}")
+        os.rename(final, old)
+    fsio.publish_dir(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_leftovers(ck: Path) -> None:
+    """Temporary, replaced or pruned checkpoint folders a killed run left (never a published one)."""
+    for p in ck.glob(".*-step_*") if ck.exists() else []:
+        if p.name.startswith((".tmp-", ".old-", ".del-")) and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def _point_latest(ck: Path, name: str) -> None:
     """``checkpoints/latest`` -> ``step_<6-digit step>`` (a relative symlink, swapped atomically)."""
     tmp = ck / f".{LATEST}.tmp{os.getpid()}"
@@ -566,6 +664,7 @@ def _point_latest(ck: Path, name: str) -> None:
         tmp.unlink()
     os.symlink(name, tmp)
     os.replace(tmp, ck / LATEST)
+    fsio.fsync_dir(ck)
 
 
 def train(
@@ -580,9 +679,10 @@ def train(
     stop_after: int | None = None,
 ) -> list[dict[str, Any]]:
     """Build the trainer, restore a checkpoint if asked, and train. Returns this process's step records."""
+    # Which checkpoint, before anything is built: a damaged one is reported at once.
+    ck = resolve_checkpoint(Path(run_dir), resume) if resume else None
     trainer = Trainer(shards, pretrained, run_dir, cfg, log_samples=log_samples)
     if resume:
-        ck = resolve_checkpoint(Path(run_dir), resume)
         if ck is None:
             log.info("no checkpoint in %s yet; starting from step 0", Path(run_dir) / CHECKPOINTS)
         else:

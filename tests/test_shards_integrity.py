@@ -334,3 +334,32 @@ def test_decode_enforces_the_memory_limit_on_frames_actually_decoded():
     assert decode(data, indices=[0, 5], limits=limits).shape == (2, 256, 256, 3)  # within the limit: fine
     # validate's check decodes every frame and keeps none.
     assert count_decoded(data, limits=limits) == (200, 256, 256)
+
+
+# --- 11. durable commits: fsync before the publishing rename, the folder after -------------------
+
+
+def test_shards_index_and_manifest_are_published_durably(tmp_path, monkeypatch):
+    from tests.durability import FsEvents
+
+    frames = frames_input(tmp_path / "frames", ["seqA_s000", "seqB_s000"])
+    out = tmp_path / "ds"
+    ev = FsEvents(monkeypatch)
+    build_shards(BuildConfig(out=out, frames=[frames], shard_size="1KB", progress=False))
+    shards = [s["file"] for s in json.loads((out / "dataset.json").read_text())["shards"]]
+    assert len(shards) == 2
+    for name in [*shards, "index.parquet", "dataset.json"]:
+        ev.assert_published(out / name)
+
+
+def test_a_filter_scores_part_is_published_durably(tmp_path, monkeypatch):
+    from syncam_data.filter.store import ScoresStore
+    from tests.durability import FsEvents
+
+    ev = FsEvents(monkeypatch)
+    store = ScoresStore(tmp_path / "f")
+    part = store.append({"path": "/videos/a.mp4", "content_hash": "abc", "status": "kept"})
+    ev.assert_published(part)
+    store.write_all()
+    ev.assert_published(store.scores)
+    ev.assert_published(store.kept)

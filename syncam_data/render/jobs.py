@@ -219,8 +219,8 @@ def publish(tmp: Path, final: Path) -> None:
     fsio.publish_dir(tmp, final)
 
 
-# .tmp-<scene_id>-<pid>-<8 hex>: anchored at the end, because scene ids may themselves contain '-'.
-_TMP_RE = re.compile(rf"^{re.escape(TMP_PREFIX)}(?P<scene>.+)-(?P<pid>\d+)-(?P<rand>[0-9a-f]{{8}})$")
+# .tmp-<scene_id>-<pid>-<random>: read from the end, because scene ids may themselves contain '-'.
+_TMP_RE = re.compile(rf"^{re.escape(TMP_PREFIX)}(?P<scene>.+)-(?P<pid>\d+)-(?P<rand>[0-9A-Za-z]+)$")
 
 
 def temp_folder_name(scene_id: str) -> str:
