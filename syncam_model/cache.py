@@ -32,6 +32,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
+from syncam_data import fsio
 from syncam_model.config import KINDS, TrainConfig
 from syncam_model.data import DataError, DataIndex, Group, caption_key, choose_frames, decode_view, frames_for
 
@@ -168,9 +169,9 @@ def open_matching(shards: str | os.PathLike, cfg: TrainConfig, components: Any) 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, meta: dict[str, str] | None = None) -> None:
     from safetensors.torch import save_file
 
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    # Durable before the log line that marks the part done (fsio: fsync, rename, fsync the folder).
+    with fsio.atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
 
 
 def _append_line(path: Path, obj: dict[str, Any]) -> None:
@@ -306,14 +307,10 @@ def finalize(path: Path, settings: dict[str, Any], world_size: int) -> dict[str,
             texts.update({t: line["file"] for t in line["texts"]})
     for err_p in sorted(path.glob("errors-r*.jsonl")):
         errors += len(_read_lines(err_p))
-    tmp = path / f".index.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps({"samples": samples, "texts": texts}))
-    os.replace(tmp, path / "index.json")
+    fsio.write_json(path / "index.json", {"samples": samples, "texts": texts}, indent=None)
     meta = {"key": path.name, "settings": settings, "num_samples": len(samples), "num_texts": len(texts), "failed_groups": errors,
             "ranks": world_size, "complete": True}
-    tmp = path / f".cache.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, path / "cache.json")
+    fsio.write_json(path / "cache.json", meta, indent=2)
     log.info("latent cache %s: %d view clips, %d captions, %d failed groups", path, len(samples), len(texts), errors)
     return meta
 

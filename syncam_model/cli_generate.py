@@ -24,7 +24,7 @@ from typing import Optional, get_args
 
 import typer
 
-from syncam_data import limits
+from syncam_data import fsio, limits
 from syncam_data.cli.options import SafeCommand, bounded, check_out_path, float_in
 from syncam_model.frames import decodable_error
 
@@ -100,9 +100,11 @@ def write_outputs(out: Path, videos, rig, generation: dict, fps: float) -> None:
         encode(np.concatenate(frames, axis=2), tmp / "grid.mp4", fps=fps)
         write_json(tmp / "cameras.json", rig.to_json())
         write_json(tmp / "generation.json", generation)
+        fsio.fsync_tree(tmp)  # on disk before the rename publishes it
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
+        fsio.fsync_dir(out.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

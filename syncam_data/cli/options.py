@@ -90,16 +90,21 @@ def finite(value: float | None) -> float | None:
     return value
 
 
-def float_in(lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> Callable[[Any], Any]:
-    """Typer callback: a finite float within [lo, hi] (``lo_open``: > lo)."""
+def float_in(lo: float | None = None, hi: "float | Limit | None" = None, lo_open: bool = False) -> Callable[[Any], Any]:
+    """Typer callback: a finite float within [lo, hi] (``lo_open``: > lo); ``hi`` may be a ``Limit``."""
 
-    def check(value: float | None) -> float | None:
+    def check(ctx: typer.Context, param: click.Parameter, value: float | None) -> float | None:
         if value is None:
             return value
         finite(value)
         if lo is not None and (value <= lo if lo_open else value < lo):
             raise typer.BadParameter(f"{value} must be {'>' if lo_open else '>='} {lo:g}")
-        if hi is not None and value > hi:
+        if isinstance(hi, Limit):
+            try:
+                hi.check(value, param.opts[0] if param.opts else str(param.name))
+            except LimitError as e:
+                raise typer.BadParameter(str(e)) from None
+        elif hi is not None and value > hi:
             raise typer.BadParameter(f"{value} must be <= {hi:g}")
         return value
 

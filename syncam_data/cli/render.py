@@ -75,7 +75,7 @@ def render(
     backend: Backend = typer.Option(Backend.blender, "--backend", help="Renderer: blender (bpy + Cycles, needs no engine) or unrealcv (running Unreal Engine instances)."),
     cameras: int = typer.Option(36, "--cameras", min=1, callback=bounded(limits.CAMERAS), help=f"Cameras per sampled scene (at most {limits.CAMERAS.default}; {limits.CAMERAS.env} raises it)."),
     frames: int = typer.Option(100, "--frames", min=1, callback=bounded(limits.FRAMES), help=f"Frames per sampled scene (at most {limits.FRAMES.default}; {limits.FRAMES.env} raises it)."),
-    fps: float = typer.Option(24.0, "--fps", callback=float_in(0.001, limits.FPS.default), help=f"Frames per second of sampled scenes (0.001 to {limits.FPS.default})."),
+    fps: float = typer.Option(24.0, "--fps", callback=float_in(0.001, limits.FPS), help=f"Frames per second of sampled scenes (0.001 to {limits.FPS.default})."),
     resolution: str = typer.Option("480x720", "--resolution", help=f"Image size HxW of sampled scenes (each side at most {limits.SIDE.default}; {limits.SIDE.env} raises it)."),
     hfov: float | None = typer.Option(None, "--hfov", callback=float_in(1.0, 179.0), help="Horizontal field of view in degrees, 1 to 179 (default 66.8, SynCamVideo's fx=545.45 at 720 px)."),
     distance: str = typer.Option("3.5-9", "--distance", help="Camera distance range from the scene centre in metres, MIN-MAX."),
