@@ -209,3 +209,14 @@ def test_render_cli_illumination_and_lens_options(tmp_path):
     with standin() as srv:
         result, _ = run_render(tmp_path / "b", [srv.port], "--lens", "cine", "--retries", "0", scenes=1)
     assert result.exit_code == 1 and "no cine camera commands" in result.output
+
+
+def test_render_cli_warns_when_the_ground_reads_as_sky(tmp_path):
+    """A Landscape ground is not annotated by UnrealCV: depth reads sky there; render says so and scene.json records it."""
+    levels = {m: LevelConfig(ground="landscape", references=(HIKER, DOG)) for m in LEVELS}
+    with StandinServer(levels=levels) as srv:
+        result, out = run_render(tmp_path, [srv.port], scenes=1)
+        assert result.exit_code == 0, result.output
+    assert "the ground reads as sky" in result.output and "static-mesh ground" in result.output
+    depth = json.loads((out / "scene_00000" / "scene.json").read_text())["info"]["depth"]
+    assert depth["ground_reads_as_sky"] is True
