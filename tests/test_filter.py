@@ -219,7 +219,9 @@ def _bad_files(folder: Path, good: Path) -> dict[str, Path]:
 def test_bad_files_become_error_rows_and_the_run_completes(videos, tmp_path):
     bad = _bad_files(tmp_path / "in", videos["static_subject"])
     out = tmp_path / "out"
-    inputs = list(bad.values()) + [videos["static_subject"], tmp_path / "missing.mp4"]
+    listed = tmp_path / "more.txt"  # a path named in a list may be missing: that is an error row
+    listed.write_text(f"{tmp_path / 'missing.mp4'}\n")
+    inputs = list(bad.values()) + [videos["static_subject"], listed]
     summary = run_filter(inputs, out, FilterSettings(), progress=False)
     rows = _rows(out)
     assert len(rows) == 6 and summary.total == 6

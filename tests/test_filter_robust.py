@@ -355,7 +355,7 @@ def test_fifo_and_device_inputs_become_error_rows_instead_of_hanging(clips, tmp_
     assert rows["subject.mp4"]["status"] == "kept"
 
 
-@pytest.mark.parametrize("layout", ["empty_folder", "no_videos_in_folder", "empty_list"])
+@pytest.mark.parametrize("layout", ["empty_folder", "no_videos_in_folder", "empty_list", "missing_path"])
 def test_an_input_that_names_no_video_is_an_error(tmp_path, layout):
     if layout == "empty_folder":
         target = tmp_path / "web"
@@ -365,13 +365,16 @@ def test_an_input_that_names_no_video_is_an_error(tmp_path, layout):
         target.mkdir()
         (target / "readme.txt").write_text("clips go here\n")
         (target / "frame.jpg").write_bytes(b"\xff\xd8")
-    else:
+    elif layout == "empty_list":
         target = tmp_path / "list.txt"
         target.write_text("# nothing yet\n\n")
+    else:
+        target = tmp_path / "web_vidoes"  # a typo
     out = tmp_path / "out"
     res = CliRunner().invoke(app, ["filter-videos", str(target), "--out", str(out), "--no-progress"])
     assert res.exit_code == 1
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"error: {target}: "), res.output
-    assert (".mp4" in lines[0]) if layout != "empty_list" else ("one path per line" in lines[0])
+    expected = {"empty_list": "one path per line", "missing_path": "no such file or folder"}.get(layout, ".mp4")
+    assert expected in lines[0], lines[0]
     assert not (out / "scores.parquet").exists()

@@ -405,8 +405,9 @@ def _read_list(path: Path) -> list[str]:
 def expand_inputs(inputs: Iterable[str | Path]) -> list[str]:
     """Absolute video paths from files, folders (recursive, by extension) and list files; order kept, no duplicates.
 
-    A folder or list that yields no video is a mistake (``NoVideosError`` naming it); a path that
-    is neither becomes one item, so a missing or unreadable file gets an error row.
+    An input that yields no video (a missing path, a folder without videos, an empty list) is a
+    mistake (``NoVideosError`` naming it); a file becomes one item, and a path named in a list one
+    item even when it is missing, so bad files get error rows.
     """
     out: dict[str, None] = {}
     for raw in inputs:
@@ -428,8 +429,12 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[str]:
                                     "or a 'path' column in a .csv)")
             for e in entries:
                 out[str(Path(e).resolve())] = None
+        elif not p.exists() and not p.is_symlink():
+            # Given on the command line, a path that does not exist is a typo, not a bad video: nothing to do.
+            raise NoVideosError(f"{p}: no such file or folder (expected a video file, a folder of videos, "
+                                f"or a {'/'.join(sorted(LIST_EXTENSIONS))} list of paths)")
         else:
-            out[str(p.resolve())] = None  # a missing file becomes an error row, not a crash
+            out[str(p.resolve())] = None  # an unreadable or non-video file becomes an error row, not a crash
     return list(out)
 
 
