@@ -69,6 +69,24 @@ def test_released_archives_found_at_any_depth_with_unique_ids(archives, tmp_path
     assert (e["archive"], e["split"], e["subset"], e["scene"]) == ("MultiCamVideo-Dataset", "train", "f18_aperture10", "scene1")
 
 
+def test_each_subset_gets_the_lens_its_name_says(archives, tmp_path):
+    """MultiCamVideo's fNN_apertureM subsets were shot with an NN mm lens on a 23.76 mm sensor (ReCamMaster README)."""
+    out = tmp_path / "ds"
+    res = runner.invoke(app, ["build-shards", "--out", str(out), "--syncamvideo", str(archives)])
+    assert res.exit_code == 0, res.output
+    r = ShardReader(out)
+    fx = {g: r.row(rows[0])["K"][0] for (_, g), rows in r.groups().items()}
+    assert fx["MultiCamVideo-Dataset-train-f18_aperture10-scene1"] == pytest.approx(18 * W / 23.76, rel=1e-5)
+    assert fx["MultiCamVideo-Dataset-train-f24_aperture5-scene1"] == pytest.approx(24 * W / 23.76, rel=1e-5)
+    assert fx["SynCamVideo-Dataset-val-basic"] == pytest.approx(24 * W / 23.76, rel=1e-5)  # no lens in the name: SynCamVideo's 24 mm
+    # An explicit --focal-mm wins over the subset name.
+    out2 = tmp_path / "ds2"
+    res = runner.invoke(app, ["build-shards", "--out", str(out2), "--syncamvideo", str(archives / "MultiCamVideo-Dataset"), "--focal-mm", "50"])
+    assert res.exit_code == 0, res.output
+    r2 = ShardReader(out2)
+    assert {round(r2.row(rows[0])["K"][0], 3) for rows in r2.groups().values()} == {round(50 * W / 23.76, 3)}
+
+
 def test_group_ids_do_not_depend_on_where_the_user_points(archives, tmp_path):
     out = tmp_path / "ds"
     res = runner.invoke(app, ["build-shards", "--out", str(out), "--syncamvideo", str(archives / "SynCamVideo-Dataset" / "train" / "f24_aperture5")])

@@ -56,7 +56,7 @@ def build_shards(
     ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster address (e.g. auto or ray://head:10001); default starts a local Ray."),
     fov: float | None = typer.Option(None, "--fov", callback=float_in(0.0, 180.0, lo_open=True), help="SynCamVideo: horizontal field of view in degrees (instead of the lens/filmback)."),
     intrinsics: str | None = typer.Option(None, "--intrinsics", help="SynCamVideo: fx,fy,cx,cy in pixels of the videos (overrides --fov and the lens)."),
-    focal_mm: float = typer.Option(24.0, "--focal-mm", callback=float_in(0.0, lo_open=True), help="SynCamVideo: lens focal length in mm (SynCamVideo 2025: 24)."),
+    focal_mm: float | None = typer.Option(None, "--focal-mm", callback=float_in(0.0, lo_open=True), help="SynCamVideo: lens focal length in mm. Default: the lens its fNN_apertureM subset names (MultiCamVideo: 18, 24, 35 or 50), else 24 (SynCamVideo 2025)."),
     sensor_mm: float = typer.Option(23.76, "--sensor-mm", callback=float_in(0.0, lo_open=True), help="SynCamVideo: filmback (sensor) width in mm (SynCamVideo 2025: 23.76); scaled to the video width."),
     max_frames: int = typer.Option(1000, "--max-frames", min=1, callback=bounded(limits.FRAMES), help="Web videos: clips longer than this are re-encoded keeping their first MAX_FRAMES frames."),
     max_size: str = typer.Option("128MB", "--max-size", help="Web videos: clips bigger than this are re-encoded (and refused if still bigger)."),

@@ -37,7 +37,7 @@ class AdapterOptions:
     # SynCamVideo intrinsics: explicit (fx, fy, cx, cy) in pixels > horizontal FOV > lens/filmback.
     intrinsics: tuple[float, float, float, float] | None = None
     fov_deg: float | None = None
-    focal_mm: float = 24.0
+    focal_mm: float | None = None  # None: the lens named by the fNN_apertureM subset, else 24 mm
     sensor_mm: float = 23.76
     # A camera whose pose moves more than this between frames is not static (cm and unitless rotation).
     static_tol_cm: float = 0.01

@@ -25,8 +25,12 @@ Cameras: the first frame's extrinsics converted with
 are static; when a camera moves anyway, a warning is logged and its
 per-frame canonical poses are kept in ``extra.c2w_per_frame``. Intrinsics
 (none are shipped): explicit ``intrinsics`` > horizontal ``fov_deg`` > the
-lens/filmback (``focal_mm`` on a ``sensor_mm``-wide sensor: 24 mm on
-23.76 mm for SynCamVideo 2025), always for the actual video size.
+lens/filmback (``focal_mm`` on a ``sensor_mm``-wide sensor), always for the
+actual video size. Without ``focal_mm`` the lens is read from the subset name
+(``f18_aperture10`` -> 18 mm): the MultiCamVideo README (KwaiVGI/ReCamMaster,
+"Camera Configurations") lists four lenses, 18/24/35/50 mm, on a 23.76 mm square
+sensor, one per ``fNN_apertureM`` subset; a scene with no such subset (the
+``val/basic`` scene, a renamed folder) uses SynCamVideo's 24 mm.
 """
 
 from __future__ import annotations
@@ -169,12 +173,29 @@ def scan(ref: GroupRef, options: AdapterOptions) -> GroupPlan:
     return GroupPlan(ref, DATASET, group_id_for(scene), group_hash(KIND, digests), plans, nbytes)
 
 
-def intrinsics_for(width: int, height: int, options: AdapterOptions) -> tuple[tuple[float, float, float, float], str]:
+# The released subsets are named for their lens: f18_aperture10, f24_aperture5, f35_aperture2.4, f50_aperture2.4.
+_SUBSET_LENS_RE = re.compile(r"^f(\d+(?:\.\d+)?)_aperture\d+(?:\.\d+)?$", re.IGNORECASE)
+DEFAULT_FOCAL_MM = 24.0  # SynCamVideo (2025): 24 mm on a 23.76 mm sensor
+
+
+def lens_from_subset(subset: str | None) -> float | None:
+    """Focal length in mm named by a released ``fNN_apertureM`` subset folder, else None."""
+    m = _SUBSET_LENS_RE.match(subset or "")
+    return float(m.group(1)) if m else None
+
+
+def intrinsics_for(width: int, height: int, options: AdapterOptions, subset: str | None = None) -> tuple[tuple[float, float, float, float], str]:
     if options.intrinsics is not None:
         return tuple(float(v) for v in options.intrinsics), "given"  # type: ignore[return-value]
     if options.fov_deg is not None:
         return intrinsics_from_hfov(width, height, options.fov_deg), f"hfov {options.fov_deg} deg"
-    return intrinsics_from_filmback(width, height, options.focal_mm, options.sensor_mm), f"lens {options.focal_mm} mm on {options.sensor_mm} mm filmback"
+    if options.focal_mm is not None:
+        focal, where = options.focal_mm, "given"
+    elif (named := lens_from_subset(subset)) is not None:
+        focal, where = named, f"from subset {subset}"
+    else:
+        focal, where = DEFAULT_FOCAL_MM, "SynCamVideo default"
+    return intrinsics_from_filmback(width, height, focal, options.sensor_mm), f"lens {focal:g} mm ({where}) on {options.sensor_mm:g} mm filmback"
 
 
 def camera_track(scene: Path, extr: dict[int, dict[str, str]], cam: str, options: AdapterOptions) -> tuple[np.ndarray, list[list[float]] | None]:
@@ -208,9 +229,10 @@ def convert(plan: GroupPlan, options: AdapterOptions) -> list[ViewRecord]:
         info = probe_clip(media, str(video))
         counts[cam] = info.num_frames
         c2w, per_frame = camera_track(scene, extr, cam, options)
-        K, how = intrinsics_for(info.width, info.height, options)
+        parts = scene_parts(scene)
+        K, how = intrinsics_for(info.width, info.height, options, parts["subset"])
         extra: dict[str, Any] = {
-            **scene_parts(scene),
+            **parts,
             "intrinsics_from": how,
             "raw": {"convention": "ue_row_matrix_cm", "frame": f"frame{first_key}", "matrix": extr[first_key][cam]},
         }
