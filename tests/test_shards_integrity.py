@@ -284,6 +284,19 @@ def test_broken_cameras_json_is_an_error_row_naming_file_and_reason(tmp_path):
     assert {g for _, g in ShardReader(tmp_path / "ds").groups()} == {"good"}
 
 
+def test_frame_set_without_cameras_json_is_an_error_row_not_skipped(tmp_path):
+    frames = tmp_path / "frames"
+    make_frameset(frames, "good", seed=0)
+    (make_frameset(frames, "lost_cameras", seed=1) / "cameras.json").unlink()
+    shutil.copytree(frames / "good", frames / ".late.tmp-123-abcdef12")  # still being written: not an error
+    res = runner.invoke(app, ["build-shards", "--out", str(tmp_path / "ds"), "--frames", str(frames), "--json", str(tmp_path / "s.json")])
+    assert res.exit_code == 0, res.output
+    errors = json.loads((tmp_path / "s.json").read_text())["errors"]
+    assert len(errors) == 1 and str(frames / "lost_cameras" / "cameras.json") in errors[0]["error"], errors
+    assert "incomplete" not in res.output
+    assert {g for _, g in ShardReader(tmp_path / "ds").groups()} == {"good"}
+
+
 # --- 5. decode memory: bounded by what is decoded, not by what the header says ----------------
 
 

@@ -50,11 +50,21 @@ def discover(path: Path, options: AdapterOptions) -> list[GroupRef]:
         if folder.name.startswith("."):
             log.warning("%s: skipped (temporary folder of a running or interrupted sample-frames)", folder)
             continue
-        if not (folder / CAMERAS_JSON).is_file():
-            log.warning("%s: skipped (no %s: incomplete frame set)", folder, CAMERAS_JSON)
+        # sample-frames publishes a frame set by renaming its finished temporary folder, so a folder
+        # holding images is a frame set: one without a readable cameras.json is an error row naming
+        # the file (``scan``), never silently dropped. A folder with neither is not a frame set.
+        if not (folder / CAMERAS_JSON).is_file() and not _has_images(folder):
+            log.debug("%s: not a frame set (no %s, no images)", folder, CAMERAS_JSON)
             continue
         refs.append(GroupRef(SOURCE, str(folder.resolve()), dataset=_cheap_dataset(folder), group_id=folder.name))
     return refs
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+
+
+def _has_images(folder: Path) -> bool:
+    return any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir() if p.is_file())
 
 
 def _cheap_dataset(folder: Path) -> str | None:
