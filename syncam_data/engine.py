@@ -11,6 +11,9 @@ from __future__ import annotations
 import concurrent.futures as cf
 import logging
 import multiprocessing as mp
+import os
+import re
+import socket
 import time
 import traceback
 from dataclasses import dataclass
@@ -21,6 +24,13 @@ from tqdm import tqdm
 log = logging.getLogger(__name__)
 
 Engine = Literal["local", "ray"]
+
+
+class EngineError(RuntimeError):
+    """The engine cannot run at all (Ray missing, no cluster at --ray-address); the message is one line for the user.
+
+    The CLI prints it as ``error: ...`` and exits 1 (``syncam_data.cli.app``), whichever command raised it.
+    """
 
 
 @dataclass
@@ -98,19 +108,56 @@ def run_tasks(
 
 
 def ray_init(address: str | None = None, num_cpus: int | None = None) -> Any:
-    """Connect to ``address`` (or start a local Ray); quiet, and idempotent."""
+    """Connect to ``address`` (or start a local Ray); quiet, and idempotent.
+
+    Raises ``EngineError`` when Ray is not installed or nothing answers at ``address``
+    (``auto`` with no cluster started on this machine, a wrong host or port).
+    """
     try:
         import ray
-    except ImportError as e:
-        raise RuntimeError("--engine ray needs Ray: pip install 'syncam[ray]'") from e
+    except ImportError:
+        raise EngineError("--engine ray needs Ray: pip install -e '.[ray]' in the SynCam checkout (scripts/setup.sh installs it)") from None
     if not ray.is_initialized():
         kw: dict[str, Any] = dict(ignore_reinit_error=True, log_to_driver=False, include_dashboard=False)
         if address:
+            _check_reachable(address)
             kw["address"] = address
         elif num_cpus:
             kw["num_cpus"] = num_cpus
-        ray.init(**kw)
+        try:
+            ray.init(**kw)
+        except Exception as e:  # ConnectionError for "no cluster there"; ValueError and others for a malformed address
+            if address:
+                raise EngineError(
+                    f"--ray-address {address}: no Ray cluster could be reached ({type(e).__name__}). Start one first "
+                    "(`ray start --head` on this machine, or `ray up pipelines/ray_cluster.yaml`), "
+                    "or leave out --ray-address to start a local Ray"
+                ) from None
+            raise EngineError(f"--engine ray: could not start a local Ray ({type(e).__name__}: {e})") from None
     return ray
+
+
+_HOST_PORT = re.compile(r"^(?:ray://)?\[?([A-Za-z0-9_.:-]+?)\]?:(\d{1,5})$")
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast when the cluster address (or RAY_ADDRESS, which Ray lets override it) is a host:port nobody listens on.
+
+    Ray itself retries a closed or unroutable address for a minute or more before giving up; ``auto`` and
+    malformed addresses are left to Ray, which answers those at once.
+    """
+    effective = os.environ.get("RAY_ADDRESS") or address
+    m = _HOST_PORT.match(effective.strip())
+    if not m:
+        return
+    where = f"RAY_ADDRESS={effective} (which overrides --ray-address)" if effective != address else f"--ray-address {address}"
+    try:
+        socket.create_connection((m.group(1), int(m.group(2))), timeout=5).close()
+    except OSError as e:
+        raise EngineError(
+            f"{where}: no Ray cluster answers there ({e.strerror or type(e).__name__}). Start one first "
+            "(`ray start --head` on the head node, or `ray up pipelines/ray_cluster.yaml`), or check the address"
+        ) from None
 
 
 def _run_ray(fn, items, address, resources, bar) -> Iterator[TaskResult]:

@@ -22,9 +22,13 @@ stages:
 ```
 
 Values: a list repeats the option; ``true`` gives the flag (``--debug``),
-``false`` its ``--no-...`` form when the command has one; ``null`` leaves the
+``false`` its ``--no-...`` form when the command has one (``no-progress: true``
+works too); ``null`` leaves the
 option out. ``${name}`` is replaced from ``vars`` (``--var`` overrides),
 then from the environment; ``${recipe_dir}`` is the recipe file's folder.
+``--var`` may only name a variable the recipe declares or uses (a misspelt
+name is an error, not a silent no-op). A stage with ``enabled: false`` is
+skipped unless ``--only`` names it.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +79,14 @@ class Recipe(BaseModel):
     engine: str | None = Field(None, description="Default --engine of stages that have one (local or ray).")
     ray_address: str | None = None
     workers: int | None = None
-    mix: dict[str, float] | None = Field(None, description="Training mix per kind; passed to build-shards --mix unless the stage sets it.")
     stages: list[Stage]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_mix(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "mix" in data:
+            raise ValueError("'mix' is not a recipe key: the training mix is a training setting (data.mix of the syncam-train config, docs/train.md)")
+        return data
 
     @field_validator("stages")
     @classmethod
@@ -110,27 +120,40 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as e:
-        msgs = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
+        msgs = "; ".join(f"{'.'.join(str(x) for x in err['loc']) or 'recipe'}: {err['msg'].removeprefix('Value error, ')}" for err in e.errors())
         raise RecipeError(f"{p}: {msgs}") from None
 
 
-def substitute(value: Any, variables: dict[str, str], where: str) -> Any:
-    """Replace ``${name}`` in every string of ``value`` (recursively)."""
+def used_variables(value: Any) -> set[str]:
+    """Names of every ``${name}`` in ``value`` (recursively)."""
+    if isinstance(value, str):
+        return set(_VAR_RE.findall(value))
+    if isinstance(value, list):
+        return set().union(*(used_variables(v) for v in value))
+    if isinstance(value, dict):
+        return set().union(*(used_variables(v) for v in value.values()))
+    return set()
+
+
+def substitute(value: Any, variables: dict[str, str], where: str, _seen: tuple[str, ...] = ()) -> Any:
+    """Replace ``${name}`` in every string of ``value`` (recursively; a variable's value may use other variables)."""
     if isinstance(value, str):
 
         def repl(m: re.Match) -> str:
             key = m.group(1)
+            if key in _seen:
+                raise RecipeError(f"{where}: variable ${{{key}}} refers to itself ({' -> '.join((*_seen, key))})")
             if key in variables:
-                return str(variables[key])
+                return substitute(str(variables[key]), variables, where, (*_seen, key))
             if key in os.environ:
                 return os.environ[key]
             raise RecipeError(f"{where}: unknown variable ${{{key}}} (define it under vars: or pass --var {key}=...)")
 
         return _VAR_RE.sub(repl, value)
     if isinstance(value, list):
-        return [substitute(v, variables, where) for v in value]
+        return [substitute(v, variables, where, _seen) for v in value]
     if isinstance(value, dict):
-        return {k: substitute(v, variables, where) for k, v in value.items()}
+        return {k: substitute(v, variables, where, _seen) for k, v in value.items()}
     return value
 
 
@@ -181,6 +204,11 @@ def stage_argv(stage: Stage, args: dict[str, Any], command: Any, where: str) -> 
     for key, value in args.items():
         pname = key.replace("-", "_")
         param = params.get(pname)
+        if param is None and pname.startswith("no_") and isinstance(value, bool):
+            # `no-progress: true` is `progress: false` (the `--no-` form of a flag pair)
+            base = params.get(pname[3:])
+            if base is not None and getattr(base, "is_flag", False) and base.secondary_opts:
+                param, value = base, not value
         if param is None:
             known = sorted(p.replace("_", "-") for p in params)
             raise RecipeError(f"{where}: `syncam-data {stage.cmd}` has no option {key!r} (it has: {', '.join(known)})")
@@ -224,6 +252,12 @@ def plan_recipe(
 ) -> list[PlannedStage]:
     """Check every enabled stage against its command and build its argv (nothing runs)."""
     commands = _commands()
+    known = set(recipe.vars) | used_variables([s.args for s in recipe.stages]) | used_variables(recipe.vars)
+    for key in overrides or {}:
+        if key not in known:
+            raise RecipeError(
+                f"{recipe_path}: --var {key}: the recipe has no variable {key!r} (its variables: {', '.join(sorted(known)) or 'none'})"
+            )
     variables = {"recipe_dir": str(Path(recipe_path).resolve().parent), **{k: str(v) for k, v in recipe.vars.items()}, **(overrides or {})}
     names = [s.name for s in recipe.stages]
     for n in (only or []) + ([start_at] if start_at else []):
@@ -234,7 +268,10 @@ def plan_recipe(
     forced = {k: v for k, v in (("engine", engine), ("ray_address", ray_address), ("workers", workers)) if v is not None}
     planned = []
     for st in stages:
-        if (only and st.name not in only) or not st.enabled:
+        if only and st.name not in only:
+            continue
+        if not st.enabled and not only:
+            log.info("stage %s: enabled: false in the recipe, skipped (run it with --only %s)", st.name, st.name)
             continue
         where = f"{recipe_path}: stage {st.name!r}"
         command = commands.get(st.cmd)
@@ -247,8 +284,6 @@ def plan_recipe(
             if key in params and (key in forced or (not given and defaults[key] is not None)):
                 args = {k: v for k, v in args.items() if k.replace("-", "_") != key}
                 args[key] = forced.get(key, defaults[key])
-        if st.cmd == "build-shards" and recipe.mix and "mix" not in args:
-            args["mix"] = recipe.mix
         planned.append(PlannedStage(st.name, st.cmd, stage_argv(st, args, command, where)))
     return planned
 

@@ -160,7 +160,7 @@ def generate(
     dtype: str = typer.Option("bfloat16", "--dtype", help="Weight dtype: bfloat16, float32 (float16 gives NaNs with CogVideoX). 'tiny' always uses float32."),
     device: str = typer.Option("cuda", "--device", help="Torch device; falls back to cpu when CUDA is unavailable."),
     tiny_variant: Optional[str] = typer.Option(None, "--tiny-variant", help="With --pretrained tiny: '2b', '5b' or '1.5' (default: the checkpoint's, else 2b)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder (replaced if it exists)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (videos/, grid.mp4, cameras.json, generation.json); an existing non-empty folder is refused unless --overwrite, which replaces it."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing non-empty output folder."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
@@ -174,6 +174,8 @@ def generate(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     height, width = parse_resolution(resolution)
+    if pretrained != "tiny" and not Path(pretrained).is_dir():
+        raise typer.BadParameter(f"{pretrained}: no such folder (a local diffusers CogVideoX folder with transformer/, vae/, text_encoder/, tokenizer/, scheduler/; or 'tiny')", param_hint="'--pretrained'")
     if decodable_error(frames):
         raise typer.BadParameter(decodable_error(frames), param_hint="--frames")
     check_out_path(out)
@@ -211,8 +213,16 @@ def generate(
     # The input video is read (and checked) before the model is loaded.
     video = load_input_video(input_video, frames, height, width) if input_video else None
 
+    if input_video is not None and checkpoint is not None and "train_config" in meta:
+        if not meta["train_config"].get("diffusion", {}).get("novel_view", False):
+            log.warning("%s was not trained with --novel-view: in re-rendering mode its views are unlikely to follow the input video "
+                        "(train with syncam-train --novel-view for --input-video)", checkpoint)
+
     start = time.time()
-    components = load_components(pretrained, dtype=torch_dtype, device=device, tiny_config=tiny_config, adapter=spec)
+    try:
+        components = load_components(pretrained, dtype=torch_dtype, device=device, tiny_config=tiny_config, adapter=spec)
+    except FileNotFoundError as exc:  # a folder that is not a complete diffusers CogVideoX folder
+        raise typer.BadParameter(str(exc), param_hint="'--pretrained'") from None
     if checkpoint:
         try:
             load_adapter(components.transformer, checkpoint, components.base_id, camera_rule=rule)

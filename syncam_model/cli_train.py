@@ -21,8 +21,8 @@ from syncam_data.cli.options import SafeGroup, check_out_path
 app = typer.Typer(
     cls=SafeGroup,
     name="syncam-train",
-    help="Train SynCamMaster's multi-view modules on CogVideoX from a shard dataset (run under `accelerate launch` for several processes). "
-    "`syncam-train cache ...` precomputes VAE latents and T5 embeddings.",
+    help="Train SynCamMaster's multi-view modules on CogVideoX from a shard dataset (run under `accelerate launch` or `torchrun` for several processes). "
+    "Training needs --shards, --pretrained and --out. `syncam-train cache ...` precomputes VAE latents and T5 embeddings.",
     add_completion=False,
     pretty_exceptions_enable=False,
     no_args_is_help=False,
@@ -70,16 +70,26 @@ def check_shards(path: Path) -> None:
 
 
 def _fail(e: Exception) -> None:
-    typer.echo(f"syncam-train: error: {e}", err=True)
+    """One error line (naming the rank when several run) and exit 2; leave the process group so no rank hangs or dumps."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = f"[rank {os.environ.get('RANK', '0')}] " if world > 1 else ""
+    typer.echo(f"syncam-train: error: {rank}{e}", err=True)
+    import sys
+
+    if "torch" in sys.modules:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     raise typer.Exit(2)
 
 
 @app.callback(invoke_without_command=True)
 def train_command(
     ctx: typer.Context,
-    shards: Optional[Path] = typer.Option(None, "--shards", help="Shard dataset folder (with dataset.json and index.parquet)."),
-    pretrained: Optional[str] = typer.Option(None, "--pretrained", help="Local diffusers CogVideoX folder, or 'tiny' for a tiny random model."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder: log.jsonl, config.json, checkpoints/, validation/."),
+    shards: Optional[Path] = typer.Option(None, "--shards", help="Shard dataset folder (with dataset.json and index.parquet). (required)"),
+    pretrained: Optional[str] = typer.Option(None, "--pretrained", help="Local diffusers CogVideoX folder, or 'tiny' for a tiny random model. (required)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder: log.jsonl, config.json, checkpoints/, validation/. (required)"),
     config: Optional[str] = typer.Option(None, "--config", help=CONFIG_HELP),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Total optimizer steps (overrides the config's `steps`)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of data order, noise and dropout (overrides `seed`)."),

@@ -338,14 +338,19 @@ def build_config(data: dict[str, Any] | None = None, source: str = "<config>") -
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:
-    """A file path, or the name of a bundled config (``paper``, ``tiny``)."""
+    """A file path, or the name of a bundled config (``paper``, ``tiny``).
+
+    A file must exist and be a file: a folder that happens to be called ``tiny`` in the current directory
+    does not hide the bundled ``tiny`` config.
+    """
     p = Path(name_or_path)
-    if p.exists():
+    if p.is_file():
         return p
     bundled = CONFIG_DIR / f"{name_or_path}.yaml"
-    if bundled.exists():
+    if bundled.is_file() and str(name_or_path) == Path(name_or_path).name:
         return bundled
-    raise ConfigError(f"{name_or_path}: no such config file (bundled configs: {sorted(q.stem for q in CONFIG_DIR.glob('*.yaml'))})")
+    what = "is not a file" if p.exists() else "no such config file"
+    raise ConfigError(f"{name_or_path}: {what}, and not the name of a bundled config ({', '.join(sorted(q.stem for q in CONFIG_DIR.glob('*.yaml')))})")
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:

@@ -42,7 +42,7 @@ import torch
 from syncam_data import fsio
 from syncam_model.camera_input import CameraRule
 from syncam_model.config import TrainConfig
-from syncam_model.data import Loader, build_loader, video_to_float
+from syncam_model.data import DataError, Loader, build_loader, video_to_float
 from syncam_model.frames import pad_latent_frames, round_up_decodable
 
 log = logging.getLogger(__name__)
@@ -300,12 +300,17 @@ class Trainer:
         opt = torch.optim.AdamW(self.params, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay, eps=cfg.optim.eps)
         self.model, self.optimizer = self.acc.prepare(model, opt)
         self.lr_sched = torch.optim.lr_scheduler.LambdaLR(self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer, lr_lambda(cfg))
-        from syncam_model.cache import open_matching
+        from syncam_model.cache import CacheError, open_matching
 
-        self.cache = open_matching(shards, cfg, self.components)
-        self.loader: Loader = build_loader(
-            shards, cfg, rank=self.rank, world_size=self.world, micro_per_step=self.accum, total_micro=cfg.steps * self.accum, cache=self.cache
-        )
+        failure: Exception | None = None
+        try:
+            self.cache = open_matching(shards, cfg, self.components)
+            self.loader: Loader = build_loader(
+                shards, cfg, rank=self.rank, world_size=self.world, micro_per_step=self.accum, total_micro=cfg.steps * self.accum, cache=self.cache
+            )
+        except (DataError, CacheError) as e:  # a rank's share of the data can be refused while the others' is fine
+            failure = e
+        self._agree_to_start(failure)
         self._empty_text: torch.Tensor | None = None
         self.step = 0
         self.loader_state = self.loader.sampler.state_dict()
@@ -314,6 +319,20 @@ class Trainer:
             # TensorBoard's hparams take scalars only: lists and None go in as JSON text.
             hp = {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in _flat(cfg.to_dict()).items()}
             self.acc.init_trackers("syncam-train", config=hp)
+
+    def _agree_to_start(self, failure: Exception | None) -> None:
+        """Every rank learns whether any rank refused its data, before the first collective of training.
+
+        Without this a rank that stops leaves the others blocked in (then failing with) a gloo/NCCL collective;
+        with it every rank raises, so each prints one error line and exits.
+        """
+        if self.world > 1:
+            flags = self.acc.gather(torch.tensor([0 if failure is None else 1], device=self.acc.device)).tolist()
+            failed = [r for r, f in enumerate(flags) if f]
+            if failure is None and failed:
+                raise DataError(f"rank {failed[0]} refused the data (see its message); rank {self.rank} stops too")
+        if failure is not None:
+            raise failure
 
     # ---- the objective -------------------------------------------------------------------
     def empty_text(self) -> torch.Tensor:

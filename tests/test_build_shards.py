@@ -375,10 +375,9 @@ def test_missing_input_is_a_clear_error(tmp_path):
 def test_all_sources_in_one_dataset_validate_and_inspect(inputs, tmp_path):
     out = tmp_path / "ds"
     build(out, "--renders", str(inputs["renders"]), "--frames", str(inputs["frames"]), "--videos", str(inputs["scores"]),
-          "--syncamvideo", str(inputs["scv"]), "--mix", "multiview_video=0.6,multiview_image=0.2,single_video=0.2")
+          "--syncamvideo", str(inputs["scv"]))
     reader = assert_valid(out)
     assert {k for k, _ in reader.groups()} == {"syncam-blender", "syncam-unreal", "realestate10k", "dl3dv", "web", "syncamvideo"}
-    assert reader.manifest["build_args"]["mix"] == {"multiview_video": 0.6, "multiview_image": 0.2, "single_video": 0.2}
     res = runner.invoke(app, ["inspect", str(out), "--json", str(tmp_path / "i.json")])
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "i.json").read_text())

@@ -40,7 +40,7 @@ def test_shipped_recipes_match_the_commands(name):
         assert "${" not in " ".join(st.argv)
         assert st.argv[st.argv.index("--engine") + 1] == "ray" and st.argv[st.argv.index("--ray-address") + 1] == "auto"
     shards = next(s for s in stages if s.command == "build-shards")
-    assert shards.argv[shards.argv.index("--mix") + 1] == "multiview_video=0.6,multiview_image=0.2,single_video=0.2"
+    assert "--out" in shards.argv and "--mix" not in shards.argv  # the training mix is a training setting (data.mix)
     res = run(str(path), "--dry-run")
     assert res.exit_code == 0, res.output
     assert res.output.count("syncam-data ") == len(stages)
@@ -48,12 +48,73 @@ def test_shipped_recipes_match_the_commands(name):
 
 def test_paper_recipe_has_the_paper_settings():
     path = REPO / "pipelines" / "paper.yaml"
-    stages = {s.name: s.argv for s in plan_recipe(load_recipe(path), path)}
+    recipe = load_recipe(path)
+    stages = {s.name: s.argv for s in plan_recipe(recipe, path, only=[s.name for s in recipe.stages])}
     render = " ".join(stages["render"])
     for setting in ("--cameras 36", "--frames 100", "--distance 3.5-9", "--elevation 0-45", "--subjects 1-2"):
         assert setting in render
     assert "--max-gap 100" in " ".join(stages["sample-realestate10k"]) and "--max-gap 100" in " ".join(stages["sample-dl3dv"])
-    assert {"render", "sample-realestate10k", "sample-dl3dv", "filter-videos", "build-shards"} <= set(stages)
+    assert {"render", "sample-realestate10k", "sample-dl3dv", "filter-videos", "build-shards", "build-shards-renders"} <= set(stages)
+    # The downloads path of docs/from-downloads.md runs by default: SynCamVideo is packed with the frame sets and web clips.
+    default = {s.name: s.argv for s in plan_recipe(recipe, path)}
+    assert "render" not in default and "--syncamvideo" in default["build-shards"]
+    assert [s.name for s in recipe.stages if s.enabled] == ["sample-realestate10k", "sample-dl3dv", "filter-videos", "build-shards"]
+
+
+def test_paper_recipe_ships_the_files_it_references():
+    """Every path a shipped recipe takes from inside the repository exists: its catalog is a valid catalog file."""
+    from syncam_data.cli.render import resolve_catalog
+    from syncam_data.scenes import load_catalog
+
+    for name in RECIPES:
+        path = REPO / "pipelines" / name
+        recipe = load_recipe(path)
+        for st in plan_recipe(recipe, path, only=[s.name for s in recipe.stages]):
+            for arg in st.argv:
+                if arg.startswith(str(REPO)):
+                    assert Path(arg).exists(), f"{name}: stage {st.name} references {arg}, which is not shipped"
+    path = REPO / "pipelines" / "paper.yaml"
+    render = plan_recipe(load_recipe(path), path, only=["render"])[0].argv
+    catalog = Path(render[render.index("--catalog") + 1])
+    assert catalog == REPO / "pipelines" / "catalog" / "paper_unreal.yaml"
+    cat = load_catalog(catalog, strict=True)
+    assert {b.kind for b in cat.backgrounds} == {"unreal_level"} and {s.kind for s in cat.subjects} == {"unreal"}
+    # The documented engine-free route: Blender with the built-in catalog.
+    blender = plan_recipe(load_recipe(path), path, {"backend": "blender", "catalog": "demo"}, only=["render"])[0].argv
+    assert blender[blender.index("--backend") + 1] == "blender"
+    assert resolve_catalog(blender[blender.index("--catalog") + 1])[1] == "builtin:demo"
+
+
+def test_only_runs_a_disabled_stage_and_misspelt_vars_are_errors(tmp_path):
+    rec = {
+        "name": "t",
+        "vars": {"root": "a"},
+        "stages": [
+            {"name": "frames", "command": "build-shards", "args": {"out": "${root}/shards", "frames": ["${root}/f"]}},
+            {"name": "extra", "command": "build-shards", "enabled": False, "args": {"out": "${root}/shards", "renders": ["${extra_renders}"]}},
+        ],
+    }
+    path = write_recipe(tmp_path / "r.yaml", rec)
+    res = run(str(path), "--dry-run", "--var", "extra_renders=/r")
+    assert res.exit_code == 0 and "# frames" in res.output and "# extra" not in res.output
+    res = run(str(path), "--dry-run", "--only", "extra", "--var", "extra_renders=/r")
+    assert res.exit_code == 0 and "# extra" in res.output and "--renders /r" in res.output and "# frames" not in res.output
+    # A variable only used by a stage (not declared under vars:) can be set; a misspelt one cannot.
+    res = run(str(path), "--dry-run", "--var", "rot=/data")
+    assert res.exit_code == 1 and "--var rot: the recipe has no variable 'rot'" in res.output and "root" in res.output
+    # Variables may use other variables and ${recipe_dir}.
+    rec["vars"]["root"] = "${recipe_dir}/data"
+    res = run(str(write_recipe(tmp_path / "r.yaml", rec)), "--dry-run")
+    assert res.exit_code == 0 and f"--out {tmp_path}/data/shards" in res.output
+    rec["vars"]["root"] = "${root}/x"
+    res = run(str(write_recipe(tmp_path / "r.yaml", rec)), "--dry-run")
+    assert res.exit_code == 1 and "refers to itself" in res.output
+
+
+def test_a_mix_in_a_recipe_says_where_the_mix_belongs(tmp_path):
+    rec = {"name": "t", "mix": {"multiview_video": 1.0}, "stages": [{"name": "build-shards", "args": {"out": "x"}}]}
+    res = run(str(write_recipe(tmp_path / "r.yaml", rec)), "--dry-run")
+    assert res.exit_code == 1 and "r.yaml" in res.output and "data.mix" in res.output
 
 
 def test_vars_override_and_clear_errors(tmp_path):
@@ -115,7 +176,6 @@ def test_recipe_chains_sample_frames_filter_videos_and_build_shards(tmp_path):
         "name": "chain",
         "vars": {"root": str(tmp_path / "run")},
         "engine": "local",
-        "mix": {"multiview_video": 0.6, "multiview_image": 0.2, "single_video": 0.2},
         "stages": [
             {"name": "sample-frames", "args": {"source": "realestate10k", "root": str(tmp_path / "re10k"), "out": "${root}/frames", "views": 3, "max-gap": 20, "no-progress": True}},
             {"name": "filter-videos", "args": {"inputs": [str(tmp_path / "web")], "out": "${root}/web", "progress": False}},
@@ -131,7 +191,6 @@ def test_recipe_chains_sample_frames_filter_videos_and_build_shards(tmp_path):
     assert {d for d, _ in groups} == {"realestate10k", "web"}
     web = reader.filter(dataset="web").to_pylist()
     assert len(web) == 1 and web[0]["source_uri"].endswith("static_subject.mp4")  # the pan was rejected by the filter
-    assert reader.manifest["build_args"]["mix"]["multiview_video"] == 0.6
     # Re-running the recipe resumes: every stage finds its work done, nothing is added.
     res = run(str(tmp_path / "r.yaml"))
     assert res.exit_code == 0 and len(ShardReader(out)) == len(reader)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("bpy", reason="the Blender backend needs bpy (pip install 'syncam[blender]')")
+pytest.importorskip("bpy", reason="the Blender backend needs bpy (pip install -e '.[blender]')")
 
 from syncam_data.cameras import Camera, c2w_to_blender  # noqa: E402
 from syncam_data.render.base import get_backend  # noqa: E402

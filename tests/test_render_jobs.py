@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-pytest.importorskip("bpy", reason="the Blender backend needs bpy (pip install 'syncam[blender]')")
+pytest.importorskip("bpy", reason="the Blender backend needs bpy (pip install -e '.[blender]')")
 
 from syncam_data.cli import app  # noqa: E402
 from syncam_data.render.jobs import REPORT_JSON, SPECS_JSONL, publish  # noqa: E402

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import typer
@@ -24,20 +25,7 @@ def parse_intrinsics(text: str | None) -> tuple[float, float, float, float] | No
     return vals  # type: ignore[return-value]
 
 
-def parse_mix(text: str | None) -> dict[str, float] | None:
-    """'multiview_video=0.6,multiview_image=0.2,single_video=0.2' -> dict."""
-    if not text:
-        return None
-    out = {}
-    for part in text.split(","):
-        key, sep, val = part.partition("=")
-        try:
-            out[key.strip()] = float(val)
-        except ValueError:
-            raise fail(f"--mix {text!r}: expected NAME=WEIGHT pairs separated by commas") from None
-        if not sep or not key.strip() or not math.isfinite(out[key.strip()]) or out[key.strip()] < 0:
-            raise fail(f"--mix {text!r}: expected NAME=WEIGHT pairs with non-negative weights")
-    return out
+_SIZE_WITH_UNIT = re.compile(r"\s*\d+(\.\d+)?\s*[KMGT]i?B?\s*", re.IGNORECASE)
 
 
 @app.command("build-shards")
@@ -49,8 +37,8 @@ def build_shards(
     syncamvideo: list[Path] = typer.Option([], "--syncamvideo", help="Released SynCamVideo/MultiCamVideo archive (root, split, subset or one scene; scenes = folders with videos/*.mp4 and cameras/camera_extrinsics.json, found at any depth) -> multiview_video rows (syncamvideo), group id <archive>-<split>-<subset>-<scene>. Repeatable."),
     captions: Path | None = typer.Option(None, "--captions", help="JSONL or CSV mapping sample_id, group_id or source path to a caption (see docs/build-shards.md). Missing captions are counted, never invented."),
     name: str = typer.Option("syncam", "--name", help="Shard file prefix: <name>-00000.parquet, ..."),
-    shard_size: str = typer.Option("512MB", "--shard-size", help="Target shard size (e.g. 512MB, 1GB); also the unit of parallel work."),
-    row_group_size: str = typer.Option("96MB", "--row-group-size", help="Target row-group size inside a shard (64-128MB suits random access)."),
+    shard_size: str = typer.Option("512MB", "--shard-size", help="Target shard size with its unit (e.g. 512MB, 1GB); also the unit of parallel work."),
+    row_group_size: str = typer.Option("96MB", "--row-group-size", help="Target row-group size inside a shard, with its unit (64MB-128MB suits random access)."),
     engine: str = typer.Option("local", "--engine", help="local (processes on this machine) or ray (Ray tasks on a cluster)."),
     workers: int = typer.Option(1, "--workers", "-w", min=1, callback=bounded(limits.WORKERS), help="Local engine: parallel processes (1 = in this process)."),
     ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster address (e.g. auto or ray://head:10001); default starts a local Ray."),
@@ -61,7 +49,6 @@ def build_shards(
     max_frames: int = typer.Option(1000, "--max-frames", min=1, callback=bounded(limits.FRAMES), help="Web videos: clips longer than this are re-encoded keeping their first MAX_FRAMES frames."),
     max_size: str = typer.Option("128MB", "--max-size", help="Web videos: clips bigger than this are re-encoded (and refused if still bigger)."),
     crf: int = typer.Option(20, "--crf", min=0, max=51, help="Web videos: x264 quality when re-encoding (lower = better, bigger)."),
-    mix: str | None = typer.Option(None, "--mix", help="Training mix to record in dataset.json, e.g. multiview_video=0.6,multiview_image=0.2,single_video=0.2."),
     max_groups: int | None = typer.Option(None, "--max-groups", min=1, help="Write at most this many new groups this run (the rest on a later run)."),
     fail_on_error: bool = typer.Option(False, "--fail-on-error", help="Exit 1 when any group failed (they are always recorded and skipped)."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write this build's summary as JSON to this file."),
@@ -76,7 +63,10 @@ def build_shards(
     from syncam_data.shards.writer import parse_size
 
     check_out_path(out)
+    sizes = {}
     for option, text in (("--shard-size", shard_size), ("--row-group-size", row_group_size), ("--max-size", max_size)):
+        if not _SIZE_WITH_UNIT.fullmatch(text):  # a bare number would be bytes: `--shard-size 8` is never meant
+            raise fail(f"{option} {text!r}: give a size with its unit, e.g. 512MB, 1GB or 64KB", 2)
         try:
             n = parse_size(text)
         except ValueError as e:
@@ -87,6 +77,7 @@ def build_shards(
             limits.BYTES.check(n, option)
         except limits.LimitError as e:
             raise fail(str(e), 2) from None
+        sizes[option] = n
     try:
         options = AdapterOptions(
             intrinsics=parse_intrinsics(intrinsics),
@@ -94,7 +85,7 @@ def build_shards(
             focal_mm=focal_mm,
             sensor_mm=sensor_mm,
             max_frames=max_frames,
-            max_size=parse_size(max_size),
+            max_size=sizes["--max-size"],
             crf=crf,
         )
         cfg = BuildConfig(
@@ -105,13 +96,12 @@ def build_shards(
             syncamvideo=list(syncamvideo),
             captions=captions,
             name=name,
-            shard_size=shard_size,
-            row_group_size=row_group_size,
+            shard_size=sizes["--shard-size"],
+            row_group_size=sizes["--row-group-size"],
             engine=engine,
             workers=workers,
             ray_address=ray_address,
             options=options,
-            mix=parse_mix(mix),
             max_groups=max_groups,
         )
         summary = run_build(cfg)

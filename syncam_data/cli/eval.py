@@ -34,7 +34,7 @@ def eval(  # noqa: A001  (the command's name)
         "sift",
         "--matcher",
         help="'sift': OpenCV SIFT + ratio test + RANSAC on the fundamental matrix (default). 'loftr': kornia's LoFTR with local "
-        "weights (--matcher-weights), then the same RANSAC; needs the optional kornia dependency (pip install 'syncam[eval]').",
+        "weights (--matcher-weights), then the same RANSAC; needs the optional kornia dependency (installed by scripts/setup.sh; else pip install -e '.[eval]' in the SynCam checkout).",
     ),
     matcher_weights: Path | None = typer.Option(None, "--matcher-weights", help="Local weights of the learned matcher: LoFTR's .ckpt (e.g. loftr_outdoor.ckpt, read weights-only) or a .safetensors state dict."),
     matcher_config: Path | None = typer.Option(None, "--matcher-config", help="JSON overriding entries of kornia's default LoFTR config, for weights trained with another one."),

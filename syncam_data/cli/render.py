@@ -67,11 +67,28 @@ def parse_range(text: str, what: str) -> tuple[float, float]:
     return vals[0], vals[1]
 
 
+def resolve_catalog(value: str | None) -> tuple[Path | None, str]:
+    """``--catalog``: an existing file, else the name of a built-in catalog. Returns (path or None, what to record)."""
+    from syncam_data.scenes import BUILTIN_CATALOG, builtin_catalog_path
+
+    if value is None:
+        return None, f"builtin:{BUILTIN_CATALOG}"
+    p = Path(value).expanduser()
+    if p.is_file():
+        return p, str(p)
+    builtin = builtin_catalog_path(value) if "/" not in value and "\\" not in value else None
+    if builtin is not None and builtin.is_file():
+        return builtin, f"builtin:{value}"
+    names = sorted(q.stem for q in builtin_catalog_path().parent.glob("*.yaml"))
+    what = "is not a file" if p.exists() else "no such file"
+    raise fail(f"--catalog {value}: {what}, and not the name of a built-in catalog ({', '.join(names)})", 2)
+
+
 @app.command("render")
 def render(
     scenes: str = typer.Option(..., "--scenes", "-n", help="N (sample N scene specs from the catalog) or a FILE.jsonl of explicit SceneSpecs, one per line."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: one Contract 2 folder per scene, plus specs.jsonl and render_report.json."),
-    catalog: Path | None = typer.Option(None, "--catalog", help="Catalog YAML of backgrounds, subjects and animations (default: the built-in procedural demo catalog)."),
+    catalog: str | None = typer.Option(None, "--catalog", help="Catalog YAML file of backgrounds, subjects and animations, or the name of a built-in catalog (demo: procedural, needs no assets; the default)."),
     backend: Backend = typer.Option(Backend.blender, "--backend", help="Renderer: blender (bpy + Cycles, needs no engine) or unrealcv (running Unreal Engine instances)."),
     cameras: int = typer.Option(36, "--cameras", min=1, callback=bounded(limits.CAMERAS), help=f"Cameras per sampled scene (at most {limits.CAMERAS.default}; {limits.CAMERAS.env} raises it)."),
     frames: int = typer.Option(100, "--frames", min=1, callback=bounded(limits.FRAMES), help=f"Frames per sampled scene (at most {limits.FRAMES.default}; {limits.FRAMES.env} raises it)."),
@@ -111,13 +128,14 @@ def render(
     if depth_dtype not in ("float16", "float32"):
         raise fail(f"--depth-dtype must be float16 or float32, got {depth_dtype!r}", 2)
     check_out_path(out)
+    catalog_path, catalog_name = resolve_catalog(catalog)
     problems: list[str] = []
     try:
         if scenes.strip().isdigit():
             limits.SCENES.check(int(scenes), "--scenes")
             height, width = parse_resolution(resolution)
             lo, hi = parse_range(subjects, "--subjects")
-            cat = load_catalog(catalog, strict=strict)
+            cat = load_catalog(catalog_path, strict=strict)
             problems = cat.problems
             opts = SamplerOptions(
                 num_cameras=cameras,
@@ -151,7 +169,7 @@ def render(
         "illumination": illumination.value if illumination else None,
     }
     cfg = RenderJobConfig(out=out, backend=backend.value, backend_options=options, workers=workers, engine=engine.value, ray_address=ray_address, retries=retries, progress=progress, depth_dtype=depth_dtype)
-    args = {"scenes": scenes, "catalog": str(catalog) if catalog else "builtin:demo", "backend": backend.value, "seed": seed, "cameras": cameras, "frames": frames, "fps": fps, "resolution": resolution, "workers": workers, "engine": engine.value, **options}
+    args = {"scenes": scenes, "catalog": catalog_name, "backend": backend.value, "seed": seed, "cameras": cameras, "frames": frames, "fps": fps, "resolution": resolution, "workers": workers, "engine": engine.value, **options}
     report = run_render_job(items, cfg, args=args, catalog_problems=problems)
     typer.echo(f"{out}: {len(report.done)} rendered, {len(report.skipped)} already complete, {len(report.failed)} failed")
     for f in report.failed:

@@ -75,18 +75,21 @@ def sample_frames(
     image_folder: str = typer.Option("auto", "--image-folder", help="DL3DV: images, images_2, images_4, images_8 or auto (images_4, else images_2, images, images_8)."),
     undistort: bool = typer.Option(True, "--undistort/--no-undistort", help="DL3DV: undistort images with OpenCV when transforms.json has k1 k2 p1 p2 (else record them per camera)."),
     applied_transform: str = typer.Option("keep", "--applied-transform", help="DL3DV: keep poses in the transforms.json world, or undo its applied_transform (COLMAP world). Relative poses are the same."),
-    workers: int = typer.Option(1, "--workers", "-j", min=1, callback=bounded(limits.WORKERS), help="Local worker processes (engine local)."),
+    workers: int = typer.Option(1, "--workers", "-w", min=1, callback=bounded(limits.WORKERS), help="Local worker processes (engine local)."),
+    workers_j: Optional[int] = typer.Option(None, "-j", min=1, hidden=True, callback=bounded(limits.WORKERS), help="Old spelling of --workers."),
     engine: str = typer.Option("local", "--engine", help="local (processes on this machine) or ray."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address for --engine ray (default: start a local Ray)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Process at most this many sequences (for a trial run)."),
     chunk_size: int = typer.Option(256, "--chunk-size", min=1, max=100_000, help="Sequences handed to the workers at a time (memory stays bounded by this)."),
-    no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     from syncam_data.sources import dl3dv, realestate10k
     from syncam_data.sources.frameset import REPORT_JSON, OutputOptions, SourceError
     from syncam_data.sources.runner import SampleFramesJob, run_sample_frames
     from syncam_data.sources.sampling import SamplingConfig
 
+    if workers_j is not None:
+        workers = workers_j
     if not root.is_dir():
         raise fail(f"--root {root}: not a directory")
     check_out_path(out)
@@ -116,7 +119,7 @@ def sample_frames(
     except ValueError as e:
         raise fail(str(e)) from None
     try:
-        report = run_sample_frames(job, engine=engine, workers=workers, ray_address=ray_address, limit=limit, chunk_size=chunk_size, progress=not no_progress)
+        report = run_sample_frames(job, engine=engine, workers=workers, ray_address=ray_address, limit=limit, chunk_size=chunk_size, progress=progress)
     except SourceError as e:  # --root holds no sequence at all
         raise fail(f"--root {e}") from None
     t = report.totals

@@ -1,6 +1,6 @@
 """kornia's LoFTR as the `eval` matcher (``--matcher loftr``), with weights from a local file only.
 
-kornia is an optional dependency (``pip install 'syncam[eval]'``); this is the
+kornia is an optional dependency (``pip install -e '.[eval]'`` in the SynCam checkout; ``scripts/setup.sh`` installs it); this is the
 only module that imports it. LoFTR is detector-free: it matches a pair of
 images jointly, so ``detect`` only prepares each image (grayscale tensor, padded
 to a multiple of 8) and ``match`` runs the network on the pair, then the same
@@ -39,7 +39,7 @@ def _import_kornia():
     try:
         import kornia.feature as KF
     except ImportError as e:
-        raise MatcherWeightsError("--matcher loftr needs kornia: pip install 'syncam[eval]' (or pip install kornia)") from e
+        raise MatcherWeightsError("--matcher loftr needs kornia: pip install -e '.[eval]' in the SynCam checkout (or pip install kornia)") from e
     return KF
 
 

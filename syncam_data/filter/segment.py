@@ -58,7 +58,7 @@ class SamSegmenter:
         try:
             from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
         except ImportError as e:  # the optional dependency group
-            raise RuntimeError("--segmenter sam needs segment-anything: pip install 'syncam[filter]'") from e
+            raise RuntimeError("--segmenter sam needs segment-anything: pip install -e '.[filter]' in the SynCam checkout") from e
         if self.model_type not in sam_model_registry:
             raise ValueError(f"unknown SAM model {self.model_type!r}; choose one of {sorted(sam_model_registry)}")
         try:

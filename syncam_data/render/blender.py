@@ -74,7 +74,7 @@ def _import_bpy() -> Any:
     try:
         import bpy  # noqa: PLC0415  (the one place bpy is imported)
     except ImportError as e:
-        raise RuntimeError(f"the Blender backend needs the bpy module: pip install 'syncam[blender]' (bpy 5.0.1, Python 3.11); import failed: {e}") from e
+        raise RuntimeError(f"the Blender backend needs the bpy module: pip install -e '.[blender]' in the SynCam checkout (bpy 5.0.1, Python 3.11); import failed: {e}") from e
     return bpy
 
 

@@ -74,7 +74,6 @@ class BuildConfig:
     workers: int = 1
     ray_address: str | None = None
     options: AdapterOptions = field(default_factory=AdapterOptions)
-    mix: dict[str, float] | None = None
     max_groups: int | None = None
     progress: bool = True
 
@@ -102,8 +101,6 @@ class BuildConfig:
             "row_group_size": self.row_group_size,
             "adapter_options": {k: v for k, v in asdict(self.options).items()},
         }
-        if self.mix:
-            args["mix"] = self.mix
         return args
 
 
