@@ -7,9 +7,10 @@ syncam-generate -> report.html / report.md.
 
 Each command runs in its own process (as a user would run it) and is recorded
 in ``<out>/commands.sh`` so the demo doubles as a walkthrough
-(docs/quickstart.md). The demo itself only prepares inputs that a user would
-bring (scene specs for the sequence and the single-view clips, a corrupt file)
-and writes the report.
+(docs/quickstart.md). Its inputs are shipped (the scene specs of the camera path
+and the single-view clips: syncam_data/catalog/demo_sequences.jsonl); the demo
+itself only copies two rendered clips and a truncated one into a "web videos"
+folder, as the quick start does with cp and head -c, and writes the report.
 """
 
 from __future__ import annotations
@@ -27,17 +28,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 from tqdm import tqdm
 
-from syncam_data.cameras import Camera, look_at, spherical_position
 from syncam_data.render.output import read_cameras_json
-from syncam_data.scenes import CameraSpec, SamplerOptions, SceneSpec, build_caption, load_catalog, sample_scene, write_specs_jsonl
-from syncam_data.video import decode, encode
+from syncam_data.scenes import builtin_catalog_path
 
 log = logging.getLogger(__name__)
 
 PROMPT = "a person in a red shirt walks on a city plaza"
+# Bytes of a good clip kept as the corrupt "web video" (no moov atom: unreadable), as docs/quickstart.md does with head -c.
+CORRUPT_BYTES = 4096
+
+
+def sequence_specs_path() -> Path:
+    """The shipped scene specs of the quick start's camera path and single-view clips (one SceneSpec JSON per line)."""
+    return builtin_catalog_path().parent / "demo_sequences.jsonl"
 
 
 @dataclass
@@ -139,71 +144,26 @@ class Demo:
         st.outputs["scenes"] = sorted(p.name for p in (self.out / "renders").iterdir() if p.is_dir() and not p.name.startswith("."))
 
     def render_sequences(self, st: Stage) -> None:
-        """Specs a user would write by hand: a camera moving along an arc around a frozen scene, and single-view clips."""
-        specs = self._sequence_specs()
-        path = self.out / "inputs" / "sequence_specs.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_specs_jsonl(specs, path)
+        """The shipped explicit specs (syncam_data/catalog/demo_sequences.jsonl): a camera moving along an arc around a
+        frozen scene (one camera per video frame), a static camera watching a walking subject, and a static camera on a
+        scene without subjects."""
+        path = sequence_specs_path()
         self.run(st, ["syncam-data", "render", "--scenes", str(path), "--backend", "blender", "--samples", str(self.cfg.samples),
                       "--workers", str(self.cfg.workers), "--out", str(self.out / "sequences")])
-        st.outputs["specs"] = [s.scene_id for s in specs]
-
-    def _sequence_specs(self) -> list[SceneSpec]:
-        c = self.cfg
-        catalog = load_catalog()
-        opts = SamplerOptions(num_cameras=1, num_frames=16, fps=8.0, width=c.width, height=c.height, subjects=(1, 2))
-        moving = None
-        for i in range(100, 200):  # the first sampled scene whose subject walks/runs: clear subject motion
-            s = sample_scene(catalog, i, c.seed, opts)
-            if s.subjects and any(sub.animation.travel_speed > 0 for sub in s.subjects):
-                moving = s
-                break
-        if moving is None:
-            raise DemoError("no scene with a travelling subject in the built-in catalog")
-        centre = np.array(moving.center)
-        base = moving.cameras[0]
-        # 1) a static camera watching moving subjects ("web video" to keep)
-        watch = moving.model_copy(deep=True)
-        watch.scene_id = "web_static_camera_moving_subject"
-        cam = Camera(c.width, c.height, base.fx, base.fy, base.cx, base.cy, look_at(spherical_position(centre, 6.0, 12.0, 30.0), centre))
-        watch.cameras = [CameraSpec.from_camera("cam00", cam)]
-        # 2) a moving-camera sequence of the frozen scene: one camera per video frame along a 50 degree arc
-        seq = moving.model_copy(deep=True)
-        seq.scene_id = "sequence_arc"
-        seq.num_frames = 1
-        n = 16
-        seq.cameras = [
-            CameraSpec.from_camera(f"f{i:02d}", Camera(c.width, c.height, base.fx, base.fy, base.cx, base.cy,
-                                                      look_at(spherical_position(centre, 6.5 - 0.05 * i, 15.0 + 0.5 * i, -20.0 + 50.0 * i / (n - 1)), centre)))
-            for i in range(n)
-        ]
-        # 3) a static camera on a static scene (no subjects)
-        still = moving.model_copy(deep=True)
-        still.scene_id = "web_static_scene"
-        still.subjects = []
-        still.num_frames = 12
-        still.cameras = [CameraSpec.from_camera("cam00", cam)]
-        for s in (watch, seq, still):
-            s.caption = build_caption(s)
-        return [watch, seq, still]
+        st.outputs["specs"] = [json.loads(line)["scene_id"] for line in path.read_text().splitlines() if line.strip()]
 
     def export_posed(self, st: Stage) -> None:
-        """Turn the rendered arc into a RealEstate10K sequence (as video and as frames) and a DL3DV scene."""
-        from syncam_data.sources.export import export_dl3dv, export_realestate10k
-
-        seq_dir = self.out / "sequences" / "sequence_arc"
-        entries = read_cameras_json(seq_dir / "cameras.json")
-        cams = [cam for _, cam, _ in entries]
-        frames = [decode(seq_dir / "videos" / f"{cid}.mp4", [0])[0] for cid, _, _ in entries]
-        re_root = self.out / "posed" / "realestate10k"
-        export_realestate10k(re_root / "train", "demo_arc_video", cams, frames, frames_as="video")
-        export_realestate10k(re_root / "test", "demo_arc_frames", cams, frames, frames_as="images")
-        export_dl3dv(self.out / "posed" / "dl3dv" / "1K", "demo_arc", cams, frames, nerfstudio_subfolder=False)
-        st.outputs["frames"] = len(frames)
-        # the same frames as a panning "web video" (camera moves over a static scene)
-        web = self.out / "web"
-        web.mkdir(parents=True, exist_ok=True)
-        encode(np.stack(frames), web / "pan_static_scene.mp4", fps=8)
+        """The rendered arc as a RealEstate10K sequence (video and image-folder layouts), a DL3DV scene and a panning web video."""
+        arc = str(self.out / "sequences" / "sequence_arc")
+        posed = self.out / "posed"
+        for args in (
+            ["--format", "realestate10k", "--frames-as", "video", "--id", "demo_arc_video", "--out", str(posed / "realestate10k" / "train")],
+            ["--format", "realestate10k", "--frames-as", "images", "--id", "demo_arc_frames", "--out", str(posed / "realestate10k" / "test")],
+            ["--format", "dl3dv", "--id", "demo_arc", "--out", str(posed / "dl3dv" / "1K")],
+            ["--format", "video", "--id", "pan_static_scene", "--out", str(self.out / "web")],
+        ):
+            self.run(st, ["syncam-data", "export-posed", arc, *args])
+        st.outputs["frames"] = len(read_cameras_json(Path(arc) / "cameras.json"))
 
     def sample_frames(self, st: Stage) -> None:
         for source, root in (("realestate10k", "posed/realestate10k"), ("dl3dv", "posed/dl3dv")):
@@ -220,7 +180,7 @@ class Demo:
         shutil.copyfile(seqs / "web_static_camera_moving_subject" / "videos" / "cam00.mp4", web / "static_camera_moving_subject.mp4")
         shutil.copyfile(seqs / "web_static_scene" / "videos" / "cam00.mp4", web / "static_scene.mp4")
         good = (web / "static_camera_moving_subject.mp4").read_bytes()
-        (web / "corrupt.mp4").write_bytes(good[: len(good) // 4])
+        (web / "corrupt.mp4").write_bytes(good[:CORRUPT_BYTES])
         st.outputs["videos"] = sorted(p.name for p in web.glob("*.mp4"))
         self.run(st, ["syncam-data", "filter-videos", str(web), "--out", str(self.out / "filter"), "--min-short-side", "64", "--debug"])
         import pyarrow.parquet as pq

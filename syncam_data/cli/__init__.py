@@ -5,6 +5,7 @@ from syncam_data.cli import (  # noqa: F401  (each module registers its command)
     build_shards,
     demo,
     eval,
+    export_posed,
     filter_videos,
     inspect,
     render,

@@ -17,7 +17,7 @@ def demo(
     scenes: int = typer.Option(3, "--scenes", min=1, callback=bounded(limits.SCENES), help="Multi-camera scenes to render."),
     cameras: int = typer.Option(4, "--cameras", min=2, callback=bounded(limits.CAMERAS), help="Cameras per rendered scene."),
     frames: int = typer.Option(9, "--frames", min=2, callback=bounded(limits.FRAMES), help="Frames per rendered scene."),
-    resolution: str = typer.Option("128x224", "--resolution", help="Render size HxW (small: Cycles runs on the CPU)."),
+    resolution: str = typer.Option("128x224", "--resolution", help="Render size HxW of the multi-camera scenes (small: Cycles runs on the CPU); the shipped camera-path specs are 128x224."),
     samples: int = typer.Option(8, "--samples", min=1, callback=bounded(limits.SAMPLES), help="Cycles samples per pixel."),
     train_steps: int = typer.Option(30, "--train-steps", min=2, callback=bounded(limits.STEPS), help="Steps of the first training job (it stops there, then resumes)."),
     resume_steps: int = typer.Option(10, "--resume-steps", min=1, callback=bounded(limits.STEPS), help="Steps the resumed training job adds."),

@@ -223,3 +223,34 @@ def _gl4(cam: Camera) -> np.ndarray:
     m = np.eye(4)
     m[:3] = c2w_to_opengl(cam.c2w)
     return m
+
+
+# --- a rendered camera path as a posed video --------------------------------------------------
+
+
+def read_render_sequence(scene_dir: str | Path) -> tuple[list[str], list[Camera], list[np.ndarray], float]:
+    """A render scene folder read as one moving camera: (camera ids, cameras, frames, fps).
+
+    The cameras of ``cameras.json``, in order, are the positions of the moving camera at video frames
+    0, 1, ...: frame i is camera i's frame 0 when the scene has one frame (a frozen scene), else camera
+    i's frame i (a camera moving through an animated scene, which needs at least as many frames as cameras).
+    """
+    from syncam_data.render.output import read_cameras_json
+    from syncam_data.video import decode, probe
+
+    folder = Path(scene_dir)
+    entries = read_cameras_json(folder / "cameras.json")
+    if not entries:
+        raise ValueError(f"{folder / 'cameras.json'}: no cameras")
+    videos = [folder / "videos" / f"{cid}.mp4" for cid, _, _ in entries]
+    for v in videos:
+        if not v.is_file():
+            raise ValueError(f"{v}: missing (not a complete render scene folder)")
+    info = probe(videos[0], count_frames=True)
+    if info.num_frames != 1 and info.num_frames < len(entries):
+        raise ValueError(
+            f"{folder}: {len(entries)} cameras but {info.num_frames} frames per video: a camera path needs one frame "
+            "(a frozen scene) or at least one frame per camera"
+        )
+    frames = [decode(v, [0 if info.num_frames == 1 else i])[0] for i, v in enumerate(videos)]
+    return [cid for cid, _, _ in entries], [cam for _, cam, _ in entries], frames, float(info.fps)
