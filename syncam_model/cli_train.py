@@ -125,7 +125,10 @@ def train_command(
     check_out_path(out)
     try:
         cfg = load_config(config, _overrides(sets, steps=steps, seed=seed, **{"diffusion.novel_view": novel_view}))
-        check_shards(shards)
+        if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            # With several processes a rank that stopped here would leave the others waiting for it in the process
+            # group's start-up; the trainer opens the shards on every rank and they stop together (one line each).
+            check_shards(shards)
         train(str(shards), str(pretrained), out, cfg, resume=resume, init_adapter=str(init_adapter) if init_adapter else None,
               log_samples=log_samples, stop_after=stop_after)
     except (ConfigError, DataError, CheckpointError, AdapterError, CacheError, ShardDatasetError, FileNotFoundError) as e:

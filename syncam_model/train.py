@@ -300,7 +300,7 @@ class Trainer:
         opt = torch.optim.AdamW(self.params, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay, eps=cfg.optim.eps)
         self.model, self.optimizer = self.acc.prepare(model, opt)
         self.lr_sched = torch.optim.lr_scheduler.LambdaLR(self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer, lr_lambda(cfg))
-        from syncam_model.cache import CacheError, open_matching
+        from syncam_model.cache import open_matching
 
         failure: Exception | None = None
         try:
@@ -308,7 +308,7 @@ class Trainer:
             self.loader: Loader = build_loader(
                 shards, cfg, rank=self.rank, world_size=self.world, micro_per_step=self.accum, total_micro=cfg.steps * self.accum, cache=self.cache
             )
-        except (DataError, CacheError) as e:  # a rank's share of the data can be refused while the others' is fine
+        except Exception as e:  # this rank cannot read or use the data (e.g. --shards not mounted on its node)
             failure = e
         self._agree_to_start(failure)
         self._empty_text: torch.Tensor | None = None
@@ -330,7 +330,7 @@ class Trainer:
             flags = self.acc.gather(torch.tensor([0 if failure is None else 1], device=self.acc.device)).tolist()
             failed = [r for r, f in enumerate(flags) if f]
             if failure is None and failed:
-                raise DataError(f"rank {failed[0]} refused the data (see its message); rank {self.rank} stops too")
+                raise DataError(f"rank {failed[0]} could not use the data (see its message); rank {self.rank} stops too")
         if failure is not None:
             raise failure
 

@@ -188,6 +188,7 @@ def test_rerendering_with_a_checkpoint_not_trained_for_it_warns(tmp_path, caplog
     import logging
 
     from syncam_model.cli_generate import app as gen_app
+    from syncam_model.camera_input import CameraRule
     from syncam_model.model import load_components, save_adapter
 
     c = load_components("tiny", tiny_config={"variant": "2b"})
@@ -196,7 +197,7 @@ def test_rerendering_with_a_checkpoint_not_trained_for_it_warns(tmp_path, caplog
     args = ["--pretrained", "tiny", "--prompt", "a cat", "--frames", "9", "--resolution", "32x48", "--steps", "1", "--device", "cpu",
             "--no-progress", "--cameras", "azimuth:0,30", "--input-video", str(src)]
     for novel, out in ((False, "plain"), (True, "novel")):
-        ck = save_adapter(c.transformer, tmp_path / f"{out}.safetensors", {"base_id": c.base_id, "train_config": {"diffusion": {"novel_view": novel}}})
+        ck = save_adapter(c.transformer, tmp_path / f"{out}.safetensors", {"base_id": c.base_id, **CameraRule().to_meta(), "train_config": {"diffusion": {"novel_view": novel}}})
         caplog.clear()
         with caplog.at_level(logging.WARNING):
             res = CliRunner().invoke(gen_app, [*args, "--checkpoint", str(ck), "--out", str(tmp_path / out)])
@@ -206,40 +207,32 @@ def test_rerendering_with_a_checkpoint_not_trained_for_it_warns(tmp_path, caplog
 
 
 def test_two_ranks_stop_cleanly_when_one_refuses_its_data(tmp_path):
-    """Rank 0's share of the groups cannot give the asked views, rank 1's can: both print one line and exit 2.
+    """Rank 0 cannot use the data (its node does not see the shard dataset), rank 1 can: both print one line and exit 2.
 
     The two ranks are started the way torchrun starts them (RANK, WORLD_SIZE, MASTER_ADDR/PORT), each with its own
-    stderr, so the test sees exactly what each rank prints.
+    working folder and its own stderr: `--shards shards` is the dataset in rank 1's folder and an empty folder in
+    rank 0's, as on a cluster where one node lacks the mount.
     """
-    from syncam_model.config import load_config
-    from syncam_model.data import DataError, build_loader
     from tests.test_data_loader import make_shards
+    from tests.test_train_cli import SMALL
 
-    shards = make_shards(tmp_path / "shards", mv_groups=2, views=[3, 2], img_groups=0, single_groups=0, frames=5, hw=(16, 32))
-    sets = {"data.mix": {"multiview_video": 1.0}, "data.num_views": 3, "data.height": 16, "data.width": 32, "data.frames": 5,
-            "optim.global_batch_size": 2, "data.num_workers": 0, "curriculum.schedule": [{"start_step": 0, "min_angle": 0, "max_angle": 60}]}
-
-    def refuses(seed: int, rank: int) -> bool:
-        try:
-            build_loader(str(shards), load_config("tiny", {**sets, "seed": seed}), rank=rank, world_size=2, micro_per_step=1, total_micro=2)
-        except DataError:
-            return True
-        return False
-
-    seed = next(s for s in range(20) if refuses(s, 0) and not refuses(s, 1))
+    make_shards(tmp_path / "dataset", mv_groups=4, views=5, img_groups=2, single_groups=4)
+    (tmp_path / "r0" / "shards").mkdir(parents=True)
+    (tmp_path / "r1").mkdir()
+    (tmp_path / "r1" / "shards").symlink_to(tmp_path / "dataset")
     port = _closed_port()
     procs = []
     for rank in (0, 1):
         env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
                "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        cmd = [sys.executable, "-m", "syncam_model.cli_train", "--shards", str(shards), "--pretrained", "tiny", "--out", str(tmp_path / "run"),
-               "--config", "tiny", "--seed", str(seed), *[a for k, v in sets.items() for a in ("--set", f"{k}={json.dumps(v)}")], "--steps", "2"]
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        cmd = [sys.executable, "-m", "syncam_model.cli_train", "--shards", "shards", "--pretrained", "tiny", "--out", str(tmp_path / "run"),
+               "--config", "tiny", *SMALL, "--steps", "2", "--set", "optim.global_batch_size=2"]
+        procs.append(subprocess.Popen(cmd, cwd=tmp_path / f"r{rank}", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     results = []
     for p in procs:
         out, err = p.communicate(timeout=600)
         results.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
-    line0 = _one_error_line(results[0], "[rank 0]", "can give 3 views")
-    line1 = _one_error_line(results[1], "[rank 1]", "rank 0 refused the data")
+    line0 = _one_error_line(results[0], "[rank 0]", "shards", "dataset.json")
+    line1 = _one_error_line(results[1], "[rank 1]", "rank 0 could not use the data")
     assert results[0].returncode == results[1].returncode == 2, (line0, line1)
     assert not any("gloo" in r.stderr.lower() for r in results)
