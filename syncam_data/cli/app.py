@@ -6,23 +6,6 @@ import logging
 import sys
 
 import typer
-from typer.core import TyperGroup
-
-
-class _Group(TyperGroup):
-    """The syncam-data group: an engine that cannot run at all (no Ray cluster at --ray-address) is one error line.
-
-    Every data command can hit it (render, sample-frames, filter-videos, build-shards, eval, and `run` through them),
-    at whatever depth the engine starts, so it is handled once here rather than in each command.
-    """
-
-    def invoke(self, ctx):  # type: ignore[override]
-        from syncam_data.engine import EngineError
-
-        try:
-            return super().invoke(ctx)
-        except EngineError as e:
-            raise fail(str(e)) from None
 
 
 # Option checks live in options.py; re-exported here for the command modules.
@@ -38,8 +21,24 @@ from syncam_data.cli.options import (  # noqa: F401
     float_in,
 )
 
+class _Group(SafeGroup):
+    """The syncam-data group: besides SafeGroup's file-system errors, an engine that cannot run at all (no Ray
+    cluster at --ray-address) is one error line.
+
+    Every data command can hit it (render, sample-frames, filter-videos, build-shards, eval, and `run` through them),
+    at whatever depth the engine starts, so it is handled once here rather than in each command.
+    """
+
+    def invoke(self, ctx):  # type: ignore[override]
+        from syncam_data.engine import EngineError
+
+        try:
+            return super().invoke(ctx)
+        except EngineError as e:
+            raise fail(str(e)) from None
+
+
 app = typer.Typer(
-    cls=SafeGroup,
     name="syncam-data",
     cls=_Group,
     help=(
