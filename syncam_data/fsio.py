@@ -130,5 +130,6 @@ def sha256_file(path: str | os.PathLike, chunk: int = 8 << 20) -> str:
     return h.hexdigest()
 
 
-def utc_now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+def utc_now(timespec: str = "seconds") -> str:
+    """The current UTC time in ISO 8601 (``timespec`` as ``datetime.isoformat``: "microseconds" where rows are ordered by it)."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec=timespec)

@@ -55,7 +55,7 @@ def _overrides(sets: list[str] | None, **named: Any) -> dict[str, Any]:
 def check_shards(path: Path) -> None:
     """The shard dataset exists and its dataset.json is usable: checked before any model is built."""
     from syncam_data.shards.reader import ShardDatasetError
-    from syncam_data.shards.writer import DATASET_JSON, load_manifest
+    from syncam_data.shards.schema import DATASET_JSON, load_manifest
 
     if not path.is_dir():
         raise ShardDatasetError(f"--shards {path}: no such folder")
@@ -118,7 +118,7 @@ def train_command(
     from syncam_model.cache import CacheError
     from syncam_model.config import ConfigError, load_config
     from syncam_model.data import DataError
-    from syncam_model.model import AdapterError
+    from syncam_model.adapter_io import AdapterFileError
     from syncam_data.shards.reader import ShardDatasetError
     from syncam_model.train import CheckpointError, train
 
@@ -131,7 +131,7 @@ def train_command(
             check_shards(shards)
         train(str(shards), str(pretrained), out, cfg, resume=resume, init_adapter=str(init_adapter) if init_adapter else None,
               log_samples=log_samples, stop_after=stop_after)
-    except (ConfigError, DataError, CheckpointError, AdapterError, CacheError, ShardDatasetError, FileNotFoundError) as e:
+    except (ConfigError, DataError, CheckpointError, AdapterFileError, CacheError, ShardDatasetError, FileNotFoundError) as e:
         _fail(e)
 
 
@@ -154,7 +154,7 @@ def cache_command(
     from syncam_model.cache import build_cache
     from syncam_model.config import ConfigError, load_config
     from syncam_model.data import DataError
-    from syncam_model.model import load_components
+    from syncam_model.components import load_components
     from syncam_model.train import resolve_dtypes, tiny_config
 
     from syncam_data.shards.reader import ShardDatasetError

@@ -286,7 +286,7 @@ def test_resume_reads_parts_left_by_a_killed_run(videos, tmp_path):
     """Rows saved as parts (scores.parquet never written) count as done on the next run."""
     out = tmp_path / "out"
     store = ScoresStore(out)
-    from syncam_data.filter.run import VideoItem, filter_video
+    from syncam_data.filter.stages import VideoItem, filter_video
 
     st = os.stat(videos["pan"])
     item = VideoItem(str(videos["pan"].resolve()), sha256_of(videos["pan"]), st.st_size, st.st_mtime_ns)

@@ -146,7 +146,7 @@ def test_sam_plumbing_vit_b_random_weights(videos, tmp_path):
     Random weights give arbitrary masks: this checks the plumbing (mask types,
     point sampling inside masks, labels reaching the scorer, debug image), not quality.
     """
-    from syncam_data.filter.run import VideoItem, analyze_stage, base_row
+    from syncam_data.filter.stages import VideoItem, analyze_stage, base_row
     from syncam_data.filter.segment import SamSegmenter
 
     seg = SamSegmenter("vit_b", None, "cpu", points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)

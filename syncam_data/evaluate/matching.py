@@ -7,7 +7,8 @@ before applying stated cameras.
 
 ``--matcher loftr`` (kornia's LoFTR, with local weights) lives in
 :mod:`syncam_data.evaluate.loftr`, the only module importing kornia (an
-optional extra). ``MATCHERS`` lists what ``--matcher`` accepts.
+optional extra); :mod:`syncam_data.evaluate.matchers` picks one by name.
+``MATCHERS`` lists what ``--matcher`` accepts.
 """
 
 from __future__ import annotations
@@ -122,17 +123,3 @@ def _mutual_unique(matches: list) -> list:
         if cur is None or m.distance < cur.distance:
             best[m.trainIdx] = m
     return sorted(best.values(), key=lambda m: m.queryIdx)
-
-
-def make_matcher(name: str, config: MatchConfig | None = None, weights: str | None = None, config_json: str | None = None, device: str = "cpu"):
-    """The matcher ``name``: ``sift``, or ``loftr`` (needs kornia and local ``weights``)."""
-    config = config or MatchConfig()
-    if name == "sift":
-        return SiftMatcher(config)
-    if name == "loftr":
-        if not weights:
-            raise ValueError("--matcher loftr needs local weights (--matcher-weights, e.g. loftr_outdoor.ckpt); nothing is downloaded")
-        from syncam_data.evaluate.loftr import LoftrMatcher
-
-        return LoftrMatcher(config, weights, config_json, device)
-    raise ValueError(f"unknown matcher {name!r}: available {MATCHERS}")

@@ -26,7 +26,8 @@ from syncam_data.cameras import Camera
 from syncam_data.engine import Engine, run_tasks
 from syncam_data.evaluate import epipolar
 from syncam_data.evaluate.inputs import GroupRef, find_groups, frame_indices, group_num_frames, load_view_frames
-from syncam_data.evaluate.matching import MatchConfig, MatchResult, make_matcher
+from syncam_data.evaluate.matchers import make_matcher
+from syncam_data.evaluate.matching import MatchConfig, MatchResult
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from syncam_data.filter.decode import Clip
-from syncam_data.filter.run import VideoItem, analyze_stage, base_row, decode_stage, error_row, time_limit
+from syncam_data.filter.stages import VideoItem, analyze_stage, base_row, decode_stage, error_row, time_limit
 from syncam_data.filter.settings import FilterSettings
 from syncam_data.video import VideoInfo
 
@@ -61,7 +61,7 @@ class _Analyzer:
     def __init__(self, settings_json: str, debug_dir: str | None) -> None:
         from pathlib import Path
 
-        from syncam_data.filter.run import get_models
+        from syncam_data.filter.stages import get_models
 
         self.settings = FilterSettings.from_json(settings_json)
         self.debug_dir = Path(debug_dir) if debug_dir else None

@@ -47,7 +47,8 @@ from syncam_data.shards import adapters
 from syncam_data.shards.adapters import AdapterError, AdapterOptions, GroupPlan, GroupRef
 from syncam_data.shards.captions import Captions, load_captions
 from syncam_data.shards.schema import INDEX_SCHEMA, SMALL_COLUMNS, rows_to_table
-from syncam_data.shards.writer import ShardWriter, check_group_before_write, parquet_writer, parse_size, sha256_file
+from syncam_data.fsio import sha256_file
+from syncam_data.shards.writer import ShardWriter, check_group_before_write, parquet_writer, parse_size
 
 log = logging.getLogger(__name__)
 

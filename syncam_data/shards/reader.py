@@ -23,9 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from syncam_data.shards.derive import DeriveError, complete_index, missing_index_columns
-from syncam_data.shards.schema import BLOB_COLUMNS
-from syncam_data.shards.writer import DATASET_JSON, INDEX_FILE, load_manifest, read_index
+from syncam_data.shards.derive import DeriveError, complete_index, missing_index_columns, read_index
+from syncam_data.shards.schema import BLOB_COLUMNS, DATASET_JSON, INDEX_FILE, load_manifest
 
 log = logging.getLogger(__name__)
 

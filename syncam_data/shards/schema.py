@@ -1,12 +1,18 @@
-"""The Arrow schema of a shard row (DESIGN.md, Contract 3) and the record type that fills it.
+"""Contract 3: the Arrow schema of a shard row, the record type that fills it, and a dataset folder's layout.
 
-Column names are the contract: add columns, never rename.
+Column names are the contract: add columns, never rename. A dataset folder holds
+``dataset.json`` (the manifest: the one commit point, listing every shard),
+``index.parquet`` (every column but the blobs, derivable from the shards) and the
+shard files. Everything here only reads: writers (``writer.py``) and readers
+(``reader.py``, ``validate.py``) share it, so a reader never imports the writer.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import pyarrow as pa
@@ -14,6 +20,9 @@ import pyarrow as pa
 from syncam_data.ids import check_id, sample_id as make_sample_id
 
 SCHEMA_VERSION = 1
+# The dataset folder: the manifest (written last: the commit point) and the index of every shard row.
+DATASET_JSON = "dataset.json"
+INDEX_FILE = "index.parquet"
 KINDS = ("multiview_video", "multiview_image", "single_video")
 MEDIA_FORMATS = ("mp4", "jpeg", "png")
 BLOB_COLUMNS = ("media", "depth")
@@ -153,3 +162,41 @@ class ViewRecord:
 
 def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=SCHEMA)
+
+
+def group_hash(kind: str, digests: list[str]) -> str:
+    """Content hash of a group: its kind plus the sorted digests of its views' source media.
+
+    View names and folder names are left out on purpose: the same scene copied
+    under another name is a duplicate.
+    """
+    h = hashlib.sha256(kind.encode())
+    for d in sorted(digests):
+        h.update(b"\n" + d.encode())
+    return h.hexdigest()
+
+
+def load_manifest(out_dir: Path) -> dict[str, Any] | None:
+    """``dataset.json`` as a dict (None when there is none); ``ValueError`` naming the file when it is unusable."""
+    p = Path(out_dir) / DATASET_JSON
+    if not p.exists():
+        return None
+    if not p.is_file():
+        raise ValueError(f"{p}: is not a file")
+    try:
+        manifest = json.loads(p.read_text())
+    except OSError as e:
+        raise ValueError(f"{p}: cannot read ({e.strerror or e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{p}: not valid JSON ({e})") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{p}: expected a JSON object, got {type(manifest).__name__}")
+    shards = manifest.get("shards", [])
+    if not isinstance(shards, list) or not all(isinstance(s, dict) and isinstance(s.get("file"), str) for s in shards):
+        raise ValueError(f"{p}: 'shards' must be a list of objects with a 'file' name")
+    for s in shards:
+        try:
+            check_id(s["file"], "shard file name", str(p))  # a manifest never points outside its folder
+        except ValueError as e:
+            raise ValueError(str(e)) from None
+    return manifest

@@ -22,8 +22,20 @@ import pyarrow.parquet as pq
 from syncam_data.cameras import CameraError, check_rotation
 from syncam_data.engine import run_tasks
 from syncam_data.ids import UnsafeIdError, check_id
-from syncam_data.shards.schema import KINDS, LEGACY_TYPES, MEDIA_FORMATS, SCHEMA, SCHEMA_VERSION, SMALL_COLUMNS, V1_INDEX_COLUMNS, V1_SHARD_COLUMNS
-from syncam_data.shards.writer import DATASET_JSON, INDEX_FILE, load_manifest, sha256_file
+from syncam_data.fsio import sha256_file
+from syncam_data.shards.schema import (
+    DATASET_JSON,
+    INDEX_FILE,
+    KINDS,
+    LEGACY_TYPES,
+    MEDIA_FORMATS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    SMALL_COLUMNS,
+    V1_INDEX_COLUMNS,
+    V1_SHARD_COLUMNS,
+    load_manifest,
+)
 
 log = logging.getLogger(__name__)
 

@@ -12,38 +12,36 @@ and an uncommitted shard a file the next run deletes.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from syncam_data import fsio
 from syncam_data.fsio import sha256_file
 from syncam_data.ids import check_id
-from syncam_data.shards.derive import complete_index
+from syncam_data.shards.derive import complete_index, read_index
 from syncam_data.shards.schema import (
-    ADDED_INDEX_COLUMNS,
     BLOB_COLUMNS,
+    DATASET_JSON,
+    INDEX_FILE,
     INDEX_SCHEMA,
     SCHEMA,
     SCHEMA_VERSION,
     SMALL_COLUMNS,
     RecordError,
     ViewRecord,
+    load_manifest,
     rows_to_table,
 )
 
 log = logging.getLogger(__name__)
 
-DATASET_JSON = "dataset.json"
-INDEX_FILE = "index.parquet"
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)?\s*$", re.IGNORECASE)
 
 
@@ -389,77 +387,6 @@ def check_group_before_write(rows: list[dict[str, Any]]) -> None:
         raise RecordError("; ".join(problems[:3]) + more)
 
 
-def index_from_shards(root: Path, shards: list[dict[str, Any]]) -> pa.Table:
-    """The index rows of the listed shards, read back from the shard files (one row group at a time).
-
-    Blob sizes come from the blob column itself, so this reads every shard
-    once; it is the repair path, taken only when ``index.parquet`` does not
-    match ``dataset.json``.
-    """
-    parts = []
-    absent: set[str] = set()
-    for s in shards:
-        path = Path(root) / s["file"]
-        try:
-            pf = pq.ParquetFile(str(path))
-        except (OSError, pa.ArrowException) as e:
-            raise ValueError(f"{path}: cannot rebuild the index from this shard ({e})") from None
-        have = set(pf.schema_arrow.names)
-        absent |= set(SMALL_COLUMNS) - have
-        cols = [c for c in SMALL_COLUMNS if c in have] + ["media"]
-        for rg in range(pf.num_row_groups):
-            t = pf.read_row_group(rg, columns=cols)
-            n = t.num_rows
-            data = {c: (t.column(c) if c in have else pa.nulls(n, INDEX_SCHEMA.field(c).type)) for c in SMALL_COLUMNS}
-            data.update(
-                shard=pa.array([s["file"]] * n, pa.string()),
-                row_group=pa.array([rg] * n, pa.int32()),
-                row_in_group=pa.array(range(n), pa.int32()),
-                media_bytes=pc.binary_length(t.column("media")).cast(pa.int64()),
-            )
-            parts.append(pa.table(data).cast(INDEX_SCHEMA))
-    index = pa.concat_tables(parts) if parts else INDEX_SCHEMA.empty_table()
-    # Columns added after schema version 1 that some shard lacks (another tool's) are left out, so
-    # ``derive.complete_index`` derives them instead of keeping nulls.
-    return index.drop_columns(sorted(absent & set(ADDED_INDEX_COLUMNS)))
-
-
-def read_index(root: Path, manifest: dict[str, Any]) -> tuple[pa.Table, str]:
-    """The index of exactly the shards ``manifest`` lists, and how it was obtained.
-
-    ``"ok"``: ``index.parquet`` has the sha256 the manifest records. ``"filtered"``:
-    a manifest without ``index_sha256`` (older or foreign writers), whose index
-    rows of listed shards match the listed row counts. ``"rebuilt"``: anything
-    else (a kill between the index and the manifest renames, a damaged or
-    missing index): rebuilt from the shards themselves.
-    """
-    root = Path(root)
-    shards = list(manifest.get("shards", []))
-    ipath = root / INDEX_FILE
-    if not shards:
-        return INDEX_SCHEMA.empty_table(), "ok" if manifest.get("index_sha256") else "filtered"
-    want = manifest.get("index_sha256")
-    if ipath.is_file():
-        try:
-            if want:
-                if sha256_file(ipath) == want:
-                    return pq.read_table(ipath), "ok"
-            else:
-                index = pq.read_table(ipath)
-                listed = {s["file"]: int(s.get("num_rows", -1)) for s in shards}
-                if index.num_rows:
-                    index = index.filter(pc.is_in(index.column("shard"), value_set=pa.array(sorted(listed), pa.string())))
-                counts: dict[str, int] = {}
-                if index.num_rows:
-                    agg = index.group_by("shard").aggregate([("shard", "count")])
-                    counts = dict(zip(agg.column("shard").to_pylist(), agg.column("shard_count").to_pylist()))
-                if all(counts.get(f, 0) == n for f, n in listed.items()):
-                    return index, "filtered"
-        except (OSError, pa.ArrowException, KeyError):
-            pass  # unreadable: rebuilt below
-    return index_from_shards(root, shards), "rebuilt"
-
-
 def summarize_index(index: pa.Table) -> dict[str, Any]:
     """Counts per dataset and kind, for dataset.json."""
     out: dict[str, Any] = {}
@@ -469,37 +396,3 @@ def summarize_index(index: pa.Table) -> dict[str, Any]:
     for row in t.to_pylist():
         out[f"{row['dataset']}/{row['kind']}"] = {"groups": row["group_id_count_distinct"], "views": row["sample_id_count"]}
     return out
-
-
-def load_manifest(out_dir: Path) -> dict[str, Any] | None:
-    """``dataset.json`` as a dict (None when there is none); ``ValueError`` naming the file when it is unusable."""
-    p = Path(out_dir) / DATASET_JSON
-    if not p.exists():
-        return None
-    if not p.is_file():
-        raise ValueError(f"{p}: is not a file")
-    try:
-        manifest = json.loads(p.read_text())
-    except OSError as e:
-        raise ValueError(f"{p}: cannot read ({e.strerror or e})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{p}: not valid JSON ({e})") from None
-    if not isinstance(manifest, dict):
-        raise ValueError(f"{p}: expected a JSON object, got {type(manifest).__name__}")
-    shards = manifest.get("shards", [])
-    if not isinstance(shards, list) or not all(isinstance(s, dict) and isinstance(s.get("file"), str) for s in shards):
-        raise ValueError(f"{p}: 'shards' must be a list of objects with a 'file' name")
-    for s in shards:
-        try:
-            check_id(s["file"], "shard file name", str(p))  # a manifest never points outside its folder
-        except ValueError as e:
-            raise ValueError(str(e)) from None
-    return manifest
-
-
-def write_records(out_dir: str | os.PathLike, groups: Iterable[list[ViewRecord]], **kw: Any) -> dict[str, Any]:
-    """Convenience: write an iterable of groups and close."""
-    with ShardWriter(out_dir, **kw) as w:
-        for g in groups:
-            w.write_group(g)
-    return w.manifest

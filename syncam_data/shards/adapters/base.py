@@ -97,18 +97,6 @@ def file_digest(path: Path, chunk: int = 8 << 20) -> str:
     return h.hexdigest()
 
 
-def group_hash(kind: str, digests: list[str]) -> str:
-    """Content hash of a group: its kind plus the sorted digests of its views' source media.
-
-    View names and folder names are left out on purpose: the same scene copied
-    under another name is a duplicate.
-    """
-    h = hashlib.sha256(kind.encode())
-    for d in sorted(digests):
-        h.update(b"\n" + d.encode())
-    return h.hexdigest()
-
-
 def read_json_object(path: Path, what: str = "") -> dict[str, Any]:
     """A JSON file that must hold an object; AdapterError names the file otherwise."""
     try:

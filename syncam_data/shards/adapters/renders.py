@@ -23,13 +23,12 @@ from syncam_data.shards.adapters.base import (
     GroupRef,
     ViewPlan,
     file_digest,
-    group_hash,
     npz_array_shape,
     probe_clip,
     read_bytes,
     read_json_object,
 )
-from syncam_data.shards.schema import ViewRecord
+from syncam_data.shards.schema import ViewRecord, group_hash
 
 log = logging.getLogger(__name__)
 

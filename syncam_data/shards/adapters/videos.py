@@ -27,11 +27,10 @@ from syncam_data.shards.adapters.base import (
     GroupRef,
     ViewPlan,
     file_digest,
-    group_hash,
     probe_clip,
     read_bytes,
 )
-from syncam_data.shards.schema import ViewRecord
+from syncam_data.shards.schema import ViewRecord, group_hash
 
 log = logging.getLogger(__name__)
 
