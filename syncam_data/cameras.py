@@ -435,14 +435,6 @@ def orthonormal_row(v: np.ndarray) -> np.ndarray:
     return v / n
 
 
-def load_syncamvideo_extrinsics(data: dict[str, dict[str, str]]) -> dict[str, dict[str, np.ndarray]]:
-    """camera_extrinsics.json content -> {frame: {cam: canonical c2w}}."""
-    out: dict[str, dict[str, np.ndarray]] = {}
-    for frame, cams in data.items():
-        out[frame] = {cam: c2w_from_ue_row_matrix(txt) for cam, txt in cams.items()}
-    return out
-
-
 # --- OpenGL / Blender / nerfstudio ---------------------------------------------
 
 def c2w_from_opengl(c2w_gl: np.ndarray) -> np.ndarray:

@@ -119,10 +119,6 @@ class TrajectorySpec(_Model):
             xy, yaw = np.array(self.start), self.yaw_deg
         return np.array([xy[0], xy[1], self.z]), yaw
 
-    def extent(self, num_frames: int) -> np.ndarray:
-        """Ground-plane points the subject passes through (for overlap checks)."""
-        return np.array([self.pose(f, num_frames)[0][:2] for f in np.linspace(0, max(num_frames - 1, 0), 16).astype(int)])
-
 
 class SubjectSpec(_Model):
     """One animated subject; ``instance_id`` (1, 2, ...) is its value in the instance masks."""

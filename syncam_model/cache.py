@@ -27,7 +27,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -195,7 +195,7 @@ def _read_lines(path: Path) -> list[dict[str, Any]]:
 
 def encode_group(g: Group, reader: Any, cfg: TrainConfig, components: Any, view_batch: int) -> dict[str, torch.Tensor]:
     """Decode every view of a group at the cache's frames and encode them: ``{"<sid>|mean": ...}``."""
-    from syncam_model.model import encode_video_dist
+    from syncam_model.components import encode_video_dist
 
     frames = choose_frames(g.num_frames, frames_for(g.kind, cfg), cfg.data.frame_stride, "first", None)
     hw = (cfg.data.height, cfg.data.width)
@@ -313,7 +313,3 @@ def finalize(path: Path, settings: dict[str, Any], world_size: int) -> dict[str,
     fsio.write_json(path / "cache.json", meta, indent=2)
     log.info("latent cache %s: %d view clips, %d captions, %d failed groups", path, len(samples), len(texts), errors)
     return meta
-
-
-def iter_part_files(path: Path) -> Iterable[Path]:
-    return sorted(path.glob("part-r*.safetensors"))

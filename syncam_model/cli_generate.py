@@ -25,7 +25,7 @@ from typing import Optional, get_args
 import typer
 
 from syncam_data import fsio, limits
-from syncam_data.cli.options import SafeCommand, bounded, check_out_path, float_in
+from syncam_data.cli.options import SafeCommand, bounded, check_out_path, float_in, parse_resolution
 from syncam_model.frames import decodable_error
 
 log = logging.getLogger("syncam_model.generate")
@@ -38,19 +38,6 @@ app = typer.Typer(
 )
 
 _DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16"}
-
-
-def parse_resolution(text: str) -> tuple[int, int]:
-    """``"480x720"`` -> (480, 720) as (height, width): positive multiples of 16, at most ``limits.MODEL_SIDE``."""
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise typer.BadParameter(f"resolution must look like 480x720 (HxW), got {text!r}", param_hint="'--resolution'") from None
-    if h < 16 or w < 16 or h % 16 or w % 16:
-        raise typer.BadParameter(f"{text}: height and width must be positive multiples of 16", param_hint="'--resolution'")
-    if max(h, w) > limits.MODEL_SIDE.max:
-        raise typer.BadParameter(f"{text}: each side must be at most {limits.MODEL_SIDE.max} pixels (set {limits.MODEL_SIDE.env} to raise it)", param_hint="'--resolution'")
-    return h, w
 
 
 def load_input_video(path: Path, num_frames: int, height: int, width: int):
@@ -169,11 +156,12 @@ def generate(
 
     from syncam_model.generate import generate as run_generation
     from syncam_model.generate import resolve_sampler
-    from syncam_model.model import AdapterError, adapter_spec_of, load_adapter, load_components, read_adapter_meta
+    from syncam_model.adapter_io import AdapterFileError, adapter_spec_of, load_adapter, read_adapter_meta
+    from syncam_model.components import load_components
     from syncam_model.rig import RigError, resolve_rig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    height, width = parse_resolution(resolution)
+    height, width = parse_resolution(resolution, limit=limits.MODEL_SIDE, multiple=16)
     if pretrained != "tiny" and not Path(pretrained).is_dir():
         raise typer.BadParameter(f"{pretrained}: no such folder (a local diffusers CogVideoX folder with transformer/, vae/, text_encoder/, tokenizer/, scheduler/; or 'tiny')", param_hint="'--pretrained'")
     if decodable_error(frames):
@@ -187,7 +175,7 @@ def generate(
         checkpoint = checkpoint / "adapter.safetensors"
     try:
         meta = read_adapter_meta(checkpoint) if checkpoint else {}
-    except (AdapterError, FileNotFoundError) as exc:
+    except (AdapterFileError, FileNotFoundError) as exc:
         raise typer.BadParameter(str(exc), param_hint="--checkpoint") from None
     tiny_config = None
     torch_dtype = getattr(torch, _DTYPES[dtype])
@@ -201,7 +189,7 @@ def generate(
     try:
         rule = _camera_rule(meta, translation_normalization, translation_scale)
         spec = adapter_spec_of(meta, str(checkpoint)) if checkpoint else None
-    except (AdapterError, ValueError) as exc:
+    except (AdapterFileError, ValueError) as exc:
         raise typer.BadParameter(str(exc), param_hint="--checkpoint" if checkpoint else "--translation-normalization") from None
     try:
         rig = resolve_rig(cameras, width, height, hfov, views.split(",") if views else None)
@@ -226,7 +214,7 @@ def generate(
     if checkpoint:
         try:
             load_adapter(components.transformer, checkpoint, components.base_id, camera_rule=rule)
-        except AdapterError as exc:
+        except AdapterFileError as exc:
             raise typer.BadParameter(str(exc), param_hint="--checkpoint") from None
     else:
         log.warning("no --checkpoint: multi-view modules are at initialization, views will not be synchronized")

@@ -12,7 +12,6 @@ index only, so a step's views are planned without reading any media.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -134,13 +133,3 @@ def _compatible_set(ok: np.ndarray, n: int, order: np.ndarray, rng: np.random.Ge
         if nodes > MAX_SEARCH_NODES:
             return None
     return None
-
-
-def pairs_in_window(angles: np.ndarray, views: Sequence[int], window: Window, pairwise: bool = False) -> bool:
-    """Every chosen view's angle to view 0 (with ``pairwise``: every pair's angle) lies in the window."""
-    views = list(views)
-    if pairwise:
-        a = angles[np.ix_(views, views)][~np.eye(len(views), dtype=bool)]
-    else:
-        a = angles[views[0], views[1:]]
-    return bool(np.all(window.contains(a)))

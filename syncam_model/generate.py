@@ -42,7 +42,7 @@ import torch
 from tqdm.auto import tqdm
 
 from syncam_model.frames import check_decodable, temporal_padding
-from syncam_model.model import Components, check_video_size, decode_latents, encode_video
+from syncam_model.components import Components, check_video_size, decode_latents, encode_video
 from syncam_model.text import encode_prompts
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ def generate(
     """Generate ``n`` synchronized videos ``[n, F, 3, H, W]`` in [-1, 1] (float32, CPU).
 
     Args:
-        components: from :func:`syncam_model.model.load_components` (adapter loaded).
+        components: from :func:`syncam_model.components.load_components` (adapter loaded).
         prompt: the text prompt shared by all views.
         cameras: ``(n, 12)`` relative poses (view 0 = identity, Contract 1).
         num_frames, height, width: output size (frames 8N+1 so the VAE decodes them back, e.g. 49).

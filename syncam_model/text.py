@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 
 if TYPE_CHECKING:
-    from syncam_model.model import Components
+    from syncam_model.components import Components
 
 log = logging.getLogger(__name__)
 

@@ -269,7 +269,7 @@ class Trainer:
         from accelerate import Accelerator
         from accelerate.utils import DistributedType
 
-        from syncam_model.model import load_components
+        from syncam_model.components import load_components
 
         self.cfg, self.shards, self.run_dir = cfg, shards, Path(run_dir)
         dtype, mp = resolve_dtypes(cfg)
@@ -347,7 +347,7 @@ class Trainer:
 
     def latents_and_text(self, batch: dict[str, Any], gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Scaled latents (B, n, F', C, h, w) and text (B, L, D), from the cache or by encoding."""
-        from syncam_model.model import encode_video_dist
+        from syncam_model.components import encode_video_dist
         from syncam_model.text import encode_prompts
 
         dev, c = self.acc.device, self.components
@@ -486,7 +486,7 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         from safetensors.torch import save_file
 
-        from syncam_model.model import save_adapter
+        from syncam_model.adapter_io import save_adapter
 
         ck = self.run_dir / CHECKPOINTS
         name = f"step_{self.step:06d}"
@@ -547,7 +547,7 @@ class Trainer:
             shutil.rmtree(gone, ignore_errors=True)
 
     def load_checkpoint(self, path: Path) -> None:
-        from syncam_model.model import check_base, load_adapter
+        from syncam_model.adapter_io import check_base, load_adapter
 
         state = read_state(path)
         check_base(state["base_id"], self.components.base_id, source=str(path))
@@ -707,7 +707,7 @@ def train(
         else:
             trainer.load_checkpoint(ck)
     elif init_adapter:
-        from syncam_model.model import load_adapter
+        from syncam_model.adapter_io import load_adapter
 
         load_adapter(trainer.acc.unwrap_model(trainer.model), init_adapter, trainer.components.base_id, camera_rule=trainer.camera_rule)
     return trainer.run(stop_after=stop_after)

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import pytest
 
 from syncam_data.cameras import look_at, spherical_position
 from syncam_model.config import load_config
-from syncam_model.curriculum import Window, angle_matrix, feasible, pairs_in_window, select_views
+from syncam_model.curriculum import Window, angle_matrix, feasible, select_views
 from syncam_model.data import build_loader
 from tests.test_data_loader import make_shards
+
+
+def pairs_in_window(angles: np.ndarray, views: Sequence[int], window: Window, pairwise: bool = False) -> bool:
+    """(The test's own check.) Every chosen view's angle to view 0 (with ``pairwise``: every pair's angle) lies in the window."""
+    views = list(views)
+    if pairwise:
+        a = angles[np.ix_(views, views)][~np.eye(len(views), dtype=bool)]
+    else:
+        a = angles[views[0], views[1:]]
+    return bool(np.all(window.contains(a)))
 
 
 def ring(count: int, step: float) -> np.ndarray:

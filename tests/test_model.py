@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from syncam_model.model import (
-    AdapterError,
+    AdapterFileError,
     MultiViewTransformer,
     decode_latents,
     encode_video,
@@ -308,10 +308,10 @@ def test_mismatched_base_refused(tmp_path):
     c = tiny("5b")
     path = save_adapter(c.transformer, tmp_path / "a.safetensors", {"base_id": c.base_id, **RULE})
     other_config = tiny("2b")
-    with pytest.raises(AdapterError, match="different base model.*use_rotary_positional_embeddings"):
+    with pytest.raises(AdapterFileError, match="different base model.*use_rotary_positional_embeddings"):
         load_adapter(other_config.transformer, path, other_config.base_id)
     other_weights = tiny("5b", seed=1)
-    with pytest.raises(AdapterError, match="weights differ"):
+    with pytest.raises(AdapterFileError, match="weights differ"):
         load_adapter(other_weights.transformer, path, other_weights.base_id)
     # explicit override loads anyway (a fine-tuned base of the same architecture)
     load_adapter(other_weights.transformer, path, other_weights.base_id, allow_base_mismatch=True)
@@ -323,7 +323,7 @@ def test_non_adapter_file_refused(tmp_path):
     path = tmp_path / "plain.safetensors"
     save_file({"x": torch.zeros(2)}, str(path))
     c = tiny()
-    with pytest.raises(AdapterError, match="not a SynCam adapter"):
+    with pytest.raises(AdapterFileError, match="not a SynCam adapter"):
         load_adapter(c.transformer, path, c.base_id)
     with pytest.raises(FileNotFoundError):
         load_adapter(c.transformer, tmp_path / "missing.safetensors", c.base_id)
@@ -562,18 +562,18 @@ def test_adapter_structure_format_and_camera_rule_are_checked(tmp_path):
     assert any(k.endswith("multiview.proj.1.weight") for k in load_file(str(path)))
 
     default = tiny("2b")
-    with pytest.raises(AdapterError, match="projector: file 'relu_linear', model 'linear'"):
+    with pytest.raises(AdapterFileError, match="projector: file 'relu_linear', model 'linear'"):
         load_adapter(default.transformer, path, default.base_id)
     same = tiny("2b", spec)
     load_adapter(same.transformer, path, same.base_id, camera_rule=fixed)
-    with pytest.raises(AdapterError, match="fixed .* but max_distance"):
+    with pytest.raises(AdapterFileError, match="fixed .* but max_distance"):
         load_adapter(same.transformer, path, same.base_id, camera_rule=CameraRule())
 
     # a format-1 adapter (camera embedding added before the norm) is refused with the reason
     old = dict(meta, format_version=1)
     old_path = tmp_path / "v1.safetensors"
     save_file(load_file(str(path)), str(old_path), metadata={"syncam": json.dumps(old)})
-    with pytest.raises(AdapterError, match="format_version 1.*before the norm"):
+    with pytest.raises(AdapterFileError, match="format_version 1.*before the norm"):
         read_adapter_meta(old_path)
 
 

@@ -85,11 +85,11 @@ def test_resume_refuses_a_changed_config(shards, tmp_path):
 
 
 def test_checkpoint_of_another_base_is_refused(shards, tmp_path):
-    from syncam_model.model import AdapterError
+    from syncam_model.model import AdapterFileError
 
     train(str(shards), "tiny", tmp_path / "r", cfg_for(steps=2))
     other = cfg_for(steps=4, **{"model.tiny_config": {"variant": "2b", "seed": 1}})
-    with pytest.raises((AdapterError, CheckpointError), match="different|differ"):
+    with pytest.raises((AdapterFileError, CheckpointError), match="different|differ"):
         train(str(shards), "tiny", tmp_path / "r", other, resume="latest")
 
 
@@ -302,7 +302,7 @@ def test_mixed_16_bit_types_are_refused_at_load():
 
 def test_camera_rule_reaches_the_batches_and_the_checkpoint(shards, tmp_path):
     """Multi-view samples get max_distance-normalized translations; the adapter records the rule; another rule is refused."""
-    from syncam_model.model import AdapterError, read_adapter_meta
+    from syncam_model.model import AdapterFileError, read_adapter_meta
 
     cfg = cfg_for(steps=1, **{"optim.global_batch_size": 1, "data.mix": {"multiview_video": 1.0, "multiview_image": 1.0}})
     tr = Trainer(str(shards), "tiny", tmp_path / "c", cfg)
@@ -315,5 +315,5 @@ def test_camera_rule_reaches_the_batches_and_the_checkpoint(shards, tmp_path):
     meta = read_adapter_meta(tmp_path / "c" / "checkpoints" / "latest" / "adapter.safetensors")
     assert meta["camera_rule"] == {"translation_normalization": "max_distance", "translation_scale": 1.0}
     fixed = cfg_for(steps=1, **{"optim.global_batch_size": 1, "data.translation_normalization": "fixed"})
-    with pytest.raises(AdapterError, match="trained with camera translation rule max_distance"):
+    with pytest.raises(AdapterFileError, match="trained with camera translation rule max_distance"):
         train(str(shards), "tiny", tmp_path / "d", fixed, init_adapter=str(tmp_path / "c" / "checkpoints" / "latest" / "adapter.safetensors"))

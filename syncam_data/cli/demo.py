@@ -24,7 +24,7 @@ def demo(
     workers: int = typer.Option(1, "--workers", min=1, callback=bounded(limits.WORKERS), help="Render worker processes."),
 ) -> None:
     """Run the whole system on built-in defaults: render -> RealEstate10K/DL3DV export -> sample-frames -> filter-videos -> build-shards -> validate -> inspect -> eval -> syncam-train (tiny, stop + resume) -> syncam-generate -> report.html. Every stage is the public command a user would run; commands.sh lists them."""
-    from syncam_data.cli.render import parse_resolution
+    from syncam_data.cli.options import parse_resolution
     from syncam_data.demo import DemoConfig, run_demo
 
     h, w = parse_resolution(resolution)

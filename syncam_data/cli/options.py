@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,7 +17,7 @@ import click
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from syncam_data.limits import Limit, LimitError
+from syncam_data.limits import SIDE, Limit, LimitError
 
 def describe_os_error(e: OSError) -> str:
     """'<file>: <reason>' for a file-system error (what a user can act on), without errno noise."""
@@ -125,3 +126,22 @@ def bounded(limit: Limit) -> Callable[[Any], Any]:
         return value
 
     return check
+
+
+def parse_resolution(text: str, option: str = "--resolution", limit: Limit = SIDE, multiple: int = 1) -> tuple[int, int]:
+    """``"480x720"`` -> (height, width): each side at least 2, a multiple of ``multiple``, at most ``limit``.
+
+    ``render``/``demo`` take any image size (``limits.SIDE``); ``syncam-generate`` needs multiples
+    of 16 within ``limits.MODEL_SIDE`` (the VAE's 8x and the transformer's 2x2 patches).
+    """
+    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not m:
+        raise bad_option(option, f"expected HxW like 480x720, got {text!r}")
+    h, w = int(m.group(1)), int(m.group(2))
+    if multiple > 1 and (h < multiple or w < multiple or h % multiple or w % multiple):
+        raise bad_option(option, f"{text}: height and width must be positive multiples of {multiple}")
+    if h < 2 or w < 2:
+        raise bad_option(option, f"{text}: each side must be at least 2 pixels")
+    if max(h, w) > limit.max:
+        raise bad_option(option, f"{text}: each side must be at most {limit.max} pixels (set {limit.env} to raise it)")
+    return h, w
