@@ -12,7 +12,7 @@ pytest.importorskip("bpy", reason="the Blender backend needs bpy (pip install -e
 
 from syncam_data.cameras import Camera, c2w_to_blender  # noqa: E402
 from syncam_data.render.base import get_backend  # noqa: E402
-from syncam_data.render.blender import BlenderAssetError  # noqa: E402
+from syncam_data.render.blender_scene import BlenderAssetError  # noqa: E402
 from syncam_data.render.output import SceneOutput, load_npz_array, read_cameras_json, reprojection_check  # noqa: E402
 from syncam_data.scenes import SamplerOptions, SceneSpec, SubjectSpec, AnimationSpec, TrajectorySpec, load_catalog, sample_scene  # noqa: E402
 from syncam_data.video import decode  # noqa: E402
@@ -37,7 +37,7 @@ def _off_centre(spec: SceneSpec) -> SceneSpec:
 
 
 def _render(spec: SceneSpec, folder: Path, samples: int = 4) -> dict:
-    backend = get_backend("blender", samples=samples, port=[9000], host="ignored")  # unknown options are ignored
+    backend = get_backend("blender", samples=samples)
     out = SceneOutput(folder, spec.fps)
     with backend:
         result = backend.render_scene(spec, out)

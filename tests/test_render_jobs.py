@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 pytest.importorskip("bpy", reason="the Blender backend needs bpy (pip install -e '.[blender]')")
 
 from syncam_data.cli import app  # noqa: E402
+from syncam_data.render.blender import BlenderOptions  # noqa: E402
 from syncam_data.render.jobs import REPORT_JSON, SPECS_JSONL, publish  # noqa: E402
 from syncam_data.render.output import is_complete_scene, read_cameras_json, reprojection_check  # noqa: E402
 from syncam_data.scenes import SamplerOptions, load_catalog, read_specs_jsonl, sample_scene  # noqa: E402
@@ -57,6 +58,7 @@ def test_render_command_outputs_and_rerun_does_nothing(tmp_path):
         assert sj["caption"] == spec.caption and spec.caption
         assert sj["backend"] == "blender" and sj["versions"]["blender"].startswith("5.")
         assert sj["timings"]["render_s"] > 0 and sj["backend_options"]["samples"] == 2
+        assert sj["backend_options"] == BlenderOptions(samples=2).record()  # every option, defaults included
         cams = read_cameras_json(folder / "cameras.json")
         assert [cid for cid, _, _ in cams] == [c.id for c in spec.cameras]
         assert all(r["agree"] > 0.9 for r in reprojection_check(folder).values())

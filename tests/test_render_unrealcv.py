@@ -474,20 +474,20 @@ def test_launch_one_engine_per_worker_and_restart_a_dead_one(tmp_path):
     try:
         for b in backends:
             b.open()
-        assert [b.port for b in backends] == [base, base + 1]
+        assert [b.engine.port for b in backends] == [base, base + 1]
         for i, b in enumerate(backends):
             spec = make_spec(scene_id=f"w{i}", num_frames=2, num_cameras=2, subjects=1)
             render(b, spec, tmp_path / spec.scene_id)
             assert len(read_cameras_json(tmp_path / spec.scene_id / "cameras.json")) == 2
         # The engine of worker 0 dies: the next scene reconnects to a freshly started one.
-        dead = backends[0].proc
+        dead = backends[0].engine.proc
         os.killpg(dead.pid, signal.SIGKILL)
         dead.wait(timeout=10)
         result, _ = render(backends[0], make_spec(scene_id="again", num_frames=1, num_cameras=1, subjects=1), tmp_path / "again")
         assert result.info["retries"] == 1
-        assert backends[0].proc is not None and backends[0].proc.pid != dead.pid
+        assert backends[0].engine.proc is not None and backends[0].engine.proc.pid != dead.pid
     finally:
-        procs = [b.proc for b in backends]
+        procs = [b.engine.proc for b in backends]
         for b in backends:
             b.close()
     assert all(p.poll() is not None for p in procs if p is not None)
@@ -606,7 +606,7 @@ def test_point_depth_is_converted_to_plane_depth():
 def test_an_unrealcv_client_older_than_1_3_is_refused(monkeypatch):
     import unrealcv
 
-    import syncam_data.render.unrealcv as backend_module
+    import syncam_data.render.unrealcv_server as backend_module
 
     monkeypatch.setattr(backend_module, "_CLIENT_CLASS", None)
     monkeypatch.delattr(unrealcv.Client, "RECONNECT_ATTEMPTS")  # unrealcv 1.2.0 has no RECONNECT_* attributes

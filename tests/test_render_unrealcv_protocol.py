@@ -175,7 +175,7 @@ def test_binary_payloads_are_recognized_by_their_headers_and_text_is_not():
 
 def test_the_client_keeps_images_as_bytes_and_text_as_str():
     """Our unrealcv.Client subclass reads replies like the stock one, without decoding images as UTF-8."""
-    from syncam_data.render.unrealcv import _client_class
+    from syncam_data.render.unrealcv_server import _client_class
 
     c = _client_class()(("127.0.0.1", 1), "inet")
     c.recv_message_id = 7

@@ -11,6 +11,9 @@ import typer
 
 from syncam_data import limits
 from syncam_data.cli.app import app, bounded, check_out_path, fail, float_in
+from syncam_data.cli.options import parse_resolution
+from syncam_data.render.blender import BlenderOptions
+from syncam_data.render.unrealcv import UnrealCVOptions
 
 log = logging.getLogger(__name__)
 
@@ -25,32 +28,10 @@ class EngineKind(str, Enum):
     ray = "ray"
 
 
-class UnrealLens(str, Enum):
-    auto = "auto"
-    fov = "fov"
-    cine = "cine"
-
-
-class Illumination(str, Enum):
-    lumen = "lumen"
-    screen_space = "screen_space"
-    none = "none"
-
-
-class Device(str, Enum):
-    cpu = "cpu"
-    gpu = "gpu"
-
-
-def parse_resolution(text: str, option: str = "--resolution") -> tuple[int, int]:
-    """'480x720' -> (height, width), each side at least 2 and at most ``limits.SIDE``."""
-    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if not m or int(m.group(1)) < 2 or int(m.group(2)) < 2:
-        raise typer.BadParameter(f"expected HxW like 480x720, got {text!r}", param_hint=f"'{option}'")
-    h, w = int(m.group(1)), int(m.group(2))
-    if max(h, w) > limits.SIDE.max:
-        raise typer.BadParameter(f"{text}: each side must be at most {limits.SIDE.max} pixels (set {limits.SIDE.env} to raise it)", param_hint=f"'{option}'")
-    return h, w
+# The choices of the backends' options, as Typer enums (declared once, in the backends' Options).
+UnrealLens = Enum("UnrealLens", {c: c for c in UnrealCVOptions.choices("lens")}, type=str)
+Illumination = Enum("Illumination", {c: c for c in UnrealCVOptions.choices("illumination")}, type=str)
+Device = Enum("Device", {c: c for c in BlenderOptions.choices("device")}, type=str)
 
 
 def parse_range(text: str, what: str) -> tuple[float, float]:
@@ -104,14 +85,14 @@ def render(
     engine: EngineKind = typer.Option(EngineKind.local, "--engine", help="local: worker processes on this machine; ray: one Ray actor per worker."),
     ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster address (default: start a local Ray). The --out folder must be visible to every node."),
     retries: int = typer.Option(1, "--retries", min=0, max=100, help="Extra attempts for a failing scene before it is recorded as failed (at most 100)."),
-    samples: int = typer.Option(16, "--samples", min=1, callback=bounded(limits.SAMPLES), help="Blender: Cycles samples per pixel."),
-    device: Device = typer.Option(Device.cpu, "--device", help="Blender: render on the CPU or a GPU (CUDA/OptiX/HIP/oneAPI/Metal)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="UnrealCV: host of the Unreal Engine instances."),
-    port: list[int] = typer.Option([9000], "--port", help="UnrealCV: server port; repeat once per engine instance (worker i uses the i-th port)."),
-    unix_socket: str | None = typer.Option(None, "--unix-socket", help="UnrealCV: connect through this Unix socket instead of TCP (Linux); {port} is replaced, 'auto' means /tmp/unrealcv_{port}.socket."),
-    launch: str | None = typer.Option(None, "--launch", help="UnrealCV: command template that starts an engine instance, with {port} (e.g. './Game.sh -cvport {port} -RenderOffscreen': -cvport PORT is the option UnrealCV's server reads)."),
-    lens: UnrealLens = typer.Option(UnrealLens.auto, "--lens", help="UnrealCV: auto uses the cine camera where the server has it (UnrealZoo v1.1), else the horizontal FOV; fov or cine force one (cine fails on servers without it)."),
-    illumination: Illumination | None = typer.Option(None, "--illumination", help="UnrealCV: global illumination of every camera's captures (UE 5.5+ scene captures disable Lumen unless asked: --illumination lumen); sent where the server has 'vset /camera/N/illumination', default: the server's."),
+    samples: int = typer.Option(BlenderOptions.default("samples"), "--samples", help="Blender: " + BlenderOptions.help("samples")),
+    device: Device = typer.Option(Device(BlenderOptions.default("device")), "--device", help="Blender: " + BlenderOptions.help("device")),
+    host: str = typer.Option(UnrealCVOptions.default("host"), "--host", help="UnrealCV: " + UnrealCVOptions.help("host")),
+    port: list[int] = typer.Option(UnrealCVOptions.default("port"), "--port", help="UnrealCV: " + UnrealCVOptions.help("port")),
+    unix_socket: str | None = typer.Option(None, "--unix-socket", help="UnrealCV: " + UnrealCVOptions.help("unix_socket")),
+    launch: str | None = typer.Option(None, "--launch", help="UnrealCV: " + UnrealCVOptions.help("launch")),
+    lens: UnrealLens = typer.Option(UnrealLens(UnrealCVOptions.default("lens")), "--lens", help="UnrealCV: " + UnrealCVOptions.help("lens")),
+    illumination: Illumination | None = typer.Option(None, "--illumination", help="UnrealCV: " + UnrealCVOptions.help("illumination")),
     depth_dtype: str = typer.Option("float16", "--depth-dtype", help="Depth arrays: float16 (half the size) or float32."),
     strict: bool = typer.Option(False, "--strict", help="Stop when the catalog has invalid entries instead of skipping them."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars for scenes and frames."),
@@ -122,11 +103,22 @@ def render(
     finished scenes and redoes unfinished ones. Failing scenes are retried, then recorded in
     <out>/render_report.json; the exit code is 1 when any scene failed.
     """
+    from syncam_data.render.base import BackendOptionsError
     from syncam_data.render.jobs import SPECS_JSONL, RenderJobConfig, run_render_job
     from syncam_data.scenes import SamplerOptions, SceneSpec, SpecError, short_validation_error, load_catalog, read_specs_jsonl, sample_scenes, write_specs_jsonl
 
     if depth_dtype not in ("float16", "float32"):
         raise fail(f"--depth-dtype must be float16 or float32, got {depth_dtype!r}", 2)
+    # Only the chosen backend's options: each backend refuses options it does not have.
+    if backend == Backend.blender:
+        options: dict = {"samples": samples, "device": device.value}
+    else:
+        options = {"host": host, "port": list(port), "unix_socket": unix_socket, "launch": launch, "retries": retries,
+                   "lens": lens.value, "illumination": illumination.value if illumination else None}
+    try:  # checked before any work starts
+        cfg = RenderJobConfig(out=out, backend=backend.value, backend_options=options, workers=workers, engine=engine.value, ray_address=ray_address, retries=retries, progress=progress, depth_dtype=depth_dtype)
+    except BackendOptionsError as e:
+        raise fail(str(e), 2)
     check_out_path(out)
     catalog_path, catalog_name = resolve_catalog(catalog)
     problems: list[str] = []
@@ -157,18 +149,6 @@ def render(
         raise fail(short_validation_error(e), 2)
     out.mkdir(parents=True, exist_ok=True)
     write_specs_jsonl([s for s in items if isinstance(s, SceneSpec)], out / SPECS_JSONL)
-    options = {
-        "samples": samples,
-        "device": device.value,
-        "host": host,
-        "port": list(port),
-        "unix_socket": unix_socket,
-        "launch": launch,
-        "retries": retries,
-        "lens": lens.value,
-        "illumination": illumination.value if illumination else None,
-    }
-    cfg = RenderJobConfig(out=out, backend=backend.value, backend_options=options, workers=workers, engine=engine.value, ray_address=ray_address, retries=retries, progress=progress, depth_dtype=depth_dtype)
     args = {"scenes": scenes, "catalog": catalog_name, "backend": backend.value, "seed": seed, "cameras": cameras, "frames": frames, "fps": fps, "resolution": resolution, "workers": workers, "engine": engine.value, **options}
     report = run_render_job(items, cfg, args=args, catalog_problems=problems)
     typer.echo(f"{out}: {len(report.done)} rendered, {len(report.skipped)} already complete, {len(report.failed)} failed")

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import datetime as _dt
-import json
 import logging
 import multiprocessing as mp
 import multiprocessing.util
@@ -47,7 +46,7 @@ from typing import Any, Callable, Sequence
 from tqdm import tqdm
 
 from syncam_data import fsio
-from syncam_data.render.base import RenderBackend, WorkerSlot, get_backend
+from syncam_data.render.base import RenderBackend, WorkerSlot, backend_options, get_backend
 from syncam_data.render.output import SceneOutput, is_complete_scene, write_json
 from syncam_data.scenes import SceneSpec, SpecError
 
@@ -66,6 +65,8 @@ class RenderJobConfig:
 
     out: Path
     backend: str = "blender"
+    # The backend's options (render/blender.py BlenderOptions, render/unrealcv.py UnrealCVOptions): validated
+    # here, before any work starts (BackendOptionsError names the option), and kept complete, defaults included.
     backend_options: dict[str, Any] = field(default_factory=dict)
     workers: int = 1
     engine: str = "local"
@@ -83,6 +84,7 @@ class RenderJobConfig:
             raise ValueError(f"retries must be >= 0, got {self.retries}")
         if self.engine not in ("local", "ray"):
             raise ValueError(f"engine must be 'local' or 'ray', got {self.engine!r}")
+        self.backend_options = backend_options(self.backend, **self.backend_options).record()
 
 
 @dataclass
@@ -169,7 +171,7 @@ class SceneRenderer:
                 backend = self._backend()
                 result = backend.render_scene(spec, out, (lambda k: on_frame(spec.scene_id, k)) if on_frame else None)
                 t1 = time.perf_counter()
-                out.finish(scene_json(spec, result, self.options, self.slot, attempt))
+                out.finish(scene_json(spec, result, backend.options.record(), self.slot, attempt))
                 publish(tmp, final)
                 log.info("%s: rendered in %.1fs (attempt %d, finish %.1fs)", spec.scene_id, time.perf_counter() - t0, attempt, time.perf_counter() - t1)
                 return SceneOutcome(spec.scene_id, "done", attempt, time.perf_counter() - t0, spec.num_frames, worker=self.slot.index)
@@ -183,7 +185,7 @@ class SceneRenderer:
 
 
 def scene_json(spec: SceneSpec, result: Any, options: dict[str, Any], slot: WorkerSlot, attempt: int) -> dict[str, Any]:
-    """scene.json (Contract 2): the spec plus everything about how it was rendered."""
+    """scene.json (Contract 2): the spec plus everything about how it was rendered (``options``: every backend option)."""
     import av
     import numpy as np
 
@@ -194,7 +196,7 @@ def scene_json(spec: SceneSpec, result: Any, options: dict[str, Any], slot: Work
         "caption": spec.caption,
         "spec": spec.model_dump(mode="json"),
         "backend": result.backend,
-        "backend_options": {k: v for k, v in options.items() if isinstance(v, (str, int, float, bool, list, type(None)))},
+        "backend_options": options,
         "versions": {"syncam": syncam_version, "python": platform.python_version(), "numpy": np.__version__, "av": av.__version__, **result.versions},
         "timings": result.timings,
         "info": result.info,
@@ -377,7 +379,7 @@ def _run_ray(specs: Sequence[SceneSpec], cfg: RenderJobConfig, emit: Callable[[S
     from syncam_data.engine import ray_init
 
     ray = ray_init(cfg.ray_address)
-    gpu = str(cfg.backend_options.get("device", "cpu")).lower() == "gpu"
+    gpu = cfg.backend_options.get("device") == "gpu"  # BlenderOptions.device
     actor_cls = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_restarts=1)(_RayRenderer)
 
     def make(i: int) -> Any:
@@ -474,7 +476,3 @@ def _spec_error_id(e: SpecError) -> str:
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def read_report(out: Path) -> dict[str, Any]:
-    return json.loads((Path(out) / REPORT_JSON).read_text())

@@ -35,12 +35,6 @@ SCENE_JSON = "scene.json"
 CAMERAS_JSON = "cameras.json"
 
 
-def npz_bytes(**arrays: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    return buf.getvalue()
-
-
 def load_npz_array(path_or_bytes: Path | bytes, key: str) -> np.ndarray:
     src = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, (bytes, bytearray)) else path_or_bytes
     with np.load(src, allow_pickle=False) as z:

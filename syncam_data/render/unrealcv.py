@@ -1,19 +1,12 @@
-"""The Unreal Engine render backend, over UnrealCV (the only module that imports ``unrealcv``).
+"""The Unreal Engine render backend over UnrealCV: the frame-barrier renderer and its options.
 
 It works with the UnrealCV servers users run: the open-source plugin built from
 unrealcv/unrealcv branch ``5.2`` (version 1.0.1) and the UnrealZoo v1.1 build.
-Reply parsing lives in ``unrealcv_protocol``; this module holds the connection,
-engine launching, capability probing and the renderer.
-
-One backend instance drives one engine instance (one worker slot): it
-connects to ``host:port`` (or a Unix socket), optionally starting the engine
-itself from a ``launch`` command template (``-cvport {port}``: the option
-``FServerConfig::ParseCmdArgs`` reads). Per connection it probes, with one
-harmless call per feature (a command on a camera or actor that does not exist
-proves the handler exists without changing anything), what the server can do:
-the 5.2 branch has no ``vget /unrealcv/commands``, and ``vbatch`` (handled in
-the server loop) is never listed anywhere. It also measures whether ``vbatch``
-really batches (builds before 2026-03 reset its counter on every request).
+One backend instance drives one engine instance (one worker slot) through an
+``UnrealCVServer`` (``unrealcv_server.py``: launching the engine, the
+connection, the feature probes; the only module importing ``unrealcv``); reply
+parsing lives in ``unrealcv_protocol.py``. Its options are ``UnrealCVOptions``
+below.
 
 Per scene it
 
@@ -54,46 +47,25 @@ target whose sky value is 65504; it is converted to metres with the sky as
 ``inf``. Depth and masks only show annotated meshes: ``scene.json`` records per
 camera the fraction of sky pixels, and the backend warns when the ground reads
 as sky (a Landscape, or World Partition streaming).
-
-Options (from ``get_backend("unrealcv", slot, **options)``; others ignored):
-``host``, ``port`` (int or list; slot i uses ``port[i % len]``, or
-``port[0] + i`` when launching more instances than ports), ``unix_socket``
-(path, ``{port}`` is replaced; ``"auto"`` = ``/tmp/unrealcv_{port}.socket``),
-``launch`` (command template with ``{port}`` and ``{slot}``),
-``connect_timeout``, ``timeout`` (seconds to wait for any one reply),
-``retries``, ``image_format`` (``bmp``/``png``), ``lens``
-(``auto``/``fov``/``cine``), ``sensor_width_mm``, ``depth_kind``
-(``plane``/``point``), ``illumination`` (``lumen``/``screen_space``/``none``;
-default: leave the server's), ``require_plugin``, ``recaptures``,
-``level_timeout``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import math
-import multiprocessing.util
 import os
 import queue
-import shlex
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Sequence
 
 import numpy as np
+from pydantic import field_validator
 
 from syncam_data.cameras import Camera, c2w_from_ue, focal_from_hfov, hfov_from_focal, ue_from_c2w, ue_raw_pose
-from syncam_data.render.base import FrameCallback, RenderBackend, RenderResult, WorkerSlot
-from syncam_data.render.output import SceneOutput
+from syncam_data.render.base import BackendOptions, FrameCallback, RenderBackend, RenderResult, WorkerSlot, option
 from syncam_data.render.unrealcv_protocol import (
     PluginCallError,
     ProtocolError,
@@ -107,9 +79,7 @@ from syncam_data.render.unrealcv_protocol import (
     fnum,
     fnums,
     image_size,
-    is_binary_payload,
     is_error,
-    is_missing_handler,
     mask_colour,
     parse_colour,
     parse_floats,
@@ -119,71 +89,35 @@ from syncam_data.render.unrealcv_protocol import (
     plugin_version,
     rotation_gap,
 )
-from syncam_data.scenes import SceneSpec, SubjectSpec
+from syncam_data.render.unrealcv_server import (
+    DEFAULT_PORT,
+    PROBE_ACTOR,
+    PROBE_ASSET,
+    CapabilityError,
+    Connection,
+    EngineLostError,
+    Pending,
+    ServerInfo,
+    UnrealCVError,
+    UnrealCVServer,
+    client_version,
+)
+
+if TYPE_CHECKING:  # type hints only: `syncam-data --help` imports UnrealCVOptions without the scene and video stack
+    from syncam_data.render.output import SceneOutput
+    from syncam_data.scenes import SceneSpec, SubjectSpec
 
 log = logging.getLogger(__name__)
 
 PLUGIN_ACTOR = "SynCamFrameSync"
 PLUGIN_MIN_VERSION = (2, 0, 0)  # 1.0.0 declared parameters vbp cannot pass
-DEFAULT_PORT = 9000
 POSE_TOL_CM = 0.05
 AXIS_TOL = 1e-3
 TIME_TOL_S = 1e-3
 FOV_TOL_DEG = 1e-2
-GREETING_TIMEOUT_S = 10.0
-# Probes address a camera and an actor that do not exist: the reply proves the handler exists
-# ("Invalid sensor id", "Cannot find object") without changing the world.
-PROBE_CAM = 65535
-PROBE_ACTOR = "SynCamProbeNoSuchActor"
-PROBE_ASSET = "/Game/SynCamProbe/NoSuchAsset.NoSuchAsset_C"
 # Rays at least this far below the horizon should meet a level's ground.
 GROUND_RAY_DEG = 10.0
 GROUND_SKY_WARN = 0.5
-
-# feature -> a harmless probe; the backend cannot render without these
-REQUIRED_FEATURES: dict[str, str] = {
-    "list cameras": "vget /cameras",
-    "read the level name": "vget /level/name",
-    "check the pause": "vget /action/game/is_paused",
-    "set object locations": f"vset /object/{PROBE_ACTOR}/location 0 0 0",
-    "read object locations": f"vget /object/{PROBE_ACTOR}/location",
-    "set object rotations": f"vset /object/{PROBE_ACTOR}/rotation 0 0 0",
-    "read object rotations": f"vget /object/{PROBE_ACTOR}/rotation",
-    "set object scales": f"vset /object/{PROBE_ACTOR}/scale 1 1 1",
-    "set object-mask colours": f"vset /object/{PROBE_ACTOR}/color 1 2 3",
-    "read object-mask colours": f"vget /object/{PROBE_ACTOR}/color",
-    "set camera resolution": f"vset /camera/{PROBE_CAM}/size 64 48",
-    "read camera resolution": f"vget /camera/{PROBE_CAM}/size",
-    "set camera locations": f"vset /camera/{PROBE_CAM}/location 0 0 0",
-    "read camera locations": f"vget /camera/{PROBE_CAM}/location",
-    "set camera rotations": f"vset /camera/{PROBE_CAM}/rotation 0 0 0",
-    "read camera rotations": f"vget /camera/{PROBE_CAM}/rotation",
-    "read the camera field of view": f"vget /camera/{PROBE_CAM}/fov",
-    "capture lit images": f"vget /camera/{PROBE_CAM}/lit bmp",
-    "capture depth as npy": f"vget /camera/{PROBE_CAM}/depth npy",
-    "capture object masks": f"vget /camera/{PROBE_CAM}/object_mask bmp",
-}
-# feature -> probe; used where present
-OPTIONAL_FEATURES: dict[str, str] = {
-    "fov": f"vset /camera/{PROBE_CAM}/fov 90",
-    "cine": f"vset /camera/{PROBE_CAM}/cine/enabled 1",
-    "cine_filmback": f"vset /camera/{PROBE_CAM}/cine/filmback 36 24 0 0",
-    "cine_lens": f"vset /camera/{PROBE_CAM}/cine/lens 50 2.8",
-    "illumination": f"vset /camera/{PROBE_CAM}/illumination lumen",
-    "spawn_from_path": f"vset /objects/spawn_from_path {PROBE_ASSET} {PROBE_ACTOR}",
-    "spawn_class": f"vset /objects/spawn SynCamProbeNoSuchClass_C {PROBE_ACTOR}",
-    "spawn_cube": "vset /objects/spawn_cube",
-    "vbp": f"vbp {PROBE_ACTOR} SynCamProbe",
-}
-# (the spawn_cube probe above is never sent: spawning is not harmless; see _probe_features)
-
-
-class UnrealCVError(RuntimeError):
-    """A problem with the Unreal engine or its UnrealCV server; the message names the endpoint."""
-
-
-class CapabilityError(UnrealCVError):
-    """The server lacks a command the backend needs."""
 
 
 class SpawnError(UnrealCVError):
@@ -192,269 +126,6 @@ class SpawnError(UnrealCVError):
 
 class FrameSyncError(UnrealCVError):
     """The engine's reply does not match what was set for a frame (pose, time, image size)."""
-
-
-class EngineLostError(UnrealCVError, ConnectionError):
-    """The connection dropped more often than ``retries`` allows."""
-
-
-# --- the wire: a thin layer over unrealcv.Client ---------------------------------------------
-
-class Connection:
-    """One UnrealCV client connection: replies streamed as they arrive, a timeout per reply, clear errors."""
-
-    def __init__(self, endpoint: str, client: Any, timeout: float) -> None:
-        self.endpoint = endpoint
-        self.client = client
-        self.timeout = timeout
-
-    @classmethod
-    def open(cls, host: str, port: int, unix_socket: str | None, timeout: float, deadline: float) -> "Connection":
-        """Connect (retrying until ``deadline``, monotonic seconds): the server takes one client at a time."""
-        # The client logs every connect at INFO, and a greeting that does not come at ERROR; we report
-        # connection problems ourselves, once, with the endpoint.
-        logging.getLogger("unrealcv").setLevel(logging.CRITICAL)
-        endpoint = unix_socket if unix_socket else f"{host}:{port}"
-        last = "no answer"
-        while True:
-            if _probe(host, port, unix_socket):
-                client_cls = _client_class()
-                client = client_cls(unix_socket, "unix") if unix_socket else client_cls((host, port), "inet")
-                # The client's default on a dead socket is 10 re-reads with back-off (about a minute);
-                # we reconnect ourselves, so fail fast.
-                client.RECONNECT_ATTEMPTS = 1
-                client.RECONNECT_BASE_DELAY = 0.05
-                # Client.connect blocks without a timeout until the greeting arrives; a server that
-                # accepts but never greets (an engine still loading, or busy with another client: the
-                # listener serves one client at a time) must not hang the worker.
-                greet = threading.Timer(min(GREETING_TIMEOUT_S, max(0.5, deadline - time.monotonic())), lambda c=client: c.disconnect())
-                greet.daemon = True
-                greet.start()
-                try:
-                    with contextlib.redirect_stdout(io.StringIO()):  # the client prints its socket type
-                        ok = client.connect(timeout=max(1, int(timeout)))
-                finally:
-                    greet.cancel()
-                if ok:
-                    return cls(endpoint, client, timeout)
-                last = "the server did not send its 'connected' greeting (busy with another client?)"
-            if time.monotonic() > deadline:
-                raise ConnectionError(f"UnrealCV server at {endpoint}: cannot connect ({last})")
-            time.sleep(0.2)
-
-    def close(self) -> None:
-        self.client.disconnect()
-
-    def send(self, commands: Sequence[str], timeout: float | None = None) -> "Pending":
-        """Send ``commands`` now; read their replies later, in order, from the returned ``Pending``.
-
-        Several batches may be in flight: the server runs requests in the order
-        they arrive and the client hands replies back in that order.
-        """
-        if not self.client.isconnected():
-            raise ConnectionError(f"UnrealCV server at {self.endpoint}: not connected")
-        try:
-            self.client.send_requests(list(commands))
-        except (ConnectionError, OSError) as e:
-            self.client.disconnect()
-            raise ConnectionError(f"UnrealCV server at {self.endpoint}: connection lost ({e})") from None
-        return Pending(self, len(commands), timeout or self.timeout)
-
-    def stream(self, commands: Sequence[str], timeout: float | None = None) -> Iterator[str | bytes]:
-        """Send ``commands`` at once and yield their replies in order as each arrives.
-
-        Raises ConnectionError on a drop and TimeoutError when no reply comes
-        within ``timeout`` (then the connection is closed: it is out of step).
-        """
-        return self.send(commands, timeout).replies()
-
-    def batch(self, commands: Sequence[str], timeout: float | None = None) -> list[str | bytes]:
-        return list(self.stream(commands, timeout))
-
-    def request(self, command: str, timeout: float | None = None) -> str | bytes:
-        return self.batch([command], timeout)[0]
-
-    def check(self, command: str) -> str:
-        """Run one command that must succeed; returns its text reply."""
-        reply = self.request(command)
-        if is_error(reply):
-            raise UnrealCVError(f"UnrealCV server at {self.endpoint}: '{command}' failed: {as_text(reply).strip()}")
-        return as_text(reply)
-
-    def vbatch_batches(self) -> bool:
-        """Does ``vbatch 2`` hold the reply to the next request until the second one arrives?
-
-        At unrealcv head (``FUnrealcvServer::ProcessPendingRequest`` after commit
-        1f64480) it does; before, the next request resets the batch counter, runs
-        at once and its reply comes back alone.
-        """
-        t0 = time.perf_counter()
-        self.request("vget /unrealcv/version")
-        wait = max(0.25, 5 * (time.perf_counter() - t0))
-        c = self.client
-        try:
-            c.send_requests(["vbatch 2", "vget /unrealcv/version"])
-            first = c.next_reply(self.timeout)
-            if is_error(first):
-                c.next_reply(self.timeout)
-                return False
-            try:
-                c.next_reply(wait)
-                return False  # answered alone: nothing was held back
-            except TimeoutError:
-                c.send_requests(["vget /unrealcv/version"])
-                c.next_reply(self.timeout)  # the held reply
-                c.next_reply(self.timeout)
-                return True
-        except TimeoutError:
-            c.disconnect()
-            raise TimeoutError(f"UnrealCV server at {self.endpoint}: no reply within {self.timeout:g} s") from None
-        except (ConnectionError, OSError, AssertionError) as e:
-            c.disconnect()
-            raise ConnectionError(f"UnrealCV server at {self.endpoint}: connection lost ({e})") from None
-
-
-class Pending:
-    """The replies still to come for one sent batch."""
-
-    def __init__(self, conn: Connection, count: int, timeout: float) -> None:
-        self.conn, self.left, self.timeout = conn, count, timeout
-
-    def replies(self) -> Iterator[str | bytes]:
-        """Yield each reply as it arrives (a timeout per reply); a drop or a timeout closes the connection."""
-        client, endpoint = self.conn.client, self.conn.endpoint
-        while self.left > 0:
-            try:
-                reply = client.next_reply(self.timeout)
-            except TimeoutError:
-                client.disconnect()
-                raise TimeoutError(f"UnrealCV server at {endpoint}: no reply within {self.timeout:g} s") from None
-            except (ConnectionError, OSError, AssertionError) as e:
-                client.disconnect()
-                raise ConnectionError(f"UnrealCV server at {endpoint}: connection lost ({e})") from None
-            self.left -= 1
-            yield reply
-
-
-_CLIENT_CLASS: Any = None
-
-
-def _client_class() -> Any:
-    """unrealcv.Client with a streaming request and a receive thread that ends quietly on a dropped connection.
-
-    Built on the client's own framing and queues (``Client.request_batch`` sends every
-    message, queues ``-n`` for its receive thread and collects ``n`` replies; here the
-    replies are handed out one by one as they arrive). The stock receive thread
-    hands a ConnectionError to the waiting request and then re-raises it, printing a
-    thread traceback on every drop; the request side is where we handle it. The stock
-    ``raw_message_handler`` matches every reply with a regular expression and tries
-    to decode it as UTF-8: about 3 ms per 480x720 image, in the receive thread, with
-    the GIL held; ours reads the id up to the colon and keeps UnrealCV's binary
-    payloads (BMP, PNG, npy, recognized by their headers) as bytes without trying.
-    """
-    global _CLIENT_CLASS
-    if _CLIENT_CLASS is None:
-        import unrealcv
-
-        if not all(hasattr(unrealcv.Client, a) for a in ("RECONNECT_ATTEMPTS", "RECONNECT_BASE_DELAY")) or not hasattr(unrealcv, "ApiVersionManager"):
-            raise CapabilityError(
-                f"the installed unrealcv client ({getattr(unrealcv, '__version__', 'unknown')}) is too old: "
-                "SynCam needs unrealcv>=1.3,<2 (pip install 'unrealcv>=1.3,<2')"
-            )
-
-        class _Client(unrealcv.Client):
-            def _load_command_capabilities(self) -> None:
-                # Client.connect asks for `vget /unrealcv/commands` right after the greeting (to warn about
-                # unlisted commands); the 5.2 branch has no such command and the backend probes features
-                # itself, so connect returns at the greeting.
-                self._command_capabilities_checked = True
-
-            def receive_loop_queue(self) -> None:
-                try:
-                    super().receive_loop_queue()
-                except ConnectionError as e:
-                    log.debug("UnrealCV receive loop ended: %s", e)
-
-            def raw_message_handler(self, raw_message: bytes) -> str | bytes | None:
-                colon = raw_message.find(b":", 0, 12)
-                if colon <= 0 or not raw_message[:colon].isdigit():
-                    return super().raw_message_handler(raw_message)
-                message_id = int(raw_message[:colon])
-                if message_id != self.recv_message_id:
-                    raise AssertionError(f"Message ID mismatch: got {message_id}, expected {self.recv_message_id}")
-                body = raw_message[colon + 1 :]
-                if is_binary_payload(body):
-                    return body
-                try:
-                    return body.decode("utf-8")
-                except UnicodeDecodeError:
-                    return body
-
-            def send_requests(self, batch: Sequence[str]) -> None:
-                for message in batch:
-                    raw = b"%d:%s" % (self.send_message_id, message.encode("utf-8"))
-                    if not self.send(raw):
-                        raise ConnectionError("failed to send: the socket is closed")
-                    self.send_message_id += 1
-                self.recv_num_q.put(-len(batch))
-
-            def next_reply(self, timeout: float) -> str | bytes:
-                try:
-                    reply = self.recv_data_q.get(timeout=timeout)
-                except queue.Empty:
-                    raise TimeoutError(f"no reply within {timeout:g} s") from None
-                if isinstance(reply, Exception):
-                    raise reply
-                if reply is None:  # the receive loop saw the socket close
-                    raise ConnectionError("connection closed while waiting for a reply")
-                return reply
-
-
-        _CLIENT_CLASS = _Client
-    return _CLIENT_CLASS
-
-
-def _probe(host: str, port: int, unix_socket: str | None) -> bool:
-    """Does anything listen there? (cheap check before the client logs a failed connect)."""
-    try:
-        if unix_socket:
-            if not os.path.exists(unix_socket):
-                return False
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.settimeout(1.0)
-            s.connect(unix_socket)
-            s.close()
-        else:
-            socket.create_connection((host, port), timeout=1.0).close()
-    except OSError:
-        return False
-    # The server now spends a moment greeting and closing the probe; it takes one client at a time.
-    time.sleep(0.05)
-    return True
-
-
-# --- what the server can do ----------------------------------------------------------------------
-
-@dataclass
-class ServerInfo:
-    """What one connection's probes found (recorded in scene.json)."""
-
-    version: str = ""
-    lists_commands: bool = False
-    features: dict[str, bool] = field(default_factory=dict)
-    vbatch: bool = False  # the server accepts `vbatch N`
-    vbatch_batches: bool | None = None  # measured: does it hold a batch until complete?
-
-    def has(self, feature: str) -> bool:
-        return self.features.get(feature, False)
-
-    def record(self) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "lists_commands": self.lists_commands,
-            "features": {k: v for k, v in sorted(self.features.items())},
-            "vbatch": {"accepted": self.vbatch, "batches": self.vbatch_batches},
-        }
 
 
 # --- conversions between the spec and Unreal -------------------------------------------------
@@ -559,187 +230,105 @@ class _FrameWriter:
             raise self.error
 
 
+class UnrealCVOptions(BackendOptions):
+    """Options of the ``unrealcv`` backend (``get_backend("unrealcv", slot, **options)``; ``render --backend unrealcv``)."""
+
+    backend: ClassVar[str] = "unrealcv"
+
+    host: str = option("127.0.0.1", "Host of the Unreal Engine instances.", "--host")
+    port: list[int] = option([DEFAULT_PORT], "UnrealCV server port; repeat once per engine instance (worker i uses the i-th port; "
+                             "when launching more instances than ports, the first port plus i).", "--port", min_length=1)
+    unix_socket: str | None = option(None, "Connect through this Unix socket instead of TCP (Linux); {port} is replaced, "
+                                     "'auto' means /tmp/unrealcv_{port}.socket.", "--unix-socket")
+    launch: str | None = option(None, "Command template that starts an engine instance, with {port} (and {slot}), e.g. "
+                                "'./Game.sh -cvport {port} -RenderOffscreen' (-cvport PORT is the option UnrealCV's server reads).", "--launch")
+    connect_timeout: float | None = option(None, "Seconds to wait for the server to answer (default: 300 when launching, else 15).", gt=0)
+    timeout: float = option(120.0, "Seconds to wait for any one reply.", gt=0)
+    level_timeout: float = option(60.0, "Seconds to wait for a level to load.", gt=0)
+    retries: int = option(2, "Reconnections per scene (a dropped or timed-out connection) before the scene fails.", "--retries", ge=0, le=100)
+    recaptures: int = option(3, "Captures of a frame in which something moved, after the first, before the scene fails.", ge=0, le=100)
+    image_format: Literal["bmp", "png"] = option("bmp", "Format of the lit images on the wire.")
+    lens: Literal["auto", "fov", "cine"] = option("auto", "auto uses the cine camera where the server has it (UnrealZoo v1.1), else the "
+                                                  "horizontal FOV; fov or cine force one (cine fails on servers without it).", "--lens")
+    sensor_width_mm: float = option(36.0, "Filmback width of the cine camera, mm.", gt=0)
+    depth_kind: Literal["plane", "point"] = option("plane", "What the server's depth is: plane (z) depth, or point (ray) depth to convert.")
+    illumination: Literal["lumen", "screen_space", "none"] | None = option(
+        None, "Global illumination of every camera's captures (UE 5.5+ scene captures disable Lumen unless asked: lumen); "
+        "sent where the server has 'vset /camera/N/illumination', default: the server's.", "--illumination")
+    require_plugin: bool = option(False, "Fail instead of rendering with approximate animation sync when the SynCam plugin is missing.")
+
+    @field_validator("port", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, (int, str)) else v
+
+    @field_validator("port")
+    @classmethod
+    def _valid_ports(cls, v: list[int]) -> list[int]:
+        bad = [p for p in v if not 1 <= p <= 65535]
+        if bad:
+            raise ValueError(f"ports must be 1 to 65535, got {bad}")
+        return v
+
+
 class UnrealCVBackend(RenderBackend):
     """Renders scene specs on an Unreal Engine instance through UnrealCV (see the module docstring)."""
 
     name = "unrealcv"
 
-    def __init__(self, slot: WorkerSlot | None = None, **options: Any) -> None:
-        super().__init__(slot, **options)
-        o = options
-        self.host = str(o.get("host") or "127.0.0.1")
-        ports = o.get("port") or [DEFAULT_PORT]
-        ports = [int(p) for p in (ports if isinstance(ports, (list, tuple)) else [ports])]
-        self.launch = o.get("launch") or None
-        if self.launch and len(ports) < self.slot.count:
+    Options = UnrealCVOptions
+    options: UnrealCVOptions
+
+    def __init__(self, slot: WorkerSlot | None = None, options: UnrealCVOptions | dict[str, Any] | None = None) -> None:
+        super().__init__(slot, options)
+        o = self.options
+        if o.launch and len(o.port) < self.slot.count:
             # One launched engine per worker: consecutive ports from the first one.
-            self.port = ports[0] + self.slot.index
+            port = o.port[0] + self.slot.index
         else:
-            self.port = ports[self.slot.index % len(ports)]
-        sock = o.get("unix_socket") or None
-        if sock == "auto":
-            sock = "/tmp/unrealcv_{port}.socket"
-        self.unix_socket = sock.format(port=self.port, slot=self.slot.index) if sock else None
-        self.connect_timeout = float(o.get("connect_timeout") or (300.0 if self.launch else 15.0))
-        self.timeout = float(o.get("timeout") or 120.0)
-        self.level_timeout = float(o.get("level_timeout") or 60.0)
-        self.retries = int(o.get("retries", 2))
-        self.recaptures = int(o.get("recaptures", 3))
-        self.image_format = str(o.get("image_format") or "bmp")
-        self.lens_option = str(o.get("lens") or "auto")
-        self.sensor_width_mm = float(o.get("sensor_width_mm") or 36.0)
-        self.depth_kind = str(o.get("depth_kind") or "plane")
-        self.illumination = o.get("illumination") or None
-        self.require_plugin = bool(o.get("require_plugin", False))
-        if self.image_format not in ("bmp", "png"):
-            raise ValueError(f"unrealcv backend: image_format must be 'bmp' or 'png', got {self.image_format!r}")
-        if self.lens_option not in ("auto", "fov", "cine"):
-            raise ValueError(f"unrealcv backend: lens must be 'auto', 'fov' or 'cine', got {self.lens_option!r}")
-        if self.depth_kind not in ("plane", "point"):
-            raise ValueError(f"unrealcv backend: depth_kind must be 'plane' or 'point', got {self.depth_kind!r}")
-        if self.illumination is not None and self.illumination not in ("lumen", "screen_space", "none"):
-            raise ValueError(f"unrealcv backend: illumination must be 'lumen', 'screen_space' or 'none', got {self.illumination!r}")
-        self.conn: Connection | None = None
-        self.server = ServerInfo()
-        self.proc: subprocess.Popen | None = None
-        self.launch_log: str | None = None
+            port = o.port[self.slot.index % len(o.port)]
+        sock = "/tmp/unrealcv_{port}.socket" if o.unix_socket == "auto" else o.unix_socket
+        self.engine = UnrealCVServer(
+            o.host, port, sock.format(port=port, slot=self.slot.index) if sock else None, o.launch, self.slot.index,
+            o.connect_timeout or (300.0 if o.launch else 15.0), o.timeout,
+        )
         self.plugin_version: str | None = None
         self._warned: set[str] = set()
         self._levels_loaded = 0
         self._plugin_seen = False
-        self._finalizer: Any = None
+
+    @property
+    def conn(self) -> Connection | None:
+        return self.engine.conn
+
+    @property
+    def server(self) -> ServerInfo:
+        """What the connected server can do (probed on every connection)."""
+        return self.engine.info
 
     @property
     def endpoint(self) -> str:
-        return self.unix_socket or f"{self.host}:{self.port}"
+        return self.engine.endpoint
+
+    def open(self) -> None:
+        self.engine.open()
+
+    def close(self) -> None:
+        self.engine.close()
 
     def _warn_once(self, key: str, msg: str, *args: Any) -> None:
         if key not in self._warned:
             self._warned.add(key)
             log.warning(msg, *args)
 
-    # --- engine lifecycle ---------------------------------------------------------------
-    def open(self) -> None:
-        try:
-            if self.launch:
-                self._start_engine()
-            self._connect()
-        except BaseException:
-            self.close()  # never leave a launched engine behind
-            raise
-
-    def close(self) -> None:
-        self._disconnect()
-        self._stop_engine()
-
-    def _start_engine(self) -> None:
-        cmd = self.launch.format(port=self.port, slot=self.slot.index)
-        fd, self.launch_log = tempfile.mkstemp(prefix=f"unrealcv-{self.port}-", suffix=".log")
-        log.info("worker %d: starting engine: %s (log: %s)", self.slot.index, cmd, self.launch_log)
-        with os.fdopen(fd, "wb") as logf:
-            # Its own session, so close() can stop the engine and anything it started.
-            self.proc = subprocess.Popen(
-                shlex.split(cmd), stdout=logf, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent_fn(),
-            )
-        if self._finalizer is None:
-            # Worker processes of a pool exit without calling close(): stop the engine at their exit too.
-            self._finalizer = multiprocessing.util.Finalize(self, self._stop_engine, exitpriority=10)
-
-    def _stop_engine(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=5)
-            except ProcessLookupError:
-                pass
-        self.proc = None
-
-    def _engine_tail(self) -> str:
-        if not self.launch_log or not os.path.exists(self.launch_log):
-            return ""
-        with open(self.launch_log, "rb") as f:
-            return f.read()[-2000:].decode("utf-8", "replace")
-
-    def _connect(self) -> None:
-        deadline = time.monotonic() + self.connect_timeout
-        while True:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise UnrealCVError(
-                    f"engine for {self.endpoint} exited with code {self.proc.returncode} before answering; "
-                    f"its output ({self.launch_log}):\n{self._engine_tail()}"
-                )
-            try:
-                # Short slices so a dead launched engine is noticed while waiting.
-                self.conn = Connection.open(self.host, self.port, self.unix_socket, self.timeout, min(deadline, time.monotonic() + 2.0))
-                break
-            except ConnectionError:
-                if time.monotonic() > deadline:
-                    raise ConnectionError(
-                        f"UnrealCV server at {self.endpoint}: no answer within {self.connect_timeout:.0f} s"
-                        + (f" (engine started with: {self.launch})" if self.launch else "")
-                    ) from None
-        self.server = self._probe_server()
-
-    def _disconnect(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
-
-    def _reconnect(self) -> None:
-        self._disconnect()
-        if self.proc is not None and self.proc.poll() is not None:
-            log.warning("engine for %s exited (code %s); starting it again", self.endpoint, self.proc.returncode)
-            self.proc = None
-            self._start_engine()
-        self._connect()
-
-    # --- capabilities --------------------------------------------------------------------
-    def _probe_server(self) -> ServerInfo:
-        """Probe each feature with a harmless call (the command listing, where there is one, is only recorded)."""
-        conn = self.conn
-        assert conn is not None
-        info = ServerInfo()
-        version, listing = conn.batch(["vget /unrealcv/version", "vget /unrealcv/commands"])
-        if is_error(version) or parse_version(as_text(version)) is None:
-            raise CapabilityError(f"UnrealCV server at {self.endpoint}: 'vget /unrealcv/version' replied {as_text(version)[:80]!r}")
-        info.version = as_text(version).strip()
-        info.lists_commands = not is_error(listing)
-        probes = {**REQUIRED_FEATURES, **{k: v for k, v in OPTIONAL_FEATURES.items() if k != "spawn_cube"}}
-        replies = conn.batch(list(probes.values()))
-        info.features = {name: not is_missing_handler(r) for name, r in zip(probes, replies)}
-        missing = [f"{name} ('{probes[name]}')" for name in REQUIRED_FEATURES if not info.features[name]]
-        if missing:
-            raise CapabilityError(
-                f"UnrealCV server at {self.endpoint} (version {info.version}) lacks commands the unrealcv backend "
-                f"needs: {'; '.join(missing)}. Use the UnrealCV plugin from unrealcv/unrealcv branch 5.2 (1.0.1) or the UnrealZoo v1.1 build."
-            )
-        if not (info.has("spawn_class") or info.has("spawn_from_path") or info.has("vbp")):
-            raise CapabilityError(f"UnrealCV server at {self.endpoint}: no way to spawn subjects (vset /objects/spawn, spawn_from_path or vbp)")
-        # vbatch lives in the server loop: it is never listed, but any server that has it answers 'ok'.
-        vb = conn.batch(["vbatch 1", "vget /unrealcv/version"])
-        info.vbatch = not is_error(vb[0]) and not is_error(vb[1])
-        if info.vbatch:
-            info.vbatch_batches = conn.vbatch_batches()
-        log.info(
-            "UnrealCV server at %s: version %s, %s; vbatch %s", self.endpoint, info.version,
-            ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in info.features.items() if k in OPTIONAL_FEATURES),
-            "batches" if info.vbatch_batches else "accepted but does not batch (synchronization is checked instead)" if info.vbatch else "absent",
-        )
-        return info
-
     def _lens(self) -> str:
         cine = self.server.has("cine") and self.server.has("cine_filmback") and self.server.has("cine_lens")
-        if self.lens_option == "cine" and not cine:
+        if self.options.lens == "cine" and not cine:
             raise CapabilityError(
                 f"UnrealCV server at {self.endpoint} (version {self.server.version}) has no cine camera commands "
                 "(vset /camera/N/cine/enabled|filmback|lens: UnrealZoo v1.1 builds only); use lens 'fov' or 'auto'"
             )
-        if self.lens_option == "fov" or (self.lens_option == "auto" and not cine):
+        if self.options.lens == "fov" or (self.options.lens == "auto" and not cine):
             if not self.server.has("fov"):
                 raise CapabilityError(f"UnrealCV server at {self.endpoint}: cannot set the camera field of view (vset /camera/N/fov)")
             return "fov"
@@ -752,16 +341,16 @@ class UnrealCVBackend(RenderBackend):
         while True:
             try:
                 if self.conn is None:
-                    self._reconnect()
+                    self.engine.reconnect()
                 return self._render_once(spec, out, on_frame, attempts)
             except (ConnectionError, TimeoutError, OSError) as e:
                 attempts += 1
-                if attempts > self.retries:
+                if attempts > self.options.retries:
                     raise EngineLostError(
                         f"scene {spec.scene_id}: lost the UnrealCV server at {self.endpoint} {attempts} times; last: {e}"
                     ) from None
-                log.warning("scene %s: %s; reconnecting and retrying the scene (%d/%d)", spec.scene_id, e, attempts, self.retries)
-                self._disconnect()
+                log.warning("scene %s: %s; reconnecting and retrying the scene (%d/%d)", spec.scene_id, e, attempts, self.options.retries)
+                self.engine.disconnect()
 
     def _check_spec(self, spec: SceneSpec) -> None:
         if spec.background.kind != "unreal_level":
@@ -815,7 +404,7 @@ class UnrealCVBackend(RenderBackend):
         depth_info = self._depth_coverage(spec, cams)
         return RenderResult(
             backend=self.name,
-            versions={"unrealcv_client": _client_version(), "unrealcv_server": self.server.version, "syncam_plugin": self.plugin_version or "absent"},
+            versions={"unrealcv_client": client_version(), "unrealcv_server": self.server.version, "syncam_plugin": self.plugin_version or "absent"},
             timings={"setup_s": t_setup, "frames_s": t_frames, "per_frame_s": t_frames / max(1, spec.num_frames)},
             info={
                 "endpoint": self.endpoint,
@@ -829,7 +418,7 @@ class UnrealCVBackend(RenderBackend):
                 **({"single_tick_frames": stats["single_tick_frames"]} if self.plugin_version else {}),
                 "cameras": {c.spec_id: c.ue_id for c in cams},
                 "subjects": {s.spec.instance_id: s.actor for s in subjects},
-                "image_format": self.image_format,
+                "image_format": self.options.image_format,
                 "depth": depth_info,
             },
         )
@@ -849,7 +438,7 @@ class UnrealCVBackend(RenderBackend):
         if not has_token:  # no marker: give the travel (on a later tick) time to start before trusting the name
             time.sleep(1.0)
         want = level_short_name(path).lower()
-        deadline = time.monotonic() + self.level_timeout
+        deadline = time.monotonic() + self.options.level_timeout
         name = ""
         while True:
             gone, name_reply = conn.batch([f"vget /object/{token}/location", "vget /level/name"])
@@ -862,7 +451,7 @@ class UnrealCVBackend(RenderBackend):
                         f"UnrealCV server at {self.endpoint}: level {path!r} did not load: the engine is on {name!r} "
                         "(a map that does not exist makes Unreal fall back to the default map; check the background's asset path)"
                     )
-                raise UnrealCVError(f"UnrealCV server at {self.endpoint}: level {path!r} did not load within {self.level_timeout:.0f} s")
+                raise UnrealCVError(f"UnrealCV server at {self.endpoint}: level {path!r} did not load within {self.options.level_timeout:.0f} s")
             time.sleep(0.02)
 
     def _pause(self, wait_s: float = 5.0) -> None:
@@ -906,7 +495,7 @@ class UnrealCVBackend(RenderBackend):
         if self.plugin_version is not None:
             return
         msg = f"UnrealCV server at {self.endpoint}: {problem}"
-        if self.require_plugin:
+        if self.options.require_plugin:
             raise CapabilityError(msg + " and require_plugin is set")
         self._warn_once(
             "plugin", "%s: animation sync is APPROXIMATE - subjects are posed with vset /object, but their animation "
@@ -1004,9 +593,9 @@ class UnrealCVBackend(RenderBackend):
             loc, rot = ue_from_c2w(np.asarray(c.c2w))
             placed.append((before, actor.strip(), [float(v) for v in loc], [float(v) for v in rot]))
         illumination = "server default"
-        if self.illumination is not None:
+        if self.options.illumination is not None:
             if self.server.has("illumination"):
-                illumination = self.illumination
+                illumination = self.options.illumination
             else:
                 self._warn_once("illumination", "UnrealCV server at %s (version %s) cannot set a camera's illumination; "
                                 "captures use the server default (on UE 5.5+ scene captures disable Lumen)", self.endpoint, self.server.version)
@@ -1014,10 +603,10 @@ class UnrealCVBackend(RenderBackend):
         for (cid, _, loc, rot), c in zip(placed, spec.cameras):
             cmds.append(f"vset /camera/{cid}/size {w} {h}")
             if lens == "cine":
-                focal_mm = c.fx * self.sensor_width_mm / w
+                focal_mm = c.fx * self.options.sensor_width_mm / w
                 # UnrealZoo v1.1: the cine path must be enabled first; filmback is width, height, offsets.
                 cmds += [f"vset /camera/{cid}/cine/enabled 1",
-                         f"vset /camera/{cid}/cine/filmback {fnum(self.sensor_width_mm, 6)} {fnum(self.sensor_width_mm * h / w, 6)} 0 0",
+                         f"vset /camera/{cid}/cine/filmback {fnum(self.options.sensor_width_mm, 6)} {fnum(self.options.sensor_width_mm * h / w, 6)} 0 0",
                          f"vset /camera/{cid}/cine/lens {fnum(focal_mm, 6)} 2.8"]
             else:
                 cmds.append(f"vset /camera/{cid}/fov {fnum(hfov_from_focal(w, c.fx), 6)}")
@@ -1086,8 +675,8 @@ class UnrealCVBackend(RenderBackend):
                         on_frame(k)
                     continue
                 attempts += 1
-                if attempts > self.recaptures:
-                    raise FrameSyncError(f"frame {k}: {moved} in {self.recaptures + 1} captures in a row; the world does not hold still")
+                if attempts > self.options.recaptures:
+                    raise FrameSyncError(f"frame {k}: {moved} in {self.options.recaptures + 1} captures in a row; the world does not hold still")
                 log.warning("scene %s frame %d: %s; capturing the frame again", spec.scene_id, k, moved)
                 stats["recaptured_frames"] += 1
                 for _, _, later in inflight:  # frames sent after it are captured again too, in order
@@ -1098,7 +687,7 @@ class UnrealCVBackend(RenderBackend):
                 self._pause()
         except BaseException:
             if inflight:  # replies of frames in flight are still coming: this connection is out of step
-                self._disconnect()
+                self.engine.disconnect()
             raise
 
     def _accept_frame(self, k: int, images: dict[str, tuple], cams: list[_Cam], writer: _FrameWriter) -> None:
@@ -1134,7 +723,7 @@ class UnrealCVBackend(RenderBackend):
                 add(f"vset /camera/{c.ue_id}/location {fnums(c.location)}", "ok")
                 add(f"vset /camera/{c.ue_id}/rotation {fnums(c.rotation)}", "ok")
         for c in cams:
-            add(f"vget /camera/{c.ue_id}/lit {self.image_format}", "lit", c)
+            add(f"vget /camera/{c.ue_id}/lit {self.options.image_format}", "lit", c)
             add(f"vget /camera/{c.ue_id}/depth npy", "depth", c)
             add(f"vget /camera/{c.ue_id}/object_mask bmp", "mask", c)
         # The state after the captures must equal the state before them: nothing moved meanwhile.
@@ -1200,7 +789,7 @@ class UnrealCVBackend(RenderBackend):
             if is_error(reply):
                 raise FrameSyncError(f"{where} failed: {as_text(reply).strip()[:200]}")
             if kind == "depth":
-                arr = decode_depth(raw, cam, self.depth_kind, where)
+                arr = decode_depth(raw, cam, self.options.depth_kind, where)
                 shape = arr.shape
             else:
                 size = image_size(raw)
@@ -1277,31 +866,3 @@ class UnrealCVBackend(RenderBackend):
 
 def _loc_gap(a: Sequence[float], b: Sequence[float]) -> float:
     return float(np.abs(np.asarray(a, float) - np.asarray(b, float)).max())
-
-
-def _die_with_parent_fn() -> Any:
-    """A preexec_fn that makes a launched engine get SIGTERM when its worker process dies (Linux).
-
-    Covers crashed workers, which never run close(). libc is resolved here, in the parent, so the
-    forked child only makes one C call.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
-
-    def _set() -> None:
-        prctl(pr_set_pdeathsig, int(signal.SIGTERM))
-
-    return _set
-
-
-def _client_version() -> str:
-    import unrealcv
-
-    return str(getattr(unrealcv, "__version__", "unknown"))
