@@ -4,6 +4,9 @@ frames from each source, filter decisions, eval figures, the loss curve and the 
 Everything shown is read back from the files the stages wrote (shards through the
 shard reader, the filter's scores.parquet, the training log, the generated videos),
 so the report shows what a user would get, not what the demo meant to produce.
+
+Each section is built once, as a small document structure (paragraphs, tables, images,
+code), and that structure is rendered twice: ``to_html`` and ``to_markdown``.
 """
 
 from __future__ import annotations
@@ -11,16 +14,20 @@ from __future__ import annotations
 import html
 import json
 import logging
-import platform
 import os
+import platform
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from syncam_data import fsio
+
 log = logging.getLogger(__name__)
 
 ASSETS = "report_assets"
+TITLE = "SynCam demo report"
 
 
 def _save_png(path: Path, rgb: np.ndarray) -> Path:
@@ -132,134 +139,298 @@ def _stage(stages: list[Any], name: str) -> Any:
     return next((s for s in stages if s.name == name), None)
 
 
-def write_report(out: Path, stages: list[Any]) -> dict[str, Path]:
-    out = Path(out)
-    sections: list[tuple[str, str, str]] = []  # (title, html, markdown)
-    total = sum(s.seconds for s in stages)
+# --- the document: one structure, rendered as HTML and as Markdown -----------------------------
 
-    # 1. stage timings
-    rows_h = "".join(
-        f"<tr><td>{html.escape(s.title)}</td><td>{s.seconds:.1f}</td><td class={'ok' if s.ok else 'bad'}>{'ok' if s.ok else html.escape(s.error or 'failed')}</td>"
-        f"<td><code>{'<br>'.join(html.escape(c) for c in s.commands)}</code></td></tr>"
+
+@dataclass(frozen=True)
+class Code:
+    """Inline code."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Link:
+    text: str
+    href: str
+
+
+Inline = str | Code | Link
+
+
+@dataclass(frozen=True)
+class Para:
+    parts: tuple[Inline, ...]
+    css: str = ""
+
+
+@dataclass(frozen=True)
+class Heading:
+    parts: tuple[Inline, ...]
+
+
+@dataclass(frozen=True)
+class Cell:
+    parts: tuple[Inline, ...]
+    css: str = ""  # "ok" / "bad": coloured in HTML
+
+
+@dataclass(frozen=True)
+class Table:
+    header: tuple[str, ...]
+    rows: tuple[tuple[Cell, ...], ...]
+
+
+@dataclass(frozen=True)
+class Image:
+    src: str  # relative to the report
+    alt: str
+    style: str = ""
+
+
+@dataclass(frozen=True)
+class Pre:
+    text: str
+    lang: str = ""
+
+
+@dataclass(frozen=True)
+class Video:
+    """HTML only (Markdown has no video element); the Markdown report links the file instead."""
+
+    src: str
+
+
+Block = Para | Heading | Table | Image | Pre | Video
+
+
+@dataclass
+class Section:
+    title: str
+    blocks: list[Block] = field(default_factory=list)
+
+
+def _cell(*parts: Inline, css: str = "") -> Cell:
+    return Cell(tuple(parts), css)
+
+
+def _inline_html(parts: tuple[Inline, ...]) -> str:
+    out = []
+    for p in parts:
+        if isinstance(p, Code):
+            out.append("<code>" + "<br>".join(html.escape(line) for line in p.text.split("\n")) + "</code>")
+        elif isinstance(p, Link):
+            out.append(f"<a href='{html.escape(p.href)}'>{html.escape(p.text)}</a>")
+        else:
+            out.append(html.escape(p))
+    return "".join(out)
+
+
+def _inline_md(parts: tuple[Inline, ...], in_table: bool = False) -> str:
+    out = []
+    for p in parts:
+        if isinstance(p, Code):
+            out.append("<br>".join(f"`{line}`" for line in p.text.split("\n")))
+        elif isinstance(p, Link):
+            out.append(f"[{p.text}]({p.href})")
+        else:
+            out.append(p.replace("|", "\\|").replace("\n", " ") if in_table else p)
+    return "".join(out)
+
+
+def to_html(sections: list[Section]) -> str:
+    body = []
+    for sec in sections:
+        body.append(f"<h2>{html.escape(sec.title)}</h2>")
+        for b in sec.blocks:
+            if isinstance(b, Para):
+                cls = f" class={b.css}" if b.css else ""
+                body.append(f"<p{cls}>{_inline_html(b.parts)}</p>")
+            elif isinstance(b, Heading):
+                body.append(f"<h3>{_inline_html(b.parts)}</h3>")
+            elif isinstance(b, Table):
+                head = "".join(f"<th>{html.escape(h)}</th>" for h in b.header)
+                rows = "".join(
+                    "<tr>" + "".join(f"<td{f' class={c.css}' if c.css else ''}>{_inline_html(c.parts)}</td>" for c in row) + "</tr>"
+                    for row in b.rows
+                )
+                body.append(f"<table><tr>{head}</tr>{rows}</table>")
+            elif isinstance(b, Image):
+                style = f" style='{b.style}'" if b.style else ""
+                body.append(f"<img src='{html.escape(b.src)}' alt='{html.escape(b.alt)}'{style}>")
+            elif isinstance(b, Pre):
+                body.append(f"<pre>{html.escape(b.text)}</pre>")
+            elif isinstance(b, Video):
+                body.append(f"<p><video src='{html.escape(b.src)}' controls loop></video></p>")
+    css = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse;margin:1em 0}"
+           "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px;vertical-align:top}.ok{color:#070}.bad{color:#b00}"
+           "img{max-width:100%}code{font-size:12px}.cap{color:#555;font-size:13px}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{TITLE}</title><style>{css}</style></head>"
+            f"<body><h1>{TITLE}</h1>{''.join(body)}</body></html>")
+
+
+def to_markdown(sections: list[Section]) -> str:
+    out = [f"# {TITLE}\n"]
+    for sec in sections:
+        out.append(f"## {sec.title}\n")
+        for b in sec.blocks:
+            if isinstance(b, Para):
+                out.append(_inline_md(b.parts) + "\n")
+            elif isinstance(b, Heading):
+                out.append(f"### {_inline_md(b.parts)}\n")
+            elif isinstance(b, Table):
+                lines = ["| " + " | ".join(b.header) + " |", "|" + "---|" * len(b.header)]
+                lines += ["| " + " | ".join(_inline_md(c.parts, in_table=True) for c in row) + " |" for row in b.rows]
+                out.append("\n".join(lines) + "\n")
+            elif isinstance(b, Image):
+                out.append(f"![{b.alt}]({b.src})\n")
+            elif isinstance(b, Pre):
+                out.append(f"```{b.lang}\n{b.text}\n```\n")
+            elif isinstance(b, Video):
+                out.append(f"Video: [{b.src}]({b.src})\n")
+    return "\n".join(out)
+
+
+# --- the sections ---------------------------------------------------------------------------------
+
+
+def _stages_section(stages: list[Any]) -> Section:
+    total = sum(s.seconds for s in stages)
+    rows = tuple(
+        (_cell(s.title), _cell(f"{s.seconds:.1f}"), _cell("ok" if s.ok else f"FAILED: {s.error or 'failed'}", css="ok" if s.ok else "bad"),
+         _cell(Code("\n".join(s.commands))) if s.commands else _cell(""))
         for s in stages
     )
-    rows_m = "\n".join(f"| {s.title} | {s.seconds:.1f} | {'ok' if s.ok else 'FAILED: ' + (s.error or '')} | {'<br>'.join('`' + c + '`' for c in s.commands)} |" for s in stages)
-    sections.append((
-        "Stages",
-        f"<p>Total {total:.0f} s on {html.escape(platform.platform())}, {os.cpu_count()} CPU cores. Every command is in <code>commands.sh</code>.</p>"
-        f"<table><tr><th>stage</th><th>seconds</th><th>status</th><th>commands</th></tr>{rows_h}</table>",
-        f"Total {total:.0f} s on {platform.platform()}, {os.cpu_count()} CPU cores.\n\n| stage | seconds | status | commands |\n|---|---|---|---|\n{rows_m}\n",
-    ))
+    return Section("Stages", [
+        Para((f"Total {total:.0f} s on {platform.platform()}, {os.cpu_count()} CPU cores. Every command is in ", Code("commands.sh"), ".")),
+        Table(("stage", "seconds", "status", "commands"), rows),
+    ])
 
-    # 2. dataset statistics + camera plot
+
+def _dataset_section(out: Path) -> Section | None:
     insp_path = out / "inspect.json"
-    if insp_path.exists():
-        s = json.loads(insp_path.read_text())
-        trs = "".join(
-            f"<tr><td>{html.escape(k)}</td><td>{v['groups']}</td><td>{v['views']}</td><td>{v['media_mb']:.2f}</td><td>{v['caption_coverage']:.0%}</td><td>{v['camera_coverage']:.0%}</td></tr>"
-            for k, v in s["by_source"].items()
-        )
-        md = "\n".join(f"| {k} | {v['groups']} | {v['views']} | {v['media_mb']:.2f} | {v['caption_coverage']:.0%} | {v['camera_coverage']:.0%} |" for k, v in s["by_source"].items())
-        cam = out / "cameras.png"
-        sections.append((
-            "Dataset",
-            f"<p>{s['views']} views in {s['groups']} groups, {s['shards']} shard(s); resolutions {html.escape(json.dumps(s['resolutions']))}; "
-            f"frames per view {html.escape(json.dumps(s['frames']))}. <code>syncam-data validate</code> passed.</p>"
-            f"<table><tr><th>dataset/kind</th><th>groups</th><th>views</th><th>MB</th><th>captions</th><th>cameras</th></tr>{trs}</table>"
-            + (f"<h3>Camera rigs (<code>syncam-data inspect</code>)</h3><img src='{_rel(out, cam)}' style='max-width:100%'>" if cam.exists() else ""),
-            f"{s['views']} views in {s['groups']} groups, {s['shards']} shard(s).\n\n| dataset/kind | groups | views | MB | captions | cameras |\n|---|---|---|---|---|---|\n{md}\n\n"
-            + (f"![camera rigs]({_rel(out, cam)})\n" if cam.exists() else ""),
-        ))
+    if not insp_path.exists():
+        return None
+    s = json.loads(insp_path.read_text())
+    rows = tuple(
+        (_cell(k), _cell(str(v["groups"])), _cell(str(v["views"])), _cell(f"{v['media_mb']:.2f}"), _cell(f"{v['caption_coverage']:.0%}"),
+         _cell(f"{v['camera_coverage']:.0%}"))
+        for k, v in s["by_source"].items()
+    )
+    sec = Section("Dataset", [
+        Para((f"{s['views']} views in {s['groups']} groups, {s['shards']} shard(s); resolutions {json.dumps(s['resolutions'])}; "
+              f"frames per view {json.dumps(s['frames'])}. ", Code("syncam-data validate"), " passed.")),
+        Table(("dataset/kind", "groups", "views", "MB", "captions", "cameras"), rows),
+    ])
+    cam = out / "cameras.png"
+    if cam.exists():
+        sec.blocks += [Heading(("Camera rigs (", Code("syncam-data inspect"), ")")), Image(_rel(out, cam), "camera rigs", "max-width:100%")]
+    return sec
 
-    # 3. frames from each source (read back from the shards)
+
+def _sources_section(out: Path) -> Section | None:
     try:
         sheets = source_sheets(out)
     except Exception as e:  # the report must still be written
         log.warning("source frames: %s", e)
-        sheets = []
-    if sheets:
-        h = "".join(
-            f"<h3>{html.escape(x['dataset'])} · {html.escape(x['kind'])} · group {html.escape(x['group'])} ({x['views']} views)</h3>"
-            f"<p class=cap>{html.escape(x['caption'] or '(no caption)')} — {html.escape(', '.join(x['labels']))}</p><img src='{_rel(out, x['png'])}'>"
-            for x in sheets
-        )
-        m = "\n".join(f"**{x['dataset']} / {x['kind']}**, group `{x['group']}`: {x['caption'] or '(no caption)'}\n\n![{x['dataset']}]({_rel(out, x['png'])})\n" for x in sheets)
-        sections.append(("Frames from each source", h, m))
+        return None
+    if not sheets:
+        return None
+    sec = Section("Frames from each source")
+    for x in sheets:
+        sec.blocks += [
+            Heading((f"{x['dataset']} · {x['kind']} · group {x['group']} ({x['views']} views)",)),
+            Para((f"{x['caption'] or '(no caption)'} — {', '.join(x['labels'])}",), css="cap"),
+            Image(_rel(out, x["png"]), x["dataset"]),
+        ]
+    return sec
 
-    # 4. filter decisions
-    st = _stage(stages, "filter")
-    if st and st.outputs.get("decisions"):
-        trs, mds = [], []
-        for d in st.outputs["decisions"]:
-            name = Path(d["path"]).name
-            fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
-            why = d["reason"] or ""
-            if d.get("error"):
-                why += f" ({d['error'][:80]})"
-            trs.append(f"<tr><td>{html.escape(name)}</td><td class={'ok' if d['status'] == 'kept' else 'bad'}>{d['status']}</td><td>{html.escape(why)}</td><td>{fmt(d['subject_motion'])}</td><td>{fmt(d['camera_motion'])}</td></tr>")
-            mds.append(f"| {name} | {d['status']} | {why} | {fmt(d['subject_motion'])} | {fmt(d['camera_motion'])} |")
-        dbg = sorted((out / "filter" / "debug").glob("*.png")) if (out / "filter" / "debug").exists() else []
-        imgs = "".join(f"<img src='{_rel(out, p)}' style='max-width:48%;margin:2px'>" for p in dbg[:4])
-        sections.append((
-            "Web-video filter decisions",
-            "<p>Kept when camera motion is below the camera threshold and subject motion above the subject threshold "
-            "(both in frame diagonals per second).</p><table><tr><th>video</th><th>status</th><th>reason</th><th>subject motion</th><th>camera motion</th></tr>"
-            + "".join(trs) + "</table>" + (f"<h3>Debug images (tracks coloured by motion)</h3>{imgs}" if imgs else ""),
-            "| video | status | reason | subject motion | camera motion |\n|---|---|---|---|---|\n" + "\n".join(mds) + "\n",
-        ))
 
-    # 5. eval
-    st = _stage(stages, "eval")
-    if st and st.outputs.get("summary"):
-        summ = st.outputs["summary"]
-        pretty = json.dumps({k: v for k, v in summ.items() if not isinstance(v, (list, dict)) or k in ("overall", "matching", "cameras")}, indent=1)[:3000]
-        sections.append((
-            "Cross-view consistency (syncam-data eval)",
-            f"<p>Full report: <a href='eval/report.html'>eval/report.html</a>.</p><pre>{html.escape(pretty)}</pre>",
-            f"Full report: `eval/report.html`.\n\n```json\n{pretty}\n```\n",
-        ))
+def _filter_section(out: Path, st: Any) -> Section | None:
+    if not (st and st.outputs.get("decisions")):
+        return None
 
-    # 6. training
-    st = _stage(stages, "train")
-    if st and st.outputs.get("log"):
-        recs = st.outputs["log"]
-        lp = loss_plot(out, recs)
-        losses = [r for r in recs if "loss" in r]
-        first, last = (losses[0], losses[-1]) if losses else ({}, {})
-        text = (f"{len(losses)} logged steps; loss {first.get('loss', float('nan')):.4f} at step {first.get('step')} -> "
-                f"{last.get('loss', float('nan')):.4f} at step {last.get('step')}. The run stopped part-way and was resumed "
-                f"with <code>--resume latest</code> (dashed line). Checkpoint: <code>{html.escape(_rel(out, st.outputs.get('checkpoint', '')))}</code>.")
-        sections.append((
-            "Training",
-            f"<p>{text}</p>" + (f"<img src='{_rel(out, lp)}'>" if lp else ""),
-            text.replace("<code>", "`").replace("</code>", "`") + (f"\n\n![loss]({_rel(out, lp)})\n" if lp else ""),
-        ))
+    def fmt(v: float | None) -> str:
+        return "" if v is None else f"{v:.4f}"
 
-    # 7. generation
-    st = _stage(stages, "generate")
+    rows = []
+    for d in st.outputs["decisions"]:
+        why = (d["reason"] or "") + (f" ({d['error'][:80]})" if d.get("error") else "")
+        rows.append((_cell(Path(d["path"]).name), _cell(d["status"], css="ok" if d["status"] == "kept" else "bad"), _cell(why),
+                     _cell(fmt(d["subject_motion"])), _cell(fmt(d["camera_motion"]))))
+    sec = Section("Web-video filter decisions", [
+        Para(("Kept when camera motion is below the camera threshold and subject motion above the subject threshold "
+              "(both in frame diagonals per second).",)),
+        Table(("video", "status", "reason", "subject motion", "camera motion"), tuple(rows)),
+    ])
+    dbg = sorted((out / "filter" / "debug").glob("*.png")) if (out / "filter" / "debug").exists() else []
+    if dbg:
+        sec.blocks.append(Heading(("Debug images (tracks coloured by motion)",)))
+        sec.blocks += [Image(_rel(out, p), p.stem, "max-width:48%;margin:2px") for p in dbg[:4]]
+    return sec
+
+
+def _eval_section(st: Any) -> Section | None:
+    if not (st and st.outputs.get("summary")):
+        return None
+    summ = st.outputs["summary"]
+    pretty = json.dumps({k: v for k, v in summ.items() if not isinstance(v, (list, dict)) or k in ("overall", "matching", "cameras")}, indent=1)[:3000]
+    return Section("Cross-view consistency (syncam-data eval)", [
+        Para(("Full report: ", Link("eval/report.html", "eval/report.html"), ".")),
+        Pre(pretty, "json"),
+    ])
+
+
+def _train_section(out: Path, st: Any) -> Section | None:
+    if not (st and st.outputs.get("log")):
+        return None
+    recs = st.outputs["log"]
+    lp = loss_plot(out, recs)
+    losses = [r for r in recs if "loss" in r]
+    first, last = (losses[0], losses[-1]) if losses else ({}, {})
+    sec = Section("Training", [Para((
+        f"{len(losses)} logged steps; loss {first.get('loss', float('nan')):.4f} at step {first.get('step')} -> "
+        f"{last.get('loss', float('nan')):.4f} at step {last.get('step')}. The run stopped part-way and was resumed with ",
+        Code("--resume latest"), " (dashed line). Checkpoint: ", Code(_rel(out, st.outputs.get("checkpoint", ""))), ".",
+    ))])
+    if lp:
+        sec.blocks.append(Image(_rel(out, lp), "loss"))
+    return sec
+
+
+def _generate_section(out: Path, st: Any) -> Section | None:
     gs = generated_sheet(out) if st and st.ok else None
-    if gs:
-        note = ("Three synchronized views (azimuth 0°, 40°, 80°) from the tiny, randomly initialized model trained for a few dozen "
-                "CPU steps: the output is noise-like, as expected; with real CogVideoX weights (<code>--pretrained PATH</code>) the "
-                "same command produces real videos. Rows: frames 0, middle, last; columns: views.")
-        sections.append((
-            "Generated multi-view grid (syncam-generate)",
-            f"<p>{note}</p><img src='{_rel(out, gs)}' style='image-rendering:pixelated;width:60%'><p><video src='generate/grid.mp4' controls loop></video></p>",
-            note.replace("<code>", "`").replace("</code>", "`") + f"\n\n![generated]({_rel(out, gs)})\n",
-        ))
+    if not gs:
+        return None
+    return Section("Generated multi-view grid (syncam-generate)", [
+        Para(("Three synchronized views (azimuth 0°, 40°, 80°) from the tiny, randomly initialized model trained for a few dozen "
+              "CPU steps: the output is noise-like, as expected; with real CogVideoX weights (", Code("--pretrained PATH"), ") the "
+              "same command produces real videos. Rows: frames 0, middle, last; columns: views.")),
+        Image(_rel(out, gs), "generated", "image-rendering:pixelated;width:60%"),
+        Video("generate/grid.mp4"),
+    ])
 
-    css = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse;margin:1em 0}"
-           "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px;vertical-align:top}.ok{color:#070}.bad{color:#b00}"
-           "img{max-width:100%}code{font-size:12px}.cap{color:#555;font-size:13px}")
-    body = "".join(f"<h2>{html.escape(t)}</h2>{h}" for t, h, _ in sections)
-    page = f"<!doctype html><html><head><meta charset='utf-8'><title>SynCam demo report</title><style>{css}</style></head><body><h1>SynCam demo report</h1>{body}</body></html>"
-    html_path = out / "report.html"
-    md_path = out / "report.md"
-    tmp = html_path.with_suffix(".html.tmp")
-    tmp.write_text(page)
-    os.replace(tmp, html_path)
-    md = "# SynCam demo report\n\n" + "\n".join(f"## {t}\n\n{m}\n" for t, _, m in sections)
-    tmp = md_path.with_suffix(".md.tmp")
-    tmp.write_text(md)
-    os.replace(tmp, md_path)
-    return {"html": html_path, "markdown": md_path}
+
+def build_report(out: Path, stages: list[Any]) -> list[Section]:
+    """The report's sections, each read back from the files the stages wrote (None-sections left out)."""
+    out = Path(out)
+    sections = [
+        _stages_section(stages),
+        _dataset_section(out),
+        _sources_section(out),
+        _filter_section(out, _stage(stages, "filter")),
+        _eval_section(_stage(stages, "eval")),
+        _train_section(out, _stage(stages, "train")),
+        _generate_section(out, _stage(stages, "generate")),
+    ]
+    return [s for s in sections if s is not None]
+
+
+def write_report(out: Path, stages: list[Any]) -> dict[str, Path]:
+    """report.html and report.md: one structure (``build_report``) rendered twice, each file written durably."""
+    out = Path(out)
+    sections = build_report(out, stages)
+    paths = {"html": out / "report.html", "markdown": out / "report.md"}
+    fsio.write_text(paths["html"], to_html(sections))
+    fsio.write_text(paths["markdown"], to_markdown(sections))
+    return paths
