@@ -150,29 +150,29 @@ def static_problems(block: Block) -> list[str]:
 
 
 def commands_in(text: str) -> list[list[str]]:
-    """The simple commands of a shell block as token lists (continuations joined, comments dropped)."""
-    text = text.replace("\\\n", " ")
-    lex = shlex.shlex(text, posix=True, punctuation_chars=";&|()<>")
-    lex.whitespace = " \t\r"
-    lex.whitespace_split = True
-    lex.commenters = "#"
-    cmds, cur = [], []
-    for tok in lex:
-        if tok in ("\n",) or (tok and set(tok) <= set(";&|()<>")):
-            if cur:
-                cmds.append(cur)
-            cur = []
-        elif "\n" in tok:
-            parts = tok.split("\n")
-            cur.append(parts[0]) if parts[0] else None
-            for p in parts[1:]:
+    """The simple commands of a shell block as token lists (continuations joined, comments dropped).
+
+    Each logical line (backslash continuations joined) is split on its own, so a comment ends only its line.
+    """
+    cmds: list[list[str]] = []
+    for line in text.replace("\\\n", " ").splitlines():
+        lex = shlex.shlex(line, posix=True, punctuation_chars=";&|()<>")
+        lex.whitespace_split = True
+        lex.commenters = "#"
+        cur: list[str] = []
+        try:
+            tokens = list(lex)
+        except ValueError:  # an unbalanced quote spanning lines (bash -n has judged the block already)
+            continue
+        for tok in tokens:
+            if tok and set(tok) <= set(";&|()<>"):
                 if cur:
                     cmds.append(cur)
-                cur = [p] if p else []
-        else:
-            cur.append(tok)
-    if cur:
-        cmds.append(cur)
+                cur = []
+            else:
+                cur.append(tok)
+        if cur:
+            cmds.append(cur)
     return cmds
 
 

@@ -28,8 +28,10 @@ from tests.docs_blocks import SKIP_REASONS, Block, check_invocation, commands_in
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
 BIN = Path(sys.executable).parent
-# Pages whose command blocks all carry a marker. (The other guides follow as they are swept; see issue 21.)
-CHECKED = ["quickstart.md", "from-downloads.md"]
+# Every page of docs/: its command blocks all carry a marker (pages without command blocks pass trivially).
+CHECKED = sorted(p.name for p in DOCS.glob("*.md"))
+# Guides that must say at their top how to get the commands (every page with a command block).
+GUIDES = [p for p in CHECKED if any(b.is_command for b in parse_page(DOCS / p))]
 SETUP_LINE = "source .venv/bin/activate"
 PAGE_TIMEOUT_S = 1500
 
@@ -52,10 +54,25 @@ def test_every_command_block_is_marked_and_well_formed(page):
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize("page", CHECKED)
+@pytest.mark.parametrize("page", GUIDES)
 def test_each_guide_says_how_to_get_the_commands(page):
     head = "\n".join((DOCS / page).read_text().splitlines()[:12])
     assert SETUP_LINE in head and "pip install -e '.[all]'" in head, f"{page}: say at the top how to get the commands on PATH"
+
+
+def test_other_command_blocks_are_well_formed():
+    """README.md and pipelines/README.md: not run by this test (their commands are those of the guides), but every
+    bash block must parse, carry no comment after a backslash and name only options the commands have."""
+    problems = []
+    for path in (REPO / "README.md", REPO / "pipelines" / "README.md"):
+        for b in parse_page(path):
+            if b.is_command:
+                b.action = b.action or "skip"
+                b.reason = b.reason or "cluster"
+                problems += static_problems(b)
+        text = path.read_text()
+        problems += [f"{path.name} mentions {n}" for n in ("DESIGN.md", "REFERENCE.md", "../shared") if n in text]
+    assert not problems, "\n".join(problems)
 
 
 def test_readme_says_how_to_get_the_commands():
@@ -162,7 +179,79 @@ def _ring_extrinsics(n: int, frames: int) -> dict[str, dict[str, str]]:
     return {f"frame{f}": dict(mats) for f in range(frames)}
 
 
-PAGE_INPUTS = {"from-downloads.md": _downloads}
+def _posed(cwd: Path) -> None:
+    """RealEstate10K (a sequence with its frames beside the camera file, one whose video is in videos/) and DL3DV-10K."""
+    import shutil
+
+    from syncam_data.sources.export import export_dl3dv, export_realestate10k
+    from tests.test_sources_scene import render, trajectory
+
+    cams = trajectory(10, deg_per_frame=3.0)
+    frames = [render(c) for c in cams]
+    export_realestate10k(cwd / "RealEstate10K" / "train", "5e1f2a3b4c5d6e7f", cams, frames, frames_as="images")
+    export_realestate10k(cwd / "tmp", "6f2e3d4c5b6a7f8e", cams, frames, frames_as="video")
+    shutil.move(cwd / "tmp" / "6f2e3d4c5b6a7f8e.txt", cwd / "RealEstate10K" / "train")
+    (cwd / "videos").mkdir()
+    shutil.move(cwd / "tmp" / "6f2e3d4c5b6a7f8e.mp4", cwd / "videos")
+    shutil.rmtree(cwd / "tmp")
+    export_dl3dv(cwd / "DL3DV-10K" / "1K", "7a" * 32, cams, frames)
+
+
+def _web_videos(cwd: Path) -> None:
+    """Clips as a user gathers them: a folder, a CSV list, another folder, a single file."""
+    from syncam_data.filter.synthetic import write_synthetic_set, write_synthetic_video
+
+    write_synthetic_set(cwd / "data" / "web_videos", kinds=("static_subject", "pan"), seconds=1.5)
+    write_synthetic_video(cwd / "listed.mp4", "static_subject", seconds=1.5, seed=3)
+    (cwd / "urls_downloaded.csv").write_text("path,url\nlisted.mp4,https://example.org/listed\n")
+    write_synthetic_video(cwd / "more_clips" / "a.mp4", "static", seconds=1.5, seed=4)
+    write_synthetic_video(cwd / "one.mp4", "pan", seconds=1.5, seed=5)
+
+
+def _build_inputs(cwd: Path) -> None:
+    """Every input kind of build-shards, small, in the folders its guide uses."""
+    from tests.test_build_shards_inputs import make_frameset, make_render_scene, make_syncamvideo, make_web_videos
+
+    data = cwd / "data"
+    make_render_scene(data / "renders", "scene_00000", caption="a dog runs", seed=0)
+    make_frameset(data / "frames" / "realestate10k", "seqA_s000", source="realestate10k", seed=1)
+    make_frameset(data / "frames" / "dl3dv", "seqB_s000", source="dl3dv", fmt="png", seed=2)
+    make_web_videos(data / "web", [("clip_0031", 6, "kept"), ("pan", 6, "rejected")])
+    make_syncamvideo(data / "MultiCamVideo-Dataset", REPO / "tests" / "fixtures" / "syncamvideo" / "camera_extrinsics.json", cams=3)
+    (cwd / "captions.jsonl").write_text(json.dumps({"group_id": "scene_00000", "caption": "a brown dog runs across a meadow"}) + "\n")
+
+
+def _shards_at(rel: str):
+    def make(cwd: Path) -> None:
+        from tests.test_data_loader import make_shards
+
+        make_shards(cwd / rel, mv_groups=4, views=5, img_groups=2, single_groups=4)
+
+    return make
+
+
+def _eval_inputs(cwd: Path) -> None:
+    """A shard dataset and render scene folders whose cameras agree with their pixels (ray-cast views of a textured room)."""
+    from syncam_data.evaluate.synthetic import render_views
+    from tests.test_eval_cli import W, H, write_scene, write_shards
+
+    views = render_views(3, W, H, seed=0)
+    write_shards(cwd / "out" / "demo" / "shards", views)
+    cams, imgs = views
+    write_scene(cwd / "out" / "renders" / "scene_a", cams, imgs, caption="a textured box in a room")
+    write_scene(cwd / "out" / "renders" / "scene_b", cams[::-1], imgs[::-1])
+
+
+PAGE_INPUTS = {
+    "from-downloads.md": _downloads,
+    "pipelines.md": _downloads,
+    "sample-frames.md": _posed,
+    "filter-videos.md": _web_videos,
+    "build-shards.md": _build_inputs,
+    "data-format.md": _shards_at("shards"),
+    "train.md": _shards_at("data/shards"),
+    "eval.md": _eval_inputs,
+}
 
 
 def _script(page: str, blocks: list[Block]) -> str:
