@@ -19,8 +19,8 @@ Then, separately, where the time goes per stage.
 
 Run:
 
-    .venv/bin/python benchmarks/filter_videos.py --num-videos 12 --width 640 --height 360 --seconds 6 --repeats 3
-    # writes docs/benchmarks/filter_videos.md (use --no-write to only print)
+    python benchmarks/filter_videos.py --num-videos 12 --width 640 --height 360 --seconds 6 --repeats 3
+    # prints the report; --out docs/benchmarks/filter_videos.md also writes the page
 """
 
 from __future__ import annotations
@@ -111,7 +111,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--fps", type=float, default=30.0)
     ap.add_argument("--repeats", type=int, default=3, help="decode-only / filter pairs (alternating order); medians are reported")
-    ap.add_argument("--no-write", action="store_true", help="print only; do not write docs/benchmarks/filter_videos.md")
+    ap.add_argument("--out", type=Path, default=None, help="also write the markdown report to this file (e.g. docs/benchmarks/filter_videos.md); default: print only")
+    ap.add_argument("--no-write", action="store_true", help=argparse.SUPPRESS)  # the old opt-out; printing only is now the default
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     s = FilterSettings()
@@ -196,17 +197,16 @@ def main() -> None:
                                    "pans, zooms and static scenes rejected)." if kept == want_kept else
                                    f"WARNING: {kept} videos kept, {want_kept} expected."),
         "",
-        "Reproduce: `.venv/bin/python benchmarks/filter_videos.py "
+        "Reproduce: `python benchmarks/filter_videos.py "
         f"--num-videos {n} --width {args.width} --height {args.height} --seconds {args.seconds:g} --fps {args.fps:g} "
         f"--repeats {args.repeats}`",
         "",
     ]
     text = "\n".join(lines)
     print(text)
-    if not args.no_write:
-        dst = REPO / "docs" / "benchmarks" / "filter_videos.md"
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        dst.write_text(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
 
 
 if __name__ == "__main__":

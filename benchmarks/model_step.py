@@ -1,7 +1,7 @@
 """Forward+backward time and peak memory of one training step: the adapted model vs the base model.
 
-    .venv/bin/python benchmarks/model_step.py                       # tiny configs on CPU -> docs/benchmarks/model.md
-    .venv/bin/python benchmarks/model_step.py --preset 2b-real --device cuda --dtype bfloat16 \\
+    python benchmarks/model_step.py --out docs/benchmarks/model.md  # tiny configs on CPU; without --out it only prints
+    python benchmarks/model_step.py --preset 2b-real --device cuda --dtype bfloat16 \\
         --frames 49 --height 384 --width 672 --views 2 --views 4 --checkpointing --out docs/benchmarks/model-gpu.md
 
 For each (model config, number of views n) it measures, on random weights and
@@ -157,7 +157,7 @@ def to_markdown(args: argparse.Namespace, results: list[dict]) -> str:
         f"one sample, {args.frames} frames at {args.height}x{args.width} (latent {(args.frames - 1) // 4 + 1}x{args.height // 8}x{args.width // 8}); "
         f"gradient checkpointing {'on' if args.checkpointing else 'off'}; median of {args.repeats} steps after {args.warmup} warm-up.",
         "",
-        "Reproduce: `.venv/bin/python benchmarks/model_step.py " + " ".join(args.passthrough) + "`",
+        "Reproduce: `python benchmarks/model_step.py " + " ".join(args.passthrough) + "`",
         "",
         "| positions | views | model | trainable params | fwd+bwd wall (s) | fwd+bwd CPU (s) | CPU vs base | peak memory (MiB) | memory vs base |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -180,7 +180,7 @@ def to_markdown(args: argparse.Namespace, results: list[dict]) -> str:
         "so it is coarse (allocator caching); on CUDA it is `torch.cuda.max_memory_allocated` including weights.",
         "",
         "GPU (not measured here; no GPU on this machine): the real 2B shapes at 384x672, 49 frames, bf16, checkpointing:",
-        "`.venv/bin/python benchmarks/model_step.py --preset 2b-real --rope 0 --device cuda --dtype bfloat16 "
+        "`python benchmarks/model_step.py --preset 2b-real --rope 0 --device cuda --dtype bfloat16 "
         "--frames 49 --height 384 --width 672 --checkpointing --out docs/benchmarks/model-gpu.md`",
     ]
     return "\n".join(lines) + "\n"
@@ -200,7 +200,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--checkpointing", action="store_true", help="Enable gradient checkpointing.")
     p.add_argument("--warmup", type=int, default=1, help="Warm-up steps.")
     p.add_argument("--repeats", type=int, default=3, help="Timed steps.")
-    p.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks" / "model.md", help="Markdown file to write.")
+    p.add_argument("--out", type=Path, default=None, help="Also write the markdown table to this file (e.g. docs/benchmarks/model.md); default: print only.")
     p.add_argument("--results", type=Path, help="Render the table from a previous run's JSON lines (its stderr) instead of measuring.")
     p.add_argument("--single", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -228,8 +228,9 @@ def main(argv: list[str] | None = None) -> None:
     else:
         results = run_all(args)
     text = to_markdown(args, results)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
     print(text)
 
 

@@ -10,8 +10,8 @@ same code path as ``syncam-data render``) at each resolution and reports:
 
 Usage (results for this machine are in docs/benchmarks/render_blender.md):
 
-    .venv/bin/python benchmarks/render_blender.py --resolutions 96x168 480x720 --cameras 4 --frames 4 \
-        --md docs/benchmarks/render_blender.md
+    python benchmarks/render_blender.py --resolutions 96x168 480x720 --cameras 4 --frames 4 \
+        --out docs/benchmarks/render_blender.md
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def to_markdown(rows: list[dict], args: argparse.Namespace) -> str:
             f"(setup {r['setup_s']:.1f} s, read-back {r['readback_s']:.1f} s, output {r['output_s']:.1f} s) | {r['load_avg_before']:.1f} / {r['load_avg_after']:.1f} |"
         )
     head = (
-        f"Command: `.venv/bin/python benchmarks/render_blender.py --resolutions {' '.join(args.resolutions)} "
+        f"Command: `python benchmarks/render_blender.py --resolutions {' '.join(args.resolutions)} "
         f"--cameras {args.cameras} --frames {args.frames} --scenes {args.scenes} --samples {args.samples}`\n\n"
         f"Machine: {platform.machine()} CPU, {os.cpu_count()} cores, no GPU (`--device {args.device}`), Python {platform.python_version()}.\n"
     )
@@ -93,7 +93,7 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=16, help="Cycles samples (the CLI default is 16)")
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--md", type=Path, help="also write the results table to this markdown file (replaced)")
+    p.add_argument("--out", "--md", dest="md", type=Path, help="also write the results table to this markdown file (replaced); default: print only")
     p.add_argument("--json", type=Path, help="also write raw results as JSON")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

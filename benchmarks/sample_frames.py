@@ -1,6 +1,6 @@
 """Benchmark `sample-frames`: throughput per layout and discovery cost of a large root.
 
-    .venv/bin/python benchmarks/sample_frames.py [--sequences 12] [--sets 8] [--frames 120] [--out docs/benchmarks/sample_frames.md]
+    python benchmarks/sample_frames.py [--sequences 12] [--sets 8] [--frames 120] [--out docs/benchmarks/sample_frames.md]   # prints; --out writes the page
 
 Builds synthetic datasets in a temporary folder with the exporters (cameras on
 an orbit, frames of a smooth random texture shifted per frame; content does
@@ -109,7 +109,7 @@ def main() -> None:
     ap.add_argument("--sets", type=int, default=8, help="sets of 4 views per sequence")
     ap.add_argument("--frames", type=int, default=120, help="video frames per sequence (RealEstate10K keeps every 8th as a pose line)")
     ap.add_argument("--discovery", type=int, default=10000, help="camera files in the discovery test")
-    ap.add_argument("--out", type=Path, default=Path("docs/benchmarks/sample_frames.md"))
+    ap.add_argument("--out", type=Path, default=None, help="also write the markdown report to this file (e.g. docs/benchmarks/sample_frames.md); default: print only")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -136,7 +136,7 @@ def main() -> None:
         "",
         f"Machine: {os.cpu_count()}-core CPU ({cpu}), no GPU, shared with other jobs (1-minute load average "
         f"{load_before:.1f} at the start, {load_after:.1f} at the end); Python {platform.python_version()}.",
-        f"Command: `.venv/bin/python benchmarks/sample_frames.py --sequences {args.sequences} --sets {args.sets} --frames {args.frames}`",
+        f"Command: `python benchmarks/sample_frames.py --sequences {args.sequences} --sets {args.sets} --frames {args.frames}`",
         "",
         f"Each run: {args.sequences} sequences, {args.sets} sets of 4 views per sequence, JPEG output (quality 95), no resize.",
         "RealEstate10K sequences have one pose line every 8 video frames; DL3DV scenes",
@@ -160,8 +160,9 @@ def main() -> None:
         "(one directory listing is held at a time; the sampler takes sequences in chunks of --chunk-size).",
         "",
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n".join(lines))
     sys.stdout.write("\n".join(lines) + "\n")
 
 
