@@ -1,6 +1,6 @@
 """Loader throughput (mp4 shards vs latent cache) against the training step time of the tiny model.
 
-    .venv/bin/python benchmarks/train_loader.py --out docs/benchmarks/train.md
+    python benchmarks/train_loader.py --out docs/benchmarks/train.md
 
 Builds a synthetic shard dataset in a temporary folder (multi-view video
 groups, smooth moving patterns encoded as H.264), then measures:

@@ -1,4 +1,4 @@
-"""The canonical camera (DESIGN.md, Contract 1) and every conversion to and from it.
+"""The canonical camera (docs/cameras.md, Contract 1) and every conversion to and from it.
 
 World: right-handed, Z up, metres. Camera axes: OpenCV (x right, y down,
 z forward). Pose: camera-to-world ``c2w`` = ``[R|t]``. Intrinsics are in

@@ -1,4 +1,4 @@
-"""Scene specs (DESIGN.md, Contract 2): a JSON-serializable, seeded, backend-independent description
+"""Scene specs (docs/render.md; Contract 2 in docs/data-format.md): a JSON-serializable, seeded, backend-independent description
 of one scene, and the data types a catalog is made of.
 
 A ``SceneSpec`` fully determines a scene: background, subjects (asset,
@@ -298,7 +298,7 @@ class CatalogSubject(_Model):
 
 
 class Catalog(_Model):
-    """Backgrounds, subject assets and animations that specs are sampled from (DESIGN.md, Contract 2).
+    """Backgrounds, subject assets and animations that specs are sampled from (docs/render.md, "The catalog").
 
     ``problems`` lists entries that were dropped because they are invalid
     (each message names the catalog file, the entry and the problem).
@@ -422,7 +422,7 @@ DEFAULT_HFOV_DEG = math.degrees(2 * math.atan(360 / 545.45))
 
 
 class SamplerOptions(_Model):
-    """Knobs of ``sample_scene``; the defaults are the paper's recipe (DESIGN.md)."""
+    """Knobs of ``sample_scene``; the defaults are the paper's recipe (docs/render.md)."""
 
     num_cameras: int = Field(default=36, ge=1)
     distance: tuple[float, float] = (3.5, 9.0)

@@ -1,4 +1,4 @@
-"""Relative-angle curriculum and view selection (DESIGN.md Contract 1 and 4).
+"""Relative-angle curriculum and view selection (docs/cameras.md and docs/train.md: Contracts 1 and 4).
 
 The window of allowed angles between each chosen view and view 0 widens as
 training goes on (paper: 0-60 deg for steps 0-10k, 30-90 deg for 10k-20k,

@@ -1,4 +1,4 @@
-"""The training loader: hybrid data mix, angle curriculum, Contract 4 samples (DESIGN.md).
+"""The training loader: hybrid data mix, angle curriculum, Contract 4 samples (docs/train.md).
 
 Two halves, so that resume is exact and workers never duplicate work:
 

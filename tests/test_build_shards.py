@@ -144,7 +144,7 @@ def test_web_videos_copied_or_reencoded_with_scores(inputs, tmp_path):
 
 
 def official_relative_poses(matrices: list[np.ndarray], scale: float) -> np.ndarray:
-    """SynCamMaster's loader (REFERENCE.md): transpose, columns (right, up, forward), negate up, translation / scale.
+    """SynCamMaster's loader (docs/cameras.md): transpose, columns (right, up, forward), negate up, translation / scale.
 
     It stays in UE's left-handed world, so only poses relative to the first camera are comparable.
     """

@@ -70,7 +70,7 @@ def test_ue_raw_pose_kept():
 
 
 def official_syncamvideo_c2w(text: str) -> np.ndarray:
-    """What the official SynCamMaster loader does (REFERENCE.md): transpose, permute columns
+    """What the official SynCamMaster loader does (docs/cameras.md): transpose, permute columns
     to (right, up, forward), negate the up column, divide translations by 200. Left-handed world."""
     m = C.parse_ue_row_matrix(text).T
     m = m[:, [1, 2, 0, 3]]

@@ -295,3 +295,23 @@ SKIPPED = [pytest.param(b, id=b.where) for p in CHECKED for b in _blocks(p) if b
 def test_blocks_that_need_what_tests_lack(block):
     key, _, detail = block.reason.partition(":")
     pytest.skip(f"{block.where}: {SKIP_REASONS[key.strip()]} ({detail.strip()}); checked statically only")
+
+
+# --- benchmark scripts leave the tracked pages alone -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "benchmarks").glob("*.py")))
+def test_benchmarks_write_a_docs_page_only_when_asked(script):
+    """A benchmark run prints its report; `--out FILE` writes it (docs/benchmarks/*.md are tracked files)."""
+    import ast
+
+    tree = ast.parse((REPO / "benchmarks" / script).read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument" and node.args:
+            opts = [a.value for a in node.args if isinstance(a, ast.Constant)]
+            if "--out" in opts:
+                default = next((k.value for k in node.keywords if k.arg == "default"), None)
+                assert default is None or (isinstance(default, ast.Constant) and default.value is None), f"{script}: --out has a default"
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+            parts = [n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+            assert "docs" not in parts, f"{script}: builds a path into docs/ ({ast.unparse(node)})"

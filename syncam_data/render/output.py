@@ -1,4 +1,4 @@
-"""Writing and reading one rendered scene folder (DESIGN.md, Contract 2), shared by every backend.
+"""Writing and reading one rendered scene folder (docs/data-format.md, Contract 2), shared by every backend.
 
 ```
 <out>/<scene_id>/

@@ -1,6 +1,6 @@
 """DL3DV-10K reader: nerfstudio ``transforms.json`` scenes with images, images_2/4/8.
 
-On-disk format (REFERENCE.md): per scene ``<hash>/`` (under subset folders
+On-disk format (docs/sample-frames.md): per scene ``<hash>/`` (under subset folders
 such as ``1K/``, ``2K/``), either directly or in a ``nerfstudio/`` sub-folder
 (the benchmark release):
 

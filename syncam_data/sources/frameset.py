@@ -1,6 +1,6 @@
 """Frame-set group folders and the `sample-frames` run report.
 
-One folder per sampled frame set (DESIGN.md, Contract 2 applied to posed videos):
+One folder per sampled frame set (docs/data-format.md, Contract 2 applied to posed videos):
 
 ```
 <out>/<group_id>/            group_id = <sequence_id>_s000, _s001, ...

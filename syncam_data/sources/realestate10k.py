@@ -1,6 +1,6 @@
 """RealEstate10K reader: per-sequence camera files, frames from images or from the video.
 
-On-disk format (REFERENCE.md): one ``<sequence>.txt`` per sequence, anywhere
+On-disk format (docs/sample-frames.md): one ``<sequence>.txt`` per sequence, anywhere
 under the root (``train/``, ``test/`` split folders included). Line 1 is the
 YouTube URL; every further line is one frame: timestamp (µs), fx fy cx cy
 normalized by the image width/height, two zeros, then a row-major 3×4
