@@ -13,7 +13,7 @@ from syncam_data.cli import app
 
 runner = CliRunner()
 BIN = Path(sys.executable).parent
-SUBCOMMANDS = ["render", "sample-frames", "filter-videos", "build-shards", "inspect", "validate", "demo", "eval"]
+SUBCOMMANDS = ["render", "sample-frames", "filter-videos", "build-shards", "inspect", "validate", "demo", "eval", "export-posed", "run"]
 
 
 @pytest.mark.parametrize("cmd", SUBCOMMANDS)

@@ -236,3 +236,34 @@ def test_two_ranks_stop_cleanly_when_one_refuses_its_data(tmp_path):
     line1 = _one_error_line(results[1], "[rank 1]", "rank 0 could not use the data")
     assert results[0].returncode == results[1].returncode == 2, (line0, line1)
     assert not any("gloo" in r.stderr.lower() for r in results)
+
+
+def test_export_posed_writes_a_render_camera_path_in_the_dataset_formats(tmp_path):
+    """Camera i of cameras.json is video frame i (its frame i when the scene has frames for every camera)."""
+    from syncam_data.cameras import parse_realestate10k_line
+    from syncam_data.render.output import read_cameras_json
+    from syncam_data.video import decode
+    from tests.test_build_shards_inputs import make_render_scene
+
+    scene = make_render_scene(tmp_path / "renders", "path", cams=3, frames=4)
+    cams = read_cameras_json(scene / "cameras.json")
+    res = runner.invoke(app, ["export-posed", str(scene), "--format", "realestate10k", "--frames-as", "images", "--id", "seq", "--out", str(tmp_path / "re10k"), "--fps", "10"])
+    assert res.exit_code == 0, res.output
+    lines = (tmp_path / "re10k" / "seq.txt").read_text().splitlines()
+    assert len(lines) == 1 + len(cams)
+    for (cid, cam, _), line in zip(cams, lines[1:]):
+        ts, got = parse_realestate10k_line(line, cam.width, cam.height)
+        assert abs(got.c2w - cam.c2w).max() < 1e-4
+    images = sorted((tmp_path / "re10k" / "seq").iterdir(), key=lambda p: int(p.stem))
+    assert [int(p.stem) for p in images] == [0, 100_000, 200_000]
+    res = runner.invoke(app, ["export-posed", str(scene), "--format", "video", "--out", str(tmp_path / "web")])
+    assert res.exit_code == 0, res.output
+    got = decode(tmp_path / "web" / "path.mp4")
+    want = [decode(scene / "videos" / f"{cid}.mp4", [i])[0] for i, (cid, _, _) in enumerate(cams)]
+    assert len(got) == 3 and all(abs(g.astype(int) - w.astype(int)).mean() < 8 for g, w in zip(got, want))
+    # more cameras than frames is not a camera path; a folder without cameras.json is not a scene
+    short = make_render_scene(tmp_path / "renders", "short", cams=5, frames=4)
+    res = runner.invoke(app, ["export-posed", str(short), "--format", "dl3dv", "--out", str(tmp_path / "dl3dv")])
+    assert res.exit_code == 1 and "5 cameras but 4 frames" in res.output
+    res = runner.invoke(app, ["export-posed", str(tmp_path), "--format", "dl3dv", "--out", str(tmp_path / "dl3dv")])
+    assert res.exit_code == 1 and "not a render scene folder" in res.output
