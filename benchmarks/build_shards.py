@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from syncam_data.shards.adapters import AdapterOptions  # noqa: E402
+from syncam_data.shards.adapters import ConvertConfig  # noqa: E402
 from syncam_data.shards.build import BuildConfig, build_shards  # noqa: E402
 from syncam_data.shards.reader import ShardReader  # noqa: E402
 from syncam_data.video import decode, encode  # noqa: E402
@@ -73,7 +73,7 @@ def make_inputs(root: Path, quick: bool) -> dict[str, Path]:
 
 def timed_build(out: Path, max_frames: int, **sources) -> tuple[float, dict]:
     shutil.rmtree(out, ignore_errors=True)
-    cfg = BuildConfig(out=out, shard_size=SHARD_SIZE, progress=False, options=AdapterOptions(max_frames=max_frames), **sources)
+    cfg = BuildConfig(out=out, shard_size=SHARD_SIZE, progress=False, options=ConvertConfig(max_frames=max_frames), **sources)
     cpu0 = _cpu()
     t0 = time.perf_counter()
     s = build_shards(cfg)

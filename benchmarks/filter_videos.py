@@ -44,7 +44,7 @@ from syncam_data.filter.decode import decode_clip
 from syncam_data.filter.run import run_filter
 from syncam_data.filter.score import score_tracks
 from syncam_data.filter.segment import query_points
-from syncam_data.filter.settings import FilterSettings
+from syncam_data.filter.settings import FilterConfig
 from syncam_data.filter.synthetic import write_synthetic_video
 from syncam_data.filter.track import LKTracker
 
@@ -77,12 +77,12 @@ def make_videos(folder: Path, n: int, width: int, height: int, seconds: float, f
     ]
 
 
-def decode_only(paths: list[Path], s: FilterSettings) -> None:
+def decode_only(paths: list[Path], s: FilterConfig) -> None:
     for p in paths:
         decode_clip(p, s.short_side, s.sample_fps, s.max_seconds)
 
 
-def stage_breakdown(paths: list[Path], s: FilterSettings) -> dict[str, float]:
+def stage_breakdown(paths: list[Path], s: FilterConfig) -> dict[str, float]:
     """CPU seconds per stage, run one after the other in this thread."""
     totals = dict(decode=0.0, cuts=0.0, track=0.0, score=0.0)
     lk = LKTracker(s.lk_window, s.lk_levels, s.fb_threshold_px, s.reseed_fraction)
@@ -115,7 +115,7 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true", help=argparse.SUPPRESS)  # the old opt-out; printing only is now the default
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    s = FilterSettings()
+    s = FilterConfig()
     work = Path(tempfile.mkdtemp(prefix="syncam-bench-filter-"))
     load_before = os.getloadavg()
     pairs: list[tuple[Timer, Timer]] = []

@@ -27,17 +27,17 @@ import time
 from pathlib import Path
 
 from syncam_data.render.jobs import RenderJobConfig, run_render_job
-from syncam_data.scenes import SamplerOptions, load_catalog, sample_scenes
+from syncam_data.scenes import SamplerConfig, load_catalog, sample_scenes
 
 log = logging.getLogger("bench")
 
 
 def bench_resolution(height: int, width: int, args: argparse.Namespace, root: Path) -> dict:
     catalog = load_catalog()
-    opt = SamplerOptions(num_cameras=args.cameras, num_frames=args.frames, width=width, height=height)
+    opt = SamplerConfig(num_cameras=args.cameras, num_frames=args.frames, width=width, height=height)
     specs = sample_scenes(catalog, args.scenes, seed=args.seed, options=opt)
     out = root / f"{height}x{width}"
-    cfg = RenderJobConfig(out=out, backend="blender", backend_options={"samples": args.samples, "device": args.device}, workers=1, retries=0, progress=False)
+    cfg = RenderJobConfig(out=out, backend="blender", backend_config={"samples": args.samples, "device": args.device}, workers=1, retries=0, progress=False)
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     report = run_render_job(specs, cfg)

@@ -34,10 +34,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from syncam_data.cameras import Camera, look_at  # noqa: E402
-from syncam_data.sources.dl3dv import Dl3dvOptions  # noqa: E402
+from syncam_data.sources.dl3dv import Dl3dvConfig  # noqa: E402
 from syncam_data.sources.export import export_dl3dv, export_realestate10k  # noqa: E402
-from syncam_data.sources.frameset import OutputOptions  # noqa: E402
-from syncam_data.sources.realestate10k import Re10kOptions, iter_sequence_refs  # noqa: E402
+from syncam_data.sources.frameset import OutputConfig  # noqa: E402
+from syncam_data.sources.realestate10k import Re10kConfig, iter_sequence_refs  # noqa: E402
 from syncam_data.sources.runner import SampleFramesJob, run_sample_frames  # noqa: E402
 from syncam_data.sources.sampling import SamplingConfig  # noqa: E402
 
@@ -74,9 +74,9 @@ def build(root: Path, kind: str, sequences: int, n: int) -> None:
             export_realestate10k(root / "train", f"seq{s:03d}", cams, frames(n, 640, 360, s), fps=FPS, pose_stride=8, frames_as=kind, image_ext="jpg")
 
 
-def time_run(root: Path, out: Path, source: str, workers: int, sampling: SamplingConfig, re10k: Re10kOptions) -> tuple[float, int, int]:
+def time_run(root: Path, out: Path, source: str, workers: int, sampling: SamplingConfig, re10k: Re10kConfig) -> tuple[float, int, int]:
     shutil.rmtree(out, ignore_errors=True)
-    job = SampleFramesJob(source, str(root), str(out), sampling, OutputOptions("jpg", 95, None), re10k=re10k, dl3dv=Dl3dvOptions(undistort=True))
+    job = SampleFramesJob(source, str(root), str(out), sampling, OutputConfig("jpg", 95, None), re10k=re10k, dl3dv=Dl3dvConfig(undistort=True))
     t0 = time.perf_counter()
     rep = run_sample_frames(job, workers=workers, progress=False)
     dt = time.perf_counter() - t0
@@ -124,7 +124,7 @@ def main() -> None:
             build(root, kind, args.sequences, args.frames if kind != "dl3dv" else args.frames // 4)
             logging.warning("built %s in %.1fs", kind, time.perf_counter() - t0)
             for workers in (1, 2):
-                dt, nseq, nsets = time_run(root, tmp / f"out-{kind}", source, workers, sampling, Re10kOptions(frames_from="video" if kind == "video" else "auto"))
+                dt, nseq, nsets = time_run(root, tmp / f"out-{kind}", source, workers, sampling, Re10kConfig(frames_from="video" if kind == "video" else "auto"))
                 rows.append((label, workers, nseq, nsets, dt))
                 logging.warning("%s workers=%d: %d seq, %d sets in %.2fs", label, workers, nseq, nsets, dt)
         make, walk, peak = discovery(tmp, args.discovery)

@@ -11,11 +11,15 @@ See docs/cameras.md for figures and the derivation of each conversion.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+
+from syncam_data.ids import check_id
 
 # Unreal Engine's world is left-handed (X forward, Y right, Z up); mirroring Y
 # turns it into our right-handed Z-up world.
@@ -485,3 +489,31 @@ def format_realestate10k_line(timestamp_us: int, cam: Camera) -> str:
     w2c = cam.w2c()
     vals = [cam.fx / cam.width, cam.fy / cam.height, cam.cx / cam.width, cam.cy / cam.height, 0.0, 0.0, *w2c.reshape(-1)]
     return " ".join([str(int(timestamp_us))] + [f"{v:.9f}" for v in vals])
+
+
+# --- cameras.json ------------------------------------------------------------------
+
+# The cameras of a scene folder, a frame set or a generation (Contract 2): {"cameras": [{"id", "width",
+# "height", "fx", "fy", "cx", "cy", "c2w": [12 floats], ...}, ...]}.
+CAMERAS_JSON = "cameras.json"
+
+
+def read_cameras_json(path: Path) -> list[tuple[str, Camera, dict[str, Any]]]:
+    """[(id, Camera, full entry)] from a cameras.json (render output or frame set)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read cameras.json ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("cameras", []), list):
+        raise ValueError(f"{path}: expected an object with a 'cameras' list")
+    out = []
+    for i, e in enumerate(data.get("cameras", [])):
+        try:
+            if not isinstance(e, dict):
+                raise ValueError("not an object")
+            out.append((check_id(e["id"], "camera id", str(path)), Camera.from_dict(e), e))
+        except KeyError as err:
+            raise ValueError(f"{path}: camera entry {i}: missing key {err}") from None
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{path}: camera entry {i}: {err}") from None
+    return out

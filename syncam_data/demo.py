@@ -30,7 +30,8 @@ from typing import Any, Callable
 
 from tqdm import tqdm
 
-from syncam_data.render.output import read_cameras_json
+from syncam_data import fsio
+from syncam_data.cameras import read_cameras_json
 from syncam_data.scenes import builtin_catalog_path
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ class Demo:
 
     def _save_state(self) -> None:
         data = [{k: v for k, v in s.__dict__.items()} for s in self.stages]
-        (self.out / "demo_stages.json").write_text(json.dumps(data, indent=2, default=str))
+        fsio.write_text(self.out / "demo_stages.json", json.dumps(data, indent=2, default=str))
 
     # --- stages ------------------------------------------------------------
     def render_scenes(self, st: Stage) -> None:

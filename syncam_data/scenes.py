@@ -421,7 +421,7 @@ def _resolve_asset(path: Path, entry: BackgroundSpec | CatalogSubject) -> None:
 DEFAULT_HFOV_DEG = math.degrees(2 * math.atan(360 / 545.45))
 
 
-class SamplerOptions(_Model):
+class SamplerConfig(_Model):
     """Knobs of ``sample_scene``; the defaults are the paper's recipe (docs/render.md)."""
 
     num_cameras: int = Field(default=36, ge=1)
@@ -454,9 +454,9 @@ def scene_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed), int(index)]))
 
 
-def sample_scene(catalog: Catalog, index: int, seed: int = 0, options: SamplerOptions | None = None) -> SceneSpec:
+def sample_scene(catalog: Catalog, index: int, seed: int = 0, options: SamplerConfig | None = None) -> SceneSpec:
     """The ``index``-th scene of a seeded sequence: background, 1-2 animated subjects, camera rig, caption."""
-    opt = options or SamplerOptions()
+    opt = options or SamplerConfig()
     rng = scene_rng(seed, index)
     background = catalog.backgrounds[int(rng.integers(len(catalog.backgrounds)))]
     cz = float(rng.uniform(*opt.center_height))
@@ -484,11 +484,11 @@ def sample_scene(catalog: Catalog, index: int, seed: int = 0, options: SamplerOp
     return spec
 
 
-def sample_scenes(catalog: Catalog, count: int, seed: int = 0, options: SamplerOptions | None = None, start: int = 0) -> list[SceneSpec]:
+def sample_scenes(catalog: Catalog, count: int, seed: int = 0, options: SamplerConfig | None = None, start: int = 0) -> list[SceneSpec]:
     return [sample_scene(catalog, i, seed, options) for i in range(start, start + count)]
 
 
-def _sample_subjects(catalog: Catalog, n: int, opt: SamplerOptions, rng: np.random.Generator) -> list[SubjectSpec]:
+def _sample_subjects(catalog: Catalog, n: int, opt: SamplerConfig, rng: np.random.Generator) -> list[SubjectSpec]:
     placed: list[SubjectSpec] = []
     for inst in range(1, n + 1):
         # Prefer a different asset for each subject while the catalog has enough of them.
@@ -504,7 +504,7 @@ def _sample_subjects(catalog: Catalog, n: int, opt: SamplerOptions, rng: np.rand
     return placed
 
 
-def _sample_subject(catalog: Catalog, pool: list[CatalogSubject], instance_id: int, opt: SamplerOptions, rng: np.random.Generator) -> SubjectSpec:
+def _sample_subject(catalog: Catalog, pool: list[CatalogSubject], instance_id: int, opt: SamplerConfig, rng: np.random.Generator) -> SubjectSpec:
     entry = pool[int(rng.integers(len(pool)))]
     anims = catalog.subject_animations(entry)
     anim = anims[int(rng.integers(len(anims)))].model_copy(deep=True)
@@ -599,6 +599,6 @@ def read_specs_jsonl(path: str | Path) -> list[SceneSpec | SpecError]:
 
 
 def write_specs_jsonl(specs: list[SceneSpec], path: str | Path) -> None:
-    from syncam_data.video import atomic_write_bytes
+    from syncam_data import fsio
 
-    atomic_write_bytes(Path(path), "".join(s.to_json() + "\n" for s in specs).encode())
+    fsio.write_text(Path(path), "".join(s.to_json() + "\n" for s in specs))

@@ -396,10 +396,8 @@ def encode(
     if dst is None:
         return data
     path = Path(dst)
-    atomic_write_bytes(path, data)
+    fsio.write_bytes(path, data)
     return path
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Temporary name, fsync, rename, fsync the folder (``fsio.write_bytes``)."""
-    fsio.write_bytes(path, data)
+

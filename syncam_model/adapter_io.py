@@ -13,13 +13,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from syncam_data import fsio
 from syncam_model.camera_input import META_KEY as CAMERA_RULE_KEY
 from syncam_model.camera_input import CameraRule, CameraRuleError, check_rule, rule_of
 from syncam_model.config import AdapterSpec
@@ -124,14 +124,8 @@ def save_adapter(transformer: MultiViewTransformer, path: str | os.PathLike, met
         "adapter_config": transformer.adapter_config(),
         **meta,
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"syncam": json.dumps(header, default=str)})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with fsio.atomic_path(path) as tmp:  # fsync, rename, fsync the folder
+        save_file(tensors, str(tmp), metadata={"syncam": json.dumps(header, default=str)})
     return path
 
 

@@ -175,10 +175,7 @@ def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, meta: dict[str, s
 
 
 def _append_line(path: Path, obj: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(obj) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    fsio.append_line(path, json.dumps(obj))
 
 
 def _read_lines(path: Path) -> list[dict[str, Any]]:

@@ -35,14 +35,18 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from syncam_model.frames import check_decodable, temporal_padding
+from pydantic import field_validator
+
+from syncam_data import limits
+from syncam_data.config import Config, setting
 from syncam_model.components import Components, check_video_size, decode_latents, encode_video
+from syncam_model.frames import check_decodable, decodable_error, encodable_error, temporal_padding
 from syncam_model.text import encode_prompts
 
 log = logging.getLogger(__name__)
@@ -66,17 +70,15 @@ def plan_latents(components: Components, num_frames: int, height: int, width: in
     return SamplingPlan(latent_frames=f + pad, padding_frames=pad, channels=c, height=h, width=w)
 
 
-def _check_inputs(
-    components: Components, cameras: torch.Tensor, num_frames: int, height: int, width: int, steps: int, input_video: torch.Tensor | None
-) -> None:
+def _check_inputs(components: Components, config: GenerationConfig, cameras: torch.Tensor, input_video: torch.Tensor | None) -> None:
+    """What depends on the model and the inputs (the settings themselves are checked by ``GenerationConfig``)."""
+    num_frames, height, width = config.num_frames, config.height, config.width
     if cameras.ndim != 2 or cameras.shape[1] != 12 or cameras.shape[0] < 1:
         raise ValueError(f"cameras must be (n, 12) relative poses, got shape {tuple(cameras.shape)}")
     if not torch.isfinite(cameras).all():
         raise ValueError("cameras contain NaN or Inf")
     check_video_size(num_frames, height, width, components.vae_scale_factor_spatial, components.vae_scale_factor_temporal)
     check_decodable(num_frames, components.vae_scale_factor_temporal)
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
     if input_video is not None:
         if tuple(input_video.shape) != (num_frames, 3, height, width):
             raise ValueError(f"input video must be ({num_frames}, 3, {height}, {width}), got {tuple(input_video.shape)}")
@@ -85,6 +87,62 @@ def _check_inputs(
 
 
 SAMPLERS = ("auto", "ddim", "dpm")
+# CogVideoX's VAE: 8x in space, and the transformer's 2x2 patches: sides are multiples of 16.
+SIDE_MULTIPLE = 16
+
+
+class GenerationConfig(Config):
+    """What to generate and how to sample it: ``generate``'s settings, ``syncam-generate``'s options
+    (each field names its flag), recorded in ``generation.json``. Checked here, once, for every caller;
+    what depends on the loaded model (its VAE's factors, the cameras, the input video) is checked by
+    ``generate``."""
+
+    label: ClassVar[str] = "generation"
+
+    prompt: str = setting(..., "Text prompt shared by all views.", "--prompt")
+    negative_prompt: str = setting("", "Unconditional prompt for guidance.", "--negative-prompt")
+    num_frames: int = setting(49, "Frames per video: 8N+1 (9, 17, ..., 49), which CogVideoX's VAE decodes exactly; CogVideoX is trained on 49.", "--frames")
+    height: int = setting(480, "Output height, a multiple of 16.", "--resolution")
+    width: int = setting(720, "Output width, a multiple of 16.", "--resolution")
+    steps: int = setting(50, f"Denoising steps (1 to {limits.SAMPLING_STEPS.default}).", "--steps", ge=1)
+    guidance: float = setting(6.0, "Text classifier-free guidance scale for text-to-views (1 disables it).", "--guidance", ge=0)
+    use_dynamic_cfg: bool = setting(True, "CogVideoX's cosine guidance schedule (use_dynamic_cfg); on by default, as the official SynCamMaster inference.", "--dynamic-cfg")
+    text_guidance: float = setting(7.5, "Text guidance scale in re-rendering mode.", "--text-guidance", ge=0)
+    video_guidance: float = setting(1.8, "Video guidance scale in re-rendering mode.", "--video-guidance", ge=0)
+    sampler: Literal["auto", "ddim", "dpm"] = setting(
+        "auto", "'auto' (DDIM for CogVideoX-2B, DPM for 5B and 1.5, as the official inference), 'ddim' (CogVideoXDDIMScheduler) "
+        "or 'dpm' (CogVideoXDPMScheduler).", "--sampler")
+    seed: int = setting(0, "Seed of the initial noise (drawn on the CPU, so results match across devices).", "--seed")
+    batch_passes: bool = setting(True, "Run the guidance passes as one batch (faster) or one after another (less GPU memory; the same "
+                                 "result up to float rounding).", "--batch-passes")
+
+    @field_validator("num_frames")
+    @classmethod
+    def _frames(cls, v: int) -> int:
+        # Encodable first (4k+1: the VAE's own rule), then decodable back to exactly that many (8N+1).
+        msg = encodable_error(v) or decodable_error(v)
+        if msg:
+            raise ValueError(msg)
+        return _at_most(v, limits.MODEL_FRAMES)
+
+    @field_validator("height", "width")
+    @classmethod
+    def _side(cls, v: int) -> int:
+        if v < SIDE_MULTIPLE or v % SIDE_MULTIPLE:
+            raise ValueError(f"height and width must be positive multiples of {SIDE_MULTIPLE}")
+        return _at_most(v, limits.MODEL_SIDE)
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, v: int) -> int:
+        return _at_most(v, limits.SAMPLING_STEPS)
+
+
+def _at_most(value: int, limit: limits.Limit) -> int:
+    top = limit.max
+    if value > top:
+        raise ValueError(f"{value} is over the maximum of {top} {limit.what} (set {limit.env} to raise it)")
+    return value
 
 
 def resolve_sampler(components: Components, sampler: str) -> str:
@@ -134,63 +192,41 @@ def _cfg_scale(guidance: float, dynamic: bool, t: int, steps: int) -> float:
 @torch.no_grad()
 def generate(
     components: Components,
-    prompt: str,
+    config: GenerationConfig,
     cameras: torch.Tensor | np.ndarray,
-    num_frames: int = 49,
-    height: int = 480,
-    width: int = 720,
-    steps: int = 50,
-    guidance: float = 6.0,
-    seed: int = 0,
     input_video: torch.Tensor | None = None,
-    text_guidance: float = 7.5,
-    video_guidance: float = 1.8,
-    negative_prompt: str = "",
-    use_dynamic_cfg: bool = True,
-    sampler: str = "auto",
-    batch_passes: bool = True,
     progress: bool = True,
 ) -> torch.Tensor:
     """Generate ``n`` synchronized videos ``[n, F, 3, H, W]`` in [-1, 1] (float32, CPU).
 
     Args:
         components: from :func:`syncam_model.components.load_components` (adapter loaded).
-        prompt: the text prompt shared by all views.
+        config: the prompt and every sampling setting (``GenerationConfig``; see its fields).
         cameras: ``(n, 12)`` relative poses (view 0 = identity, Contract 1).
-        num_frames, height, width: output size (frames 8N+1 so the VAE decodes them back, e.g. 49).
-        steps: DDIM steps.
-        guidance: text CFG scale for text -> views (1 disables CFG).
-        seed: seeds the initial noise (a CPU generator, so results match across devices).
-        input_video: ``[F, 3, H, W]`` in [-1, 1]: re-render it from cameras 1..n-1.
-        text_guidance, video_guidance: the two scales of re-rendering.
-        negative_prompt: the unconditional prompt (empty, as CogVideoX).
-        use_dynamic_cfg: the pipeline's cosine guidance schedule (text mode); on by default, as
-            the official SynCamMaster inference.
-        sampler: "auto" (DDIM for 2B, DPM otherwise, as the official inference), "ddim"
-            (``CogVideoXDDIMScheduler``) or "dpm" (``CogVideoXDPMScheduler``), built from the
-            components' scheduler config.
-        batch_passes: run the guidance passes (2 or 3) as one batch (fast) or one after
-            another (less GPU memory at real sizes; same result up to float rounding).
+        input_video: ``[F, 3, H, W]`` in [-1, 1]: re-render it from cameras 1..n-1
+            (``config.text_guidance`` and ``config.video_guidance`` weigh the two conditions).
+        progress: show a progress bar over the denoising steps.
     """
+    c = GenerationConfig.parse(config)
     device, dtype = components.device, components.dtype
     cams = torch.as_tensor(np.asarray(cameras, dtype=np.float32) if not torch.is_tensor(cameras) else cameras, dtype=torch.float32)
     # 1. check inputs
-    _check_inputs(components, cams, num_frames, height, width, steps, input_video)
+    _check_inputs(components, c, cams, input_video)
     n = cams.shape[0]
     rerender = input_video is not None
 
     # 2. encode prompts
-    text = encode_prompts(components, [negative_prompt, prompt])
+    text = encode_prompts(components, [c.negative_prompt, c.prompt])
     neg_text, pos_text = text[:1], text[1:]
 
     # 3. timesteps (a private copy: schedulers keep state)
-    scheduler = make_scheduler(components, sampler)
-    scheduler.set_timesteps(steps, device=device)
+    scheduler = make_scheduler(components, c.sampler)
+    scheduler.set_timesteps(c.steps, device=device)
     timesteps = scheduler.timesteps
 
     # 4. latents: one generator for all views, drawn on the CPU for reproducibility
-    plan = plan_latents(components, num_frames, height, width)
-    gen = torch.Generator("cpu").manual_seed(int(seed))
+    plan = plan_latents(components, c.num_frames, c.height, c.width)
+    gen = torch.Generator("cpu").manual_seed(int(c.seed))
     shape = (1, n, plan.latent_frames, plan.channels, plan.height, plan.width)
     latents = (torch.randn(shape, generator=gen, dtype=torch.float32) * scheduler.init_noise_sigma).to(device=device, dtype=dtype)
     cond = None
@@ -202,7 +238,7 @@ def generate(
 
     # 5. batch layout of the guidance passes
     cams_b = cams.to(device=device, dtype=dtype)[None]
-    do_cfg = (not rerender) and guidance > 1.0
+    do_cfg = (not rerender) and c.guidance > 1.0
     if rerender:
         batch_text = torch.cat([neg_text, neg_text, pos_text])  # (none,none), (video,none), (video,text)
         cond_mask = torch.zeros(3, n, dtype=torch.bool, device=device)
@@ -217,8 +253,9 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        latents = _denoise(model, scheduler, timesteps, latents, cond, batch_text, cams_b, cond_mask, gen, progress, batch_passes,
-                           guidance=guidance, do_cfg=do_cfg, dynamic=use_dynamic_cfg, text_guidance=text_guidance, video_guidance=video_guidance)
+        latents = _denoise(model, scheduler, timesteps, latents, cond, batch_text, cams_b, cond_mask, gen, progress, c.batch_passes,
+                           guidance=c.guidance, do_cfg=do_cfg, dynamic=c.use_dynamic_cfg, text_guidance=c.text_guidance,
+                           video_guidance=c.video_guidance)
     finally:
         model.train(was_training)
 

@@ -112,7 +112,7 @@ def preset_rig(
 
 def load_rig(path: str | Path, width: int, height: int, views: Sequence[str] | None = None) -> Rig:
     """Cameras from a ``cameras.json`` (optionally a subset, in the given order), intrinsics fitted to ``width x height``."""
-    from syncam_data.render.output import read_cameras_json
+    from syncam_data.cameras import read_cameras_json
 
     path = Path(path)
     entries = read_cameras_json(path)
@@ -140,7 +140,7 @@ def resolve_rig(cameras: str, width: int, height: int, hfov_deg: float = DEFAULT
 
 def write_rig(rig: Rig, path: Path) -> None:
     """Write ``cameras.json`` atomically."""
-    from syncam_data.render.output import write_json
+    from syncam_data import fsio
 
-    write_json(Path(path), rig.to_json())
+    fsio.write_json(Path(path), rig.to_json())
 

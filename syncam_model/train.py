@@ -541,10 +541,7 @@ class Trainer:
         mid-deletion never leaves a half-deleted folder under a name ``--resume latest`` considers."""
         done = sorted(p for p in ck.glob("step_*") if p.is_dir())
         for p in done[: -self.cfg.checkpoint.keep]:
-            gone = ck / f".del-{p.name}-{os.getpid()}"
-            os.rename(p, gone)
-            fsio.fsync_dir(ck)
-            shutil.rmtree(gone, ignore_errors=True)
+            fsio.remove_dir(p)
 
     def load_checkpoint(self, path: Path) -> None:
         from syncam_model.adapter_io import check_base, load_adapter
@@ -579,7 +576,7 @@ class Trainer:
     def validate(self) -> None:
         """Generate the fixed prompts from the fixed cameras; prompts are spread over the ranks."""
         from syncam_data import video as vio
-        from syncam_model.generate import generate
+        from syncam_model.generate import GenerationConfig, generate
         from syncam_model.rig import resolve_rig
 
         v = self.cfg.validation
@@ -592,8 +589,9 @@ class Trainer:
         model.eval()
         for i in range(self.rank, len(v.prompts), self.world):
             with torch.no_grad():
-                vids = generate(self.components, v.prompts[i], cams, num_frames=v.frames or round_up_decodable(d.frames), height=d.height, width=d.width,
-                                steps=v.steps, guidance=v.guidance, use_dynamic_cfg=v.dynamic_cfg, seed=self.cfg.seed + i, progress=False)
+                gen = GenerationConfig(prompt=v.prompts[i], num_frames=v.frames or round_up_decodable(d.frames), height=d.height, width=d.width,
+                                       steps=v.steps, guidance=v.guidance, use_dynamic_cfg=v.dynamic_cfg, seed=self.cfg.seed + i)
+                vids = generate(self.components, gen, cams, progress=False)
             grid = ((vids.permute(1, 3, 0, 4, 2).flatten(2, 3) + 1) * 127.5).clamp(0, 255).to(torch.uint8).numpy()  # F, H, n*W, 3
             vio.encode(grid, out / f"prompt{i:02d}.mp4", fps=8)
         model.train()
@@ -660,30 +658,20 @@ def publish_checkpoint(tmp: Path, final: Path) -> None:
     is first renamed aside and deleted only after the new one is in place, so
     no published checkpoint is ever half-deleted.
     """
-    old = None
-    if final.exists():
-        old = final.with_name(f".old-{final.name}-{os.getpid()}")
-        os.rename(final, old)
-    fsio.publish_dir(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    fsio.publish_dir(tmp, final, replace=True)
 
 
 def _remove_leftovers(ck: Path) -> None:
     """Temporary, replaced or pruned checkpoint folders a killed run left (never a published one)."""
-    for p in ck.glob(".*-step_*") if ck.exists() else []:
-        if p.name.startswith((".tmp-", ".old-", ".del-")) and p.is_dir():
+    for p in ck.glob(".*step_*") if ck.exists() else []:
+        # .tmp-step_N (being written), .step_N.old* (being replaced: fsio.publish_dir), .step_N.del* (being pruned: fsio.remove_dir)
+        if (p.name.startswith(".tmp-") or (p.name.startswith(".step_") and (".old" in p.name or ".del" in p.name))) and p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
 
 
 def _point_latest(ck: Path, name: str) -> None:
     """``checkpoints/latest`` -> ``step_<6-digit step>`` (a relative symlink, swapped atomically)."""
-    tmp = ck / f".{LATEST}.tmp{os.getpid()}"
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    os.symlink(name, tmp)
-    os.replace(tmp, ck / LATEST)
-    fsio.fsync_dir(ck)
+    fsio.point_symlink(ck / LATEST, name)
 
 
 def train(

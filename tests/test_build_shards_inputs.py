@@ -13,7 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from syncam_data.cameras import Camera, RigSpec, look_at, sample_rig
-from syncam_data.render.output import SceneOutput, write_json
+from syncam_data.fsio import write_json
+from syncam_data.render.output import SceneOutput
 from syncam_data.video import encode
 
 from tests.conftest import smooth_frames

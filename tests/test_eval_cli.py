@@ -320,3 +320,16 @@ def test_local_workers_and_ray_give_the_same_rows(tmp_path: Path, render_root: P
     assert rows(tmp_path / "two") == ref
     assert rows(tmp_path / "ray") == ref
     assert load(tmp_path / "ray")[0]["engine"] == "ray"
+
+
+def test_outputs_are_published_durably(tmp_path: Path, render_root: Path, monkeypatch) -> None:
+    """summary.json, eval.parquet and report.html: each fsynced before the rename that publishes it, the folder after
+    (they were renamed in without any fsync: a power loss could leave an empty summary.json)."""
+    from tests.durability import FsEvents
+
+    ev = FsEvents(monkeypatch)
+    out = tmp_path / "out"
+    code, text = run_cli(render_root / "scene_a", "--out", out, "--frames", "1", "--workers", "1")
+    assert code == 0, text
+    for name in ("summary.json", "eval.parquet", "report.html"):
+        ev.assert_published(out / name)

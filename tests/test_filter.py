@@ -19,11 +19,12 @@ from typer.testing import CliRunner
 from syncam_data.cli import app
 from syncam_data.filter.cuts import cut_scores, first_shot_length
 from syncam_data.filter.debug import debug_png_name
-from syncam_data.filter.decode import decode_clip, sha256_of
+from syncam_data.filter.decode import decode_clip
+from syncam_data.fsio import sha256_file
 from syncam_data.filter.run import expand_inputs, rescore, run_filter
 from syncam_data.filter.score import score_tracks
 from syncam_data.filter.segment import query_points
-from syncam_data.filter.settings import FilterSettings
+from syncam_data.filter.settings import FilterConfig
 from syncam_data.filter.store import COLUMNS, ScoresStore
 from syncam_data.filter.synthetic import EXPECTED_REASON, KINDS, SyntheticSpec, synthesize_frames, write_synthetic_set, write_synthetic_video
 
@@ -39,7 +40,7 @@ def videos(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def scored(videos, tmp_path_factory) -> tuple[Path, dict[str, dict]]:
     out = tmp_path_factory.mktemp("scored")
-    run_filter(list(videos.values()), out, FilterSettings(), progress=False)
+    run_filter(list(videos.values()), out, FilterConfig(), progress=False)
     rows = {Path(r["path"]).stem: r for r in pq.read_table(out / "scores.parquet").to_pylist()}
     return out, rows
 
@@ -71,10 +72,10 @@ def test_scores_format_for_build_shards(scored, videos):
     assert tuple(table.column_names) == COLUMNS
     r = rows["static_subject"]
     assert r["path"] == str(videos["static_subject"].resolve()) and os.path.isabs(r["path"])
-    assert r["content_hash"] == sha256_of(videos["static_subject"])
+    assert r["content_hash"] == sha256_file(videos["static_subject"])
     assert (r["width"], r["height"], r["num_frames"], r["codec"]) == (160, 128, 48, "h264")
     assert r["fps"] == pytest.approx(24.0) and r["duration_s"] == pytest.approx(2.0, abs=0.05)
-    assert r["error"] is None and json.loads(r["settings"])["threshold"] == FilterSettings().threshold
+    assert r["error"] is None and json.loads(r["settings"])["threshold"] == FilterConfig().threshold
     assert (out / "kept.txt").read_text().splitlines() == [r["path"]]
     assert not list((out / "parts").glob("*.parquet")), "parts must be folded into scores.parquet"
 
@@ -84,7 +85,7 @@ def test_camera_motion_units_match_the_pan(scored):
     _, rows = scored
     expected = np.hypot(1.5, 0.45) * 24 / np.hypot(160, 128)
     assert rows["pan"]["camera_motion"] == pytest.approx(expected, rel=0.05)
-    assert rows["static_subject"]["camera_motion"] < 0.1 * FilterSettings().camera_threshold
+    assert rows["static_subject"]["camera_motion"] < 0.1 * FilterConfig().camera_threshold
 
 
 def test_scores_do_not_depend_on_resolution_or_frame_rate(tmp_path):
@@ -95,7 +96,7 @@ def test_scores_do_not_depend_on_resolution_or_frame_rate(tmp_path):
     big = write_synthetic_video(tmp_path / "b.mp4", "pan_subject", seed=3, width=320, height=256, fps=30,
                                 pan_speed=1.5 * f, subject_speed=2.0 * f)
     out = tmp_path / "out"
-    run_filter([small, big], out, FilterSettings(), progress=False)
+    run_filter([small, big], out, FilterConfig(), progress=False)
     rows = _rows(out)
     a, b = rows["a.mp4"], rows["b.mp4"]
     assert b["width"] == 320 and b["fps"] == pytest.approx(30)
@@ -128,7 +129,7 @@ def test_score_tracks_known_motion():
 
 def test_rescore_thresholds_apply_to_raw_scores(scored):
     _, rows = scored
-    base = FilterSettings()
+    base = FilterConfig()
     from syncam_data.filter.score import decide
 
     r = rows["static_subject"]
@@ -192,11 +193,11 @@ def test_expand_inputs_folders_and_lists(videos, tmp_path):
 
 def test_settings_errors_name_the_option():
     with pytest.raises(ValueError, match="--sam-checkpoint"):
-        FilterSettings(segmenter="sam")
+        FilterConfig(segmenter="sam")
     with pytest.raises(ValueError, match="--tracker"):
-        FilterSettings(tracker="raft")
-    s = FilterSettings(threshold=0.05)
-    assert FilterSettings.from_json(s.to_json()) == s
+        FilterConfig(tracker="raft")
+    s = FilterConfig(threshold=0.05)
+    assert FilterConfig.from_json(s.to_json()) == s
 
 
 # ---------------------------------------------------------------- robustness and resume
@@ -222,7 +223,7 @@ def test_bad_files_become_error_rows_and_the_run_completes(videos, tmp_path):
     listed = tmp_path / "more.txt"  # a path named in a list may be missing: that is an error row
     listed.write_text(f"{tmp_path / 'missing.mp4'}\n")
     inputs = list(bad.values()) + [videos["static_subject"], listed]
-    summary = run_filter(inputs, out, FilterSettings(), progress=False)
+    summary = run_filter(inputs, out, FilterConfig(), progress=False)
     rows = _rows(out)
     assert len(rows) == 6 and summary.total == 6
     assert rows["zero.mp4"]["reason"] == "empty_file"
@@ -242,7 +243,7 @@ def test_too_short_and_too_small(tmp_path):
     short = write_synthetic_video(tmp_path / "short.mp4", "static_subject", seconds=0.5)
     small = write_synthetic_video(tmp_path / "small.mp4", "static_subject", width=96, height=64)
     out = tmp_path / "out"
-    run_filter([short, small], out, FilterSettings(), progress=False)
+    run_filter([short, small], out, FilterConfig(), progress=False)
     rows = _rows(out)
     assert (rows["short.mp4"]["status"], rows["short.mp4"]["reason"]) == ("rejected", "too_short")
     assert (rows["small.mp4"]["status"], rows["small.mp4"]["reason"]) == ("rejected", "too_small")
@@ -254,23 +255,23 @@ def test_too_short_and_too_small(tmp_path):
 
 def test_timeout_becomes_an_error_row(videos, tmp_path):
     out = tmp_path / "out"
-    run_filter([videos["pan"]], out, FilterSettings(timeout_s=1e-4), progress=False)
+    run_filter([videos["pan"]], out, FilterConfig(timeout_s=1e-4), progress=False)
     r = _rows(out)["pan.mp4"]
     assert (r["status"], r["reason"]) == ("error", "timeout") and "time limit" in r["error"]
     # --retry-errors recomputes it with a sensible limit; a plain rerun does not.
-    assert run_filter([videos["pan"]], out, FilterSettings(), progress=False).processed == 0
-    run_filter([videos["pan"]], out, FilterSettings(), retry_errors=True, progress=False)
+    assert run_filter([videos["pan"]], out, FilterConfig(), progress=False).processed == 0
+    run_filter([videos["pan"]], out, FilterConfig(), retry_errors=True, progress=False)
     assert _rows(out)["pan.mp4"]["reason"] == "camera_moves"
 
 
 def test_rerun_skips_done_and_reuses_content_hash(videos, tmp_path):
     out = tmp_path / "out"
-    first = run_filter([videos["static"], videos["zoom"]], out, FilterSettings(), progress=False)
+    first = run_filter([videos["static"], videos["zoom"]], out, FilterConfig(), progress=False)
     assert first.processed == 2
     before = _rows(out)
     copy = tmp_path / "copy_of_zoom.mp4"
     shutil.copy(videos["zoom"], copy)
-    again = run_filter([videos["static"], videos["zoom"], copy], out, FilterSettings(), progress=False)
+    again = run_filter([videos["static"], videos["zoom"], copy], out, FilterConfig(), progress=False)
     assert again.processed == 0 and again.total == 3
     after = _rows(out)
     assert after["static.mp4"]["finished_at"] == before["static.mp4"]["finished_at"], "done rows must not be recomputed"
@@ -278,7 +279,7 @@ def test_rerun_skips_done_and_reuses_content_hash(videos, tmp_path):
     assert after["copy_of_zoom.mp4"]["reason"] == "camera_moves"
     # A changed file (new content at the same path) is recomputed.
     shutil.copy(videos["static_subject"], copy)
-    third = run_filter([copy], out, FilterSettings(), progress=False)
+    third = run_filter([copy], out, FilterConfig(), progress=False)
     assert third.processed == 1 and _rows(out)["copy_of_zoom.mp4"]["status"] == "kept"
 
 
@@ -289,11 +290,11 @@ def test_resume_reads_parts_left_by_a_killed_run(videos, tmp_path):
     from syncam_data.filter.stages import VideoItem, filter_video
 
     st = os.stat(videos["pan"])
-    item = VideoItem(str(videos["pan"].resolve()), sha256_of(videos["pan"]), st.st_size, st.st_mtime_ns)
-    row = filter_video(item, FilterSettings())
+    item = VideoItem(str(videos["pan"].resolve()), sha256_file(videos["pan"]), st.st_size, st.st_mtime_ns)
+    row = filter_video(item, FilterConfig())
     store.append(row)
     assert not (out / "scores.parquet").exists()
-    summary = run_filter([videos["pan"], videos["static"]], out, FilterSettings(), progress=False)
+    summary = run_filter([videos["pan"], videos["static"]], out, FilterConfig(), progress=False)
     assert summary.processed == 1
     rows = _rows(out)
     assert rows["pan.mp4"]["finished_at"] == row["finished_at"] and rows["static.mp4"]["reason"] == "static"
@@ -384,8 +385,8 @@ def test_cli_rejects_bad_options(tmp_path, videos):
 def test_workers_give_the_same_rows(videos, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     inputs = [videos[k] for k in ("static_subject", "pan", "static")]
-    run_filter(inputs, one, FilterSettings(), workers=1, progress=False)
-    run_filter(inputs, two, FilterSettings(), workers=2, progress=False)
+    run_filter(inputs, one, FilterConfig(), workers=1, progress=False)
+    run_filter(inputs, two, FilterConfig(), workers=2, progress=False)
     a, b = _rows(one), _rows(two)
     for k in a:
         assert (a[k]["status"], a[k]["reason"]) == (b[k]["status"], b[k]["reason"])
@@ -426,12 +427,12 @@ def test_ray_engine_gives_the_same_rows(videos, tmp_path):
     bad = _bad_files(tmp_path / "bad", videos["static"])
     inputs = [videos["static_subject"], videos["pan"], bad["noise.mp4"], bad["zero.mp4"]]
     local, remote = tmp_path / "local", tmp_path / "ray"
-    run_filter(inputs, local, FilterSettings(), progress=False)
+    run_filter(inputs, local, FilterConfig(), progress=False)
     try:
         from syncam_data.engine import ray_init
 
         ray_init(num_cpus=2)
-        run_filter(inputs, remote, FilterSettings(), engine="ray", workers=1, progress=False, debug=True)
+        run_filter(inputs, remote, FilterConfig(), engine="ray", workers=1, progress=False, debug=True)
     finally:
         ray.shutdown()
     a, b = _rows(local), _rows(remote)
@@ -462,7 +463,7 @@ def test_truncated_download_is_an_error_not_a_short_video(tmp_path):
     data = _faststart_mp4(tmp_path / "full.mp4", synthesize_frames(SyntheticSpec("static_subject")))
     (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 2])
     out = tmp_path / "out"
-    run_filter([tmp_path / "full.mp4", tmp_path / "cut.mp4"], out, FilterSettings(), progress=False)
+    run_filter([tmp_path / "full.mp4", tmp_path / "cut.mp4"], out, FilterConfig(), progress=False)
     rows = _rows(out)
     assert rows["full.mp4"]["status"] == "kept"
     cut = rows["cut.mp4"]

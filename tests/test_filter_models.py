@@ -15,7 +15,7 @@ from syncam_data.filter.debug import debug_png_name
 from syncam_data.filter.decode import decode_clip
 from syncam_data.filter.run import run_filter
 from syncam_data.filter.segment import query_points
-from syncam_data.filter.settings import FilterSettings
+from syncam_data.filter.settings import FilterConfig
 from syncam_data.filter.synthetic import EXPECTED_REASON, write_synthetic_set
 from syncam_data.filter.track import CoTrackerTracker, LKTracker, load_cotracker
 
@@ -83,8 +83,8 @@ def test_cotracker_adapter_matches_lk_decisions(videos, checkpoint, tmp_path):
     """Same decisions (and close scores) whichever tracker produced the tracks."""
     lk_out, co_out = tmp_path / "lk", tmp_path / "co"
     inputs = list(videos.values())
-    run_filter(inputs, lk_out, FilterSettings(), progress=False)
-    s = FilterSettings(tracker="cotracker", cotracker_repo=str(HUB), cotracker_checkpoint=str(checkpoint))
+    run_filter(inputs, lk_out, FilterConfig(), progress=False)
+    s = FilterConfig(tracker="cotracker", cotracker_repo=str(HUB), cotracker_checkpoint=str(checkpoint))
     run_filter(inputs, co_out, s, progress=False)
     lk = {Path(r["path"]).stem: r for r in pq.read_table(lk_out / "scores.parquet").to_pylist()}
     co = {Path(r["path"]).stem: r for r in pq.read_table(co_out / "scores.parquet").to_pylist()}
@@ -160,7 +160,7 @@ def test_sam_plumbing_vit_b_random_weights(videos, tmp_path):
             calls.append((frame.shape, masks))
             return masks
 
-    s = FilterSettings(segmenter="sam", sam_checkpoint="random-vit_b", grid_size=8, points_per_mask=6)
+    s = FilterConfig(segmenter="sam", sam_checkpoint="random-vit_b", grid_size=8, points_per_mask=6)
     clip = decode_clip(videos["static_subject"], 64, 8, 1.0)  # 80x64 frames, 8 of them
     item = VideoItem(str(videos["static_subject"]), "f" * 64, 1, 1)
     row = analyze_stage(base_row(item, s), clip, 0.0, s, lambda: None, tmp_path, models=(Recording(), LKTracker()))
@@ -227,8 +227,8 @@ def test_cotracker_query_grids_keep_a_long_pan_measured(checkpoint, tmp_path):
 
     expected = 4.0 * np.hypot(1.0, 0.3) * 24 / np.hypot(160, 128)
     base = dict(tracker="cotracker", cotracker_repo=str(HUB), cotracker_checkpoint=str(checkpoint))
-    run_filter([video], tmp_path / "grids", FilterSettings(**base, cotracker_query_every=4), progress=False)
-    run_filter([video], tmp_path / "first", FilterSettings(**base, cotracker_query_every=0), progress=False)
+    run_filter([video], tmp_path / "grids", FilterConfig(**base, cotracker_query_every=4), progress=False)
+    run_filter([video], tmp_path / "first", FilterConfig(**base, cotracker_query_every=0), progress=False)
     grids = pq.read_table(tmp_path / "grids" / "scores.parquet").to_pylist()[0]
     first = pq.read_table(tmp_path / "first" / "scores.parquet").to_pylist()[0]
     assert grids["reason"] == "camera_moves" and grids["measured_fraction"] >= 0.9 and grids["seeded_tracks"] > 0

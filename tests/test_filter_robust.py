@@ -25,7 +25,7 @@ from syncam_data.filter.isobmff import truncation
 from syncam_data.filter.run import run_filter
 from syncam_data.filter.score import camera_motion, decide, score_tracks, subject_motion, weighted_trimmed_mean
 from syncam_data.filter.segment import query_points
-from syncam_data.filter.settings import FilterSettings
+from syncam_data.filter.settings import FilterConfig
 from syncam_data.filter.synthetic import SyntheticSpec, synthesize_frames, write_synthetic_video
 from syncam_data.filter.track import LKTracker
 from syncam_data.video import encode
@@ -73,7 +73,7 @@ def test_camera_score_ignores_pairs_fitted_on_a_few_points():
     visible[18, 9:] = False  # only 9 tracks in frame 18 (pairs 17 and 18), and they jump 25 px there and back
     tracks[18, :9] += np.float32([25.0, 0.0])
     tracks[10 + 1 :] += np.float32([0.0, 12.0])  # one frame pair where everything jumps (a decoder glitch), well supported
-    s = FilterSettings()
+    s = FilterConfig()
     ms = score_tracks(tracks, visible, np.zeros(300, np.int32), fps, w, h, s.ransac_threshold_px, s.min_support_points)
     drift = 0.2 * fps / np.hypot(w, h)
     assert ms.support_per_pair[17] == 9 and ms.support_per_pair[0] == 300
@@ -98,10 +98,10 @@ def test_weighted_trimmed_mean():
 
 def test_few_background_points_late_in_the_clip_do_not_move_the_camera_score(clips, tmp_path):
     out = tmp_path / "out"
-    run_filter([clips["bgfade"], clips["subject"]], out, FilterSettings(), progress=False)
+    run_filter([clips["bgfade"], clips["subject"]], out, FilterConfig(), progress=False)
     r = _rows(out)["bgfade.mp4"]
     assert (r["status"], r["reason"]) == ("kept", ""), (r["camera_motion"], r["measured_fraction"])
-    assert r["camera_motion"] < 0.1 * FilterSettings().camera_threshold
+    assert r["camera_motion"] < 0.1 * FilterConfig().camera_threshold
     assert len(r["camera_motion_per_pair"]) == len(r["camera_support_per_pair"]) == r["analyzed_frames"] - 1
     assert r["measured_fraction"] >= 0.8
 
@@ -222,7 +222,7 @@ def test_index_at_end_mp4_cut_before_its_index_is_truncated(tmp_path):
     (tmp_path / "fast_cut_after_index.mp4").write_bytes(fast[: fboxes[b"mdat"][0]])
     out = tmp_path / "out"
     inputs = [tmp_path / n for n in ("full.mp4", "cut_in_mdat.mp4", "cut_at_moov.mp4", "fast.mp4", "fast_cut_after_index.mp4")]
-    run_filter(inputs, out, FilterSettings(), progress=False)
+    run_filter(inputs, out, FilterConfig(), progress=False)
     rows = _rows(out)
     assert rows["full.mp4"]["status"] == rows["fast.mp4"]["status"] == "kept"
     for name, words in (("cut_in_mdat.mp4", "inside the 'mdat' box"), ("cut_at_moov.mp4", "no index ('moov')"),
@@ -317,7 +317,7 @@ def test_subject_score_is_the_subject_points_residual_and_parallax_follows_the_d
     tracks[:, :30] += rng.normal(0, 1.5, (t_len, 30, 2)).astype(np.float32)
     visible = np.ones(tracks.shape[:2], bool)
     labels = np.r_[np.zeros(400), np.ones(40)].astype(np.int32)  # the segmenter marked the object as subject 1
-    s = FilterSettings()
+    s = FilterConfig()
     ms = score_tracks(tracks, visible, labels, fps, w, h, s.ransac_threshold_px, s.min_support_points)
     assert ms.track_candidate.sum() == 40 and not ms.track_candidate[:400].any()
     assert np.isnan(ms.track_speed[:400]).all(), "background points are not measured as subject motion"

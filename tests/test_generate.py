@@ -14,7 +14,7 @@ from syncam_data.video import encode, probe
 from syncam_model.cli_generate import app
 from syncam_model.camera_input import CameraRule
 from syncam_model.config import AdapterSpec
-from syncam_model.generate import combine_rerender, generate, plan_latents
+from syncam_model.generate import GenerationConfig, combine_rerender, generate, plan_latents
 from syncam_model.model import load_components, save_adapter
 from syncam_model.modules import multiview_modules
 from syncam_model.rig import RigError, load_rig, parse_preset, preset_rig, write_rig
@@ -97,40 +97,40 @@ def test_cameras_json_rig_rescales_intrinsics(tmp_path):
 def test_generate_text_mode_deterministic_and_coupled():
     c = perturbed_tiny()
     cams = preset_rig("azimuth:0,40", W, H).relative()
-    kw = dict(num_frames=FRAMES, height=H, width=W, steps=2, progress=False)
-    a = generate(c, "a cat", cams, seed=1, **kw)
+    kw = dict(num_frames=FRAMES, height=H, width=W, steps=2)
+    a = generate(c, GenerationConfig(prompt="a cat", seed=1, **kw), cams, progress=False)
     assert a.shape == (2, FRAMES, 3, H, W) and a.dtype == torch.float32
     assert a.min() >= -1 and a.max() <= 1
-    assert torch.equal(a, generate(c, "a cat", cams, seed=1, **kw))
-    assert not torch.equal(a, generate(c, "a cat", cams, seed=2, **kw))
+    assert torch.equal(a, generate(c, GenerationConfig(prompt="a cat", seed=1, **kw), cams, progress=False))
+    assert not torch.equal(a, generate(c, GenerationConfig(prompt="a cat", seed=2, **kw), cams, progress=False))
     # view 0 depends on view 1's camera: the views are generated jointly
     cams2 = preset_rig("azimuth:0,120", W, H).relative()
-    assert not torch.allclose(a[0], generate(c, "a cat", cams2, seed=1, **kw)[0])
+    assert not torch.allclose(a[0], generate(c, GenerationConfig(prompt="a cat", seed=1, **kw), cams2, progress=False)[0])
 
 
 def test_generate_guidance_one_is_single_pass_and_differs_from_cfg():
     c = load_components("tiny")
     cams = preset_rig("azimuth:0,30", W, H).relative()
-    kw = dict(num_frames=FRAMES, height=H, width=W, steps=2, progress=False, seed=0)
-    assert not torch.allclose(generate(c, "a dog", cams, guidance=1.0, **kw), generate(c, "a dog", cams, guidance=6.0, **kw))
+    kw = dict(num_frames=FRAMES, height=H, width=W, steps=2, seed=0)
+    assert not torch.allclose(generate(c, GenerationConfig(prompt="a dog", guidance=1.0, **kw), cams, progress=False), generate(c, GenerationConfig(prompt="a dog", guidance=6.0, **kw), cams, progress=False))
 
 
 def test_generate_rerender_keeps_input_view():
     c = perturbed_tiny()
     cams = preset_rig("azimuth:0,30,60", W, H).relative()
     video = torch.from_numpy(smooth_frames(FRAMES, H, W)).permute(0, 3, 1, 2).float() / 127.5 - 1
-    out = generate(c, "a cat", cams, num_frames=FRAMES, height=H, width=W, steps=2, input_video=video, progress=False)
+    out = generate(c, GenerationConfig(prompt="a cat", num_frames=FRAMES, height=H, width=W, steps=2), cams, input_video=video, progress=False)
     assert out.shape == (3, FRAMES, 3, H, W)
     from syncam_model.model import decode_latents, encode_video
 
     recon = decode_latents(c, encode_video(c, video[None], sample=False))[0]
     torch.testing.assert_close(out[0], recon)
     # passes run one by one give the same result as the batched passes
-    seq = generate(c, "a cat", cams, num_frames=FRAMES, height=H, width=W, steps=2, input_video=video, progress=False, batch_passes=False)
+    seq = generate(c, GenerationConfig(prompt="a cat", num_frames=FRAMES, height=H, width=W, steps=2, batch_passes=False), cams, input_video=video, progress=False)
     torch.testing.assert_close(seq, out, atol=1e-4, rtol=1e-4)
     # the input conditions the new views
     other = -video
-    out2 = generate(c, "a cat", cams, num_frames=FRAMES, height=H, width=W, steps=2, input_video=other, progress=False)
+    out2 = generate(c, GenerationConfig(prompt="a cat", num_frames=FRAMES, height=H, width=W, steps=2), cams, input_video=other, progress=False)
     assert not torch.allclose(out[1], out2[1])
 
 
@@ -139,13 +139,13 @@ def test_generate_rope_15_pads_latent_frames():
     plan = plan_latents(c, FRAMES, H, W)
     assert (plan.latent_frames, plan.padding_frames) == (4, 1)  # 9 frames -> 3 latents, padded to 4
     cams = np.eye(3, 4).reshape(1, 12).repeat(2, 0)
-    out = generate(c, "a cat", cams, num_frames=FRAMES, height=H, width=W, steps=1, sampler="dpm", progress=False)
+    out = generate(c, GenerationConfig(prompt="a cat", num_frames=FRAMES, height=H, width=W, steps=1, sampler="dpm"), cams, progress=False)
     assert out.shape == (2, FRAMES, 3, H, W)
     # re-rendering pads the condition latent too, and drops the padding before decoding
     from syncam_model.model import decode_latents, encode_video
 
     video = torch.from_numpy(smooth_frames(FRAMES, H, W)).permute(0, 3, 1, 2).float() / 127.5 - 1
-    out = generate(c, "a cat", cams, num_frames=FRAMES, height=H, width=W, steps=1, input_video=video, progress=False)
+    out = generate(c, GenerationConfig(prompt="a cat", num_frames=FRAMES, height=H, width=W, steps=1), cams, input_video=video, progress=False)
     torch.testing.assert_close(out[0], decode_latents(c, encode_video(c, video[None], sample=False))[0])
 
 
@@ -153,11 +153,37 @@ def test_generate_rejects_bad_sizes():
     c = load_components("tiny")
     cams = np.eye(3, 4).reshape(1, 12).repeat(2, 0)
     with pytest.raises(ValueError, match="4k\\+1"):
-        generate(c, "x", cams, num_frames=8, height=H, width=W, steps=1, progress=False)
+        generate(c, GenerationConfig(prompt="x", num_frames=8, height=H, width=W, steps=1), cams, progress=False)
     with pytest.raises(ValueError, match="multiples of 16"):
-        generate(c, "x", cams, num_frames=FRAMES, height=40, width=W, steps=1, progress=False)
+        generate(c, GenerationConfig(prompt="x", num_frames=FRAMES, height=40, width=W, steps=1), cams, progress=False)
     with pytest.raises(ValueError, match="\\(n, 12\\)"):
-        generate(c, "x", cams[:, :6], num_frames=FRAMES, height=H, width=W, steps=1, progress=False)
+        generate(c, GenerationConfig(prompt="x", num_frames=FRAMES, height=H, width=W, steps=1), cams[:, :6], progress=False)
+
+
+def test_generation_config_checks_every_setting_once_and_names_the_flag(monkeypatch):
+    """The settings' checks live in GenerationConfig (the CLI and generate() both rely on them)."""
+    from syncam_data.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^--frames: 8 is not 4k\+1"):
+        GenerationConfig.parse({"prompt": "x", "num_frames": 8})
+    with pytest.raises(ConfigError, match=r"^--frames: 13 frames is not 8N\+1"):
+        GenerationConfig.parse({"prompt": "x", "num_frames": 13})  # encodable (4k+1) but not decodable back to 13
+    with pytest.raises(ConfigError, match=r"^--resolution: height and width must be positive multiples of 16 \(got 40\)"):
+        GenerationConfig.parse({"prompt": "x", "height": 40})
+    with pytest.raises(ConfigError, match=r"^--steps: .*greater than or equal to 1"):
+        GenerationConfig.parse({"prompt": "x", "steps": 0})
+    with pytest.raises(ConfigError, match=r"^--guidance: nan is not a finite number; --sampler: "):
+        GenerationConfig.parse({"prompt": "x", "guidance": float("nan"), "sampler": "euler"})
+    with pytest.raises(ConfigError, match=r"generation: unknown option 'cfg_scale'"):
+        GenerationConfig.parse({"prompt": "x", "cfg_scale": 5.0})
+    with pytest.raises(ConfigError, match=r"^--prompt: Field required"):
+        GenerationConfig.parse({})
+    monkeypatch.setenv("SYNCAM_MAX_SAMPLING_STEPS", "10")
+    with pytest.raises(ConfigError, match=r"^--steps: 11 is over the maximum of 10 .*SYNCAM_MAX_SAMPLING_STEPS"):
+        GenerationConfig.parse({"prompt": "x", "steps": 11})
+    cfg = GenerationConfig.parse({"prompt": "x", "steps": 10})
+    assert cfg.record()["steps"] == 10 and GenerationConfig.parse(cfg.record()) == cfg
+    assert all(f.description for f in GenerationConfig.model_fields.values())
 
 
 # --------------------------------------------------------------------------- CLI
@@ -293,20 +319,18 @@ def test_rerender_steps_view_0_of_the_no_video_pass_with_its_unguided_prediction
 
 def test_defaults_follow_the_official_cogvideox_inference():
     """inference/syncammaster_inference.py: 50 steps, guidance 6, use_dynamic_cfg=True, DDIM for 2B, DPM for 5B."""
-    import inspect
-
     from syncam_model.generate import resolve_sampler
 
-    defaults = {k: p.default for k, p in inspect.signature(generate).parameters.items()}
+    defaults = {k: GenerationConfig.default(k) for k in ("steps", "guidance", "use_dynamic_cfg", "sampler")}
     assert (defaults["steps"], defaults["guidance"], defaults["use_dynamic_cfg"], defaults["sampler"]) == (50, 6.0, True, "auto")
     c = load_components("tiny")
     assert resolve_sampler(c, "auto") == "ddim"
     assert resolve_sampler(load_components("tiny", tiny_config={"variant": "5b"}), "auto") == "dpm"
     cams = preset_rig("azimuth:0,30", W, H).relative()
-    kw = dict(num_frames=FRAMES, height=H, width=W, steps=2, progress=False, seed=0)
-    default = generate(c, "a dog", cams, **kw)
-    assert torch.equal(default, generate(c, "a dog", cams, guidance=6.0, use_dynamic_cfg=True, sampler="ddim", **kw))
-    assert not torch.allclose(default, generate(c, "a dog", cams, use_dynamic_cfg=False, **kw))
+    kw = dict(num_frames=FRAMES, height=H, width=W, steps=2, seed=0)
+    default = generate(c, GenerationConfig(prompt="a dog", **kw), cams, progress=False)
+    assert torch.equal(default, generate(c, GenerationConfig(prompt="a dog", guidance=6.0, use_dynamic_cfg=True, sampler="ddim", **kw), cams, progress=False))
+    assert not torch.allclose(default, generate(c, GenerationConfig(prompt="a dog", use_dynamic_cfg=False, **kw), cams, progress=False))
 
 
 def test_cli_uses_the_adapters_structure_and_camera_rule(tmp_path):

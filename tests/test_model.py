@@ -283,6 +283,17 @@ def test_bad_inputs_rejected():
 # --------------------------------------------------------------------------- weights
 
 
+def test_adapter_file_is_published_durably(tmp_path, monkeypatch):
+    """The adapter is fsynced before the rename that publishes it, the folder after (it was renamed in unsynced)."""
+    from tests.durability import FsEvents
+
+    c = tiny()
+    ev = FsEvents(monkeypatch)
+    path = save_adapter(c.transformer, tmp_path / "adapter.safetensors", {"base_id": c.base_id, **RULE})
+    ev.assert_published(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter.safetensors"]
+
+
 def test_save_load_round_trip_is_bit_exact(tmp_path):
     c = tiny("5b")
     perturb(c.transformer, seed=3)

@@ -13,8 +13,9 @@ pytest.importorskip("bpy", reason="the Blender backend needs bpy (pip install -e
 from syncam_data.cameras import Camera, c2w_to_blender  # noqa: E402
 from syncam_data.render.base import get_backend  # noqa: E402
 from syncam_data.render.blender_scene import BlenderAssetError  # noqa: E402
-from syncam_data.render.output import SceneOutput, load_npz_array, read_cameras_json, reprojection_check  # noqa: E402
-from syncam_data.scenes import SamplerOptions, SceneSpec, SubjectSpec, AnimationSpec, TrajectorySpec, load_catalog, sample_scene  # noqa: E402
+from syncam_data.cameras import read_cameras_json  # noqa: E402
+from syncam_data.render.output import SceneOutput, load_npz_array, reprojection_check  # noqa: E402
+from syncam_data.scenes import SamplerConfig, SceneSpec, SubjectSpec, AnimationSpec, TrajectorySpec, load_catalog, sample_scene  # noqa: E402
 from syncam_data.video import decode  # noqa: E402
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
@@ -23,7 +24,7 @@ W, H = 96, 64
 
 
 def _tiny_spec(index: int = 0, cameras: int = 3, frames: int = 2, **kw) -> SceneSpec:
-    opt = SamplerOptions(**{"num_cameras": cameras, "num_frames": frames, "width": W, "height": H, "subjects": (2, 2), "distance": (4.0, 6.0), "elevation": (5.0, 35.0), **kw})
+    opt = SamplerConfig(**{"num_cameras": cameras, "num_frames": frames, "width": W, "height": H, "subjects": (2, 2), "distance": (4.0, 6.0), "elevation": (5.0, 35.0), **kw})
     return sample_scene(load_catalog(), index, seed=11, options=opt)
 
 

@@ -17,10 +17,11 @@ from typer.testing import CliRunner
 pytest.importorskip("bpy", reason="the Blender backend needs bpy (pip install -e '.[blender]')")
 
 from syncam_data.cli import app  # noqa: E402
-from syncam_data.render.blender import BlenderOptions  # noqa: E402
+from syncam_data.render.blender import BlenderConfig  # noqa: E402
 from syncam_data.render.jobs import REPORT_JSON, SPECS_JSONL, publish  # noqa: E402
-from syncam_data.render.output import is_complete_scene, read_cameras_json, reprojection_check  # noqa: E402
-from syncam_data.scenes import SamplerOptions, load_catalog, read_specs_jsonl, sample_scene  # noqa: E402
+from syncam_data.cameras import read_cameras_json  # noqa: E402
+from syncam_data.render.output import is_complete_scene, reprojection_check  # noqa: E402
+from syncam_data.scenes import SamplerConfig, load_catalog, read_specs_jsonl, sample_scene  # noqa: E402
 from syncam_data.video import probe  # noqa: E402
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
@@ -44,7 +45,7 @@ def test_render_command_outputs_and_rerun_does_nothing(tmp_path):
     specs = read_specs_jsonl(out / SPECS_JSONL)
     assert [s.scene_id for s in specs] == ["scene_00000", "scene_00001"]
     demo = load_catalog()
-    opt = SamplerOptions(num_cameras=2, num_frames=2, width=64, height=48)
+    opt = SamplerConfig(num_cameras=2, num_frames=2, width=64, height=48)
     for spec in specs:
         assert spec.to_json() == sample_scene(demo, int(spec.scene_id[-5:]), 5, opt).to_json()  # reproducible from the seed
         folder = out / spec.scene_id
@@ -58,7 +59,7 @@ def test_render_command_outputs_and_rerun_does_nothing(tmp_path):
         assert sj["caption"] == spec.caption and spec.caption
         assert sj["backend"] == "blender" and sj["versions"]["blender"].startswith("5.")
         assert sj["timings"]["render_s"] > 0 and sj["backend_options"]["samples"] == 2
-        assert sj["backend_options"] == BlenderOptions(samples=2).record()  # every option, defaults included
+        assert sj["backend_options"] == BlenderConfig(samples=2).record()  # every option, defaults included
         cams = read_cameras_json(folder / "cameras.json")
         assert [cid for cid, _, _ in cams] == [c.id for c in spec.cameras]
         assert all(r["agree"] > 0.9 for r in reprojection_check(folder).values())
@@ -124,7 +125,7 @@ def test_broken_asset_and_invalid_entry_are_reported_and_other_scenes_render(tmp
     cat_path = tmp_path / "cat.yaml"
     cat_path.write_text(BROKEN_CATALOG)
     cat = load_catalog(cat_path)
-    opt = SamplerOptions(num_cameras=2, num_frames=2, width=64, height=48, subjects=(1, 1))
+    opt = SamplerConfig(num_cameras=2, num_frames=2, width=64, height=48, subjects=(1, 1))
     # a seed whose two scenes use one good and one broken subject
     seed = next(sd for sd in range(100) if sorted(sample_scene(cat, i, sd, opt).subjects[0].asset_id for i in range(2)) == ["bot", "statue"])
     uses = [sample_scene(cat, i, seed, opt).subjects[0].asset_id for i in range(2)]
@@ -148,7 +149,7 @@ def test_broken_asset_and_invalid_entry_are_reported_and_other_scenes_render(tmp
 
 
 def test_bad_spec_lines_fail_alone(tmp_path):
-    spec = sample_scene(load_catalog(), 0, 0, SamplerOptions(num_cameras=2, num_frames=2, width=64, height=48))
+    spec = sample_scene(load_catalog(), 0, 0, SamplerConfig(num_cameras=2, num_frames=2, width=64, height=48))
     specs = tmp_path / "specs.jsonl"
     specs.write_text('{"scene_id": "x"}\n' + spec.to_json() + "\n" + spec.to_json() + "\n")
     out = tmp_path / "r"

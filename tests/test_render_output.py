@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from syncam_data.cameras import Camera, look_at
-from syncam_data.render.output import SceneOutput, is_complete_scene, load_npz_array, read_cameras_json, reprojection_check
+from syncam_data.cameras import read_cameras_json
+from syncam_data.render.output import SceneOutput, is_complete_scene, load_npz_array, reprojection_check
 from syncam_data.video import decode, probe
 from tests.conftest import smooth_frames
 

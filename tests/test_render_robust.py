@@ -16,7 +16,7 @@ from syncam_data import limits
 from syncam_data.cli import app
 from syncam_data.render.jobs import REPORT_JSON, publish, remove_stale_temps, temp_folder_name
 from syncam_data.render.output import is_complete_scene
-from syncam_data.scenes import SamplerOptions, SceneSpec, SpecError, load_catalog, sample_scene
+from syncam_data.scenes import SamplerConfig, SceneSpec, SpecError, load_catalog, sample_scene
 from tests.durability import FsEvents
 from tests.test_build_shards_inputs import make_render_scene
 
@@ -68,7 +68,7 @@ def test_render_refuses_absurd_sizes_before_any_work(tmp_path):
 
 
 def test_a_spec_over_the_limits_fails_alone_with_its_file_and_line_once(tmp_path):
-    good = sample_scene(load_catalog(), 0, 0, SamplerOptions(num_cameras=2, num_frames=2, width=64, height=48))
+    good = sample_scene(load_catalog(), 0, 0, SamplerConfig(num_cameras=2, num_frames=2, width=64, height=48))
     huge = json.loads(good.to_json())
     huge["num_frames"] = 1e9
     huge["scene_id"] = "huge"
@@ -85,15 +85,15 @@ def test_a_spec_over_the_limits_fails_alone_with_its_file_and_line_once(tmp_path
 
 
 def test_spec_and_sampler_models_enforce_the_limits_and_the_override(monkeypatch):
-    spec = json.loads(sample_scene(load_catalog(), 0, 0, SamplerOptions(num_cameras=2, num_frames=2, width=64, height=48)).to_json())
+    spec = json.loads(sample_scene(load_catalog(), 0, 0, SamplerConfig(num_cameras=2, num_frames=2, width=64, height=48)).to_json())
     for key, value in [("num_frames", 10_001), ("width", 100_000), ("fps", 1e6)]:
         bad = dict(spec, **{key: value})
         with pytest.raises(SpecError, match=key):
             SceneSpec.from_json(json.dumps(bad))
     with pytest.raises(ValueError, match="SYNCAM_MAX_FRAMES"):
-        SamplerOptions(num_frames=20_000)
+        SamplerConfig(num_frames=20_000)
     monkeypatch.setenv("SYNCAM_MAX_FRAMES", "20000")
-    assert SamplerOptions(num_frames=20_000).num_frames == 20_000
+    assert SamplerConfig(num_frames=20_000).num_frames == 20_000
     assert limits.FRAMES.max == 20_000
     monkeypatch.setenv("SYNCAM_MAX_FRAMES", "lots")
     with pytest.raises(limits.LimitError, match="SYNCAM_MAX_FRAMES"):

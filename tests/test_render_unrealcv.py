@@ -22,7 +22,8 @@ import pytest
 
 from syncam_data.cameras import Camera, look_at, spherical_position
 from syncam_data.render.base import WorkerSlot, get_backend
-from syncam_data.render.output import SceneOutput, load_npz_array, read_cameras_json
+from syncam_data.cameras import read_cameras_json
+from syncam_data.render.output import SceneOutput, load_npz_array
 from syncam_data.scenes import AnimationSpec, BackgroundSpec, CameraSpec, SceneSpec, SubjectSpec, TrajectorySpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

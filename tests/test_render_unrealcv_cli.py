@@ -11,7 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from syncam_data.cli import app
-from syncam_data.render.output import is_complete_scene, load_npz_array, read_cameras_json
+from syncam_data.cameras import read_cameras_json
+from syncam_data.render.output import is_complete_scene, load_npz_array
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_render_unrealcv import marker_offset, ue_to_canonical  # noqa: E402

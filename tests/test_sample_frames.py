@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from syncam_data.cli import app
 from syncam_data.sources import frameset
 from syncam_data.sources.export import export_dl3dv, export_realestate10k
-from syncam_data.sources.frameset import OutputOptions, SourceFrame, write_frame_set
+from syncam_data.sources.frameset import OutputConfig, SourceFrame, write_frame_set
 from tests.test_sources_realestate10k import groups, run_cli
 from tests.test_sources_scene import render, trajectory
 
@@ -143,10 +143,10 @@ def test_group_folder_is_complete_or_absent(tmp_path, scene, monkeypatch):
 
     monkeypatch.setattr(frameset, "encode_image", failing)
     with pytest.raises(OSError, match="disk full"):
-        write_frame_set(tmp_path, "seq_s000", {"source": "test"}, fr, OutputOptions())
+        write_frame_set(tmp_path, "seq_s000", {"source": "test"}, fr, OutputConfig())
     assert list(tmp_path.iterdir()) == []
     monkeypatch.setattr(frameset, "encode_image", real)
-    folder = write_frame_set(tmp_path, "seq_s000", {"source": "test"}, fr, OutputOptions(image_format="png"))
+    folder = write_frame_set(tmp_path, "seq_s000", {"source": "test"}, fr, OutputConfig(image_format="png"))
     data = json.loads((folder / "cameras.json").read_text())
     assert data["frame_indices"] == [0, 1, 2] and [c["image"] for c in data["cameras"]] == ["v00.png", "v01.png", "v02.png"]
 

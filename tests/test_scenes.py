@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from syncam_data.scenes import (
-    SamplerOptions,
+    SamplerConfig,
     SceneSpec,
     SpecError,
     build_caption,
@@ -21,7 +21,7 @@ from syncam_data.scenes import (
     write_specs_jsonl,
 )
 
-SMALL = SamplerOptions(num_cameras=6, num_frames=20, width=96, height=64)
+SMALL = SamplerConfig(num_cameras=6, num_frames=20, width=96, height=64)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_sampled_rig_follows_the_recipe(demo):
 
 
 def test_subjects_stay_near_centre_and_apart(demo):
-    opt = SamplerOptions(num_cameras=1, num_frames=100)
+    opt = SamplerConfig(num_cameras=1, num_frames=100)
     counts = set()
     for i in range(30):
         spec = sample_scene(demo, i, seed=3, options=opt)

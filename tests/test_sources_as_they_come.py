@@ -30,10 +30,10 @@ from typer.testing import CliRunner
 
 from syncam_data.cameras import Camera, c2w_to_opengl
 from syncam_data.cli import app
-from syncam_data.sources.dl3dv import Dl3dvOptions, iter_scene_refs, open_scene, read_transforms
+from syncam_data.sources.dl3dv import Dl3dvConfig, iter_scene_refs, open_scene, read_transforms
 from syncam_data.sources.export import export_dl3dv, export_realestate10k, realestate10k_timestamps
 from syncam_data.sources.frameset import SourceError
-from syncam_data.sources.realestate10k import Re10kOptions, infer_fps, iter_sequence_refs, open_sequence, read_camera_file
+from syncam_data.sources.realestate10k import Re10kConfig, infer_fps, iter_sequence_refs, open_sequence, read_camera_file
 from tests.test_sources_realestate10k import assert_camera_equal, groups, read_rgb, run_cli
 from tests.test_sources_scene import image_error, render, trajectory
 
@@ -106,7 +106,7 @@ def test_re10k_bom_jpg_frames_and_the_missing_file_named_as_it_is(tmp_path, fixt
     for ts in cf.timestamps_us[:-1]:
         cv2.imwrite(str(frames / f"{ts}.jpg"), np.full((36, 64, 3), 128, np.uint8))
     with pytest.raises(SourceError) as e:
-        open_sequence(next(iter_sequence_refs(tmp_path / "re10k")), Re10kOptions())
+        open_sequence(next(iter_sequence_refs(tmp_path / "re10k")), Re10kConfig())
     assert f"{frames}/{cf.timestamps_us[-1]}.jpg: image file is missing" in str(e.value)
 
 
@@ -129,11 +129,11 @@ def test_re10k_video_frames_follow_the_inferred_rate(tmp_path, fixtures_dir, wid
     cams, frames = wide
     root = tmp_path / "re10k"
     export_realestate10k(root, "pal", cams, frames, fps=25.0)  # every frame listed, 25 fps
-    seq = open_sequence(next(iter_sequence_refs(root)), Re10kOptions())
+    seq = open_sequence(next(iter_sequence_refs(root)), Re10kConfig())
     assert seq.video_frames.tolist() == list(range(10))
     assert seq.header()["fps"] == 25.0 and "median step" in seq.header()["fps_from"]
     # --fps overrides the timestamps
-    forced = open_sequence(next(iter_sequence_refs(root)), Re10kOptions(fps=50.0))
+    forced = open_sequence(next(iter_sequence_refs(root)), Re10kConfig(fps=50.0))
     assert forced.video_frames.tolist() == list(range(0, 20, 2)) and forced.header()["fps_from"] == "--fps"
     # the real (subsampled) file: 29.97 fps, lines 8-9 frames apart
     (root / "0bf152ef84195293.txt").write_text((fixtures_dir / "realestate10k" / "0bf152ef84195293.txt").read_text())
@@ -142,7 +142,7 @@ def test_re10k_video_frames_follow_the_inferred_rate(tmp_path, fixtures_dir, wid
     for ts in cf.timestamps_us:
         cv2.imwrite(str(root / "0bf152ef84195293" / f"{ts}.png"), np.full((36, 64, 3), 128, np.uint8))
     ref = next(r for r in iter_sequence_refs(root) if r.sequence_id == "0bf152ef84195293")
-    real = open_sequence(ref, Re10kOptions())
+    real = open_sequence(ref, Re10kConfig())
     assert real.header()["fps"] == pytest.approx(FPS) and "frame grid" in real.header()["fps_from"]
     assert np.diff(real.video_frames).tolist() == [int(round(d * FPS / 1e6)) for d in np.diff(cf.timestamps_us)]
     assert set(np.diff(real.video_frames).tolist()) == {8, 9}
@@ -216,7 +216,7 @@ def test_per_frame_intrinsics_sub_folders_and_numbers_from_the_stem(tmp_path, sc
     # the missing-image message names the real file, sub-folders and extension included
     (folder / "images_2" / "robot" / "000023-color.png").unlink()
     with pytest.raises(SourceError, match=r"images_2/robot/000023-color\.png: image file is missing"):
-        open_scene(next(iter_scene_refs(tmp_path / "root")), Dl3dvOptions(image_folder="images_2"))
+        open_scene(next(iter_scene_refs(tmp_path / "root")), Dl3dvConfig(image_folder="images_2"))
 
 
 def test_global_size_with_per_frame_focal_and_principal_point(tmp_path, scene):
@@ -233,7 +233,7 @@ def test_global_size_with_per_frame_focal_and_principal_point(tmp_path, scene):
         got = tr.intrinsics[k]
         assert (got.w, got.h) == (W, H)
         np.testing.assert_allclose([got.fl_x, got.fl_y, got.cx, got.cy], zoom[k].intrinsics)
-    sc = open_scene(next(iter_scene_refs(tmp_path / "root")), Dl3dvOptions(image_folder="images"))
+    sc = open_scene(next(iter_scene_refs(tmp_path / "root")), Dl3dvConfig(image_folder="images"))
     fr = sc.load_frames([4])[4]
     assert_camera_equal(fr.camera.to_dict(), zoom[4])
     assert image_error(fr.image, zoom[4]) < 1.0
@@ -317,7 +317,7 @@ def test_dl3dv_frames_of_another_aspect(tmp_path, scene):
         p.write_bytes(_png(cv2.resize(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB), (48, 48), interpolation=cv2.INTER_AREA)))
     ref = next(iter_scene_refs(tmp_path / "root"))
     with pytest.raises(SourceError, match=r"stored frame is 48x48 .*w x h = 128x96.*--frame-resize"):
-        open_scene(ref, Dl3dvOptions()).load_frames([0])
-    fr = open_scene(ref, Dl3dvOptions(frame_resize="squash")).load_frames([3])[3]
+        open_scene(ref, Dl3dvConfig()).load_frames([0])
+    fr = open_scene(ref, Dl3dvConfig(frame_resize="squash")).load_frames([3])[3]
     assert_camera_equal(fr.camera.to_dict(), cams[3].resized(48, 48))
     assert image_error(fr.image, cams[3].resized(48, 48)) < 3.0

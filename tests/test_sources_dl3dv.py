@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from syncam_data.cameras import Camera, relative_poses
-from syncam_data.sources.dl3dv import Dl3dvOptions, iter_scene_refs, open_scene, read_transforms
+from syncam_data.sources.dl3dv import Dl3dvConfig, iter_scene_refs, open_scene, read_transforms
 from syncam_data.sources.export import export_dl3dv
 from syncam_data.sources.frameset import SourceError
 from tests.test_sources_realestate10k import assert_camera_equal, check_two_view_consistency, groups, read_rgb, run_cli
@@ -100,8 +100,8 @@ def test_applied_transform_keep_and_undo(tmp_path, scene):
     cams, frames = scene
     export_dl3dv(tmp_path / "root", "applied", cams, frames, applied_transform=APPLIED)
     ref = next(iter_scene_refs(tmp_path / "root"))
-    keep = open_scene(ref, Dl3dvOptions(applied_transform="keep"))
-    undo = open_scene(ref, Dl3dvOptions(applied_transform="undo"))
+    keep = open_scene(ref, Dl3dvConfig(applied_transform="keep"))
+    undo = open_scene(ref, Dl3dvConfig(applied_transform="undo"))
     truth = np.stack([c.c2w for c in cams])
     np.testing.assert_allclose(undo.c2w, truth, atol=1e-12)
     A = np.vstack([APPLIED, [0, 0, 0, 1]])
@@ -120,9 +120,9 @@ def test_discovery_finds_subsets_and_nerfstudio_folders(tmp_path, scene):
     refs = list(iter_scene_refs(tmp_path))
     assert [(r.sequence_id, Path(r.path).relative_to(tmp_path).as_posix()) for r in refs] == [("s1", "1K/s1"), ("s2", "2K/s2/nerfstudio")]
     # Only images_8 exists: auto falls back to it; asking for a missing folder names the file.
-    assert open_scene(refs[0], Dl3dvOptions()).image_dir.name == "images_8"
+    assert open_scene(refs[0], Dl3dvConfig()).image_dir.name == "images_8"
     with pytest.raises(SourceError, match="transforms.json: no image folder"):
-        open_scene(refs[0], Dl3dvOptions(image_folder="images_2"))
+        open_scene(refs[0], Dl3dvConfig(image_folder="images_2"))
 
 
 def test_bad_transforms_name_file_and_frame(tmp_path, scene):

@@ -15,7 +15,7 @@ from syncam_data.cli import app
 from syncam_data.sources.export import export_realestate10k, realestate10k_timestamps
 from syncam_data.sources.frameset import SourceError
 from syncam_data.sources.realestate10k import (
-    Re10kOptions,
+    Re10kConfig,
     iter_sequence_refs,
     open_sequence,
     read_camera_file,
@@ -263,7 +263,7 @@ def test_frames_dir_and_videos_dir_layouts(tmp_path, scene):
     cams_root.mkdir(parents=True)
     for name, src in (("seqF", tmp_path / "frames" / "train"), ("seqV", tmp_path / "videos")):
         (cams_root / f"{name}.txt").write_text((src / f"{name}.txt").read_text())
-    opts = Re10kOptions(frames_dir=str(tmp_path / "frames"), videos_dir=str(tmp_path / "videos"))
+    opts = Re10kConfig(frames_dir=str(tmp_path / "frames"), videos_dir=str(tmp_path / "videos"))
     refs = {r.sequence_id: r for r in iter_sequence_refs(tmp_path / "cams")}
     f = open_sequence(refs["seqF"], opts)
     v = open_sequence(refs["seqV"], opts)

@@ -57,7 +57,7 @@ def build_shards(
 
     Incremental: a re-run adds only groups that are not in the dataset yet and skips duplicate groups (same content hash). Crash-safe: a killed build leaves a valid dataset of the shards it committed, and the next run redoes the rest. --engine local (any --workers) and --engine ray write the same shard files. See docs/build-shards.md.
     """
-    from syncam_data.shards.adapters import AdapterOptions
+    from syncam_data.shards.adapters import ConvertConfig
     from syncam_data.shards.build import BuildConfig, BuildError, build_shards as run_build
     from syncam_data.shards.captions import CaptionsError
     from syncam_data.shards.writer import parse_size
@@ -79,7 +79,7 @@ def build_shards(
             raise fail(str(e), 2) from None
         sizes[option] = n
     try:
-        options = AdapterOptions(
+        options = ConvertConfig(
             intrinsics=parse_intrinsics(intrinsics),
             fov_deg=fov,
             focal_mm=focal_mm,
@@ -109,7 +109,9 @@ def build_shards(
         raise fail(str(e)) from None
     d = summary.to_dict()
     if json_out:
-        json_out.write_text(json.dumps(d, indent=2, default=str))
+        from syncam_data import fsio
+
+        fsio.write_text(json_out, json.dumps(d, indent=2, default=str))
     typer.echo(
         f"{out}: wrote {summary.groups_written} group(s), {summary.views_written} view(s), "
         f"{summary.bytes_written / 1e6:.1f} MB in {len(summary.shards_written)} shard(s) in {summary.seconds:.1f}s; "

@@ -69,7 +69,7 @@ def filter_videos(
     """
     from syncam_data.filter.run import NoVideosError, run_filter, summary_text
     from syncam_data.filter.run import rescore as do_rescore
-    from syncam_data.filter.settings import DECISION_KEYS, FilterSettings
+    from syncam_data.filter.settings import DECISION_KEYS, FilterConfig
 
     given = {
         "threshold": threshold, "camera_threshold": camera_threshold, "camera_trim": camera_trim, "min_coverage": min_coverage,
@@ -99,7 +99,7 @@ def filter_videos(
     if not inputs:
         raise fail("give at least one INPUT (file, folder or list), or --rescore", 2)
     try:
-        settings = FilterSettings(**given)
+        settings = FilterConfig(**given)
     except ValueError as e:
         raise fail(str(e), 2)
     if engine not in ("local", "ray"):

@@ -37,4 +37,6 @@ def inspect(
     typer.echo(format_summary(s))
     typer.echo(f"camera plot: {out_png} ({len(s['plotted_groups'])} groups)")
     if json_out:
-        json_out.write_text(json.dumps(s, indent=2))
+        from syncam_data import fsio
+
+        fsio.write_text(json_out, json.dumps(s, indent=2))

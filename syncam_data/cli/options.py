@@ -128,11 +128,12 @@ def bounded(limit: Limit) -> Callable[[Any], Any]:
     return check
 
 
-def parse_resolution(text: str, option: str = "--resolution", limit: Limit = SIDE, multiple: int = 1) -> tuple[int, int]:
+def parse_resolution(text: str, option: str = "--resolution", limit: Limit | None = SIDE, multiple: int = 1) -> tuple[int, int]:
     """``"480x720"`` -> (height, width): each side at least 2, a multiple of ``multiple``, at most ``limit``.
 
-    ``render``/``demo`` take any image size (``limits.SIDE``); ``syncam-generate`` needs multiples
-    of 16 within ``limits.MODEL_SIDE`` (the VAE's 8x and the transformer's 2x2 patches).
+    ``render``/``demo`` take any image size (``limits.SIDE``); ``syncam-generate`` passes
+    ``limit=None`` and leaves its sizes to ``GenerationConfig`` (multiples of 16 within
+    ``limits.MODEL_SIDE``).
     """
     m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
     if not m:
@@ -142,6 +143,6 @@ def parse_resolution(text: str, option: str = "--resolution", limit: Limit = SID
         raise bad_option(option, f"{text}: height and width must be positive multiples of {multiple}")
     if h < 2 or w < 2:
         raise bad_option(option, f"{text}: each side must be at least 2 pixels")
-    if max(h, w) > limit.max:
+    if limit is not None and max(h, w) > limit.max:
         raise bad_option(option, f"{text}: each side must be at most {limit.max} pixels (set {limit.env} to raise it)")
     return h, w

@@ -12,8 +12,8 @@ import typer
 from syncam_data import limits
 from syncam_data.cli.app import app, bounded, check_out_path, fail, float_in
 from syncam_data.cli.options import parse_resolution
-from syncam_data.render.blender import BlenderOptions
-from syncam_data.render.unrealcv import UnrealCVOptions
+from syncam_data.render.blender import BlenderConfig
+from syncam_data.render.unrealcv import UnrealCVConfig
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +28,10 @@ class EngineKind(str, Enum):
     ray = "ray"
 
 
-# The choices of the backends' options, as Typer enums (declared once, in the backends' Options).
-UnrealLens = Enum("UnrealLens", {c: c for c in UnrealCVOptions.choices("lens")}, type=str)
-Illumination = Enum("Illumination", {c: c for c in UnrealCVOptions.choices("illumination")}, type=str)
-Device = Enum("Device", {c: c for c in BlenderOptions.choices("device")}, type=str)
+# The choices of the backends' options, as Typer enums (declared once, in the backends' configs).
+UnrealLens = Enum("UnrealLens", {c: c for c in UnrealCVConfig.choices("lens")}, type=str)
+Illumination = Enum("Illumination", {c: c for c in UnrealCVConfig.choices("illumination")}, type=str)
+Device = Enum("Device", {c: c for c in BlenderConfig.choices("device")}, type=str)
 
 
 def parse_range(text: str, what: str) -> tuple[float, float]:
@@ -85,14 +85,14 @@ def render(
     engine: EngineKind = typer.Option(EngineKind.local, "--engine", help="local: worker processes on this machine; ray: one Ray actor per worker."),
     ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster address (default: start a local Ray). The --out folder must be visible to every node."),
     retries: int = typer.Option(1, "--retries", min=0, max=100, help="Extra attempts for a failing scene before it is recorded as failed (at most 100)."),
-    samples: int = typer.Option(BlenderOptions.default("samples"), "--samples", help="Blender: " + BlenderOptions.help("samples")),
-    device: Device = typer.Option(Device(BlenderOptions.default("device")), "--device", help="Blender: " + BlenderOptions.help("device")),
-    host: str = typer.Option(UnrealCVOptions.default("host"), "--host", help="UnrealCV: " + UnrealCVOptions.help("host")),
-    port: list[int] = typer.Option(UnrealCVOptions.default("port"), "--port", help="UnrealCV: " + UnrealCVOptions.help("port")),
-    unix_socket: str | None = typer.Option(None, "--unix-socket", help="UnrealCV: " + UnrealCVOptions.help("unix_socket")),
-    launch: str | None = typer.Option(None, "--launch", help="UnrealCV: " + UnrealCVOptions.help("launch")),
-    lens: UnrealLens = typer.Option(UnrealLens(UnrealCVOptions.default("lens")), "--lens", help="UnrealCV: " + UnrealCVOptions.help("lens")),
-    illumination: Illumination | None = typer.Option(None, "--illumination", help="UnrealCV: " + UnrealCVOptions.help("illumination")),
+    samples: int = typer.Option(BlenderConfig.default("samples"), "--samples", help="Blender: " + BlenderConfig.help("samples")),
+    device: Device = typer.Option(Device(BlenderConfig.default("device")), "--device", help="Blender: " + BlenderConfig.help("device")),
+    host: str = typer.Option(UnrealCVConfig.default("host"), "--host", help="UnrealCV: " + UnrealCVConfig.help("host")),
+    port: list[int] = typer.Option(UnrealCVConfig.default("port"), "--port", help="UnrealCV: " + UnrealCVConfig.help("port")),
+    unix_socket: str | None = typer.Option(None, "--unix-socket", help="UnrealCV: " + UnrealCVConfig.help("unix_socket")),
+    launch: str | None = typer.Option(None, "--launch", help="UnrealCV: " + UnrealCVConfig.help("launch")),
+    lens: UnrealLens = typer.Option(UnrealLens(UnrealCVConfig.default("lens")), "--lens", help="UnrealCV: " + UnrealCVConfig.help("lens")),
+    illumination: Illumination | None = typer.Option(None, "--illumination", help="UnrealCV: " + UnrealCVConfig.help("illumination")),
     depth_dtype: str = typer.Option("float16", "--depth-dtype", help="Depth arrays: float16 (half the size) or float32."),
     strict: bool = typer.Option(False, "--strict", help="Stop when the catalog has invalid entries instead of skipping them."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars for scenes and frames."),
@@ -103,9 +103,9 @@ def render(
     finished scenes and redoes unfinished ones. Failing scenes are retried, then recorded in
     <out>/render_report.json; the exit code is 1 when any scene failed.
     """
-    from syncam_data.render.base import BackendOptionsError
+    from syncam_data.config import ConfigError
     from syncam_data.render.jobs import SPECS_JSONL, RenderJobConfig, run_render_job
-    from syncam_data.scenes import SamplerOptions, SceneSpec, SpecError, short_validation_error, load_catalog, read_specs_jsonl, sample_scenes, write_specs_jsonl
+    from syncam_data.scenes import SamplerConfig, SceneSpec, SpecError, short_validation_error, load_catalog, read_specs_jsonl, sample_scenes, write_specs_jsonl
 
     if depth_dtype not in ("float16", "float32"):
         raise fail(f"--depth-dtype must be float16 or float32, got {depth_dtype!r}", 2)
@@ -116,8 +116,8 @@ def render(
         options = {"host": host, "port": list(port), "unix_socket": unix_socket, "launch": launch, "retries": retries,
                    "lens": lens.value, "illumination": illumination.value if illumination else None}
     try:  # checked before any work starts
-        cfg = RenderJobConfig(out=out, backend=backend.value, backend_options=options, workers=workers, engine=engine.value, ray_address=ray_address, retries=retries, progress=progress, depth_dtype=depth_dtype)
-    except BackendOptionsError as e:
+        cfg = RenderJobConfig(out=out, backend=backend.value, backend_config=options, workers=workers, engine=engine.value, ray_address=ray_address, retries=retries, progress=progress, depth_dtype=depth_dtype)
+    except ConfigError as e:
         raise fail(str(e), 2)
     check_out_path(out)
     catalog_path, catalog_name = resolve_catalog(catalog)
@@ -129,7 +129,7 @@ def render(
             lo, hi = parse_range(subjects, "--subjects")
             cat = load_catalog(catalog_path, strict=strict)
             problems = cat.problems
-            opts = SamplerOptions(
+            opts = SamplerConfig(
                 num_cameras=cameras,
                 num_frames=frames,
                 fps=fps,
@@ -145,7 +145,7 @@ def render(
             items = read_specs_jsonl(Path(scenes))
     except SpecError as e:
         raise fail(str(e), 2)
-    except ValueError as e:  # option values that SamplerOptions rejects
+    except ValueError as e:  # option values that SamplerConfig rejects
         raise fail(short_validation_error(e), 2)
     out.mkdir(parents=True, exist_ok=True)
     write_specs_jsonl([s for s in items if isinstance(s, SceneSpec)], out / SPECS_JSONL)

@@ -53,7 +53,9 @@ def run(
         return
     report = run_recipe(stages, rec.name, keep_going=keep_going)
     if json_out:
-        json_out.write_text(json.dumps({"recipe": rec.name, "ok": report.ok, "stages": [asdict(s) for s in report.stages]}, indent=2))
+        from syncam_data import fsio
+
+        fsio.write_text(json_out, json.dumps({"recipe": rec.name, "ok": report.ok, "stages": [asdict(s) for s in report.stages]}, indent=2))
     for s in report.stages:
         status = "ok" if s.exit_code == 0 else f"FAILED (exit {s.exit_code}): {s.message}"
         typer.echo(f"stage {s.name} [{s.command}] {s.seconds:.1f}s {status}", err=s.exit_code != 0)

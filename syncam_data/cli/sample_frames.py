@@ -84,7 +84,7 @@ def sample_frames(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     from syncam_data.sources import dl3dv, realestate10k
-    from syncam_data.sources.frameset import REPORT_JSON, OutputOptions, SourceError
+    from syncam_data.sources.frameset import REPORT_JSON, OutputConfig, SourceError
     from syncam_data.sources.runner import SampleFramesJob, run_sample_frames
     from syncam_data.sources.sampling import SamplingConfig
 
@@ -104,8 +104,8 @@ def sample_frames(
             root=str(root),
             out=str(out),
             sampling=SamplingConfig(views, max_gap, sets_per_sequence, min_angle, min_baseline, seed),
-            output=OutputOptions(image_format.lower().replace("jpeg", "jpg"), jpeg_quality, max_size),
-            re10k=realestate10k.Re10kOptions(
+            output=OutputConfig(image_format.lower().replace("jpeg", "jpg"), jpeg_quality, max_size),
+            re10k=realestate10k.Re10kConfig(
                 str(frames_dir) if frames_dir else None,
                 str(videos_dir) if videos_dir else None,
                 frames_from,
@@ -114,7 +114,7 @@ def sample_frames(
                 "video-frames" if unit == "auto" else unit,
                 frame_resize.value,
             ),
-            dl3dv=dl3dv.Dl3dvOptions(image_folder, undistort, applied_transform, frame_resize.value),
+            dl3dv=dl3dv.Dl3dvConfig(image_folder, undistort, applied_transform, frame_resize.value),
         )
     except ValueError as e:
         raise fail(str(e)) from None

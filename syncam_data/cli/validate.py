@@ -23,7 +23,9 @@ def validate(
 
     rep = validate_dataset(dataset, decode_media=not quick, workers=workers)
     if json_out:
-        json_out.write_text(json.dumps(rep.to_dict(), indent=2))
+        from syncam_data import fsio
+
+        fsio.write_text(json_out, json.dumps(rep.to_dict(), indent=2))
     for w in rep.warnings:
         typer.echo(f"warning: {w}", err=True)
     if rep.ok:

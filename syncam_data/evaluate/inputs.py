@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from syncam_data.cameras import Camera
-from syncam_data.render.output import CAMERAS_JSON, read_cameras_json
+from syncam_data.cameras import CAMERAS_JSON, read_cameras_json
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,6 @@ import html
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from syncam_data import fsio
 from syncam_data.evaluate import epipolar
 from syncam_data.evaluate.inputs import GroupRef, load_view_frames
 from syncam_data.evaluate.run import EvalConfig, RunResult, _fit_frames, build_matcher, config_dict
@@ -218,26 +218,19 @@ def _skip_reason(counts: dict[str, int], weights: str | None) -> str:
 
 # --- writing ------------------------------------------------------------------------
 
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     table = pa.Table.from_pylist(rows, schema=ROW_SCHEMA) if rows else ROW_SCHEMA.empty_table()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
+    with fsio.atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
 
 
 def write_outputs(out: Path, run: RunResult, cfg: EvalConfig, input_path: Path, extra: dict[str, Any], report_groups: int = 5) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     summary, rows = build_summary(run, cfg, input_path, extra)
     write_rows(out / EVAL_PARQUET, rows)
-    _atomic_bytes(out / SUMMARY_JSON, json.dumps(summary, indent=2, default=_json_default).encode())
+    fsio.write_text(out / SUMMARY_JSON, json.dumps(summary, indent=2, default=_json_default))
     figures = draw_worst(run, summary, rows, cfg, report_groups)
-    _atomic_bytes(out / REPORT_HTML, render_html(summary, figures).encode())
+    fsio.write_text(out / REPORT_HTML, render_html(summary, figures))
     return summary
 
 

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from syncam_data.ids import sanitize_id
-from syncam_data.video import atomic_write_bytes
+from syncam_data import fsio
 
 HISTOGRAM_FILE = "score_histogram.png"
 
@@ -76,7 +76,7 @@ def write_debug_png(path: Path, image_bgr: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", image_bgr)
     if not ok:
         raise RuntimeError(f"{path}: PNG encoding failed")
-    atomic_write_bytes(path, buf.tobytes())
+    fsio.write_bytes(path, buf.tobytes())
 
 
 def write_score_histogram(rows: list[dict[str, Any]], settings: Any, path: Path) -> None:
@@ -115,4 +115,4 @@ def write_score_histogram(rows: list[dict[str, Any]], settings: Any, path: Path)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    fsio.write_bytes(path, buf.getvalue())

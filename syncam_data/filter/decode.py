@@ -8,7 +8,6 @@ second does not depend on either.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from contextlib import closing
 from dataclasses import dataclass
@@ -47,12 +46,7 @@ class Clip:
     info: VideoInfo  # the original stream
 
 
-def sha256_of(path: str | Path, chunk: int = 4 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(chunk):
-            h.update(b)
-    return h.hexdigest()
+
 
 
 def downsampled_size(width: int, height: int, short_side: int) -> tuple[int, int]:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from syncam_data.filter.decode import Clip
 from syncam_data.filter.stages import VideoItem, analyze_stage, base_row, decode_stage, error_row, time_limit
-from syncam_data.filter.settings import FilterSettings
+from syncam_data.filter.settings import FilterConfig
 from syncam_data.video import VideoInfo
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def _unpack(data: bytes) -> tuple[np.ndarray, float]:
 
 
 def _decode_task(record: dict[str, Any], settings_json: str) -> dict[str, Any]:
-    s = FilterSettings.from_json(settings_json)
+    s = FilterConfig.from_json(settings_json)
     item = VideoItem(**json.loads(record["item"]))
     row = base_row(item, s)
     try:
@@ -63,7 +63,7 @@ class _Analyzer:
 
         from syncam_data.filter.stages import get_models
 
-        self.settings = FilterSettings.from_json(settings_json)
+        self.settings = FilterConfig.from_json(settings_json)
         self.debug_dir = Path(debug_dir) if debug_dir else None
         get_models(self.settings)
 
@@ -87,7 +87,7 @@ class _Analyzer:
 
 
 def ray_rows(
-    todo: list[VideoItem], s: FilterSettings, workers: int, address: str | None, debug_dir: str | None, progress: bool
+    todo: list[VideoItem], s: FilterConfig, workers: int, address: str | None, debug_dir: str | None, progress: bool
 ) -> Iterator[dict[str, Any]]:
     """Yield one finished row per item, in completion order."""
     if not todo:

@@ -33,9 +33,9 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from syncam_data.engine import run_tasks
-from syncam_data.filter.decode import Clip, sha256_of
+from syncam_data.filter.decode import Clip
 from syncam_data.filter.score import decide
-from syncam_data.filter.settings import FilterSettings
+from syncam_data.filter.settings import FilterConfig
 from syncam_data.filter.stages import (
     VideoItem,
     VideoTimeout,
@@ -47,7 +47,7 @@ from syncam_data.filter.stages import (
     time_limit,
 )
 from syncam_data.filter.store import ScoresStore
-from syncam_data.fsio import utc_now
+from syncam_data.fsio import sha256_file, utc_now
 from syncam_data.video import VideoError
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class _Prefetch:
     when ``get`` times out, and being a daemon it cannot keep the process alive.
     """
 
-    def __init__(self, item: VideoItem, s: FilterSettings) -> None:
+    def __init__(self, item: VideoItem, s: FilterConfig) -> None:
         self.item, self.settings = item, s
         self.result: tuple[dict[str, Any], Clip | None, float, float, float] | None = None
         self.thread = threading.Thread(target=self._run, name=f"decode {Path(item.path).name}", daemon=True)
@@ -125,7 +125,7 @@ def one_opencv_thread() -> Iterator[None]:
         cv2.setNumThreads(before)
 
 
-def _pipelined_rows(todo: list[VideoItem], s: FilterSettings, debug_dir: str | None, progress: bool) -> Iterator[dict[str, Any]]:
+def _pipelined_rows(todo: list[VideoItem], s: FilterConfig, debug_dir: str | None, progress: bool) -> Iterator[dict[str, Any]]:
     """One worker: decode video i+1 in a thread while video i is analysed here (decode and tracking overlap)."""
     from tqdm import tqdm
 
@@ -225,7 +225,7 @@ def _hash_all(paths: list[str], progress: bool) -> dict[str, str | OSError]:
 
     def one(path: str) -> str | OSError:
         try:
-            return sha256_of(path)
+            return sha256_file(path)
         except OSError as e:
             return e
 
@@ -255,7 +255,7 @@ def duplicate_row(source: dict[str, Any], item: VideoItem) -> dict[str, Any]:
 
 
 def plan_work(
-    paths: list[str], done: dict[str, dict[str, Any]], s: FilterSettings, force: bool, retry_errors: bool, progress: bool = False
+    paths: list[str], done: dict[str, dict[str, Any]], s: FilterConfig, force: bool, retry_errors: bool, progress: bool = False
 ) -> Plan:
     """Skip what is done (same path, size and mtime) and process each content hash once.
 
@@ -310,7 +310,7 @@ def plan_work(
     return Plan(todo, ready, skipped, waiting)
 
 
-def check_model_files(s: FilterSettings) -> None:
+def check_model_files(s: FilterConfig) -> None:
     """Fail before any video is touched when SAM/CoTracker weights or code are missing."""
     if s.segmenter == "sam" and s.sam_checkpoint and not Path(s.sam_checkpoint).expanduser().is_file():
         raise FileNotFoundError(f"--sam-checkpoint {s.sam_checkpoint}: no such file")
@@ -320,11 +320,11 @@ def check_model_files(s: FilterSettings) -> None:
         resolve_cotracker(s.cotracker_repo, s.cotracker_checkpoint, s.cotracker_entry)
 
 
-def _warn_if_settings_changed(done: dict[str, dict[str, Any]], s: FilterSettings) -> None:
+def _warn_if_settings_changed(done: dict[str, dict[str, Any]], s: FilterConfig) -> None:
     for r in done.values():
         if r.get("settings") and r["status"] != "error":
             try:
-                old = FilterSettings.from_json(r["settings"])
+                old = FilterConfig.from_json(r["settings"])
             except (ValueError, TypeError):
                 return
             if old.compute_key() != s.compute_key():
@@ -336,7 +336,7 @@ def _warn_if_settings_changed(done: dict[str, dict[str, Any]], s: FilterSettings
 # ---------------------------------------------------------------- run
 
 
-def _local_rows(todo: list[VideoItem], s: FilterSettings, workers: int, debug_dir: str | None, progress: bool) -> Iterator[dict[str, Any]]:
+def _local_rows(todo: list[VideoItem], s: FilterConfig, workers: int, debug_dir: str | None, progress: bool) -> Iterator[dict[str, Any]]:
     if workers <= 1:
         yield from _pipelined_rows(todo, s, debug_dir, progress)
         return
@@ -351,7 +351,7 @@ def _local_rows(todo: list[VideoItem], s: FilterSettings, workers: int, debug_di
 def run_filter(
     inputs: Iterable[str | Path],
     out: str | Path,
-    settings: FilterSettings,
+    settings: FilterConfig,
     workers: int = 1,
     engine: str = "local",
     ray_address: str | None = None,
@@ -401,7 +401,7 @@ def run_filter(
     return _summary(table.to_pylist(), len(paths), len(plan.todo), len(plan.ready), duplicates)
 
 
-def _write_histogram(store: ScoresStore, rows: list[dict[str, Any]], s: FilterSettings) -> None:
+def _write_histogram(store: ScoresStore, rows: list[dict[str, Any]], s: FilterConfig) -> None:
     from syncam_data.filter.debug import write_score_histogram
 
     path = store.debug / "score_histogram.png"
@@ -425,11 +425,11 @@ def rescore(out: str | Path, debug: bool = False, **changes: Any) -> RunSummary:
     if not rows:
         raise FileNotFoundError(f"{store.scores}: no scores to rescore (run filter-videos first)")
     stale = 0
-    last: FilterSettings | None = None
+    last: FilterConfig | None = None
     for r in rows.values():
         if r["status"] == "error" or not r.get("settings"):
             continue
-        s = FilterSettings.from_json(r["settings"]).with_decisions(**changes)
+        s = FilterConfig.from_json(r["settings"]).with_decisions(**changes)
         last = s
         r["settings"] = s.to_json()
         if r.get("track_speed") is None:
@@ -452,7 +452,7 @@ def rescore(out: str | Path, debug: bool = False, **changes: Any) -> RunSummary:
                     "rerun filter-videos with --force on them to measure their motion", stale)
     table = store.write_all(rows)
     if debug:
-        _write_histogram(store, table.to_pylist(), last or FilterSettings().with_decisions(**changes))
+        _write_histogram(store, table.to_pylist(), last or FilterConfig().with_decisions(**changes))
     return _summary(table.to_pylist(), len(rows), 0, 0, sum(1 for r in rows.values() if r.get("duplicate_of")))
 
 

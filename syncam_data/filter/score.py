@@ -6,7 +6,7 @@ subject masks with them, including every re-seeded track) is the camera's
 motion; its size is the mean displacement it induces over a grid covering the
 frame. The pair's **support** is the number of background tracks that agree
 with it (RANSAC inliers). A pair is **measured** when its support reaches
-``FilterSettings.min_support_points`` (a share of the tracking grid, at least
+``FilterConfig.min_support_points`` (a share of the tracking grid, at least
 8): a homography that a handful of surviving points happen to fit is noise,
 not a camera estimate.
 
@@ -49,7 +49,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from syncam_data.filter.settings import MIN_HOMOGRAPHY_POINTS, FilterSettings
+from syncam_data.filter.settings import MIN_HOMOGRAPHY_POINTS, FilterConfig
 
 
 @dataclass
@@ -207,7 +207,7 @@ class Decision:
 
 
 def decide(
-    s: FilterSettings,
+    s: FilterConfig,
     width: int,
     height: int,
     duration_s: float,

@@ -60,7 +60,7 @@ class SettingsError(ValueError):
     """A filter setting out of range; the message names the command-line option."""
 
 
-class FilterSettings(BaseModel):
+class FilterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # Decisions (units: frame diagonals per second; see the module docstring).
@@ -112,7 +112,7 @@ class FilterSettings(BaseModel):
     timeout_s: float = Field(300.0, description="Per-video time limit in seconds.")
 
     @model_validator(mode="after")
-    def _check(self) -> "FilterSettings":
+    def _check(self) -> "FilterConfig":
         def need(cond: bool, key: str, msg: str) -> None:
             if not cond:
                 raise ValueError(f"{OPTIONS[key]}: {msg}")
@@ -171,16 +171,16 @@ class FilterSettings(BaseModel):
         return {k: v for k, v in self.model_dump().items() if k not in skip}
 
     @classmethod
-    def from_json(cls, text: str) -> "FilterSettings":
+    def from_json(cls, text: str) -> "FilterConfig":
         """Settings stored in a row; keys of other versions are dropped, missing ones take today's defaults."""
         data = json.loads(text)
         return cls(**{k: v for k, v in data.items() if k in cls.model_fields})
 
-    def with_decisions(self, **changes: Any) -> "FilterSettings":
+    def with_decisions(self, **changes: Any) -> "FilterConfig":
         bad = [k for k in changes if k not in DECISION_KEYS]
         if bad:
             raise SettingsError(f"--rescore can only change decision settings ({', '.join(DECISION_KEYS)}), not {bad}")
-        return FilterSettings(**{**self.model_dump(), **changes})
+        return FilterConfig(**{**self.model_dump(), **changes})
 
 
 def _one_line(err: ValidationError) -> str:

@@ -28,7 +28,7 @@ from syncam_data.filter.cuts import cut_scores, first_shot_length
 from syncam_data.filter.decode import Clip, RejectedInput, TruncatedVideo, decode_clip
 from syncam_data.filter.isobmff import truncation
 from syncam_data.filter.score import decide, score_tracks
-from syncam_data.filter.settings import FilterSettings
+from syncam_data.filter.settings import FilterConfig
 from syncam_data.fsio import utc_now
 from syncam_data.video import VideoError, VideoInfo, probe
 
@@ -92,7 +92,7 @@ def time_limit(seconds: float, name: str) -> Iterator[Callable[[], None]]:
 _MODELS: dict[tuple, tuple[Segmenter, Tracker]] = {}
 
 
-def get_models(s: FilterSettings) -> tuple[Segmenter, Tracker]:
+def get_models(s: FilterConfig) -> tuple[Segmenter, Tracker]:
     """Segmenter and tracker for ``s``, built once per process (weights load once per worker)."""
     from syncam_data.filter.segment import GridSegmenter, SamSegmenter
     from syncam_data.filter.track import CoTrackerTracker, LKTracker, load_cotracker
@@ -117,7 +117,7 @@ def get_models(s: FilterSettings) -> tuple[Segmenter, Tracker]:
 # ---------------------------------------------------------------- rows
 
 
-def base_row(item: VideoItem, s: FilterSettings) -> dict[str, Any]:
+def base_row(item: VideoItem, s: FilterConfig) -> dict[str, Any]:
     return {
         "path": item.path, "content_hash": item.content_hash, "status": "error", "reason": "", "subject_motion": None,
         "camera_motion": None, "duration_s": 0.0, "fps": 0.0, "width": 0, "height": 0, "num_frames": 0, "codec": "",
@@ -169,7 +169,7 @@ def error_row(row: dict[str, Any], e: BaseException) -> dict[str, Any]:
 
 
 def decode_stage(
-    item: VideoItem, s: FilterSettings, check: Callable[[], None], row: dict[str, Any] | None = None
+    item: VideoItem, s: FilterConfig, check: Callable[[], None], row: dict[str, Any] | None = None
 ) -> tuple[dict[str, Any], Clip | None, float | None]:
     """(row, clip, scene-cut score). ``clip`` is None when the row is already final.
 
@@ -205,7 +205,7 @@ def analyze_stage(
     row: dict[str, Any],
     clip: Clip,
     cut_score: float,
-    s: FilterSettings,
+    s: FilterConfig,
     check: Callable[[], None],
     debug_dir: Path | None,
     models: tuple[Segmenter, Tracker] | None = None,
@@ -260,7 +260,7 @@ def analyze_stage(
     return row
 
 
-def filter_video(item: VideoItem, settings: FilterSettings, debug_dir: str | None = None) -> dict[str, Any]:
+def filter_video(item: VideoItem, settings: FilterConfig, debug_dir: str | None = None) -> dict[str, Any]:
     """Process one video into one row; never raises for a bad video (returns an error row)."""
     t0 = time.perf_counter()
     row = base_row(item, settings)

@@ -101,10 +101,6 @@ def _atomic_parquet(table: pa.Table, path: Path) -> None:
         pq.write_table(table, tmp, compression="zstd")
 
 
-def _atomic_text(text: str, path: Path) -> None:
-    write_text(path, text)
-
-
 class ScoresStore:
     """Reads and writes one filter output folder."""
 
@@ -158,7 +154,7 @@ class ScoresStore:
         table = rows_to_table(ordered)
         self.out.mkdir(parents=True, exist_ok=True)
         _atomic_parquet(table, self.scores)
-        _atomic_text("".join(p + "\n" for p in kept_paths(ordered)), self.kept)
+        write_text(self.kept, "".join(p + "\n" for p in kept_paths(ordered)))
         for p in parts:
             p.unlink(missing_ok=True)
         return table

@@ -1,12 +1,12 @@
-"""The renderer interface every backend implements, its typed options, and the backend registry.
+"""The renderer interface every backend implements, its typed config, and the backend registry.
 
 A backend turns one ``SceneSpec`` into the frames of a Contract 2 scene
-folder. Each backend declares its options next to it (``BlenderOptions`` in
-``render/blender.py``, ``UnrealCVOptions`` in ``render/unrealcv.py``): a
-``BackendOptions`` model that refuses unknown keys, describes every field (the
-``render`` command's ``--help`` shows those descriptions) and names the
-command-line flag in its errors. ``get_backend`` builds them, and ``scene.json``
-records them in full. The job runner (``render/jobs.py``) owns everything around it:
+folder. Each backend declares its options next to it (``BlenderConfig`` in
+``render/blender.py``, ``UnrealCVConfig`` in ``render/unrealcv.py``): a
+``BackendConfig`` (``syncam_data.config.Config``) that refuses unknown keys,
+describes every field (the ``render`` command's ``--help`` shows those
+descriptions) and names the command-line flag in its errors. ``get_backend``
+builds it, and ``scene.json`` records it in full (under ``backend_options``). The job runner (``render/jobs.py``) owns everything around it:
 temporary folders, renames, skipping finished scenes, retries, the run
 report, worker processes and Ray actors. One backend instance lives in one
 worker for many scenes (one Blender per process, one Unreal connection per
@@ -18,9 +18,9 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Mapping, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from syncam_data.config import Config
 
 if TYPE_CHECKING:  # type hints only: `syncam-data --help` imports the options without the scene and video stack
     from syncam_data.render.output import SceneOutput
@@ -47,83 +47,22 @@ class RenderResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-class BackendOptionsError(ValueError):
-    """Backend options that do not validate; one line per problem, naming the option's flag."""
+class BackendConfig(Config):
+    """Base of every backend's config; ``backend`` names it in messages ("blender backend: unknown option 'port'")."""
 
-
-def option(default: Any, description: str, flag: str | None = None, **constraints: Any) -> Any:
-    """A backend option: its default, the help text, and the ``render`` flag that sets it (if any)."""
-    return Field(default, description=description, json_schema_extra={"flag": flag} if flag else None, **constraints)
-
-
-class BackendOptions(BaseModel):
-    """Base of every backend's options: unknown keys and non-finite numbers are refused."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     backend: ClassVar[str] = "base"
-
-    @classmethod
-    def parse(cls, options: Mapping[str, Any] | "BackendOptions") -> "BackendOptions":
-        """Validated options; ``BackendOptionsError`` naming each bad option (its flag where it has one)."""
-        if isinstance(options, cls):
-            return options
-        if isinstance(options, BackendOptions):
-            raise BackendOptionsError(f"{cls.backend} backend: got the options of the {options.backend} backend")
-        try:
-            return cls.model_validate(dict(options))
-        except ValidationError as e:
-            raise BackendOptionsError("; ".join(cls._problem(err) for err in e.errors())) from None
-
-    @classmethod
-    def _problem(cls, err: Any) -> str:
-        name = str(err["loc"][0]) if err["loc"] else ""
-        if err["type"] == "extra_forbidden":
-            return f"{cls.backend} backend: unknown option {name!r} (its options: {', '.join(cls.model_fields)})"
-        msg = err["msg"].removeprefix("Value error, ")
-        return f"{cls.flag(name) or f'{cls.backend} option {name}'}: {msg} (got {err.get('input')!r})"
-
-    @classmethod
-    def flag(cls, name: str) -> str | None:
-        """The ``render`` flag that sets option ``name`` (None for options the command line does not set)."""
-        extra = cls.model_fields[name].json_schema_extra
-        return extra.get("flag") if isinstance(extra, dict) else None
-
-    @classmethod
-    def help(cls, name: str) -> str:
-        """The option's description, for ``--help``."""
-        return str(cls.model_fields[name].description)
-
-    @classmethod
-    def choices(cls, name: str) -> tuple[Any, ...]:
-        """The values a ``Literal`` option accepts (None left out), for the command line's choices."""
-        out: list[Any] = []
-        todo = [cls.model_fields[name].annotation]
-        while todo:
-            t = todo.pop(0)
-            if get_origin(t) is Literal:
-                out += [v for v in get_args(t) if v is not None]
-            else:
-                todo += list(get_args(t))
-        return tuple(out)
-
-    @classmethod
-    def default(cls, name: str) -> Any:
-        return cls.model_fields[name].get_default(call_default_factory=True)
-
-    def record(self) -> dict[str, Any]:
-        """Every option, defaults included, as JSON (recorded in scene.json)."""
-        return self.model_dump(mode="json")
+    label: ClassVar[str] = "base backend"
 
 
 class RenderBackend(ABC):
-    """Renders scene specs; subclasses register in ``BACKENDS`` and declare ``Options``."""
+    """Renders scene specs; subclasses register in ``BACKENDS`` and declare their ``config_class``."""
 
     name: str = "base"
-    Options: ClassVar[type[BackendOptions]] = BackendOptions
+    config_class: ClassVar[type[BackendConfig]] = BackendConfig
 
-    def __init__(self, slot: WorkerSlot | None = None, options: BackendOptions | Mapping[str, Any] | None = None) -> None:
+    def __init__(self, slot: WorkerSlot | None = None, config: BackendConfig | Mapping[str, Any] | None = None) -> None:
         self.slot = slot or WorkerSlot()
-        self.options = self.Options.parse(options or {})
+        self.config = self.config_class.parse(config or {})
 
     def open(self) -> None:
         """Start or connect to the engine (called once per worker before the first scene)."""
@@ -164,12 +103,12 @@ def backend_class(name: str) -> type[RenderBackend]:
     return getattr(importlib.import_module(module), cls)
 
 
-def backend_options(name: str, **options: Any) -> BackendOptions:
-    """The backend's ``Options`` built from ``options`` (``BackendOptionsError`` names each bad one)."""
-    return backend_class(name).Options.parse(options)
+def backend_config(name: str, **options: Any) -> BackendConfig:
+    """The backend's config built from ``options`` (``ConfigError`` names each bad one, by its flag where it has one)."""
+    return backend_class(name).config_class.parse(options)
 
 
 def get_backend(name: str, slot: WorkerSlot | None = None, **options: Any) -> RenderBackend:
-    """A backend instance; ``options`` are validated by the backend's ``Options`` (unknown keys refused)."""
+    """A backend instance; ``options`` are validated by the backend's config (unknown keys refused)."""
     cls = backend_class(name)
-    return cls(slot=slot, options=cls.Options.parse(options))
+    return cls(slot=slot, config=cls.config_class.parse(options))

@@ -2,7 +2,7 @@
 
 This is the only module that imports ``bpy`` (lazily, in ``BlenderBackend.open``); the
 scene content (background, props, assets, subjects, the procedural figure) is built by
-``render/blender_scene.py`` with the module it is handed. Options: ``BlenderOptions``.
+``render/blender_scene.py`` with the module it is handed. Its config (options): ``BlenderConfig``.
 
 Per scene: factory settings (no user preferences or startup file), then the
 background (procedural, HDRI/image, .blend, glTF or FBX), the subjects
@@ -49,10 +49,11 @@ from pydantic import field_validator
 
 from syncam_data import limits
 from syncam_data.cameras import c2w_to_blender
-from syncam_data.render.base import BackendOptions, FrameCallback, RenderBackend, RenderResult, WorkerSlot, option
+from syncam_data.config import setting
+from syncam_data.render.base import BackendConfig, FrameCallback, RenderBackend, RenderResult, WorkerSlot
 from syncam_data.render.blender_scene import build_background, build_subject
 
-if TYPE_CHECKING:  # type hints only: `syncam-data --help` imports BlenderOptions without the scene and video stack
+if TYPE_CHECKING:  # type hints only: `syncam-data --help` imports BlenderConfig without the scene and video stack
     from syncam_data.render.output import SceneOutput
     from syncam_data.scenes import SceneSpec
 
@@ -79,17 +80,18 @@ def _import_bpy() -> Any:
     return bpy
 
 
-class BlenderOptions(BackendOptions):
+class BlenderConfig(BackendConfig):
     """Options of the ``blender`` backend (``get_backend("blender", **options)``; ``render --backend blender``)."""
 
     backend: ClassVar[str] = "blender"
+    label: ClassVar[str] = "blender backend"
 
-    samples: int = option(16, "Cycles samples per pixel.", "--samples", ge=1)
-    device: Literal["cpu", "gpu"] = option("cpu", "Render on the CPU or a GPU (CUDA/OptiX/HIP/oneAPI/Metal).", "--device")
-    threads: int = option(0, "CPU threads Cycles uses (0: all cores).", ge=0)
-    max_bounces: int = option(4, "Cycles max_bounces (diffuse, glossy and transmission bounces are at most 2).", ge=0)
-    tmp_dir: str | None = option(None, "Folder for the render passes Blender writes and we read back (default: the system's temporary folder).")
-    blender_log: bool = option(False, "Show Blender's own output (it is silenced by default).")
+    samples: int = setting(16, "Cycles samples per pixel.", "--samples", ge=1)
+    device: Literal["cpu", "gpu"] = setting("cpu", "Render on the CPU or a GPU (CUDA/OptiX/HIP/oneAPI/Metal).", "--device")
+    threads: int = setting(0, "CPU threads Cycles uses (0: all cores).", ge=0)
+    max_bounces: int = setting(4, "Cycles max_bounces (diffuse, glossy and transmission bounces are at most 2).", ge=0)
+    tmp_dir: str | None = setting(None, "Folder for the render passes Blender writes and we read back (default: the system's temporary folder).")
+    blender_log: bool = setting(False, "Show Blender's own output (it is silenced by default).")
 
     @field_validator("device", mode="before")
     @classmethod
@@ -106,14 +108,14 @@ class BlenderOptions(BackendOptions):
 
 
 class BlenderBackend(RenderBackend):
-    """Cycles renderer; its options are ``BlenderOptions``."""
+    """Cycles renderer; its options are ``BlenderConfig``."""
 
     name = "blender"
-    Options = BlenderOptions
-    options: BlenderOptions
+    config_class = BlenderConfig
+    config: BlenderConfig
 
-    def __init__(self, slot: WorkerSlot | None = None, options: BlenderOptions | dict[str, Any] | None = None) -> None:
-        super().__init__(slot, options)
+    def __init__(self, slot: WorkerSlot | None = None, config: BlenderConfig | dict[str, Any] | None = None) -> None:
+        super().__init__(slot, config)
         self._tmp: Path | None = None
         self.bpy: Any = None
 
@@ -122,7 +124,7 @@ class BlenderBackend(RenderBackend):
         if self.bpy is None:
             self.bpy = _import_bpy()
         if self._tmp is None:
-            self._tmp = Path(tempfile.mkdtemp(prefix=f"syncam-blender-{self.slot.index}-", dir=self.options.tmp_dir))
+            self._tmp = Path(tempfile.mkdtemp(prefix=f"syncam-blender-{self.slot.index}-", dir=self.config.tmp_dir))
 
     def close(self) -> None:
         if self._tmp is not None:
@@ -135,7 +137,7 @@ class BlenderBackend(RenderBackend):
     def render_scene(self, spec: SceneSpec, out: SceneOutput, on_frame: FrameCallback | None = None) -> RenderResult:
         self.open()
         # Blender logs every saved pass file and importer step on stdout; keep the job's output readable.
-        with _stdout_silenced(not self.options.blender_log):
+        with _stdout_silenced(not self.config.blender_log):
             return self._render(spec, out, on_frame)
 
     def _render(self, spec: SceneSpec, out: SceneOutput, on_frame: FrameCallback | None) -> RenderResult:
@@ -176,7 +178,7 @@ class BlenderBackend(RenderBackend):
             backend=self.name,
             versions={"blender": bpy.app.version_string},
             timings=timings,
-            info={"engine": "CYCLES", "samples": self.options.samples, "device": self.options.device, "max_bounces": self.options.max_bounces, "cycles_seed": scene.cycles.seed},
+            info={"engine": "CYCLES", "samples": self.config.samples, "device": self.config.device, "max_bounces": self.config.max_bounces, "cycles_seed": scene.cycles.seed},
         )
 
     def _configure(self, scene: Any, spec: SceneSpec) -> None:
@@ -194,26 +196,26 @@ class BlenderBackend(RenderBackend):
         r.image_settings.color_mode = "RGB"
         r.image_settings.color_depth = "8"
         r.image_settings.compression = 0  # read back immediately: spend no time compressing
-        if self.options.threads > 0:
-            r.threads_mode, r.threads = "FIXED", self.options.threads
+        if self.config.threads > 0:
+            r.threads_mode, r.threads = "FIXED", self.config.threads
         scene.view_settings.view_transform = "Standard"
         scene.view_settings.look = "None"
         scene.display_settings.display_device = "sRGB"
         c = scene.cycles
-        c.samples = self.options.samples
+        c.samples = self.config.samples
         c.use_adaptive_sampling = False
         c.use_denoising = False
         c.seed = spec.seed % (2**31 - 1)
         c.use_animated_seed = False
-        c.max_bounces = self.options.max_bounces
-        c.diffuse_bounces = min(2, self.options.max_bounces)
-        c.glossy_bounces = min(2, self.options.max_bounces)
-        c.transmission_bounces = min(2, self.options.max_bounces)
+        c.max_bounces = self.config.max_bounces
+        c.diffuse_bounces = min(2, self.config.max_bounces)
+        c.glossy_bounces = min(2, self.config.max_bounces)
+        c.transmission_bounces = min(2, self.config.max_bounces)
         c.volume_bounces = 0
         c.transparent_max_bounces = 4
         c.caustics_reflective = c.caustics_refractive = False
-        c.device = "GPU" if self.options.device == "gpu" else "CPU"
-        if self.options.device == "gpu":
+        c.device = "GPU" if self.config.device == "gpu" else "CPU"
+        if self.config.device == "gpu":
             _enable_gpu(self.bpy)
 
 

@@ -26,7 +26,6 @@ that every node sees.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import datetime as _dt
 import logging
 import multiprocessing as mp
 import multiprocessing.util
@@ -46,8 +45,9 @@ from typing import Any, Callable, Sequence
 from tqdm import tqdm
 
 from syncam_data import fsio
-from syncam_data.render.base import RenderBackend, WorkerSlot, backend_options, get_backend
-from syncam_data.render.output import SceneOutput, is_complete_scene, write_json
+from syncam_data.fsio import utc_now
+from syncam_data.render.base import RenderBackend, WorkerSlot, backend_config, get_backend
+from syncam_data.render.output import SceneOutput, is_complete_scene
 from syncam_data.scenes import SceneSpec, SpecError
 
 log = logging.getLogger(__name__)
@@ -65,9 +65,9 @@ class RenderJobConfig:
 
     out: Path
     backend: str = "blender"
-    # The backend's options (render/blender.py BlenderOptions, render/unrealcv.py UnrealCVOptions): validated
-    # here, before any work starts (BackendOptionsError names the option), and kept complete, defaults included.
-    backend_options: dict[str, Any] = field(default_factory=dict)
+    # The backend's options (render/blender.py BlenderConfig, render/unrealcv.py UnrealCVConfig): validated
+    # here, before any work starts (ConfigError names the option), and kept complete, defaults included.
+    backend_config: dict[str, Any] = field(default_factory=dict)
     workers: int = 1
     engine: str = "local"
     ray_address: str | None = None
@@ -84,7 +84,7 @@ class RenderJobConfig:
             raise ValueError(f"retries must be >= 0, got {self.retries}")
         if self.engine not in ("local", "ray"):
             raise ValueError(f"engine must be 'local' or 'ray', got {self.engine!r}")
-        self.backend_options = backend_options(self.backend, **self.backend_options).record()
+        self.backend_config = backend_config(self.backend, **self.backend_config).record()
 
 
 @dataclass
@@ -129,7 +129,7 @@ class RenderReport:
             self.failed.append({"scene_id": o.scene_id, "error": o.error, "attempts": o.attempts, "traceback": o.traceback})
 
     def write(self) -> None:
-        write_json(Path(self.out) / REPORT_JSON, asdict(self))
+        fsio.write_json(Path(self.out) / REPORT_JSON, asdict(self), allow_nan=True)
 
 
 # --- one worker: one backend, many scenes ---------------------------------------------------------
@@ -171,7 +171,7 @@ class SceneRenderer:
                 backend = self._backend()
                 result = backend.render_scene(spec, out, (lambda k: on_frame(spec.scene_id, k)) if on_frame else None)
                 t1 = time.perf_counter()
-                out.finish(scene_json(spec, result, backend.options.record(), self.slot, attempt))
+                out.finish(scene_json(spec, result, backend.config.record(), self.slot, attempt))
                 publish(tmp, final)
                 log.info("%s: rendered in %.1fs (attempt %d, finish %.1fs)", spec.scene_id, time.perf_counter() - t0, attempt, time.perf_counter() - t1)
                 return SceneOutcome(spec.scene_id, "done", attempt, time.perf_counter() - t0, spec.num_frames, worker=self.slot.index)
@@ -184,8 +184,8 @@ class SceneRenderer:
         return SceneOutcome(spec.scene_id, "failed", self.retries + 1, time.perf_counter() - t0, error=error, traceback=tb, worker=self.slot.index)
 
 
-def scene_json(spec: SceneSpec, result: Any, options: dict[str, Any], slot: WorkerSlot, attempt: int) -> dict[str, Any]:
-    """scene.json (Contract 2): the spec plus everything about how it was rendered (``options``: every backend option)."""
+def scene_json(spec: SceneSpec, result: Any, backend_config: dict[str, Any], slot: WorkerSlot, attempt: int) -> dict[str, Any]:
+    """scene.json (Contract 2): the spec plus everything about how it was rendered (every backend option, defaults included)."""
     import av
     import numpy as np
 
@@ -196,11 +196,11 @@ def scene_json(spec: SceneSpec, result: Any, options: dict[str, Any], slot: Work
         "caption": spec.caption,
         "spec": spec.model_dump(mode="json"),
         "backend": result.backend,
-        "backend_options": options,
+        "backend_options": backend_config,
         "versions": {"syncam": syncam_version, "python": platform.python_version(), "numpy": np.__version__, "av": av.__version__, **result.versions},
         "timings": result.timings,
         "info": result.info,
-        "render": {"host": socket.gethostname(), "pid": os.getpid(), "worker": slot.index, "workers": slot.count, "attempt": attempt, "finished": _now()},
+        "render": {"host": socket.gethostname(), "pid": os.getpid(), "worker": slot.index, "workers": slot.count, "attempt": attempt, "finished": utc_now()},
     }
 
 
@@ -301,7 +301,7 @@ class _Progress:
 
 
 def _run_in_process(specs: Sequence[SceneSpec], cfg: RenderJobConfig, emit: Callable[[SceneOutcome], None], bar: _Progress) -> None:
-    worker = SceneRenderer(cfg.backend, cfg.backend_options, WorkerSlot(0, 1), cfg.out, cfg.retries, cfg.depth_dtype, cfg.crf)
+    worker = SceneRenderer(cfg.backend, cfg.backend_config, WorkerSlot(0, 1), cfg.out, cfg.retries, cfg.depth_dtype, cfg.crf)
     try:
         for spec in specs:
             emit(worker.render(spec, bar.frame))
@@ -320,7 +320,7 @@ def _run_processes(specs: Sequence[SceneSpec], cfg: RenderJobConfig, emit: Calla
         for i in range(cfg.workers):
             slots.put(i)
         started: set[str] = set()
-        args = (slots, progress, cfg.backend, cfg.backend_options, str(cfg.out), cfg.retries, cfg.workers, cfg.depth_dtype, cfg.crf)
+        args = (slots, progress, cfg.backend, cfg.backend_config, str(cfg.out), cfg.retries, cfg.workers, cfg.depth_dtype, cfg.crf)
         with cf.ProcessPoolExecutor(max_workers=min(cfg.workers, len(pending)), mp_context=ctx, initializer=_init_process_worker, initargs=args) as pool:
             futs = {pool.submit(_process_render, s.to_json()): sid for sid, s in pending.items()}
             waiting = set(futs)
@@ -379,11 +379,11 @@ def _run_ray(specs: Sequence[SceneSpec], cfg: RenderJobConfig, emit: Callable[[S
     from syncam_data.engine import ray_init
 
     ray = ray_init(cfg.ray_address)
-    gpu = cfg.backend_options.get("device") == "gpu"  # BlenderOptions.device
+    gpu = cfg.backend_config.get("device") == "gpu"  # BlenderConfig.device
     actor_cls = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_restarts=1)(_RayRenderer)
 
     def make(i: int) -> Any:
-        return actor_cls.remote(cfg.backend, cfg.backend_options, i, cfg.workers, str(cfg.out), cfg.retries, cfg.depth_dtype, cfg.crf)
+        return actor_cls.remote(cfg.backend, cfg.backend_config, i, cfg.workers, str(cfg.out), cfg.retries, cfg.depth_dtype, cfg.crf)
 
     actors = {i: make(i) for i in range(min(cfg.workers, len(specs)))}
     queue = list(specs)
@@ -422,7 +422,7 @@ def run_render_job(items: Sequence[SceneSpec | SpecError], cfg: RenderJobConfig,
     """Render every spec (invalid ones are recorded as failed); returns and writes the report."""
     cfg.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    report = RenderReport(out=str(cfg.out), backend=cfg.backend, args=args or {}, started=_now(), catalog_problems=list(catalog_problems))
+    report = RenderReport(out=str(cfg.out), backend=cfg.backend, args=args or {}, started=utc_now(), catalog_problems=list(catalog_problems))
     specs: list[SceneSpec] = []
     seen: set[str] = set()
     for it in items:
@@ -462,7 +462,7 @@ def run_render_job(items: Sequence[SceneSpec | SpecError], cfg: RenderJobConfig,
                 _run_in_process(todo, cfg, emit, bar)
     finally:
         bar.close()
-        report.finished = _now()
+        report.finished = utc_now()
         report.seconds = time.perf_counter() - t0
         report.write()
     log.info("render: %d done, %d skipped, %d failed -> %s", len(report.done), len(report.skipped), len(report.failed), cfg.out / REPORT_JSON)
@@ -473,6 +473,3 @@ def _spec_error_id(e: SpecError) -> str:
     # "file.jsonl:12: invalid scene spec: ..." -> "file.jsonl:12"
     return e.source or str(e).split(": ", 1)[0]
 
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

@@ -17,7 +17,6 @@ of every file and folder in it (``render/jobs.publish``).
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 import zipfile
@@ -27,12 +26,11 @@ from typing import Any
 import numpy as np
 
 from syncam_data import fsio
-from syncam_data.cameras import Camera
+from syncam_data.cameras import CAMERAS_JSON, Camera, read_cameras_json
 from syncam_data.ids import check_id
 from syncam_data.video import VideoWriter
 
 SCENE_JSON = "scene.json"
-CAMERAS_JSON = "cameras.json"
 
 
 def load_npz_array(path_or_bytes: Path | bytes, key: str) -> np.ndarray:
@@ -172,9 +170,9 @@ class SceneOutput:
                 _write_npz_streaming(self.folder / "masks" / f"{cam_id}.npz", "ids", b.raw_array(b.ids_raw, np.dtype(np.uint8), n))
             entries.append(b.camera.to_dict(id=cam_id, raw=b.raw or {}))
         shutil.rmtree(self._work, ignore_errors=True)
-        write_json(self.folder / CAMERAS_JSON, {"cameras": entries})
+        fsio.write_json(self.folder / CAMERAS_JSON, {"cameras": entries}, allow_nan=True)
         # scene.json last: together with cameras.json it marks the folder complete.
-        write_json(self.folder / SCENE_JSON, scene_json)
+        fsio.write_json(self.folder / SCENE_JSON, scene_json, allow_nan=True)
 
 
 def _write_npz_streaming(path: Path, key: str, arr: np.ndarray) -> None:
@@ -183,32 +181,6 @@ def _write_npz_streaming(path: Path, key: str, arr: np.ndarray) -> None:
         with zipfile.ZipFile(tmp, mode="w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
             with zf.open(f"{key}.npy", mode="w", force_zip64=True) as f:
                 np.lib.format.write_array(f, arr, allow_pickle=False)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """JSON written durably (temporary name, fsync, rename, fsync the folder)."""
-    fsio.write_json(path, obj, indent=2, allow_nan=True)
-
-
-def read_cameras_json(path: Path) -> list[tuple[str, Camera, dict[str, Any]]]:
-    """[(id, Camera, full entry)] from a cameras.json (render output or frame set)."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: cannot read cameras.json ({e})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("cameras", []), list):
-        raise ValueError(f"{path}: expected an object with a 'cameras' list")
-    out = []
-    for i, e in enumerate(data.get("cameras", [])):
-        try:
-            if not isinstance(e, dict):
-                raise ValueError("not an object")
-            out.append((check_id(e["id"], "camera id", str(path)), Camera.from_dict(e), e))
-        except KeyError as err:
-            raise ValueError(f"{path}: camera entry {i}: missing key {err}") from None
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{path}: camera entry {i}: {err}") from None
-    return out
 
 
 def is_complete_scene(folder: Path) -> bool:
@@ -221,9 +193,6 @@ def is_complete_scene(folder: Path) -> bool:
     except ValueError:
         return False
     return bool(cams) and all((folder / "videos" / f"{cid}.mp4").is_file() for cid, _, _ in cams)
-
-
-fsync_dir = fsio.fsync_dir  # kept importable from here (sources/frameset.py uses it)
 
 
 # --- consistency check ----------------------------------------------------------------------------

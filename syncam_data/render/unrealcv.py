@@ -5,7 +5,7 @@ unrealcv/unrealcv branch ``5.2`` (version 1.0.1) and the UnrealZoo v1.1 build.
 One backend instance drives one engine instance (one worker slot) through an
 ``UnrealCVServer`` (``unrealcv_server.py``: launching the engine, the
 connection, the feature probes; the only module importing ``unrealcv``); reply
-parsing lives in ``unrealcv_protocol.py``. Its options are ``UnrealCVOptions``
+parsing lives in ``unrealcv_protocol.py``. Its options are ``UnrealCVConfig``
 below.
 
 Per scene it
@@ -65,7 +65,8 @@ import numpy as np
 from pydantic import field_validator
 
 from syncam_data.cameras import Camera, c2w_from_ue, focal_from_hfov, hfov_from_focal, ue_from_c2w, ue_raw_pose
-from syncam_data.render.base import BackendOptions, FrameCallback, RenderBackend, RenderResult, WorkerSlot, option
+from syncam_data.config import setting
+from syncam_data.render.base import BackendConfig, FrameCallback, RenderBackend, RenderResult, WorkerSlot
 from syncam_data.render.unrealcv_protocol import (
     PluginCallError,
     ProtocolError,
@@ -103,7 +104,7 @@ from syncam_data.render.unrealcv_server import (
     client_version,
 )
 
-if TYPE_CHECKING:  # type hints only: `syncam-data --help` imports UnrealCVOptions without the scene and video stack
+if TYPE_CHECKING:  # type hints only: `syncam-data --help` imports UnrealCVConfig without the scene and video stack
     from syncam_data.render.output import SceneOutput
     from syncam_data.scenes import SceneSpec, SubjectSpec
 
@@ -230,32 +231,33 @@ class _FrameWriter:
             raise self.error
 
 
-class UnrealCVOptions(BackendOptions):
+class UnrealCVConfig(BackendConfig):
     """Options of the ``unrealcv`` backend (``get_backend("unrealcv", slot, **options)``; ``render --backend unrealcv``)."""
 
     backend: ClassVar[str] = "unrealcv"
+    label: ClassVar[str] = "unrealcv backend"
 
-    host: str = option("127.0.0.1", "Host of the Unreal Engine instances.", "--host")
-    port: list[int] = option([DEFAULT_PORT], "UnrealCV server port; repeat once per engine instance (worker i uses the i-th port; "
+    host: str = setting("127.0.0.1", "Host of the Unreal Engine instances.", "--host")
+    port: list[int] = setting([DEFAULT_PORT], "UnrealCV server port; repeat once per engine instance (worker i uses the i-th port; "
                              "when launching more instances than ports, the first port plus i).", "--port", min_length=1)
-    unix_socket: str | None = option(None, "Connect through this Unix socket instead of TCP (Linux); {port} is replaced, "
+    unix_socket: str | None = setting(None, "Connect through this Unix socket instead of TCP (Linux); {port} is replaced, "
                                      "'auto' means /tmp/unrealcv_{port}.socket.", "--unix-socket")
-    launch: str | None = option(None, "Command template that starts an engine instance, with {port} (and {slot}), e.g. "
+    launch: str | None = setting(None, "Command template that starts an engine instance, with {port} (and {slot}), e.g. "
                                 "'./Game.sh -cvport {port} -RenderOffscreen' (-cvport PORT is the option UnrealCV's server reads).", "--launch")
-    connect_timeout: float | None = option(None, "Seconds to wait for the server to answer (default: 300 when launching, else 15).", gt=0)
-    timeout: float = option(120.0, "Seconds to wait for any one reply.", gt=0)
-    level_timeout: float = option(60.0, "Seconds to wait for a level to load.", gt=0)
-    retries: int = option(2, "Reconnections per scene (a dropped or timed-out connection) before the scene fails.", "--retries", ge=0, le=100)
-    recaptures: int = option(3, "Captures of a frame in which something moved, after the first, before the scene fails.", ge=0, le=100)
-    image_format: Literal["bmp", "png"] = option("bmp", "Format of the lit images on the wire.")
-    lens: Literal["auto", "fov", "cine"] = option("auto", "auto uses the cine camera where the server has it (UnrealZoo v1.1), else the "
+    connect_timeout: float | None = setting(None, "Seconds to wait for the server to answer (default: 300 when launching, else 15).", gt=0)
+    timeout: float = setting(120.0, "Seconds to wait for any one reply.", gt=0)
+    level_timeout: float = setting(60.0, "Seconds to wait for a level to load.", gt=0)
+    retries: int = setting(2, "Reconnections per scene (a dropped or timed-out connection) before the scene fails.", "--retries", ge=0, le=100)
+    recaptures: int = setting(3, "Captures of a frame in which something moved, after the first, before the scene fails.", ge=0, le=100)
+    image_format: Literal["bmp", "png"] = setting("bmp", "Format of the lit images on the wire.")
+    lens: Literal["auto", "fov", "cine"] = setting("auto", "auto uses the cine camera where the server has it (UnrealZoo v1.1), else the "
                                                   "horizontal FOV; fov or cine force one (cine fails on servers without it).", "--lens")
-    sensor_width_mm: float = option(36.0, "Filmback width of the cine camera, mm.", gt=0)
-    depth_kind: Literal["plane", "point"] = option("plane", "What the server's depth is: plane (z) depth, or point (ray) depth to convert.")
-    illumination: Literal["lumen", "screen_space", "none"] | None = option(
+    sensor_width_mm: float = setting(36.0, "Filmback width of the cine camera, mm.", gt=0)
+    depth_kind: Literal["plane", "point"] = setting("plane", "What the server's depth is: plane (z) depth, or point (ray) depth to convert.")
+    illumination: Literal["lumen", "screen_space", "none"] | None = setting(
         None, "Global illumination of every camera's captures (UE 5.5+ scene captures disable Lumen unless asked: lumen); "
         "sent where the server has 'vset /camera/N/illumination', default: the server's.", "--illumination")
-    require_plugin: bool = option(False, "Fail instead of rendering with approximate animation sync when the SynCam plugin is missing.")
+    require_plugin: bool = setting(False, "Fail instead of rendering with approximate animation sync when the SynCam plugin is missing.")
 
     @field_validator("port", mode="before")
     @classmethod
@@ -276,12 +278,12 @@ class UnrealCVBackend(RenderBackend):
 
     name = "unrealcv"
 
-    Options = UnrealCVOptions
-    options: UnrealCVOptions
+    config_class = UnrealCVConfig
+    config: UnrealCVConfig
 
-    def __init__(self, slot: WorkerSlot | None = None, options: UnrealCVOptions | dict[str, Any] | None = None) -> None:
-        super().__init__(slot, options)
-        o = self.options
+    def __init__(self, slot: WorkerSlot | None = None, config: UnrealCVConfig | dict[str, Any] | None = None) -> None:
+        super().__init__(slot, config)
+        o = self.config
         if o.launch and len(o.port) < self.slot.count:
             # One launched engine per worker: consecutive ports from the first one.
             port = o.port[0] + self.slot.index
@@ -323,12 +325,12 @@ class UnrealCVBackend(RenderBackend):
 
     def _lens(self) -> str:
         cine = self.server.has("cine") and self.server.has("cine_filmback") and self.server.has("cine_lens")
-        if self.options.lens == "cine" and not cine:
+        if self.config.lens == "cine" and not cine:
             raise CapabilityError(
                 f"UnrealCV server at {self.endpoint} (version {self.server.version}) has no cine camera commands "
                 "(vset /camera/N/cine/enabled|filmback|lens: UnrealZoo v1.1 builds only); use lens 'fov' or 'auto'"
             )
-        if self.options.lens == "fov" or (self.options.lens == "auto" and not cine):
+        if self.config.lens == "fov" or (self.config.lens == "auto" and not cine):
             if not self.server.has("fov"):
                 raise CapabilityError(f"UnrealCV server at {self.endpoint}: cannot set the camera field of view (vset /camera/N/fov)")
             return "fov"
@@ -345,11 +347,11 @@ class UnrealCVBackend(RenderBackend):
                 return self._render_once(spec, out, on_frame, attempts)
             except (ConnectionError, TimeoutError, OSError) as e:
                 attempts += 1
-                if attempts > self.options.retries:
+                if attempts > self.config.retries:
                     raise EngineLostError(
                         f"scene {spec.scene_id}: lost the UnrealCV server at {self.endpoint} {attempts} times; last: {e}"
                     ) from None
-                log.warning("scene %s: %s; reconnecting and retrying the scene (%d/%d)", spec.scene_id, e, attempts, self.options.retries)
+                log.warning("scene %s: %s; reconnecting and retrying the scene (%d/%d)", spec.scene_id, e, attempts, self.config.retries)
                 self.engine.disconnect()
 
     def _check_spec(self, spec: SceneSpec) -> None:
@@ -418,7 +420,7 @@ class UnrealCVBackend(RenderBackend):
                 **({"single_tick_frames": stats["single_tick_frames"]} if self.plugin_version else {}),
                 "cameras": {c.spec_id: c.ue_id for c in cams},
                 "subjects": {s.spec.instance_id: s.actor for s in subjects},
-                "image_format": self.options.image_format,
+                "image_format": self.config.image_format,
                 "depth": depth_info,
             },
         )
@@ -438,7 +440,7 @@ class UnrealCVBackend(RenderBackend):
         if not has_token:  # no marker: give the travel (on a later tick) time to start before trusting the name
             time.sleep(1.0)
         want = level_short_name(path).lower()
-        deadline = time.monotonic() + self.options.level_timeout
+        deadline = time.monotonic() + self.config.level_timeout
         name = ""
         while True:
             gone, name_reply = conn.batch([f"vget /object/{token}/location", "vget /level/name"])
@@ -451,7 +453,7 @@ class UnrealCVBackend(RenderBackend):
                         f"UnrealCV server at {self.endpoint}: level {path!r} did not load: the engine is on {name!r} "
                         "(a map that does not exist makes Unreal fall back to the default map; check the background's asset path)"
                     )
-                raise UnrealCVError(f"UnrealCV server at {self.endpoint}: level {path!r} did not load within {self.options.level_timeout:.0f} s")
+                raise UnrealCVError(f"UnrealCV server at {self.endpoint}: level {path!r} did not load within {self.config.level_timeout:.0f} s")
             time.sleep(0.02)
 
     def _pause(self, wait_s: float = 5.0) -> None:
@@ -495,7 +497,7 @@ class UnrealCVBackend(RenderBackend):
         if self.plugin_version is not None:
             return
         msg = f"UnrealCV server at {self.endpoint}: {problem}"
-        if self.options.require_plugin:
+        if self.config.require_plugin:
             raise CapabilityError(msg + " and require_plugin is set")
         self._warn_once(
             "plugin", "%s: animation sync is APPROXIMATE - subjects are posed with vset /object, but their animation "
@@ -593,9 +595,9 @@ class UnrealCVBackend(RenderBackend):
             loc, rot = ue_from_c2w(np.asarray(c.c2w))
             placed.append((before, actor.strip(), [float(v) for v in loc], [float(v) for v in rot]))
         illumination = "server default"
-        if self.options.illumination is not None:
+        if self.config.illumination is not None:
             if self.server.has("illumination"):
-                illumination = self.options.illumination
+                illumination = self.config.illumination
             else:
                 self._warn_once("illumination", "UnrealCV server at %s (version %s) cannot set a camera's illumination; "
                                 "captures use the server default (on UE 5.5+ scene captures disable Lumen)", self.endpoint, self.server.version)
@@ -603,10 +605,10 @@ class UnrealCVBackend(RenderBackend):
         for (cid, _, loc, rot), c in zip(placed, spec.cameras):
             cmds.append(f"vset /camera/{cid}/size {w} {h}")
             if lens == "cine":
-                focal_mm = c.fx * self.options.sensor_width_mm / w
+                focal_mm = c.fx * self.config.sensor_width_mm / w
                 # UnrealZoo v1.1: the cine path must be enabled first; filmback is width, height, offsets.
                 cmds += [f"vset /camera/{cid}/cine/enabled 1",
-                         f"vset /camera/{cid}/cine/filmback {fnum(self.options.sensor_width_mm, 6)} {fnum(self.options.sensor_width_mm * h / w, 6)} 0 0",
+                         f"vset /camera/{cid}/cine/filmback {fnum(self.config.sensor_width_mm, 6)} {fnum(self.config.sensor_width_mm * h / w, 6)} 0 0",
                          f"vset /camera/{cid}/cine/lens {fnum(focal_mm, 6)} 2.8"]
             else:
                 cmds.append(f"vset /camera/{cid}/fov {fnum(hfov_from_focal(w, c.fx), 6)}")
@@ -675,8 +677,8 @@ class UnrealCVBackend(RenderBackend):
                         on_frame(k)
                     continue
                 attempts += 1
-                if attempts > self.options.recaptures:
-                    raise FrameSyncError(f"frame {k}: {moved} in {self.options.recaptures + 1} captures in a row; the world does not hold still")
+                if attempts > self.config.recaptures:
+                    raise FrameSyncError(f"frame {k}: {moved} in {self.config.recaptures + 1} captures in a row; the world does not hold still")
                 log.warning("scene %s frame %d: %s; capturing the frame again", spec.scene_id, k, moved)
                 stats["recaptured_frames"] += 1
                 for _, _, later in inflight:  # frames sent after it are captured again too, in order
@@ -723,7 +725,7 @@ class UnrealCVBackend(RenderBackend):
                 add(f"vset /camera/{c.ue_id}/location {fnums(c.location)}", "ok")
                 add(f"vset /camera/{c.ue_id}/rotation {fnums(c.rotation)}", "ok")
         for c in cams:
-            add(f"vget /camera/{c.ue_id}/lit {self.options.image_format}", "lit", c)
+            add(f"vget /camera/{c.ue_id}/lit {self.config.image_format}", "lit", c)
             add(f"vget /camera/{c.ue_id}/depth npy", "depth", c)
             add(f"vget /camera/{c.ue_id}/object_mask bmp", "mask", c)
         # The state after the captures must equal the state before them: nothing moved meanwhile.
@@ -789,7 +791,7 @@ class UnrealCVBackend(RenderBackend):
             if is_error(reply):
                 raise FrameSyncError(f"{where} failed: {as_text(reply).strip()[:200]}")
             if kind == "depth":
-                arr = decode_depth(raw, cam, self.options.depth_kind, where)
+                arr = decode_depth(raw, cam, self.config.depth_kind, where)
                 shape = arr.shape
             else:
                 size = image_size(raw)

@@ -44,9 +44,10 @@ from tqdm import tqdm
 
 from syncam_data.engine import TaskResult, run_tasks
 from syncam_data.shards import adapters
-from syncam_data.shards.adapters import AdapterError, AdapterOptions, GroupPlan, GroupRef
+from syncam_data.shards.adapters import AdapterError, ConvertConfig, GroupPlan, GroupRef
 from syncam_data.shards.captions import Captions, load_captions
 from syncam_data.shards.schema import INDEX_SCHEMA, SMALL_COLUMNS, rows_to_table
+from syncam_data import fsio
 from syncam_data.fsio import sha256_file
 from syncam_data.shards.writer import ShardWriter, check_group_before_write, parquet_writer, parse_size
 
@@ -74,7 +75,7 @@ class BuildConfig:
     engine: str = "local"
     workers: int = 1
     ray_address: str | None = None
-    options: AdapterOptions = field(default_factory=AdapterOptions)
+    options: ConvertConfig = field(default_factory=ConvertConfig)
     max_groups: int | None = None
     progress: bool = True
 
@@ -113,7 +114,7 @@ class Batch:
     file: str
     out: str
     plans: list[GroupPlan]
-    options: AdapterOptions
+    options: ConvertConfig
     row_group_size: int
 
 
@@ -155,7 +156,7 @@ class BuildSummary:
 
 # --- tasks (top-level functions: they run in worker processes and on Ray) -------
 
-def scan_task(item: tuple[GroupRef, AdapterOptions]) -> GroupPlan:
+def scan_task(item: tuple[GroupRef, ConvertConfig]) -> GroupPlan:
     ref, options = item
     return adapters.scan(ref, options)
 
@@ -196,8 +197,7 @@ class _PartWriter:
         if self.writer is None:
             return False
         self.writer.close()
-        with open(self.tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        fsio.fsync_file(self.tmp)  # on disk before the driver publishes it
         return True
 
 
@@ -359,7 +359,7 @@ def scan_all(refs: list[GroupRef], cfg: BuildConfig, run_kw: dict[str, Any]) -> 
             yield res
 
 
-def _scan_one(item: tuple[GroupRef, AdapterOptions]) -> TaskResult:
+def _scan_one(item: tuple[GroupRef, ConvertConfig]) -> TaskResult:
     t0 = time.perf_counter()
     try:
         return TaskResult(item, scan_task(item), seconds=time.perf_counter() - t0)

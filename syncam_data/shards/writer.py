@@ -228,7 +228,7 @@ class ShardWriter:
         final = self.out / file
         if final.exists() or any(s["file"] == file for s in self.shards):
             raise FileExistsError(f"{final}: shard name already used")
-        self._publish_file(tmp, final)
+        fsio.publish_file(tmp, final)
         info = ShardInfo(file, index.num_rows, sha256 or sha256_file(final), final.stat().st_size, num_groups)
         pos = sum(1 for s in self.shards if s["file"] < file)
         self.shards.insert(pos, info.__dict__)
@@ -321,11 +321,6 @@ class ShardWriter:
         self._buffer = []
         self._buffer_bytes = 0
 
-    def _publish_file(self, tmp: Path, final: Path) -> None:
-        fsio.fsync_file(tmp)
-        os.replace(tmp, final)
-        fsio.fsync_dir(self.out)
-
     def _finish_shard(self) -> None:
         shard = self._open
         assert shard is not None
@@ -336,7 +331,7 @@ class ShardWriter:
             shard.tmp_path.unlink(missing_ok=True)
             return
         final = self.out / shard.file
-        self._publish_file(shard.tmp_path, final)
+        fsio.publish_file(shard.tmp_path, final)
         info = ShardInfo(shard.file, shard.rows, sha256_file(final), final.stat().st_size, shard.groups)
         self.shards.append(info.__dict__)
         self._index_tables.append(pa.Table.from_pylist(shard.index_rows, schema=INDEX_SCHEMA))

@@ -90,7 +90,7 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 
 
 @dataclass(frozen=True)
-class Dl3dvOptions:
+class Dl3dvConfig:
     image_folder: str = "auto"
     undistort: bool = True
     applied_transform: str = "keep"
@@ -352,7 +352,7 @@ class Dl3dvScene:
     ref: SceneRef
     transforms: Transforms
     image_dir: Path | None  # the chosen images/images_N folder; None: file paths used as listed
-    opts: Dl3dvOptions
+    opts: Dl3dvConfig
     image_paths: list[Path] = field(default_factory=list)  # per frame, resolved at open
     warnings: list[str] = field(default_factory=list)
     _maps: dict[tuple, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
@@ -423,7 +423,7 @@ def _under_image_folders(tr: Transforms) -> bool:
     return all((parts := _path_parts(f)) and parts[0] in IMAGE_FOLDERS for f in tr.files)
 
 
-def _choose_image_dir(base: Path, opts: Dl3dvOptions, tr: Transforms) -> Path | None:
+def _choose_image_dir(base: Path, opts: Dl3dvConfig, tr: Transforms) -> Path | None:
     order = AUTO_ORDER if opts.image_folder == "auto" else (opts.image_folder,)
     for name in order:
         if (base / name).is_dir():
@@ -454,7 +454,7 @@ def _candidates(base: Path, image_dir: Path | None, file_path: str) -> list[Path
     return out
 
 
-def open_scene(ref: SceneRef, opts: Dl3dvOptions) -> Dl3dvScene:
+def open_scene(ref: SceneRef, opts: Dl3dvConfig) -> Dl3dvScene:
     base = Path(ref.path)
     tr = read_transforms(base / TRANSFORMS, opts.applied_transform)
     image_dir = _choose_image_dir(base, opts, tr)

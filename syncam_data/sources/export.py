@@ -27,19 +27,17 @@ when complete.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
 import cv2
 import numpy as np
 
+from syncam_data import fsio
 from syncam_data.cameras import Camera, c2w_to_opengl, format_realestate10k_line
 from syncam_data.ids import check_id
 from syncam_data.sources.frameset import encode_image
-from syncam_data.video import atomic_write_bytes, encode
+from syncam_data.video import encode
 
 DL3DV_DOWNSCALES = (1, 2, 4, 8)
 DIST_KEYS = ("k1", "k2", "p1", "p2")
@@ -92,7 +90,7 @@ def export_realestate10k(
     lines = [url or f"https://www.youtube.com/watch?v={sequence_id}"]
     lines += [format_realestate10k_line(int(ts[i]), cameras[i]) for i in kept]
     txt = out / f"{sequence_id}.txt"
-    atomic_write_bytes(txt, ("\n".join(lines) + "\n").encode())
+    fsio.write_bytes(txt, ("\n".join(lines) + "\n").encode())
     return txt
 
 
@@ -106,19 +104,12 @@ def _fmt(ext: str) -> str:
 
 
 def _write_folder_atomically(final: Path, files: dict[str, bytes]) -> None:
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir(parents=True)
-    try:
+    """The folder built under a temporary name and published durably, replacing an earlier export (``fsio``)."""
+    with fsio.atomic_dir(final, replace=True) as tmp:
         for rel, data in files.items():
             p = tmp / rel
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_bytes(data)
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 # --- DL3DV ----------------------------------------------------------------------------------
@@ -235,7 +226,7 @@ def read_render_sequence(scene_dir: str | Path) -> tuple[list[str], list[Camera]
     0, 1, ...: frame i is camera i's frame 0 when the scene has one frame (a frozen scene), else camera
     i's frame i (a camera moving through an animated scene, which needs at least as many frames as cameras).
     """
-    from syncam_data.render.output import read_cameras_json
+    from syncam_data.cameras import read_cameras_json
     from syncam_data.video import decode, probe
 
     folder = Path(scene_dir)

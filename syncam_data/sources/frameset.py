@@ -32,9 +32,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from syncam_data.cameras import Camera
+from syncam_data import fsio
+from syncam_data.cameras import CAMERAS_JSON, Camera
 from syncam_data.ids import check_id
-from syncam_data.render.output import CAMERAS_JSON, fsync_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class SourceFrame:
 
 
 @dataclass(frozen=True)
-class OutputOptions:
+class OutputConfig:
     """How images are stored in a group folder."""
 
     image_format: str = "jpg"
@@ -111,13 +111,6 @@ def encode_image(image: np.ndarray, fmt: str, jpeg_quality: int) -> bytes:
     return buf.tobytes()
 
 
-def _write_file(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def build_cameras_json(header: dict[str, Any], frames: list[SourceFrame], image_names: list[str], cameras: list[Camera]) -> dict[str, Any]:
     entries = []
     for i, (fr, name, cam) in enumerate(zip(frames, image_names, cameras)):
@@ -129,7 +122,7 @@ def build_cameras_json(header: dict[str, Any], frames: list[SourceFrame], image_
     return {**header, "frame_indices": [int(f.frame_index) for f in frames], "cameras": entries}
 
 
-def write_frame_set(out_dir: Path, group_id: str, header: dict[str, Any], frames: list[SourceFrame], options: OutputOptions) -> Path:
+def write_frame_set(out_dir: Path, group_id: str, header: dict[str, Any], frames: list[SourceFrame], options: OutputConfig) -> Path:
     """Write one group folder atomically: a hidden temporary folder, renamed when complete.
 
     ``header`` holds the top-level keys (source, sequence, source_uri, ...);
@@ -145,16 +138,15 @@ def write_frame_set(out_dir: Path, group_id: str, header: dict[str, Any], frames
         for i, fr in enumerate(frames):
             img, cam = resize_frame(fr.image, fr.camera, options.max_size)
             name = f"{view_id(i)}.{options.image_format}"
-            _write_file(tmp / name, encode_image(img, options.image_format, options.jpeg_quality))
+            (tmp / name).write_bytes(encode_image(img, options.image_format, options.jpeg_quality))
             names.append(name)
             cams.append(cam)
-        write_json(tmp / CAMERAS_JSON, build_cameras_json(header, frames, names, cams))
-        fsync_dir(tmp)
-        os.rename(tmp, final)  # fails if another writer finished the same group first: keep theirs
+        (tmp / CAMERAS_JSON).write_text(json.dumps(build_cameras_json(header, frames, names, cams), indent=2))
+        # Every file fsynced, then one rename (which fails if another writer finished the same group first: keep theirs).
+        fsio.publish_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    fsync_dir(out_dir)
     return final
 
 
@@ -233,7 +225,7 @@ class RunReport:
         self.totals["sets_existing"] += len(outcome.sets_existing)
 
     def write(self, finished: bool = False) -> None:
-        write_json(
+        fsio.write_json(
             self.path,
             {
                 "settings": self.settings,

@@ -64,7 +64,7 @@ LAYOUT = "<sequence>.txt camera files anywhere under it (line 1 the YouTube URL,
 
 
 @dataclass(frozen=True)
-class Re10kOptions:
+class Re10kConfig:
     """Where frames live and how timestamps map to them."""
 
     frames_dir: str | None = None
@@ -223,7 +223,7 @@ def youtube_id(url: str) -> str | None:
 # --- frames ----------------------------------------------------------------------------
 
 
-def _image_dirs(ref: SequenceRef, opts: Re10kOptions) -> list[Path]:
+def _image_dirs(ref: SequenceRef, opts: Re10kConfig) -> list[Path]:
     txt = Path(ref.path)
     dirs = [txt.parent / txt.stem]
     if opts.frames_dir:
@@ -234,7 +234,7 @@ def _image_dirs(ref: SequenceRef, opts: Re10kOptions) -> list[Path]:
     return dirs
 
 
-def _video_candidates(ref: SequenceRef, url: str, opts: Re10kOptions) -> list[Path]:
+def _video_candidates(ref: SequenceRef, url: str, opts: Re10kConfig) -> list[Path]:
     txt = Path(ref.path)
     names = [txt.stem]
     yid = youtube_id(url)
@@ -390,7 +390,7 @@ class Re10kSequence:
         return out
 
 
-def open_sequence(ref: SequenceRef, opts: Re10kOptions) -> Re10kSequence:
+def open_sequence(ref: SequenceRef, opts: Re10kConfig) -> Re10kSequence:
     """Parse the camera file and locate its frames; SourceError / VideoError name what is wrong."""
     cf = read_camera_file(ref.path)
     kind, path = _locate_frames(ref, cf.url, opts)
@@ -445,7 +445,7 @@ def _check_images(cf: CameraFile, folder: Path) -> str:
     return ext
 
 
-def _locate_frames(ref: SequenceRef, url: str, opts: Re10kOptions) -> tuple[str, Path]:
+def _locate_frames(ref: SequenceRef, url: str, opts: Re10kConfig) -> tuple[str, Path]:
     if opts.frames_from in ("auto", "images"):
         for d in _image_dirs(ref, opts):
             if d.is_dir():
@@ -462,7 +462,7 @@ def _locate_frames(ref: SequenceRef, url: str, opts: Re10kOptions) -> tuple[str,
 
 __all__ = [
     "SOURCE",
-    "Re10kOptions",
+    "Re10kConfig",
     "SequenceRef",
     "CameraFile",
     "Re10kSequence",

@@ -24,7 +24,7 @@ from syncam_data.engine import run_tasks
 from syncam_data.ids import UnsafeIdError
 from syncam_data.sources import dl3dv, realestate10k
 from syncam_data.sources.frameset import (
-    OutputOptions,
+    OutputConfig,
     RunReport,
     SequenceOutcome,
     SourceError,
@@ -72,9 +72,9 @@ class SampleFramesJob:
     root: str
     out: str
     sampling: SamplingConfig
-    output: OutputOptions
-    re10k: realestate10k.Re10kOptions = realestate10k.Re10kOptions()
-    dl3dv: dl3dv.Dl3dvOptions = dl3dv.Dl3dvOptions()
+    output: OutputConfig
+    re10k: realestate10k.Re10kConfig = realestate10k.Re10kConfig()
+    dl3dv: dl3dv.Dl3dvConfig = dl3dv.Dl3dvConfig()
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:

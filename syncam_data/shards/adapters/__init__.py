@@ -18,7 +18,7 @@ from pathlib import Path
 from types import ModuleType
 
 from syncam_data.shards.adapters import framesets, renders, syncamvideo, videos
-from syncam_data.shards.adapters.base import AdapterError, AdapterOptions, GroupPlan, GroupRef, ViewPlan
+from syncam_data.shards.adapters.base import AdapterError, ConvertConfig, GroupPlan, GroupRef, ViewPlan
 from syncam_data.shards.schema import ViewRecord
 
 ADAPTERS: dict[str, ModuleType] = {m.SOURCE: m for m in (renders, framesets, videos, syncamvideo)}
@@ -31,15 +31,15 @@ def adapter(source: str) -> ModuleType:
         raise AdapterError(f"unknown source {source!r}: one of {sorted(ADAPTERS)}") from None
 
 
-def discover(source: str, path: str | Path, options: AdapterOptions) -> list[GroupRef]:
+def discover(source: str, path: str | Path, options: ConvertConfig) -> list[GroupRef]:
     return adapter(source).discover(Path(path), options)
 
 
-def scan(ref: GroupRef, options: AdapterOptions) -> GroupPlan:
+def scan(ref: GroupRef, options: ConvertConfig) -> GroupPlan:
     return adapter(ref.source).scan(ref, options)
 
 
-def convert(plan: GroupPlan, options: AdapterOptions) -> list[ViewRecord]:
+def convert(plan: GroupPlan, options: ConvertConfig) -> list[ViewRecord]:
     records = adapter(plan.ref.source).convert(plan, options)
     got = sorted(r.view_id for r in records)
     want = sorted(v.view_id for v in plan.views)
@@ -49,4 +49,4 @@ def convert(plan: GroupPlan, options: AdapterOptions) -> list[ViewRecord]:
     return records
 
 
-__all__ = ["ADAPTERS", "AdapterError", "AdapterOptions", "GroupPlan", "GroupRef", "ViewPlan", "adapter", "convert", "discover", "scan"]
+__all__ = ["ADAPTERS", "AdapterError", "ConvertConfig", "GroupPlan", "GroupRef", "ViewPlan", "adapter", "convert", "discover", "scan"]

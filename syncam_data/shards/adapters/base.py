@@ -14,7 +14,6 @@ build driver can deduplicate and plan shards before anything is written:
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import zipfile
@@ -31,7 +30,7 @@ class AdapterError(ValueError):
 
 
 @dataclass(frozen=True)
-class AdapterOptions:
+class ConvertConfig:
     """Settings of every adapter (all picklable: they travel to worker processes and Ray tasks)."""
 
     # SynCamVideo intrinsics: explicit (fx, fy, cx, cy) in pixels > horizontal FOV > lens/filmback.
@@ -87,14 +86,6 @@ class GroupPlan:
     @property
     def key(self) -> tuple[str, str]:
         return (self.dataset, self.group_id)
-
-
-def file_digest(path: Path, chunk: int = 8 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(chunk):
-            h.update(b)
-    return h.hexdigest()
 
 
 def read_json_object(path: Path, what: str = "") -> dict[str, Any]:

@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from syncam_data.ids import UnsafeIdError, check_id
-from syncam_data.render.output import CAMERAS_JSON, read_cameras_json
+from syncam_data.cameras import CAMERAS_JSON, read_cameras_json
+from syncam_data.fsio import sha256_file
 from syncam_data.shards.adapters.base import (
     AdapterError,
-    AdapterOptions,
+    ConvertConfig,
     GroupPlan,
     GroupRef,
     ViewPlan,
-    file_digest,
     image_format,
     image_size,
     read_bytes,
@@ -38,7 +38,7 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 LAYOUT = "frame-set folders <group_id>/ with cameras.json and its images, as sample-frames writes them"
 
 
-def discover(path: Path, options: AdapterOptions) -> list[GroupRef]:
+def discover(path: Path, options: ConvertConfig) -> list[GroupRef]:
     """Every frame-set folder (one with a cameras.json) under ``path``, or ``path`` itself."""
     path = Path(path)
     if not path.is_dir():
@@ -101,7 +101,7 @@ def _cameras(folder: Path):
         raise AdapterError(str(e)) from None
 
 
-def scan(ref: GroupRef, options: AdapterOptions) -> GroupPlan:
+def scan(ref: GroupRef, options: ConvertConfig) -> GroupPlan:
     folder = Path(ref.path)
     top = _top(folder)
     try:
@@ -114,13 +114,13 @@ def scan(ref: GroupRef, options: AdapterOptions) -> GroupPlan:
         img = _image_path(folder, cid, entry)
         if not img.is_file():
             raise AdapterError(f"{img}: missing image of camera {cid}")
-        digests.append(file_digest(img))
+        digests.append(sha256_file(img))
         nbytes += img.stat().st_size
         views.append(ViewPlan(cid, str(img)))
     return GroupPlan(ref, dataset, gid, group_hash(KIND, digests), views, nbytes, caption=str(top.get("caption") or ""))
 
 
-def convert(plan: GroupPlan, options: AdapterOptions) -> list[ViewRecord]:
+def convert(plan: GroupPlan, options: ConvertConfig) -> list[ViewRecord]:
     folder = Path(plan.ref.path)
     top = _top(folder)
     records = []

@@ -15,14 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from syncam_data.ids import UnsafeIdError, check_id
-from syncam_data.render.output import CAMERAS_JSON, SCENE_JSON, read_cameras_json
+from syncam_data.cameras import CAMERAS_JSON, read_cameras_json
+from syncam_data.render.output import SCENE_JSON
+from syncam_data.fsio import sha256_file
 from syncam_data.shards.adapters.base import (
     AdapterError,
-    AdapterOptions,
+    ConvertConfig,
     GroupPlan,
     GroupRef,
     ViewPlan,
-    file_digest,
     npz_array_shape,
     probe_clip,
     read_bytes,
@@ -39,7 +40,7 @@ BACKEND_DATASETS = {"blender": "syncam-blender", "unrealcv": "syncam-unreal", "u
 LAYOUT = "complete render scene folders <scene_id>/ with scene.json, cameras.json and videos/<cam>.mp4 (dot-prefixed folders are renders still running)"
 
 
-def discover(path: Path, options: AdapterOptions) -> list[GroupRef]:
+def discover(path: Path, options: ConvertConfig) -> list[GroupRef]:
     """Every complete scene folder under ``path`` (or ``path`` itself when it is a scene folder)."""
     path = Path(path)
     if not path.is_dir():
@@ -86,7 +87,7 @@ def scene_caption(scene: dict[str, Any]) -> str:
     return str(cap or "")
 
 
-def scan(ref: GroupRef, options: AdapterOptions) -> GroupPlan:
+def scan(ref: GroupRef, options: ConvertConfig) -> GroupPlan:
     folder = Path(ref.path)
     scene = _read_scene_json(folder)
     try:
@@ -101,7 +102,7 @@ def scan(ref: GroupRef, options: AdapterOptions) -> GroupPlan:
         video = folder / "videos" / f"{cid}.mp4"
         if not video.is_file():
             raise AdapterError(f"{video}: missing video of camera {cid}")
-        digests.append(file_digest(video))
+        digests.append(sha256_file(video))
         nbytes += video.stat().st_size
         depth = folder / "depth" / f"{cid}.npz"
         if depth.is_file():
@@ -110,7 +111,7 @@ def scan(ref: GroupRef, options: AdapterOptions) -> GroupPlan:
     return GroupPlan(ref, dataset_for_backend(scene, folder), gid, group_hash(KIND, digests), views, nbytes, caption=scene_caption(scene))
 
 
-def convert(plan: GroupPlan, options: AdapterOptions) -> list[ViewRecord]:
+def convert(plan: GroupPlan, options: ConvertConfig) -> list[ViewRecord]:
     folder = Path(plan.ref.path)
     scene = _read_scene_json(folder)
     try:

@@ -45,13 +45,13 @@ import numpy as np
 
 from syncam_data.cameras import CameraError, c2w_from_ue_row_matrix, intrinsics_from_filmback, intrinsics_from_hfov, parse_ue_row_matrix
 from syncam_data.ids import sanitize_id
+from syncam_data.fsio import sha256_file
 from syncam_data.shards.adapters.base import (
     AdapterError,
-    AdapterOptions,
+    ConvertConfig,
     GroupPlan,
     GroupRef,
     ViewPlan,
-    file_digest,
     probe_clip,
     read_bytes,
 )
@@ -77,7 +77,7 @@ def is_scene(folder: Path) -> bool:
     return (folder / EXTRINSICS).is_file() and (folder / "videos").is_dir() and any((folder / "videos").glob("*.mp4"))
 
 
-def discover(path: Path, options: AdapterOptions) -> list[GroupRef]:
+def discover(path: Path, options: ConvertConfig) -> list[GroupRef]:
     """Every scene at or below ``path`` (sorted; a scene's own folders are not searched)."""
     path = Path(path)
     if not path.is_dir():
@@ -161,12 +161,12 @@ def _views(scene: Path, extr: dict[int, dict[str, str]]) -> list[str]:
     return views
 
 
-def scan(ref: GroupRef, options: AdapterOptions) -> GroupPlan:
+def scan(ref: GroupRef, options: ConvertConfig) -> GroupPlan:
     scene = Path(ref.path)
     extr = load_extrinsics(scene)
     views = _views(scene, extr)
-    digests = [file_digest(scene / "videos" / f"{v}.mp4") for v in views]
-    digests.append(file_digest(scene / EXTRINSICS))
+    digests = [sha256_file(scene / "videos" / f"{v}.mp4") for v in views]
+    digests.append(sha256_file(scene / EXTRINSICS))
     nbytes = sum((scene / "videos" / f"{v}.mp4").stat().st_size for v in views)
     plans = [ViewPlan(v, str(scene / "videos" / f"{v}.mp4")) for v in views]
     return GroupPlan(ref, DATASET, group_id_for(scene), group_hash(KIND, digests), plans, nbytes)
@@ -183,7 +183,7 @@ def lens_from_subset(subset: str | None) -> float | None:
     return float(m.group(1)) if m else None
 
 
-def intrinsics_for(width: int, height: int, options: AdapterOptions, subset: str | None = None) -> tuple[tuple[float, float, float, float], str]:
+def intrinsics_for(width: int, height: int, options: ConvertConfig, subset: str | None = None) -> tuple[tuple[float, float, float, float], str]:
     if options.intrinsics is not None:
         return tuple(float(v) for v in options.intrinsics), "given"  # type: ignore[return-value]
     if options.fov_deg is not None:
@@ -197,7 +197,7 @@ def intrinsics_for(width: int, height: int, options: AdapterOptions, subset: str
     return intrinsics_from_filmback(width, height, focal, options.sensor_mm), f"lens {focal:g} mm ({where}) on {options.sensor_mm:g} mm filmback"
 
 
-def camera_track(scene: Path, extr: dict[int, dict[str, str]], cam: str, options: AdapterOptions) -> tuple[np.ndarray, list[list[float]] | None]:
+def camera_track(scene: Path, extr: dict[int, dict[str, str]], cam: str, options: ConvertConfig) -> tuple[np.ndarray, list[list[float]] | None]:
     """(first-frame canonical c2w, per-frame c2w list when the camera moves else None)."""
     where = scene / EXTRINSICS
     try:
@@ -216,7 +216,7 @@ def camera_track(scene: Path, extr: dict[int, dict[str, str]], cam: str, options
     return c2w0, [[float(v) for v in c2w_from_ue_row_matrix(m).reshape(-1)] for m in mats]
 
 
-def convert(plan: GroupPlan, options: AdapterOptions) -> list[ViewRecord]:
+def convert(plan: GroupPlan, options: ConvertConfig) -> list[ViewRecord]:
     scene = Path(plan.ref.path)
     extr = load_extrinsics(scene)
     first_key = next(iter(extr))

@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from syncam_data.ids import sanitize_id
+from syncam_data.fsio import sha256_file
 from syncam_data.shards.adapters.base import (
     AdapterError,
-    AdapterOptions,
+    ConvertConfig,
     GroupPlan,
     GroupRef,
     ViewPlan,
-    file_digest,
     probe_clip,
     read_bytes,
 )
@@ -63,7 +63,7 @@ def _resolve(path_text: str, scores_file: Path) -> Path:
     return beside if beside.exists() or not p.exists() else p.resolve()
 
 
-def discover(path: Path, options: AdapterOptions) -> list[GroupRef]:
+def discover(path: Path, options: ConvertConfig) -> list[GroupRef]:
     """One ref per ``status == "kept"`` row of the scores file."""
     import pyarrow.parquet as pq
 
@@ -99,18 +99,18 @@ def group_id_for(content_hash: str) -> str:
     return sanitize_id(f"web-{content_hash}")
 
 
-def scan(ref: GroupRef, options: AdapterOptions) -> GroupPlan:
+def scan(ref: GroupRef, options: ConvertConfig) -> GroupPlan:
     video = Path(ref.path)
     if not video.is_file():
         raise AdapterError(f"{video}: kept video from {ref.data.get('scores_file')} (row {ref.data.get('row')}) does not exist")
-    digest = file_digest(video)
+    digest = sha256_file(video)
     content_hash = str(ref.data.get("content_hash") or digest)
     if ref.data.get("content_hash") and content_hash != digest:
         log.warning("%s: file changed since it was filtered (content_hash %s..., now %s...)", video, content_hash[:12], digest[:12])
     return GroupPlan(ref, DATASET, group_id_for(content_hash), group_hash(KIND, [digest]), [ViewPlan(VIEW_ID, str(video))], video.stat().st_size)
 
 
-def copy_decision(data: bytes, info, options: AdapterOptions) -> str | None:
+def copy_decision(data: bytes, info, options: ConvertConfig) -> str | None:
     """None when the original bytes can be stored as they are, else why it must be re-encoded."""
     if data[4:8] != b"ftyp":
         return "container is not mp4"
@@ -127,7 +127,7 @@ def copy_decision(data: bytes, info, options: AdapterOptions) -> str | None:
     return None
 
 
-def reencode(video: Path, info, options: AdapterOptions) -> tuple[bytes, int]:
+def reencode(video: Path, info, options: ConvertConfig) -> tuple[bytes, int]:
     """Decode up to ``max_frames`` frames and encode H.264 (memory: max_frames x H x W x 3 bytes)."""
     import numpy as np
 
@@ -149,7 +149,7 @@ def reencode(video: Path, info, options: AdapterOptions) -> tuple[bytes, int]:
     return blob, len(frames)
 
 
-def convert(plan: GroupPlan, options: AdapterOptions) -> list[ViewRecord]:
+def convert(plan: GroupPlan, options: ConvertConfig) -> list[ViewRecord]:
     video = Path(plan.ref.path)
     d = plan.ref.data
     original = read_bytes(video, "video")
