@@ -291,6 +291,105 @@ def _decode_sorted(container, stream, info: VideoInfo, wanted: list[int], fmt: d
     return got
 
 
+def decode_into(
+    src: Source,
+    indices: Sequence[int],
+    out: np.ndarray,
+    size: tuple[int, int] | None = None,
+    offset: tuple[int, int] = (0, 0),
+    limits: VideoLimits | None = DEFAULT_LIMITS,
+    threads: int = 0,
+) -> None:
+    """Decode frames ``indices`` (any order, duplicates allowed) straight into ``out``.
+
+    ``out`` is uint8 (len(indices), 3, H, W), planar RGB (channels first). Each
+    needed frame goes through swscale once: colour conversion and scaling to
+    ``size=(W', H')`` (default: the stored size) in one pass, into planar
+    ``gbrp``; the ``H x W`` window at ``offset=(x0, y0)`` of that is copied into
+    its slot. One scaler context serves every frame (PyAV's
+    ``frame.to_ndarray(format=...)`` builds a new one per frame, which costs
+    about as much as the conversion), and nothing but the current frame is
+    held, so memory is ``out`` plus the decoder's own. ``threads`` is the
+    decoder's thread count (0: FFmpeg picks one per core).
+    """
+    from av.video.reformatter import VideoReformatter
+
+    name = _name(src)
+    n, c, H, W = out.shape
+    if c != 3 or out.dtype != np.uint8 or n != len(indices):
+        raise ValueError(f"decode_into expects uint8 ({len(indices)}, 3, H, W), got {out.dtype} {out.shape}")
+    x0, y0 = offset
+    container = _open(src)
+    try:
+        info, stream = _checked_stream(container, name, limits)
+        stream.codec_context.thread_count = threads
+        sw, sh = size if size else (info.width, info.height)
+        if x0 < 0 or y0 < 0 or x0 + W > sw or y0 + H > sh:
+            raise ValueError(f"{name}: crop {W}x{H} at ({x0}, {y0}) does not fit the {sw}x{sh} frame")
+        slots: dict[int, list[int]] = {}
+        for j, i in enumerate(indices):
+            slots.setdefault(int(i), []).append(j)
+        wanted = sorted(slots)
+        if wanted and wanted[0] < 0:
+            raise VideoError(f"{name}: negative frame index {wanted[0]}")
+        scaler = VideoReformatter()
+        got: set[int] = set()
+        for idx, frame in _wanted_frames(container, stream, info, wanted):
+            # threads=1: the conversion overlaps the decoder's own threads; swscale's pool only adds hand-offs.
+            planes = scaler.reformat(frame, width=sw, height=sh, format="gbrp", threads=1).planes
+            first, *dups = slots[idx]
+            for ch, p in enumerate((2, 0, 1)):  # gbrp stores G, B, R planes
+                plane = planes[p]
+                rows = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
+                out[first, ch] = rows[y0 : y0 + H, x0 : x0 + W]
+            for j in dups:
+                out[j] = out[first]
+            got.add(idx)
+        if len(got) < len(wanted):
+            missing = [i for i in wanted if i not in got]
+            raise VideoError(f"{name}: frame(s) {missing[:5]} not in video ({info.num_frames} frames)")
+    except av.error.FFmpegError as e:
+        raise VideoError(f"{name}: corrupt video ({e})") from None
+    finally:
+        container.close()
+
+
+def _wanted_frames(container, stream, info: VideoInfo, wanted: list[int]):
+    """Yield (index, frame) for the sorted frame numbers ``wanted`` that the stream has, in order.
+
+    Seeks backward to the keyframe before a wanted frame only when it is far
+    ahead (nearby frames decode faster forward); a fresh container already
+    sits at the start, so frames near it need no seek.
+    """
+    fps = info.fps or 1.0
+    start = float(stream.start_time * stream.time_base) if (stream.start_time is not None and stream.time_base) else 0.0
+    seek_gap = 32
+    pos, current = 0, -1
+    while pos < len(wanted):
+        target = wanted[pos]
+        if target - max(current, 0) > seek_gap:
+            ts = int((target / fps + start) / stream.time_base) if stream.time_base else 0
+            container.seek(max(ts, 0), stream=stream, backward=True, any_frame=False)
+        progressed = False
+        for frame in container.decode(stream):
+            t = frame.time
+            current = -1 if t is None else int(round((t - start) * fps))
+            progressed = True
+            if current < target:
+                continue
+            while pos < len(wanted) and wanted[pos] < current:
+                pos += 1  # a frame the stream skipped: reported missing by the caller
+            if pos < len(wanted) and wanted[pos] == current:
+                yield current, frame
+                pos += 1
+            if pos >= len(wanted) or wanted[pos] - current > seek_gap:
+                break
+        else:
+            return  # end of stream
+        if not progressed:
+            return
+
+
 def iter_frames(src: Source, limits: VideoLimits | None = DEFAULT_LIMITS, size: tuple[int, int] | None = None, every: int = 1):
     """Yield (index, RGB uint8 frame) lazily; ``every=k`` keeps every k-th frame."""
     name = _name(src)

@@ -200,12 +200,12 @@ def encode_group(g: Group, reader: Any, cfg: TrainConfig, components: Any, view_
     out: dict[str, torch.Tensor] = {}
     for start in range(0, len(g.rows), view_batch):
         rows, sids = g.rows[start : start + view_batch], g.sample_ids[start : start + view_batch]
-        clips = []
-        for r, sid in zip(rows, sids):
+        clips = np.empty((len(rows), len(frames), 3, *hw), np.uint8)
+        for v, (r, sid) in enumerate(zip(rows, sids)):
             idx = reader.index
             src_hw = (idx.column("height")[r].as_py(), idx.column("width")[r].as_py())
-            clips.append(decode_view(reader.read_blob(r, "media"), idx.column("media_format")[r].as_py(), frames, hw, sid, src_hw))
-        video = torch.from_numpy(np.stack(clips)).permute(0, 1, 4, 2, 3).float().div_(127.5).sub_(1.0)
+            decode_view(reader.read_blob(r, "media"), idx.column("media_format")[r].as_py(), frames, hw, sid, src_hw, out=clips[v])
+        video = torch.from_numpy(clips).float().div_(127.5).sub_(1.0)
         mean, logvar = encode_video_dist(components, video)
         for i, sid in enumerate(sids):
             out[f"{sid}|mean"] = mean[i].to("cpu", dtype)

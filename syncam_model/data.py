@@ -39,6 +39,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
+import mmap
+import os
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
@@ -394,31 +398,45 @@ def updated_K(K: Sequence[float], src_hw: tuple[int, int], dst_hw: tuple[int, in
 
 
 def decode_view(
-    blob: bytes, media_format: str, frames: Sequence[int], dst_hw: tuple[int, int], name: str, src_hw: tuple[int, int] | None = None
+    blob: bytes,
+    media_format: str,
+    frames: Sequence[int],
+    dst_hw: tuple[int, int],
+    name: str,
+    src_hw: tuple[int, int] | None = None,
+    out: np.ndarray | None = None,
+    threads: int = 0,
 ) -> np.ndarray:
-    """Media bytes -> uint8 (f, H, W, 3) at the training size (resize to cover, centre crop).
+    """Media bytes -> uint8 (f, 3, H, W) at the training size (resize to cover, centre crop).
 
-    ``src_hw`` is the stored size from the shard index; given, it saves opening the video twice.
+    Video frames are converted and scaled to the cover size by the decoder's
+    own scaler and their crop written straight into ``out`` (a slice of the
+    micro-batch array; allocated when not given), one frame at a time.
+    ``src_hw`` is the stored size from the shard index (it fixes the crop, as
+    it fixes K in ``updated_K``); given, the video is opened once.
+    ``threads`` is the decoder's thread count (0: one per core).
     """
     from syncam_data import video
 
     H, W = dst_hw
+    if out is None:
+        out = np.empty((len(frames), 3, H, W), np.uint8)
     if media_format == "mp4":
         if src_hw is None:
             info = video.probe(blob)
             src_hw = (info.height, info.width)
         rw, rh, x0, y0 = crop_box(src_hw, dst_hw)
-        arr = video.decode(blob, list(frames), size=(rw, rh))
-    else:
-        import cv2
+        video.decode_into(blob, frames, out, size=(rw, rh), offset=(x0, y0), threads=threads)
+        return out
+    import cv2
 
-        img = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR)
-        if img is None:
-            raise DataError(f"{name}: not a decodable {media_format} image")
-        rw, rh, x0, y0 = crop_box(img.shape[:2], dst_hw)
-        img = cv2.resize(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), (rw, rh), interpolation=cv2.INTER_AREA)
-        arr = np.repeat(img[None], len(frames), axis=0)
-    return np.ascontiguousarray(arr[:, y0 : y0 + H, x0 : x0 + W])
+    img = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise DataError(f"{name}: not a decodable {media_format} image")
+    rw, rh, x0, y0 = crop_box(img.shape[:2], dst_hw)
+    img = cv2.resize(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), (rw, rh), interpolation=cv2.INTER_AREA)
+    out[:] = img[y0 : y0 + H, x0 : x0 + W].transpose(2, 0, 1)  # the still image is every frame
+    return out
 
 
 def video_to_float(u8: torch.Tensor) -> torch.Tensor:
@@ -448,11 +466,23 @@ class ShardSampleDataset(torch.utils.data.Dataset):
         # Relative poses with the translation rule of data.translation_normalization (syncam_model.camera_input).
         self.camera_rule = CameraRule.from_data_config(cfg.data)
         self.bad: set[str] = set()
+        # Per-row decode inputs as plain arrays: a pyarrow scalar look-up per view and sample costs more.
+        idx = reader.index
+        self.stored_hw = np.stack([idx.column("height").to_numpy(), idx.column("width").to_numpy()], 1) if len(idx) else np.zeros((0, 2), int)
+        self.media_format = idx.column("media_format").to_pylist()
+        self.decode_threads = 0  # per decoder; dataloader workers split the cores (``_worker_init``)
+        self.buffers = BatchBuffers()
+
+    def __getstate__(self) -> dict[str, Any]:
+        d = self.__dict__.copy()
+        d["buffers"] = BatchBuffers()  # memory mappings stay in their process
+        return d
 
     def __len__(self) -> int:  # map-style with plan keys; length is not meaningful
         return 0
 
-    def load_slot(self, slot: SlotPlan) -> dict[str, Any]:
+    def load_slot(self, slot: SlotPlan, video: np.ndarray | None = None) -> dict[str, Any]:
+        """One sample; decoded frames go into ``video`` (n, f, 3, H, W) uint8 when given (a slice of the batch)."""
         g = self.by_key[slot.group]
         hw = (self.cfg.data.height, self.cfg.data.width)
         rows = [g.rows[v] for v in slot.views]
@@ -466,16 +496,16 @@ class ShardSampleDataset(torch.utils.data.Dataset):
         if self.cache is not None:
             out.update(self.cache.load_views(sids, slot.frames, out["caption"]))
             return out
-        clips = []
-        idx = self.reader.index
-        for r, sid in zip(rows, sids):
+        if video is None:
+            video = np.empty((len(rows), len(slot.frames), 3, *hw), np.uint8)
+        for v, (r, sid) in enumerate(zip(rows, sids)):
             blob = self.reader.read_blob(r, "media")
-            src_hw = (idx.column("height")[r].as_py(), idx.column("width")[r].as_py())
-            clips.append(decode_view(blob, idx.column("media_format")[r].as_py(), slot.frames, hw, sid, src_hw))
-        out["video"] = np.stack(clips).transpose(0, 1, 4, 2, 3)  # (n, f, 3, H, W)
+            src_hw = (int(self.stored_hw[r, 0]), int(self.stored_hw[r, 1]))
+            decode_view(blob, self.media_format[r], slot.frames, hw, sid, src_hw, out=video[v], threads=self.decode_threads)
+        out["video"] = video
         return out
 
-    def load_slot_or_replace(self, plan: BatchPlan, b: int) -> tuple[dict[str, Any], int]:
+    def load_slot_or_replace(self, plan: BatchPlan, b: int, video: np.ndarray | None = None) -> tuple[dict[str, Any], int]:
         """Load a slot; if a view fails to decode, log the sample id and draw a replacement (deterministically)."""
         slot = plan.slots[b]
         for attempt in range(self.cfg.data.max_decode_retries + 1):
@@ -484,7 +514,7 @@ class ShardSampleDataset(torch.utils.data.Dataset):
             known_bad = [s for s in sids if s in self.bad]
             if not known_bad:
                 try:
-                    return self.load_slot(slot), attempt
+                    return self.load_slot(slot, video), attempt
                 except Exception as e:  # noqa: BLE001 - any decode failure of untrusted media: skip the sample
                     log.warning("loader: sample %s failed to load (%s: %s); drawing another", slot.group, type(e).__name__, e)
                     self.bad.update(_failing(e, sids))
@@ -502,12 +532,57 @@ class ShardSampleDataset(torch.utils.data.Dataset):
         raise DataError(f"no replacement {plan.kind} group available")
 
     def __getitem__(self, plan: BatchPlan) -> dict[str, Any]:
+        video = None
+        if self.cache is None:
+            # The whole micro-batch in one uint8 array; every decoded frame is written into its place once.
+            f = len(plan.slots[0].frames) if plan.slots else 0
+            video = self.buffers.take((len(plan.slots), plan.num_views, f, 3, self.cfg.data.height, self.cfg.data.width))
         items, replaced = [], 0
         for b in range(len(plan.slots)):
-            item, r = self.load_slot_or_replace(plan, b)
+            item, r = self.load_slot_or_replace(plan, b, None if video is None else video[b].numpy())
             items.append(item)
             replaced += r
-        return collate(items, plan, replaced)
+        return collate(items, plan, replaced, video)
+
+
+class BatchBuffers:
+    """Uninitialized uint8 batch tensors, cheap to fill: reused memory in the training process, shared memory in a worker.
+
+    A fresh 150 MB micro-batch (4 views x 49 x 3 x 384 x 672) costs ~37,000
+    page faults, several times the copy of the frames into it
+    (docs/benchmarks/train.md). In the training process a batch's memory (an
+    anonymous mapping, advised to use transparent huge pages) is handed out
+    again once every tensor on it is gone: the pool holds the mapping and only
+    a weak reference to the array the tensors keep alive. In a dataloader
+    worker the batch goes to the training process through shared memory, so it
+    is allocated there from the start (a private tensor would be copied there
+    whole on the way out).
+    """
+
+    def __init__(self, keep: int = 3) -> None:
+        self.keep = keep
+        self._pool: list[tuple[mmap.mmap, weakref.ref]] = []
+
+    def take(self, shape: tuple[int, ...]) -> torch.Tensor:
+        size = math.prod(shape)
+        if size == 0:
+            return torch.empty(shape, dtype=torch.uint8)
+        if torch.utils.data.get_worker_info() is not None:
+            # A new shared segment, filled by the decoder directly (``share_memory_`` would also copy the
+            # uninitialized private tensor into it). ``_new_shared`` is torch's documented storage constructor.
+            return torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(size)).view(shape)
+        for i, (buf, ref) in enumerate(self._pool):
+            if ref() is None and len(buf) == size:
+                arr = np.frombuffer(buf, np.uint8).reshape(shape)
+                self._pool[i] = (buf, weakref.ref(arr))
+                return torch.from_numpy(arr)
+        buf = mmap.mmap(-1, size)
+        if hasattr(mmap, "MADV_HUGEPAGE"):  # Linux; elsewhere plain pages
+            buf.madvise(mmap.MADV_HUGEPAGE)
+        arr = np.frombuffer(buf, np.uint8).reshape(shape)  # keeps ``buf`` alive while any tensor uses it
+        self._pool.append((buf, weakref.ref(arr)))
+        del self._pool[: max(0, len(self._pool) - self.keep)]
+        return torch.from_numpy(arr)
 
 
 def _failing(err: Exception, sids: list[str]) -> list[str]:
@@ -516,7 +591,8 @@ def _failing(err: Exception, sids: list[str]) -> list[str]:
     return named or sids
 
 
-def collate(items: list[dict[str, Any]], plan: BatchPlan, replaced: int) -> dict[str, Any]:
+def collate(items: list[dict[str, Any]], plan: BatchPlan, replaced: int, video: torch.Tensor | None = None) -> dict[str, Any]:
+    """The micro-batch dict; ``video`` is the batch tensor the slots were decoded into (no stacking copy)."""
     batch: dict[str, Any] = {
         "kind": plan.kind,
         "micro_id": plan.micro_id,
@@ -530,8 +606,10 @@ def collate(items: list[dict[str, Any]], plan: BatchPlan, replaced: int) -> dict
         "cameras": torch.from_numpy(np.stack([it["cameras"] for it in items])),
         "K": torch.from_numpy(np.stack([it["K"] for it in items])),
     }
+    if video is not None:
+        batch["video"] = video
     for key in ("video", "latent_mean", "latent_logvar", "text"):
-        if key in items[0]:
+        if key in items[0] and key not in batch:
             batch[key] = torch.stack([torch.as_tensor(it[key]) for it in items])
     return batch
 
@@ -548,8 +626,20 @@ def as_contract4(batch: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _worker_init(_: int) -> None:
-    # Decoding is single-threaded per worker; torch's intra-op pool would only oversubscribe the cores.
+    # Decoding is single-threaded per worker in torch; torch's intra-op pool would only oversubscribe the cores.
     torch.set_num_threads(1)
+    # Each worker's decoder gets its share of the cores, so K workers scale up to the core count without
+    # K x cores decoder threads fighting over them.
+    info = torch.utils.data.get_worker_info()
+    if info is not None and isinstance(info.dataset, ShardSampleDataset):
+        info.dataset.decode_threads = max(1, _cores() // info.num_workers)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 @dataclass

@@ -21,7 +21,7 @@ from syncam_data.shards.schema import ViewRecord
 from syncam_data.shards.writer import ShardWriter
 from syncam_model.config import ConfigError, load_config
 from syncam_model.curriculum import AngleSchedule, angle_matrix, select_views, Window
-from syncam_model.data import DataError, as_contract4, build_loader, crop_box, updated_K
+from syncam_model.data import BatchBuffers, DataError, as_contract4, build_loader, crop_box, decode_view, updated_K
 
 RING_STEP = 20.0  # degrees between neighbouring cameras of a multi-view group
 
@@ -172,6 +172,91 @@ def test_decoded_pixels_match_the_source_frames(shards):
     want = np.stack([cv2.resize(src[i], (rw, rh), interpolation=cv2.INTER_AREA)[y0 : y0 + 32, x0 : x0 + 48] for i in b["frames"][0]])
     got = b["video"][0, 1].permute(0, 2, 3, 1).numpy().astype(float)
     assert np.abs(got - want).mean() < 12  # H.264 + resampler differences, but the right frames and crop
+
+
+# (stored h, w) -> (training h, w): identity, downscales with odd crop offsets, an upscale, a portrait clip.
+CROPS = [((48, 64), (48, 64)), ((96, 160), (40, 56)), ((102, 70), (34, 50)), ((60, 100), (64, 48))]
+
+
+def blob_frames(n: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """A grey Gaussian spot on black moving across the frame; returns (frames, spot centres (n, 2) in continuous pixels)."""
+    yy, xx = np.mgrid[0:h, 0:w] + 0.5  # pixel centres at +0.5: the convention K uses (docs/cameras.md)
+    centres = np.stack([0.42 * w + 0.8 * np.arange(n), 0.47 * h + 0.5 * np.arange(n)], 1)
+    sigma = 0.06 * min(h, w)
+    out = np.empty((n, h, w, 3), np.uint8)
+    for i, (ux, uy) in enumerate(centres):
+        out[i] = (230 * np.exp(-((xx - ux) ** 2 + (yy - uy) ** 2) / (2 * sigma**2)))[..., None].astype(np.uint8)
+    return out, centres
+
+
+def centroid(img: np.ndarray) -> tuple[float, float]:
+    """Intensity-weighted centre of a (3, H, W) image, continuous pixel coordinates."""
+    w = img.astype(np.float64).mean(0)
+    w = np.where(w > 12, w, 0)  # ignore coding noise of the black background
+    yy, xx = np.mgrid[0 : w.shape[0], 0 : w.shape[1]] + 0.5
+    return float((w * xx).sum() / w.sum()), float((w * yy).sum() / w.sum())
+
+
+@pytest.mark.parametrize("src_hw,dst_hw", CROPS)
+def test_fast_decode_gives_the_reference_frames_and_K(src_hw, dst_hw):
+    """The decode path (swscale straight to the cover size, crop copied into the batch) against the plain path.
+
+    Reference: every frame decoded at the stored size, resized with OpenCV and
+    cropped. Pixels agree within interpolation differences, for frames asked in
+    any order with repeats; and a spot at a known position lands where the
+    updated K puts it, so pixels and K got the same resize and crop.
+    """
+    (h, w), (H, W) = src_hw, dst_hw
+    clip, centres = blob_frames(12, h, w)
+    blob = video.encode(clip, fps=8, preset="ultrafast", crf=12)
+    frames = [5, 1, 1, 11, 7]
+    fast = decode_view(blob, "mp4", frames, dst_hw, "v", src_hw)
+    assert fast.shape == (len(frames), 3, H, W) and fast.dtype == np.uint8
+    rw, rh, x0, y0 = crop_box(src_hw, dst_hw)
+    full = video.decode(blob, frames)[:, :h, :w]
+    interp = cv2.INTER_AREA if rw < w else cv2.INTER_LINEAR
+    ref = np.stack([cv2.resize(f, (rw, rh), interpolation=interp)[y0 : y0 + H, x0 : x0 + W] for f in full]).transpose(0, 3, 1, 2)
+    diff = np.abs(fast.astype(int) - ref.astype(int))
+    assert diff.mean() < 1.5 and np.percentile(diff, 99) <= 8, (diff.mean(), np.percentile(diff, 99))
+    assert np.array_equal(fast[1], fast[2])  # a repeated index gives the same frame
+    fx, fy, cx, cy = 0.9 * w, 0.8 * w, 0.45 * w, 0.55 * h  # any K: the test compares normalized coordinates
+    K2 = updated_K([fx, fy, cx, cy], src_hw, dst_hw)
+    for j, i in enumerate(frames):
+        ux, uy = centres[i]
+        want = (K2[0] * (ux - cx) / fx + K2[2], K2[1] * (uy - cy) / fy + K2[3])
+        got = centroid(fast[j])
+        assert abs(got[0] - want[0]) < 0.3 and abs(got[1] - want[1]) < 0.3, (i, got, want)
+
+
+def test_image_views_fill_every_frame_of_their_slot(shards):
+    cfg = tiny_cfg(**{"data.mix": {"multiview_image": 1.0}})
+    loader = build_loader(str(shards), cfg)
+    b = loader.dataset[loader.sampler.plan()]
+    v = b["video"]
+    assert v.shape[2] == 1 and v.shape[3:] == (3, 32, 48) and v.is_contiguous()
+    sid = b["sample_ids"][0][0]
+    g, k = int(sid.split("/")[1][2:]), int(sid.split("/")[2][1:])
+    src = smooth_frames(1, 40, 56, seed=900 + 10 * g + k)[0]
+    rw, rh, x0, y0 = crop_box((40, 56), (32, 48))
+    want = cv2.resize(src, (rw, rh), interpolation=cv2.INTER_AREA)[y0 : y0 + 32, x0 : x0 + 48].transpose(2, 0, 1)
+    assert np.abs(v[0, 0, 0].numpy().astype(int) - want).mean() < 2  # PNG is lossless: only the resampler differs
+
+
+def test_batch_memory_is_reused_only_when_no_tensor_holds_it():
+    bufs = BatchBuffers(keep=2)
+    a = bufs.take((2, 3, 4))
+    a.fill_(7)
+    view = a[1]
+    ptr = a.data_ptr()
+    del a
+    b = bufs.take((2, 3, 4))
+    assert b.data_ptr() != ptr  # ``view`` still uses the first batch's memory
+    b.fill_(9)
+    assert bool((view == 7).all())
+    del view, b
+    c = bufs.take((2, 3, 4))
+    assert c.data_ptr() == ptr and c.shape == (2, 3, 4)  # now free: the first batch's memory comes back
+    assert bufs.take((5,)).data_ptr() not in {ptr, c.data_ptr()}  # another size never shares it
 
 
 def test_mix_and_curriculum_proportions(shards):

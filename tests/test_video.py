@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -100,3 +101,36 @@ def test_encode_rejects_wrong_input():
         V.encode(np.zeros((2, 8, 8), np.uint8))
     with pytest.raises(V.VideoError):
         V.encode(np.zeros((2, 8, 8, 3), np.float32))
+
+
+def test_decode_into_writes_the_chosen_frames_planar_and_cropped(tmp_path):
+    frames = smooth_frames(60, 48, 64, seed=5)
+    path = V.encode(frames, tmp_path / "v.mp4", fps=30, gop=10)
+    want = [45, 3, 3, 17, 59, 0]  # far apart (seeks), out of order, repeated
+    out = np.full((len(want), 3, 20, 30), 7, np.uint8)
+    V.decode_into(path, want, out, size=(40, 30), offset=(5, 3))
+    scaled = np.zeros((len(want), 3, 30, 40), np.uint8)
+    V.decode_into(path, want, scaled, size=(40, 30))
+    assert np.array_equal(out, scaled[:, :, 3:23, 5:35])  # the window at the offset, exactly
+    ref = np.stack([cv2.resize(f, (40, 30), interpolation=cv2.INTER_AREA) for f in V.decode(path, want)])
+    diff = np.abs(scaled.astype(int) - ref.transpose(0, 3, 1, 2).astype(int))
+    assert diff.mean(axis=(0, 2, 3)).max() < 3  # RGB in channel order; area vs bilinear resampling differ at edges only
+    full = np.zeros((len(want), 3, 48, 64), np.uint8)
+    V.decode_into(path, want, full)  # stored size, no crop: the right frames
+    for got, i in zip(full, want):
+        j, err = nearest(got.transpose(1, 2, 0), frames)
+        assert j == i and err < 4
+
+
+def test_decode_into_refuses_what_it_cannot_fill(tmp_path):
+    blob = V.encode(smooth_frames(10, 48, 64))
+    with pytest.raises(V.VideoError, match=r"frame\(s\) \[10\] not in video"):
+        V.decode_into(blob, [2, 10], np.zeros((2, 3, 48, 64), np.uint8))
+    with pytest.raises(ValueError, match="does not fit"):
+        V.decode_into(blob, [0], np.zeros((1, 3, 48, 64), np.uint8), offset=(1, 0))
+    with pytest.raises(ValueError, match="expects uint8"):
+        V.decode_into(blob, [0, 1], np.zeros((1, 3, 48, 64), np.uint8))
+    with pytest.raises(V.VideoError, match="pixel limit"):
+        V.decode_into(blob, [0], np.zeros((1, 3, 48, 64), np.uint8), limits=V.VideoLimits(max_pixels=1000))
+    with pytest.raises(V.VideoError, match="in-memory video"):
+        V.decode_into(blob[: len(blob) // 3], [0, 9], np.zeros((2, 3, 48, 64), np.uint8))
