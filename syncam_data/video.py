@@ -334,7 +334,7 @@ def decode_into(
             raise VideoError(f"{name}: negative frame index {wanted[0]}")
         scaler = VideoReformatter()
         got: set[int] = set()
-        for idx, frame in _wanted_frames(container, stream, info, wanted):
+        for idx, frame in _wanted_frames(container, stream, info, wanted, limits.max_frames if limits is not None else None, name):
             # threads=1: the conversion overlaps the decoder's own threads; swscale's pool only adds hand-offs.
             planes = scaler.reformat(frame, width=sw, height=sh, format="gbrp", threads=1).planes
             first, *dups = slots[idx]
@@ -354,17 +354,18 @@ def decode_into(
         container.close()
 
 
-def _wanted_frames(container, stream, info: VideoInfo, wanted: list[int]):
+def _wanted_frames(container, stream, info: VideoInfo, wanted: list[int], max_frames: int | None, name: str):
     """Yield (index, frame) for the sorted frame numbers ``wanted`` that the stream has, in order.
 
     Seeks backward to the keyframe before a wanted frame only when it is far
     ahead (nearby frames decode faster forward); a fresh container already
-    sits at the start, so frames near it need no seek.
+    sits at the start, so frames near it need no seek. Stops with VideoError
+    after ``max_frames`` decoded frames (headers can understate the length).
     """
     fps = info.fps or 1.0
     start = float(stream.start_time * stream.time_base) if (stream.start_time is not None and stream.time_base) else 0.0
     seek_gap = 32
-    pos, current = 0, -1
+    pos, current, decoded = 0, -1, 0
     while pos < len(wanted):
         target = wanted[pos]
         if target - max(current, 0) > seek_gap:
@@ -372,6 +373,9 @@ def _wanted_frames(container, stream, info: VideoInfo, wanted: list[int]):
             container.seek(max(ts, 0), stream=stream, backward=True, any_frame=False)
         progressed = False
         for frame in container.decode(stream):
+            decoded += 1
+            if max_frames is not None and decoded > max_frames:
+                raise VideoError(f"{name}: more than {max_frames} frames decoded")
             t = frame.time
             current = -1 if t is None else int(round((t - start) * fps))
             progressed = True

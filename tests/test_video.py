@@ -134,3 +134,24 @@ def test_decode_into_refuses_what_it_cannot_fill(tmp_path):
         V.decode_into(blob, [0], np.zeros((1, 3, 48, 64), np.uint8), limits=V.VideoLimits(max_pixels=1000))
     with pytest.raises(V.VideoError, match="in-memory video"):
         V.decode_into(blob[: len(blob) // 3], [0, 9], np.zeros((2, 3, 48, 64), np.uint8))
+
+
+def test_decode_into_stops_at_the_frame_limit():
+    """A raw H.264 stream has no frame count or duration in any header: the limit holds inside the decode loop."""
+    import io
+
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="h264") as c:
+        s = c.add_stream("libx264", rate=8)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        for img in smooth_frames(12, 48, 64):
+            for pkt in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+    blob = buf.getvalue()
+    assert V.probe(blob).num_frames == 12  # counted by demuxing; the header itself says nothing
+    with pytest.raises(V.VideoError, match="more than 5 frames decoded"):
+        V.decode_into(blob, [11], np.zeros((1, 3, 48, 64), np.uint8), limits=V.VideoLimits(max_frames=5))
