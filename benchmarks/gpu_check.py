@@ -26,7 +26,7 @@ so the check runs the code users run, with random weights. It prints one table:
     the time the step waited for data (goal < 5 %).
 
 FLOPs are counted, not estimated by hand: ``torch.utils.flop_counter`` runs the
-same model on the meta device (shapes only, no memory) for 2 and 3 layers, and the
+same model on the meta device (shapes only, no memory) for 1 and 2 layers, and the
 count is extended linearly to the real layer count (every layer after the first
 costs the same). Model FLOPs = forward + backward of the step without
 recomputation; hardware FLOPs add gradient checkpointing's recomputed forward.
@@ -126,7 +126,14 @@ class Shapes:
 # --- FLOPs --------------------------------------------------------------------------------------------
 
 
-def _meta_model(tiny_config: dict[str, Any], layers: int):
+def adapter_spec(config: str = "paper") -> Any:
+    """The multi-view modules' structure a training config asks for (``model.projector``, ``mv_attention_text``, ``mv_position``)."""
+    from syncam_model.config import load_config
+
+    return load_config(config).model.adapter_spec()
+
+
+def _meta_model(tiny_config: dict[str, Any], layers: int, spec: Any = None):
     """The adapted transformer ``load_components`` builds, on the meta device (shapes only), with ``layers`` layers."""
     from diffusers import CogVideoXTransformer3DModel
 
@@ -134,15 +141,15 @@ def _meta_model(tiny_config: dict[str, Any], layers: int):
 
     cfg = tiny_transformer_config(tiny_config["variant"], **{**tiny_config.get("transformer", {}), "num_layers": layers})
     with torch.device("meta"):
-        return MultiViewTransformer(CogVideoXTransformer3DModel(**cfg))
+        return MultiViewTransformer(CogVideoXTransformer3DModel(**cfg), spec)
 
 
 def count_flops(tiny_config: dict[str, Any], layers: int, views: int, latent: tuple[int, int, int, int], mode: str, *,
-                train: bool = True, checkpointing: bool = False) -> int:
+                train: bool = True, checkpointing: bool = False, spec: Any = None) -> int:
     """FLOPs of one step (forward + backward, or forward only) as counted by torch's flop counter on the meta device."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = _meta_model(tiny_config, layers)
+    model = _meta_model(tiny_config, layers, spec)
     set_mode(model, mode)
     if checkpointing:
         model.enable_gradient_checkpointing()
@@ -159,12 +166,17 @@ def count_flops(tiny_config: dict[str, Any], layers: int, views: int, latent: tu
 
 
 def flops_at(tiny_config: dict[str, Any], layers: int, *args: Any, **kw: Any) -> int:
-    """``count_flops`` at ``layers`` layers, from counts at 2 and 3 layers (every layer after the first costs the same)."""
+    """``count_flops`` at ``layers`` layers, from counts at 1 and 2 layers.
+
+    Every layer after the first costs the same (the first differs in backward:
+    with a frozen base nothing before its multi-view module needs gradients),
+    so the count is exactly linear in the layers from the second on.
+    """
+    f1 = count_flops(tiny_config, 1, *args, **kw)
+    if layers == 1:
+        return f1
     f2 = count_flops(tiny_config, 2, *args, **kw)
-    if layers == 2:
-        return f2
-    f3 = count_flops(tiny_config, 3, *args, **kw)
-    return f2 + (layers - 2) * (f3 - f2)
+    return f1 + (layers - 1) * (f2 - f1)
 
 
 # --- one training step, as syncam-train runs it ----------------------------------------------------
@@ -285,8 +297,8 @@ class Device:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB: the process's RSS peak
 
     def free(self) -> None:
-        gc.collect()
-        if self.cuda:
+        if self.cuda:  # give the memory of the case just measured back before the next one
+            gc.collect()
             torch.cuda.empty_cache()
 
     def label(self) -> str:
@@ -311,13 +323,13 @@ def peak_tflops(dev: Device, override: float | None) -> tuple[float | None, str]
     return None, f"unknown for {name!r}: pass --peak-tflops for MFU"
 
 
-def load(shapes: Shapes, dev: Device, tiny_config: dict[str, Any]) -> Any:
+def load(shapes: Shapes, dev: Device, tiny_config: dict[str, Any], spec: Any) -> Any:
     """Components built where they will run (``torch.device`` context: no CPU copy of the real-size weights)."""
     from syncam_model.model import load_components
 
     dtype = torch.bfloat16 if dev.cuda else torch.float32
     with torch.device(dev.name):
-        return load_components("tiny", dtype=dtype, device=dev.name, tiny_config=tiny_config)
+        return load_components("tiny", dtype=dtype, device=dev.name, tiny_config=tiny_config, adapter=spec)
 
 
 def train_case(model: Any, mode: str, views: int, latent: tuple[int, int, int, int], dev: Device, steps: int) -> dict[str, Any]:
@@ -362,7 +374,8 @@ def train_case(model: Any, mode: str, views: int, latent: tuple[int, int, int, i
 
 def section_train(model_name: str, shapes: Shapes, dev: Device, args: argparse.Namespace, peak: float | None) -> list[dict[str, Any]]:
     tiny_config = shapes.transformer(model_name)
-    comps = load(shapes, dev, tiny_config)
+    spec = adapter_spec(args.config)
+    comps = load(shapes, dev, tiny_config, spec)
     model = comps.transformer
     del comps  # the VAE and T5 are not part of a step with cached latents
     dev.free()
@@ -380,8 +393,8 @@ def section_train(model_name: str, shapes: Shapes, dev: Device, args: argparse.N
                 dev.free()
                 r = {"mode": mode, "views": views, "oom": str(e).splitlines()[0][:160]}
             r["model"] = model_name
-            r["flops"] = flops_at(tiny_config, layers, views, latent, mode)
-            r["hw_flops"] = flops_at(tiny_config, layers, views, latent, mode, checkpointing=True)
+            r["flops"] = flops_at(tiny_config, layers, views, latent, mode, spec=spec)
+            r["hw_flops"] = flops_at(tiny_config, layers, views, latent, mode, checkpointing=True, spec=spec)
             if "step_s" in r:
                 r["tflops_s"] = r["flops"] / r["step_s"] / 1e12
                 r["mfu"] = r["tflops_s"] / peak if peak else None
@@ -401,10 +414,11 @@ def section_generate(shapes: Shapes, dev: Device, args: argparse.Namespace, peak
     from syncam_model.rig import resolve_rig
 
     tiny_config = shapes.with_vae("2b")
-    comps = load(shapes, dev, tiny_config)
+    spec = adapter_spec(args.config)
+    comps = load(shapes, dev, tiny_config, spec)
     comps.vae.enable_tiling()  # syncam-generate --vae-tiling
     views = 4
-    cams = resolve_rig("azimuth:0,30,60,90", shapes.width, shapes.height).relative(1.0)
+    cams = resolve_rig("azimuth:0,30,60,90", shapes.width, shapes.height).relative()
     model = comps.transformer
     marks: list[tuple[str, float]] = []
     state: dict[str, Any] = {"ops": None}
@@ -445,7 +459,7 @@ def section_generate(shapes: Shapes, dev: Device, args: argparse.Namespace, peak
     step_starts = pres[::passes]
     last_post = [t for k, t in marks if k == "post"][-1]
     step_times = [b - a for a, b in zip(step_starts, step_starts[1:])] or [last_post - step_starts[0]]
-    fwd = flops_at(tiny_config, int(model.config.num_layers), views, shapes.latent(model.config), "adapted", train=False)
+    fwd = flops_at(tiny_config, int(model.config.num_layers), views, shapes.latent(model.config), "adapted", train=False, spec=spec)
     out = {
         "views": views, "passes": passes, "step_s": statistics.median(step_times), "denoise_peak_gib": state["denoise_peak"],
         "total_peak_gib": dev.peak_gib(), "vae_decode_s": t_end - last_post, "total_s": t_end - t0, "kernels": state["kernels"],
@@ -502,7 +516,7 @@ def section_loader(shapes: Shapes, dev: Device, args: argparse.Namespace, work: 
         "curriculum.schedule": [{"start_step": 0, "min_angle": 0, "max_angle": 180}], "log.tensorboard": False,
         "model.tiny_config": shapes.transformer("2b"), "cache.dtype": "bfloat16",
     }
-    cfg = load_config("paper", over)
+    cfg = load_config(args.config, over)
     tr = Trainer(str(shards), "tiny", work / "run", cfg)
     # The cache is keyed by the VAE and T5 weights, which the Trainer built: encode it with its components
     # (syncam-train cache's code), then give the Trainer the loader it builds when a cache exists at start.
@@ -607,6 +621,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--train-steps", type=int, default=3, help="timed Trainer steps for (d), after one warm-up step")
     p.add_argument("--workers", type=int, default=4, help="dataloader workers for (d) (data.num_workers)")
     p.add_argument("--sections", default="train,generate,loader", help="comma-separated subset of train,generate,loader")
+    p.add_argument("--config", default="paper", help="training config whose model settings (multi-view module structure) are measured; a name or a YAML path")
     p.add_argument("--peak-tflops", type=float, help="peak dense bf16 TFLOP/s of the device (default: from the device name)")
     p.add_argument("--out", type=Path, help="also write the report (markdown) here, and the raw results next to it as .json")
     args = p.parse_args(argv)
@@ -636,6 +651,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("syncam_model").setLevel(logging.WARNING)
     torch.manual_seed(0)
     dev = Device(args.device)
+    if not dev.cuda:
+        torch.set_num_threads(1)  # tiny CPU shapes: intra-op threads only contend (and other jobs share the cores)
     shapes = Shapes(args.tiny)
     peak, peak_label = peak_tflops(dev, args.peak_tflops)
     t_start = time.perf_counter()

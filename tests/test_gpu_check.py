@@ -11,8 +11,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from syncam_model.modules import MultiViewModule
-
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,17 +50,14 @@ def test_runs_end_to_end_on_cpu_with_tiny_shapes(gpu_check, tmp_path, capsys):
     assert 0 <= loader["wait_frac"] < 1 and loader["step_s"] > 0 and loader["loss_finite"]
 
 
-def _softmax_attention(self, x, rotary_emb):
-    """A hand-written attention (what the check must refuse): same math as the module's, without SDPA."""
-    attn = self.attn
-    b, n, _ = x.shape
-    q, k, v = (t.view(b, n, attn.heads, -1).transpose(1, 2) for t in (attn.to_q(x), attn.to_k(x), attn.to_v(x)))
-    w = F.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
-    return attn.to_out[0]((w @ v).transpose(1, 2).reshape(b, n, -1))
+def _softmax_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kw):
+    """A hand-written attention (what the check must refuse): SDPA's result without SDPA's kernels."""
+    w = F.softmax(q @ k.transpose(-1, -2) * (scale or q.shape[-1] ** -0.5), dim=-1)
+    return w @ v
 
 
 def test_fails_loudly_when_attention_is_not_a_fused_kernel(gpu_check, monkeypatch, capsys):
-    monkeypatch.setattr(MultiViewModule, "_attention", _softmax_attention)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", _softmax_attention)  # diffusers' processors call F.<name>
     code = gpu_check.main([*FAST, "--sections", "train", "--models", "2b", "--modes", "adapted"])
     err = capsys.readouterr().err
     assert code == 2
