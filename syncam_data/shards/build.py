@@ -48,8 +48,7 @@ from syncam_data.shards.adapters import AdapterError, ConvertConfig, GroupPlan, 
 from syncam_data.shards.captions import Captions, load_captions
 from syncam_data.shards.schema import INDEX_SCHEMA, SMALL_COLUMNS, rows_to_table
 from syncam_data import fsio
-from syncam_data.fsio import sha256_file
-from syncam_data.shards.writer import ShardWriter, check_group_before_write, parquet_writer, parse_size
+from syncam_data.shards.writer import ShardWriter, check_group_before_write, parquet_writer, parse_size, shard_sha256
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +229,7 @@ def write_batch(batch: Batch) -> BatchResult:
         raise
     if not wrote:
         return BatchResult(batch.file, None, [], 0, None, errors, seconds=time.perf_counter() - t0)
-    return BatchResult(batch.file, str(tmp), part.index_rows, groups, sha256_file(tmp), errors, tmp.stat().st_size, time.perf_counter() - t0)
+    return BatchResult(batch.file, str(tmp), part.index_rows, groups, shard_sha256(tmp), errors, tmp.stat().st_size, time.perf_counter() - t0)
 
 
 # --- driver -----------------------------------------------------------------------

@@ -71,6 +71,7 @@ INDEX_EXTRA = [
 ]
 INDEX_SCHEMA = pa.schema([f for f in SCHEMA if f.name not in BLOB_COLUMNS] + INDEX_EXTRA)
 SMALL_COLUMNS = [f.name for f in SCHEMA if f.name not in BLOB_COLUMNS]
+SMALL_SCHEMA = pa.schema([f for f in SCHEMA if f.name not in BLOB_COLUMNS])
 
 # Columns added after schema version 1: SynCam writes them, but a dataset written to the contract
 # by another tool may lack them, so readers and validate treat them as optional (shards/derive.py
@@ -161,7 +162,23 @@ class ViewRecord:
 
 
 def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
-    return pa.Table.from_pylist(rows, schema=SCHEMA)
+    """Rows as a SCHEMA table; blob columns wrap the rows' bytes without copying them (one chunk per value)."""
+    small = pa.Table.from_pylist([{c: r[c] for c in SMALL_COLUMNS} for r in rows], schema=SMALL_SCHEMA)
+    cols = [_blob_column([r[f.name] for r in rows]) if f.name in BLOB_COLUMNS else small.column(f.name) for f in SCHEMA]
+    return pa.Table.from_arrays(cols, schema=SCHEMA)
+
+
+def _blob_column(values: list[Any]) -> pa.ChunkedArray:
+    """A binary column over the values' own memory: copying a shard's blobs into one Arrow buffer costs
+    as much as writing them (docs/benchmarks/build_shards.md)."""
+    chunks = []
+    for v in values:
+        if v is None:
+            chunks.append(pa.nulls(1, pa.binary()))
+        else:
+            offsets = pa.array([0, len(v)], pa.int32()).buffers()[1]
+            chunks.append(pa.Array.from_buffers(pa.binary(), 1, [None, offsets, pa.py_buffer(v)]))
+    return pa.chunked_array(chunks, pa.binary())
 
 
 def group_hash(kind: str, digests: list[str]) -> str:

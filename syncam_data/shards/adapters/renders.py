@@ -123,7 +123,7 @@ def convert(plan: GroupPlan, options: ConvertConfig) -> list[ViewRecord]:
     for cid, cam, entry in cams:
         video = folder / "videos" / f"{cid}.mp4"
         media = read_bytes(video, "video")
-        info = probe_clip(media, str(video))
+        info = probe_clip(media, str(video), pixel_format=False)
         if (info.width, info.height) != (cam.width, cam.height):
             # Intrinsics are in pixels of the stored media: a mismatch means the cameras are wrong for it.
             raise AdapterError(f"{video}: video is {info.width}x{info.height} but cameras.json says {cam.width}x{cam.height} for {cid}")

@@ -225,7 +225,7 @@ def convert(plan: GroupPlan, options: ConvertConfig) -> list[ViewRecord]:
     for cam in [v.view_id for v in plan.views]:
         video = scene / "videos" / f"{cam}.mp4"
         media = read_bytes(video, "video")
-        info = probe_clip(media, str(video))
+        info = probe_clip(media, str(video), pixel_format=False)
         counts[cam] = info.num_frames
         c2w, per_frame = camera_track(scene, extr, cam, options)
         parts = scene_parts(scene)
