@@ -461,3 +461,52 @@ def test_sigkilled_build_process_leaves_a_valid_dataset(tmp_path):
     build(out, "--videos", str(web / "scores.parquet"), "--max-frames", "60", "--shard-size", "1KB")  # the stale lock of the dead process is taken over
     reader = assert_valid(out)
     assert len(reader.groups()) == 6 and len(reader) == 6
+
+
+# --- the fast paths keep the contract -------------------------------------------------
+
+def test_shard_checksums_hashed_while_writing_match_the_files(inputs, tmp_path):
+    """Row groups are hashed as they are written (AppendHash); several row groups per shard here."""
+    out = tmp_path / "ds"
+    build(out, "--renders", str(inputs["renders"]), "--frames", str(inputs["frames"]), "--row-group-size", "8KB")
+    reader = assert_valid(out)
+    for s in reader.manifest["shards"]:
+        path = out / s["file"]
+        assert pq.ParquetFile(path).num_row_groups > 1
+        assert s["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_append_hash_follows_a_growing_file_and_refuses_a_shrinking_one(tmp_path):
+    from syncam_data.shards.writer import AppendHash
+
+    path = tmp_path / "f.bin"
+    data = np.random.default_rng(0).integers(0, 256, 3 * AppendHash.CHUNK + 123, dtype=np.uint8).tobytes()
+    with open(path, "wb") as f:
+        h = AppendHash(path)
+        for i in range(0, len(data), 1_000_003):
+            f.write(data[i : i + 1_000_003])
+            f.flush()
+            h.catch_up()
+    assert h.hexdigest() == hashlib.sha256(data).hexdigest()
+    h = AppendHash(path)
+    h.catch_up()
+    h._last.result()
+    path.write_bytes(data[:10])  # truncated under the hasher: an error, never a wrong checksum
+    with pytest.raises(OSError, match="shrank"):
+        h._hash_to(len(data) + 5)
+    h.close()
+
+
+def test_blob_columns_reference_the_rows_bytes():
+    """Rows become a table without copying their blobs (the Parquet writer copies them once, into pages)."""
+    import pyarrow as pa
+
+    from syncam_data.shards.schema import SCHEMA, ViewRecord, rows_to_table
+
+    recs = [ViewRecord("d", "multiview_video", "g", f"v{i}", bytes([i]) * (1000 + i), "mp4", 1, 2, 2, depth=None if i else b"npz" * 9) for i in range(3)]
+    rows = [r.to_row() for r in recs]
+    table = rows_to_table(rows)
+    assert table.schema == SCHEMA
+    assert table.to_pylist() == pa.Table.from_pylist(rows, schema=SCHEMA).to_pylist()
+    for chunk, row in zip(table.column("media").chunks, rows):
+        assert chunk.buffers()[2].address == pa.py_buffer(row["media"]).address

@@ -155,3 +155,10 @@ def test_decode_into_stops_at_the_frame_limit():
     assert V.probe(blob).num_frames == 12  # counted by demuxing; the header itself says nothing
     with pytest.raises(V.VideoError, match="more than 5 frames decoded"):
         V.decode_into(blob, [11], np.zeros((1, 3, 48, 64), np.uint8), limits=V.VideoLimits(max_frames=5))
+
+
+def test_probe_without_decoding_frames_reads_the_same_header():
+    blob = V.encode(smooth_frames(13, 48, 64), fps=12)
+    full, quick = V.probe(blob, count_frames=True), V.probe(blob, count_frames=True, pixel_format=False)
+    assert (quick.num_frames, quick.width, quick.height, quick.fps, quick.codec) == (full.num_frames, full.width, full.height, full.fps, full.codec) == (13, 64, 48, 12.0, "h264")
+    assert full.pix_fmt == "yuv420p" and quick.pix_fmt is None

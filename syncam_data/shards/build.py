@@ -48,7 +48,7 @@ from syncam_data.shards.adapters import AdapterError, ConvertConfig, GroupPlan, 
 from syncam_data.shards.captions import Captions, load_captions
 from syncam_data.shards.schema import INDEX_SCHEMA, SMALL_COLUMNS, rows_to_table
 from syncam_data import fsio
-from syncam_data.shards.writer import ShardWriter, check_group_before_write, parquet_writer, parse_size, shard_sha256
+from syncam_data.shards.writer import AppendHash, ShardWriter, check_group_before_write, parquet_writer, parse_size
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +166,8 @@ class _PartWriter:
     def __init__(self, tmp: Path, file: str, row_group_size: int) -> None:
         self.tmp, self.file, self.row_group_size = tmp, file, row_group_size
         self.writer = None
+        self.hasher: AppendHash | None = None
+        self.sha256: str | None = None
         self.buffer: list[dict[str, Any]] = []
         self.buffer_bytes = 0
         self.row_groups = 0
@@ -182,7 +184,9 @@ class _PartWriter:
             return
         if self.writer is None:
             self.writer = parquet_writer(self.tmp)
+            self.hasher = AppendHash(self.tmp)
         self.writer.write_table(rows_to_table(self.buffer), row_group_size=len(self.buffer))
+        self.hasher.catch_up()
         for i, row in enumerate(self.buffer):
             idx = {c: row[c] for c in SMALL_COLUMNS}
             idx.update(shard=self.file, row_group=self.row_groups, row_in_group=i, media_bytes=len(row["media"]))
@@ -197,7 +201,13 @@ class _PartWriter:
             return False
         self.writer.close()
         fsio.fsync_file(self.tmp)  # on disk before the driver publishes it
+        self.sha256 = self.hasher.hexdigest()
         return True
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.hasher.close()
 
 
 def write_batch(batch: Batch) -> BatchResult:
@@ -223,13 +233,12 @@ def write_batch(batch: Batch) -> BatchResult:
             groups += 1
         wrote = part.close()
     except BaseException:
-        if part.writer is not None:
-            part.writer.close()
+        part.abort()
         tmp.unlink(missing_ok=True)
         raise
     if not wrote:
         return BatchResult(batch.file, None, [], 0, None, errors, seconds=time.perf_counter() - t0)
-    return BatchResult(batch.file, str(tmp), part.index_rows, groups, shard_sha256(tmp), errors, tmp.stat().st_size, time.perf_counter() - t0)
+    return BatchResult(batch.file, str(tmp), part.index_rows, groups, part.sha256, errors, tmp.stat().st_size, time.perf_counter() - t0)
 
 
 # --- driver -----------------------------------------------------------------------

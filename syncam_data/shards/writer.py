@@ -12,6 +12,7 @@ and an uncommitted shard a file the next run deletes.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import hashlib
 import logging
 import mmap
@@ -93,6 +94,50 @@ def shard_sha256(path: str | os.PathLike) -> str:
             return hashlib.sha256().hexdigest()
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
             return hashlib.sha256(m).hexdigest()
+
+
+class AppendHash:
+    """sha256 of a file that is being appended to, hashed in a helper thread as it grows.
+
+    Call ``catch_up()`` after each row group is written (Parquet files are
+    written strictly front to back, so bytes on disk never change again) and
+    ``hexdigest()`` after the writer has closed the file. Reading and hashing
+    release the GIL in large chunks, so hashing a row group overlaps the
+    conversion and encoding of the next one on a second core.
+    """
+
+    CHUNK = 8 << 20
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self._fd = os.open(path, os.O_RDONLY)
+        self._h = hashlib.sha256()
+        self._done = 0
+        self._pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-sha256")
+        self._last: cf.Future | None = None
+
+    def catch_up(self) -> None:
+        end = os.fstat(self._fd).st_size
+        self._last = self._pool.submit(self._hash_to, end)  # one thread: ranges are hashed in order
+
+    def _hash_to(self, end: int) -> None:
+        while self._done < end:
+            data = os.pread(self._fd, min(self.CHUNK, end - self._done), self._done)
+            if not data:
+                raise OSError(f"file shrank while it was being hashed (at byte {self._done})")
+            self._h.update(data)
+            self._done += len(data)
+
+    def hexdigest(self) -> str:
+        self.catch_up()
+        self._last.result()
+        self.close()
+        return self._h.hexdigest()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 @dataclass
