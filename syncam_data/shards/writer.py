@@ -106,8 +106,6 @@ class AppendHash:
     conversion and encoding of the next one on a second core.
     """
 
-    CHUNK = 8 << 20
-
     def __init__(self, path: str | os.PathLike) -> None:
         self._fd = os.open(path, os.O_RDONLY)
         self._h = hashlib.sha256()
@@ -120,12 +118,17 @@ class AppendHash:
         self._last = self._pool.submit(self._hash_to, end)  # one thread: ranges are hashed in order
 
     def _hash_to(self, end: int) -> None:
-        while self._done < end:
-            data = os.pread(self._fd, min(self.CHUNK, end - self._done), self._done)
-            if not data:
-                raise OSError(f"file shrank while it was being hashed (at byte {self._done})")
-            self._h.update(data)
-            self._done += len(data)
+        if end <= self._done:
+            return
+        if os.fstat(self._fd).st_size < end:
+            raise OSError(f"file shrank while it was being hashed (now {os.fstat(self._fd).st_size} bytes, hashed up to {end})")
+        # Hash the new range through a memory map (no copy into Python buffers). The file is this
+        # process's own temporary shard, written front to back and never truncated while open.
+        start = self._done - self._done % mmap.ALLOCATIONGRANULARITY
+        with mmap.mmap(self._fd, end - start, offset=start, access=mmap.ACCESS_READ) as m:
+            with memoryview(m) as view:
+                self._h.update(view[self._done - start :])
+        self._done = end
 
     def hexdigest(self) -> str:
         self.catch_up()
