@@ -410,7 +410,7 @@ def section_train(model_name: str, shapes: Shapes, dev: Device, args: argparse.N
 
 
 def section_generate(shapes: Shapes, dev: Device, args: argparse.Namespace, peak: float | None) -> dict[str, Any]:
-    from syncam_model.generate import generate
+    from syncam_model.generate import GenerationConfig, generate
     from syncam_model.rig import resolve_rig
 
     tiny_config = shapes.with_vae("2b")
@@ -444,8 +444,9 @@ def section_generate(shapes: Shapes, dev: Device, args: argparse.Namespace, peak
     dev.reset_peak()
     t0 = time.perf_counter()
     try:
-        video = generate(comps, "a red car drives around a fountain", cams, num_frames=shapes.frames, height=shapes.height, width=shapes.width,
-                         steps=args.gen_steps, guidance=6.0, batch_passes=False, progress=False)  # --sequential-passes
+        config = GenerationConfig(prompt="a red car drives around a fountain", num_frames=shapes.frames, height=shapes.height, width=shapes.width,
+                                  steps=args.gen_steps, guidance=6.0, batch_passes=False)  # syncam-generate --sequential-passes
+        video = generate(comps, config, cams, progress=False)
     except torch.OutOfMemoryError as e:
         h1.remove(), h2.remove()
         del comps, model
