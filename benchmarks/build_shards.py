@@ -50,10 +50,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from syncam_data.shards.adapters import ConvertConfig  # noqa: E402
 from syncam_data.shards.build import BuildConfig, build_shards  # noqa: E402
 from syncam_data.shards.reader import ShardReader  # noqa: E402
-from syncam_data.video import decode, encode  # noqa: E402
-
+from syncam_data.video import decode  # noqa: E402
 from tests import test_build_shards_inputs as inputs  # noqa: E402
-from tests.conftest import smooth_frames  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARD_SIZE = "2MB"  # small, so these inputs make several shards (the unit of parallel work)
@@ -64,7 +62,9 @@ def textured_frames(n: int = 8, h: int = 48, w: int = 64, seed: int = 0) -> np.n
     """Textured frames with moving subjects and sensor noise (the filter's synthetic scenes): H.264 sizes like real clips."""
     from syncam_data.filter.synthetic import SyntheticSpec, synthesize_frames
 
-    return synthesize_frames(SyntheticSpec("static_subject", width=w, height=h, fps=24.0, seconds=(n + 0.5) / 24.0, seed=seed, noise=4.0))[:n]
+    return synthesize_frames(
+        SyntheticSpec("static_subject", width=w, height=h, fps=24.0, seconds=(n + 0.5) / 24.0, seed=seed, noise=4.0)
+    )[:n]
 
 
 def make_inputs(root: Path, quick: bool) -> dict[str, Path]:
@@ -82,17 +82,31 @@ def make_inputs(root: Path, quick: bool) -> dict[str, Path]:
     scv_cams = 4 if quick else 10
     for s in range(1):
         inputs.make_syncamvideo(root / "scv", EXTRINSICS, scene=f"scene{s}", cams=scv_cams, frames=frames)
-    return {"renders": root / "renders", "frames": root / "frames", "videos": scores, "syncamvideo": root / "scv", "frames_per_clip": frames}
+    return {
+        "renders": root / "renders",
+        "frames": root / "frames",
+        "videos": scores,
+        "syncamvideo": root / "scv",
+        "frames_per_clip": frames,
+    }
 
 
 def timed_build(out: Path, max_frames: int, **sources) -> tuple[float, dict]:
     shutil.rmtree(out, ignore_errors=True)
-    cfg = BuildConfig(out=out, shard_size=SHARD_SIZE, progress=False, options=ConvertConfig(max_frames=max_frames), **sources)
+    cfg = BuildConfig(
+        out=out, shard_size=SHARD_SIZE, progress=False, options=ConvertConfig(max_frames=max_frames), **sources
+    )
     cpu0 = _cpu()
     t0 = time.perf_counter()
     s = build_shards(cfg)
     dt = time.perf_counter() - t0
-    return dt, {"views": s.views_written, "bytes": s.bytes_written, "groups": s.groups_written, "errors": len(s.errors), "cpu": _cpu() - cpu0}
+    return dt, {
+        "views": s.views_written,
+        "bytes": s.bytes_written,
+        "groups": s.groups_written,
+        "errors": len(s.errors),
+        "cpu": _cpu() - cpu0,
+    }
 
 
 def _cpu() -> float:
@@ -102,6 +116,7 @@ def _cpu() -> float:
 
 
 # --- a >= 1 GB build of rendered clips against copy-and-hash -------------------------------
+
 
 def make_large_renders(root: Path, gb: float) -> Path:
     """Render scene folders (textured video, incompressible float16 depth) until their shard bytes reach ``gb`` GB."""
@@ -153,7 +168,11 @@ def large_build(src: Path, out: Path, workers: int, profile: Path | None = None)
         prof.dump_stats(str(profile))
     dt, cpu = time.perf_counter() - t0, _cpu() - cpu0
     shutil.rmtree(out, ignore_errors=True)
-    return dt, cpu, {"views": s.views_written, "bytes": s.bytes_written, "shards": len(s.shards_written), "errors": len(s.errors)}
+    return (
+        dt,
+        cpu,
+        {"views": s.views_written, "bytes": s.bytes_written, "shards": len(s.shards_written), "errors": len(s.errors)},
+    )
 
 
 def bench_large(src: Path, work: Path, rounds: int) -> dict:
@@ -173,18 +192,42 @@ def bench_large(src: Path, work: Path, rounds: int) -> dict:
             else:
                 dt, cpu, st = large_build(src, work / "large-ds", workers)
                 runs[key].append((dt, cpu))
-        logging.info("large round %d: copy %.2fs, build %.2fs / %.2fs (1 / 2 workers), load %.1f", r, runs["copy"][-1][0], runs["build1"][-1][0], runs["build2"][-1][0], loads[-1])
+        logging.info(
+            "large round %d: copy %.2fs, build %.2fs / %.2fs (1 / 2 workers), load %.1f",
+            r,
+            runs["copy"][-1][0],
+            runs["build1"][-1][0],
+            runs["build2"][-1][0],
+            loads[-1],
+        )
     prof_path = work / "large.prof"
     large_build(src, work / "large-ds", 1, profile=prof_path)
-    return {"bytes": total, "files": len(files), "runs": runs, "loads": loads, "stages": profile_stages(prof_path), "views": st["views"], "shards": st["shards"]}
+    return {
+        "bytes": total,
+        "files": len(files),
+        "runs": runs,
+        "loads": loads,
+        "stages": profile_stages(prof_path),
+        "views": st["views"],
+        "shards": st["shards"],
+    }
 
 
 STAGES = [  # (label, predicate on a profile entry's (file, line, function))
     ("Parquet encoding and writing (pyarrow write_table)", lambda k: k[2] == "write_table"),
-    ("reading input files", lambda k: k[2] in ("<method 'read' of '_io.BufferedReader' objects>", "<method 'read_bytes' of 'pathlib.Path' objects>")),
+    (
+        "reading input files",
+        lambda k: (
+            k[2]
+            in ("<method 'read' of '_io.BufferedReader' objects>", "<method 'read_bytes' of 'pathlib.Path' objects>")
+        ),
+    ),
     ("sha256 of source videos (scan, for dedup)", lambda k: "HASH" in k[2] or "openssl_sha256" in k[2]),
     ("fsync (shard, index, manifest, folders)", lambda k: k[2] == "<built-in method posix.fsync>"),
-    ("probing clips (container open + packet count)", lambda k: "container.core.open" in k[2] or k[2] == "<genexpr>" and k[0].endswith("video.py")),
+    (
+        "probing clips (container open + packet count)",
+        lambda k: "container.core.open" in k[2] or k[2] == "<genexpr>" and k[0].endswith("video.py"),
+    ),
 ]
 
 
@@ -217,13 +260,20 @@ def large_report(res: dict) -> list[str]:
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for i, (x, y, z) in enumerate(zip(c, b1, b2)):
-        lines.append(f"| {i} | {mb / x[0]:.0f} | {mb / y[0]:.0f} | {x[0] / y[0]:.2f} | {mb / z[0]:.0f} | {x[0] / z[0]:.2f} | {x[1]:.2f} / {y[1]:.2f} | {x[1] / y[1]:.2f} |")
+        lines.append(
+            f"| {i} | {mb / x[0]:.0f} | {mb / y[0]:.0f} | {x[0] / y[0]:.2f} | {mb / z[0]:.0f} | {x[0] / z[0]:.2f} | {x[1]:.2f} / {y[1]:.2f} | {x[1] / y[1]:.2f} |"
+        )
     lines.append(
         f"| **median** | {mb / med([x[0] for x in c]):.0f} | {mb / med([y[0] for y in b1]):.0f} | **{med([x[0] / y[0] for x, y in zip(c, b1)]):.2f}** | "
         f"{mb / med([z[0] for z in b2]):.0f} | **{med([x[0] / z[0] for x, z in zip(c, b2)]):.2f}** | | **{med([x[1] / y[1] for x, y in zip(c, b1)]):.2f}** |"
     )
-    lines += ["", "Where one build's time goes (1 worker; cProfile of the main thread, seconds; the shard's sha256 runs in a helper thread alongside):", "",
-              "| stage | s |", "|---|---:|"] + [f"| {k} | {v:.2f} |" for k, v in res["stages"]]
+    lines += [
+        "",
+        "Where one build's time goes (1 worker; cProfile of the main thread, seconds; the shard's sha256 runs in a helper thread alongside):",
+        "",
+        "| stage | s |",
+        "|---|---:|",
+    ] + [f"| {k} | {v:.2f} |" for k, v in res["stages"]]
     return lines
 
 
@@ -248,7 +298,9 @@ def bench_ray(data: dict, work: Path, max_frames: int) -> dict | None:
         dt, st = timed_build(work / "ds-ray", max_frames, engine="ray", **srcs)
     finally:
         ray.shutdown()
-    dt1, st1 = timed_build(work / "ds-all-local", max_frames, **{k: [data[k]] for k in ("renders", "frames", "videos", "syncamvideo")})
+    dt1, st1 = timed_build(
+        work / "ds-all-local", max_frames, **{k: [data[k]] for k in ("renders", "frames", "videos", "syncamvideo")}
+    )
     return {"ray": {"seconds": dt, **st}, "local": {"seconds": dt1, **st1}}
 
 
@@ -283,7 +335,12 @@ def bench_random_access(data: dict, work: Path, n: int, seed: int = 0) -> dict:
             if decode_too:
                 decode(b)
         t_files = time.perf_counter() - t0
-        out["decode" if decode_too else "fetch"] = {"shard_s": t_shard, "files_s": t_files, "views": n, "mb": nbytes / 1e6}
+        out["decode" if decode_too else "fetch"] = {
+            "shard_s": t_shard,
+            "files_s": t_files,
+            "views": n,
+            "mb": nbytes / 1e6,
+        }
     # One row group per shard here is small; measure also a "same group, all views" pattern (the loader's).
     groups = list(reader.groups().values())
     t0 = time.perf_counter()
@@ -300,7 +357,15 @@ def bench_random_access(data: dict, work: Path, n: int, seed: int = 0) -> dict:
     return out
 
 
-def report(rows: list[dict] | None, ray_row: dict | None, access: dict | None, data: dict | None, quick: bool, large: dict | None, argv: list[str]) -> str:
+def report(
+    rows: list[dict] | None,
+    ray_row: dict | None,
+    access: dict | None,
+    data: dict | None,
+    quick: bool,
+    large: dict | None,
+    argv: list[str],
+) -> str:
     lines = [
         "# build-shards benchmark",
         "",
@@ -341,10 +406,18 @@ def adapters_report(rows: list[dict], ray_row: dict | None, access: dict, data: 
             f"{r['views'] / r['seconds']:.1f} | {r['cpu']:.2f} | {mb / r['cpu']:.1f} | {r['views'] / r['cpu']:.1f} |"
         )
     if ray_row:
-        lines += ["", "### All sources at once: local vs Ray", "", "| engine | views | MB | seconds | MB/s | views/s |", "|---|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "### All sources at once: local vs Ray",
+            "",
+            "| engine | views | MB | seconds | MB/s | views/s |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
         for k, label in (("local", "local, 1 worker"), ("ray", "ray (local cluster, 2 CPUs; ray.init not timed)")):
             r = ray_row[k]
-            lines.append(f"| {label} | {r['views']} | {r['bytes'] / 1e6:.1f} | {r['seconds']:.2f} | {r['bytes'] / 1e6 / r['seconds']:.1f} | {r['views'] / r['seconds']:.1f} |")
+            lines.append(
+                f"| {label} | {r['views']} | {r['bytes'] / 1e6:.1f} | {r['seconds']:.2f} | {r['bytes'] / 1e6 / r['seconds']:.1f} | {r['views'] / r['seconds']:.1f} |"
+            )
     a = access
     lines += [
         "",
@@ -355,9 +428,15 @@ def adapters_report(rows: list[dict], ray_row: dict | None, access: dict, data: 
         "| access | shard reader (s) | mp4 folder (s) | shard views/s | folder views/s |",
         "|---|---:|---:|---:|---:|",
     ]
-    for k, label in (("fetch", "fetch bytes only"), ("decode", "fetch + decode every frame"), ("group", "every view of every group, in group order")):
+    for k, label in (
+        ("fetch", "fetch bytes only"),
+        ("decode", "fetch + decode every frame"),
+        ("group", "every view of every group, in group order"),
+    ):
         r = a[k]
-        lines.append(f"| {label} | {r['shard_s']:.3f} | {r['files_s']:.3f} | {r['views'] / r['shard_s']:.0f} | {r['views'] / r['files_s']:.0f} |")
+        lines.append(
+            f"| {label} | {r['shard_s']:.3f} | {r['files_s']:.3f} | {r['views'] / r['shard_s']:.0f} | {r['views'] / r['files_s']:.0f} |"
+        )
     lines += [
         "",
         "### Reading the numbers",
@@ -383,13 +462,31 @@ def adapters_report(rows: list[dict], ray_row: dict | None, access: dict, data: 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="Small inputs (a quick check), prints only.")
-    ap.add_argument("--sections", default="large,adapters", help="comma-separated: large (>= --large-gb of renders vs copy-and-hash), adapters (per adapter, Ray, random access)")
-    ap.add_argument("--large-gb", type=float, default=1.0, help="Size of the rendered input of the large section (GB of video + depth bytes).")
-    ap.add_argument("--large-input", type=Path, help="Reuse (or create) the large section's render folders here instead of a temporary folder.")
+    ap.add_argument(
+        "--sections",
+        default="large,adapters",
+        help="comma-separated: large (>= --large-gb of renders vs copy-and-hash), adapters (per adapter, Ray, random access)",
+    )
+    ap.add_argument(
+        "--large-gb",
+        type=float,
+        default=1.0,
+        help="Size of the rendered input of the large section (GB of video + depth bytes).",
+    )
+    ap.add_argument(
+        "--large-input",
+        type=Path,
+        help="Reuse (or create) the large section's render folders here instead of a temporary folder.",
+    )
     ap.add_argument("--rounds", type=int, default=3, help="Alternating rounds of the large section.")
     ap.add_argument("--views", type=int, default=200, help="Random views for the access benchmark.")
     ap.add_argument("--no-ray", action="store_true", help="Skip the Ray engine run.")
-    ap.add_argument("--out", type=Path, default=None, help="Also write the markdown report to this file, e.g. docs/benchmarks/build_shards.md (default: print only; not written with --quick).")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="Also write the markdown report to this file, e.g. docs/benchmarks/build_shards.md (default: print only; not written with --quick).",
+    )
     args = ap.parse_args()
     sections = {x for x in args.sections.split(",") if x}
     if sections - {"large", "adapters"}:

@@ -56,7 +56,12 @@ def main() -> None:
     ap.add_argument("--views", type=int, default=6, help="cameras rendered (pairs = views*(views-1)/2)")
     ap.add_argument("--frames", type=int, default=3, help="frames per video for the end-to-end run")
     ap.add_argument("--repeat", type=int, default=3, help="timing repeats (best is kept)")
-    ap.add_argument("--out", type=Path, default=None, help="Also write the markdown report to this file (e.g. docs/benchmarks/eval.md); default: print only")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="Also write the markdown report to this file (e.g. docs/benchmarks/eval.md); default: print only",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     cv2.setNumThreads(1)
@@ -73,9 +78,13 @@ def main() -> None:
     pairs = [(a, b) for a in range(len(imgs)) for b in range(a + 1, len(imgs))]
     results = [matcher.match(feats[a], feats[b]) for a, b in pairs]
     match_s = best_of(lambda: [matcher.match(feats[a], feats[b]) for a, b in pairs], args.repeat) / len(pairs)
-    check_s = best_of(lambda: [pair_metrics(r, cams[a], cams[b], cfg) for r, (a, b) in zip(results, pairs)], args.repeat) / len(pairs)
+    check_s = best_of(
+        lambda: [pair_metrics(r, cams[a], cams[b], cfg) for r, (a, b) in zip(results, pairs)], args.repeat
+    ) / len(pairs)
     inliers = statistics.mean(r.num_inliers for r in results)
-    epi = statistics.median(pair_metrics(r, cams[a], cams[b], cfg)["epi_symmetric_median"] for r, (a, b) in zip(results, pairs))
+    epi = statistics.median(
+        pair_metrics(r, cams[a], cams[b], cfg)["epi_symmetric_median"] for r, (a, b) in zip(results, pairs)
+    )
 
     isolated = 1.0 / (2 * detect_s + match_s + check_s)
 

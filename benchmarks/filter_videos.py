@@ -59,7 +59,7 @@ def cpu_seconds() -> float:
 
 
 class Timer:
-    def __enter__(self) -> "Timer":
+    def __enter__(self) -> Timer:
         self.wall0, self.cpu0 = time.perf_counter(), cpu_seconds()
         return self
 
@@ -71,8 +71,17 @@ class Timer:
 def make_videos(folder: Path, n: int, width: int, height: int, seconds: float, fps: float) -> list[Path]:
     scale = min(width, height) / 128  # keep the motion in diagonals/s of the test videos
     return [
-        write_synthetic_video(folder / f"v{i:03d}_{KINDS[i % len(KINDS)]}.mp4", KINDS[i % len(KINDS)], seed=i, width=width,
-                              height=height, seconds=seconds, fps=fps, pan_speed=1.5 * scale, subject_speed=2.0 * scale)
+        write_synthetic_video(
+            folder / f"v{i:03d}_{KINDS[i % len(KINDS)]}.mp4",
+            KINDS[i % len(KINDS)],
+            seed=i,
+            width=width,
+            height=height,
+            seconds=seconds,
+            fps=fps,
+            pan_speed=1.5 * scale,
+            subject_speed=2.0 * scale,
+        )
         for i in range(n)
     ]
 
@@ -96,7 +105,16 @@ def stage_breakdown(paths: list[Path], s: FilterConfig) -> dict[str, float]:
         pts, labels = query_points([], h, w, s.grid_size, s.points_per_mask)
         tracks = lk.track(clip.frames, pts)
         t3 = time.process_time()
-        score_tracks(tracks.xy, tracks.visible, [0] * tracks.xy.shape[1], clip.fps, w, h, s.ransac_threshold_px, s.min_support_points)
+        score_tracks(
+            tracks.xy,
+            tracks.visible,
+            [0] * tracks.xy.shape[1],
+            clip.fps,
+            w,
+            h,
+            s.ransac_threshold_px,
+            s.min_support_points,
+        )
         t4 = time.process_time()
         for k, v in zip(totals, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
             totals[k] += v
@@ -110,9 +128,18 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=360)
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--fps", type=float, default=30.0)
-    ap.add_argument("--repeats", type=int, default=3, help="decode-only / filter pairs (alternating order); medians are reported")
-    ap.add_argument("--out", type=Path, default=None, help="also write the markdown report to this file (e.g. docs/benchmarks/filter_videos.md); default: print only")
-    ap.add_argument("--no-write", action="store_true", help=argparse.SUPPRESS)  # the old opt-out; printing only is now the default
+    ap.add_argument(
+        "--repeats", type=int, default=3, help="decode-only / filter pairs (alternating order); medians are reported"
+    )
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="also write the markdown report to this file (e.g. docs/benchmarks/filter_videos.md); default: print only",
+    )
+    ap.add_argument(
+        "--no-write", action="store_true", help=argparse.SUPPRESS
+    )  # the old opt-out; printing only is now the default
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     s = FilterConfig()
@@ -189,13 +216,20 @@ def main() -> None:
         "",
         "Notes: one worker decodes the next video in a thread while it tracks the current one, so on an idle "
         "machine the two use both cores and the wall ratio falls below the CPU ratio; "
-        + ("here it did. " if med(wall_ratios) < med(cpu_ratios) else
-           "here the other jobs left no idle core, so the overlap bought little and the wall ratio exceeds the CPU ratio. ")
+        + (
+            "here it did. "
+            if med(wall_ratios) < med(cpu_ratios)
+            else "here the other jobs left no idle core, so the overlap bought little and the wall ratio exceeds the CPU ratio. "
+        )
         + "H.264 must decode every source frame even though only about 8 per second are kept, so decode cost grows with "
         "the source resolution and frame rate while tracking cost depends only on the analysed copy: larger sources "
-        "give smaller ratios. " + ("All synthetic decisions match the expected ones (static camera + subjects kept; "
-                                   "pans, zooms and static scenes rejected)." if kept == want_kept else
-                                   f"WARNING: {kept} videos kept, {want_kept} expected."),
+        "give smaller ratios. "
+        + (
+            "All synthetic decisions match the expected ones (static camera + subjects kept; "
+            "pans, zooms and static scenes rejected)."
+            if kept == want_kept
+            else f"WARNING: {kept} videos kept, {want_kept} expected."
+        ),
         "",
         "Reproduce: `python benchmarks/filter_videos.py "
         f"--num-videos {n} --width {args.width} --height {args.height} --seconds {args.seconds:g} --fps {args.fps:g} "

@@ -58,7 +58,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,21 +70,61 @@ log = logging.getLogger("gpu_check")
 
 # CogVideoX transformers as released (diffusers configs of THUDM/CogVideoX-2b and -5b): overrides of the tiny config.
 REAL_TRANSFORMERS: dict[str, dict[str, Any]] = {
-    "2b": dict(num_layers=30, num_attention_heads=30, attention_head_dim=64, time_embed_dim=512, text_embed_dim=4096,
-               in_channels=16, out_channels=16, sample_frames=49, sample_height=60, sample_width=90),
-    "5b": dict(num_layers=42, num_attention_heads=48, attention_head_dim=64, time_embed_dim=512, text_embed_dim=4096,
-               in_channels=16, out_channels=16, sample_frames=49, sample_height=60, sample_width=90),
+    "2b": dict(
+        num_layers=30,
+        num_attention_heads=30,
+        attention_head_dim=64,
+        time_embed_dim=512,
+        text_embed_dim=4096,
+        in_channels=16,
+        out_channels=16,
+        sample_frames=49,
+        sample_height=60,
+        sample_width=90,
+    ),
+    "5b": dict(
+        num_layers=42,
+        num_attention_heads=48,
+        attention_head_dim=64,
+        time_embed_dim=512,
+        text_embed_dim=4096,
+        in_channels=16,
+        out_channels=16,
+        sample_frames=49,
+        sample_height=60,
+        sample_width=90,
+    ),
 }
 # CogVideoX's VAE (diffusers AutoencoderKLCogVideoX defaults = the released 2B/5B VAE), undoing the tiny overrides.
-REAL_VAE: dict[str, Any] = dict(block_out_channels=(128, 256, 256, 512), latent_channels=16, layers_per_block=3, norm_num_groups=32,
-                                temporal_compression_ratio=4, scaling_factor=1.15258426)
+REAL_VAE: dict[str, Any] = dict(
+    block_out_channels=(128, 256, 256, 512),
+    latent_channels=16,
+    layers_per_block=3,
+    norm_num_groups=32,
+    temporal_compression_ratio=4,
+    scaling_factor=1.15258426,
+)
 # Dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, from NVIDIA's data sheets; first match on the device name wins.
 PEAK_BF16_TFLOPS: list[tuple[str, float]] = [
-    ("H200", 989.4), ("GH200", 989.4), ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H800", 989.4),
-    ("A100", 312.0), ("A800", 312.0), ("L40S", 362.1), ("L40", 181.0), ("A6000", 154.8), ("L4", 121.0),
+    ("H200", 989.4),
+    ("GH200", 989.4),
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.4),
+    ("H800", 989.4),
+    ("A100", 312.0),
+    ("A800", 312.0),
+    ("L40S", 362.1),
+    ("L40", 181.0),
+    ("A6000", 154.8),
+    ("L4", 121.0),
 ]
 FUSED_ATTENTION = {
-    "cuda": ("_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention"),
+    "cuda": (
+        "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_cudnn_attention",
+    ),
     "cpu": ("_scaled_dot_product_flash_attention_for_cpu",),
 }
 SOFTMAX_OPS = ("_softmax", "_safe_softmax", "softmax")
@@ -139,13 +179,24 @@ def _meta_model(tiny_config: dict[str, Any], layers: int, spec: Any = None):
 
     from syncam_model.model import MultiViewTransformer, tiny_transformer_config
 
-    cfg = tiny_transformer_config(tiny_config["variant"], **{**tiny_config.get("transformer", {}), "num_layers": layers})
+    cfg = tiny_transformer_config(
+        tiny_config["variant"], **{**tiny_config.get("transformer", {}), "num_layers": layers}
+    )
     with torch.device("meta"):
         return MultiViewTransformer(CogVideoXTransformer3DModel(**cfg), spec)
 
 
-def count_flops(tiny_config: dict[str, Any], layers: int, views: int, latent: tuple[int, int, int, int], mode: str, *,
-                train: bool = True, checkpointing: bool = False, spec: Any = None) -> int:
+def count_flops(
+    tiny_config: dict[str, Any],
+    layers: int,
+    views: int,
+    latent: tuple[int, int, int, int],
+    mode: str,
+    *,
+    train: bool = True,
+    checkpointing: bool = False,
+    spec: Any = None,
+) -> int:
     """FLOPs of one step (forward + backward, or forward only) as counted by torch's flop counter on the meta device."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -190,13 +241,19 @@ def set_mode(model: Any, mode: str) -> None:
             p.requires_grad_(False)
 
 
-def make_inputs(model: Any, views: int, latent: tuple[int, int, int, int], device: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def make_inputs(
+    model: Any, views: int, latent: tuple[int, int, int, int], device: str, dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
     f, c, h, w = latent
     g = torch.Generator().manual_seed(0)
     cfg = model.config
 
     def rnd(*shape: int) -> torch.Tensor:
-        return torch.empty(shape, device=device, dtype=dtype) if device == "meta" else torch.randn(shape, generator=g).to(device, dtype)
+        return (
+            torch.empty(shape, device=device, dtype=dtype)
+            if device == "meta"
+            else torch.randn(shape, generator=g).to(device, dtype)
+        )
 
     return {
         "latents": rnd(1, views, f, c, h, w),
@@ -252,7 +309,7 @@ class AttentionOps:
         self.counts = counts
         self.mode = _Mode()
 
-    def __enter__(self) -> "AttentionOps":
+    def __enter__(self) -> AttentionOps:
         self.mode.__enter__()
         return self
 
@@ -332,7 +389,9 @@ def load(shapes: Shapes, dev: Device, tiny_config: dict[str, Any], spec: Any) ->
         return load_components("tiny", dtype=dtype, device=dev.name, tiny_config=tiny_config, adapter=spec)
 
 
-def train_case(model: Any, mode: str, views: int, latent: tuple[int, int, int, int], dev: Device, steps: int) -> dict[str, Any]:
+def train_case(
+    model: Any, mode: str, views: int, latent: tuple[int, int, int, int], dev: Device, steps: int
+) -> dict[str, Any]:
     """Warm-up (with the kernel check) plus ``steps`` timed optimizer steps of one (mode, views) case."""
     dtype = torch.bfloat16 if dev.cuda else torch.float32
     set_mode(model, mode)
@@ -365,14 +424,23 @@ def train_case(model: Any, mode: str, views: int, latent: tuple[int, int, int, i
         loss = step()
         dev.sync()
         times.append(time.perf_counter() - t)
-    out = {"mode": mode, "views": views, "step_s": statistics.median(times), "peak_gib": dev.peak_gib(), "kernels": kernels,
-           "trainable": sum(p.numel() for p in params), "loss_finite": bool(np.isfinite(loss))}
-    del opt, params, x
+    out = {
+        "mode": mode,
+        "views": views,
+        "step_s": statistics.median(times),
+        "peak_gib": dev.peak_gib(),
+        "kernels": kernels,
+        "trainable": sum(p.numel() for p in params),
+        "loss_finite": bool(np.isfinite(loss)),
+    }
+    opt = params = x = None  # released before the next case (the closures above are done with them)
     dev.free()
     return out
 
 
-def section_train(model_name: str, shapes: Shapes, dev: Device, args: argparse.Namespace, peak: float | None) -> list[dict[str, Any]]:
+def section_train(
+    model_name: str, shapes: Shapes, dev: Device, args: argparse.Namespace, peak: float | None
+) -> list[dict[str, Any]]:
     tiny_config = shapes.transformer(model_name)
     spec = adapter_spec(args.config)
     comps = load(shapes, dev, tiny_config, spec)
@@ -399,7 +467,14 @@ def section_train(model_name: str, shapes: Shapes, dev: Device, args: argparse.N
                 r["tflops_s"] = r["flops"] / r["step_s"] / 1e12
                 r["mfu"] = r["tflops_s"] / peak if peak else None
                 r["hfu"] = r["hw_flops"] / r["step_s"] / 1e12 / peak if peak else None
-            log.warning("%s %s %d views: %s (%.0f s)", model_name, mode, views, r.get("step_s", r.get("oom")), time.perf_counter() - t0)
+            log.warning(
+                "%s %s %d views: %s (%.0f s)",
+                model_name,
+                mode,
+                views,
+                r.get("step_s", r.get("oom")),
+                time.perf_counter() - t0,
+            )
             rows.append(r)
     del model
     dev.free()
@@ -433,7 +508,9 @@ def section_generate(shapes: Shapes, dev: Device, args: argparse.Namespace, peak
     def post(_m: Any, _a: Any, _o: Any) -> None:
         if state["ops"] is not None and not state.get("checked"):
             state["ops"].__exit__(None, None, None)
-            state["kernels"] = check_attention(state["ops"].counts, dev.name, attention_layers(model, "adapted"), "generation")
+            state["kernels"] = check_attention(
+                state["ops"].counts, dev.name, attention_layers(model, "adapted"), "generation"
+            )
             state["checked"] = True
         dev.sync()
         marks.append(("post", time.perf_counter()))
@@ -444,12 +521,19 @@ def section_generate(shapes: Shapes, dev: Device, args: argparse.Namespace, peak
     dev.reset_peak()
     t0 = time.perf_counter()
     try:
-        config = GenerationConfig(prompt="a red car drives around a fountain", num_frames=shapes.frames, height=shapes.height, width=shapes.width,
-                                  steps=args.gen_steps, guidance=6.0, batch_passes=False)  # syncam-generate --sequential-passes
+        config = GenerationConfig(
+            prompt="a red car drives around a fountain",
+            num_frames=shapes.frames,
+            height=shapes.height,
+            width=shapes.width,
+            steps=args.gen_steps,
+            guidance=6.0,
+            batch_passes=False,
+        )  # syncam-generate --sequential-passes
         video = generate(comps, config, cams, progress=False)
     except torch.OutOfMemoryError as e:
         h1.remove(), h2.remove()
-        del comps, model
+        comps = model = None  # released before freeing the device memory
         dev.free()
         return {"oom": str(e).splitlines()[0][:160]}
     dev.sync()
@@ -460,15 +544,24 @@ def section_generate(shapes: Shapes, dev: Device, args: argparse.Namespace, peak
     step_starts = pres[::passes]
     last_post = [t for k, t in marks if k == "post"][-1]
     step_times = [b - a for a, b in zip(step_starts, step_starts[1:])] or [last_post - step_starts[0]]
-    fwd = flops_at(tiny_config, int(model.config.num_layers), views, shapes.latent(model.config), "adapted", train=False, spec=spec)
+    fwd = flops_at(
+        tiny_config, int(model.config.num_layers), views, shapes.latent(model.config), "adapted", train=False, spec=spec
+    )
     out = {
-        "views": views, "passes": passes, "step_s": statistics.median(step_times), "denoise_peak_gib": state["denoise_peak"],
-        "total_peak_gib": dev.peak_gib(), "vae_decode_s": t_end - last_post, "total_s": t_end - t0, "kernels": state["kernels"],
-        "flops_step": passes * fwd, "shape": tuple(video.shape),
+        "views": views,
+        "passes": passes,
+        "step_s": statistics.median(step_times),
+        "denoise_peak_gib": state["denoise_peak"],
+        "total_peak_gib": dev.peak_gib(),
+        "vae_decode_s": t_end - last_post,
+        "total_s": t_end - t0,
+        "kernels": state["kernels"],
+        "flops_step": passes * fwd,
+        "shape": tuple(video.shape),
     }
     out["tflops_s"] = out["flops_step"] / out["step_s"] / 1e12
     out["mfu"] = out["tflops_s"] / peak if peak else None
-    del comps, model, video
+    comps = model = video = None  # released before freeing the device memory
     dev.free()
     return out
 
@@ -497,8 +590,23 @@ def make_shards(root: Path, shapes: Shapes, groups: int, views: int) -> Path:
                 eye = spherical_position((0, 0, 1), 5.0, 10.0, 20.0 * v)
                 c2w = [float(x) for x in look_at(eye, (0, 0, 1)).reshape(-1)]
                 blob = video.encode(frames, fps=8, preset="ultrafast")
-                recs.append(ViewRecord("gpucheck", "multiview_video", f"g{g}", f"cam{v}", blob, "mp4", n, h, w, fps=8.0,
-                                       caption=f"scene {g}", K=[w / 2, w / 2, w / 2, h / 2], c2w=c2w))
+                recs.append(
+                    ViewRecord(
+                        "gpucheck",
+                        "multiview_video",
+                        f"g{g}",
+                        f"cam{v}",
+                        blob,
+                        "mp4",
+                        n,
+                        h,
+                        w,
+                        fps=8.0,
+                        caption=f"scene {g}",
+                        K=[w / 2, w / 2, w / 2, h / 2],
+                        c2w=c2w,
+                    )
+                )
             wr.write_group(recs)
     return root
 
@@ -512,10 +620,18 @@ def section_loader(shapes: Shapes, dev: Device, args: argparse.Namespace, work: 
     views = 4
     shards = make_shards(work / "shards", shapes, groups=2, views=views)
     over = {
-        "data.height": shapes.height, "data.width": shapes.width, "data.frames": shapes.frames, "data.num_views": views,
-        "data.mix": {"multiview_video": 1.0}, "data.num_workers": args.workers, "optim.global_batch_size": 1, "steps": 1000,
-        "curriculum.schedule": [{"start_step": 0, "min_angle": 0, "max_angle": 180}], "log.tensorboard": False,
-        "model.tiny_config": shapes.transformer("2b"), "cache.dtype": "bfloat16",
+        "data.height": shapes.height,
+        "data.width": shapes.width,
+        "data.frames": shapes.frames,
+        "data.num_views": views,
+        "data.mix": {"multiview_video": 1.0},
+        "data.num_workers": args.workers,
+        "optim.global_batch_size": 1,
+        "steps": 1000,
+        "curriculum.schedule": [{"start_step": 0, "min_angle": 0, "max_angle": 180}],
+        "log.tensorboard": False,
+        "model.tiny_config": shapes.transformer("2b"),
+        "cache.dtype": "bfloat16",
     }
     cfg = load_config(args.config, over)
     tr = Trainer(str(shards), "tiny", work / "run", cfg)
@@ -525,7 +641,15 @@ def section_loader(shapes: Shapes, dev: Device, args: argparse.Namespace, work: 
     tr.cache = open_matching(str(shards), cfg, tr.components)
     if tr.cache is None:
         raise RuntimeError("the latent cache just built does not match the Trainer's settings")
-    tr.loader = build_loader(str(shards), cfg, rank=tr.rank, world_size=tr.world, micro_per_step=tr.accum, total_micro=cfg.steps * tr.accum, cache=tr.cache)
+    tr.loader = build_loader(
+        str(shards),
+        cfg,
+        rank=tr.rank,
+        world_size=tr.world,
+        micro_per_step=tr.accum,
+        total_micro=cfg.steps * tr.accum,
+        cache=tr.cache,
+    )
     it = iter(tr.loader.dataloader())
     with fused_attention_only(dev.name):
         tr.train_step(it)  # warm-up: worker start, first batch, CUDA kernels
@@ -533,8 +657,15 @@ def section_loader(shapes: Shapes, dev: Device, args: argparse.Namespace, work: 
         recs = [tr.train_step(it) for _ in range(args.train_steps)]
     steps = [r["step_time_s"] for r in recs]
     waits = [r["data_wait_s"] for r in recs]
-    out = {"views": views, "step_s": statistics.median(steps), "wait_s": statistics.median(waits), "wait_frac": sum(waits) / sum(steps),
-           "peak_gib": dev.peak_gib(), "workers": args.workers, "loss_finite": all(np.isfinite(r["loss"]) for r in recs)}
+    out = {
+        "views": views,
+        "step_s": statistics.median(steps),
+        "wait_s": statistics.median(waits),
+        "wait_frac": sum(waits) / sum(steps),
+        "peak_gib": dev.peak_gib(),
+        "workers": args.workers,
+        "loss_finite": all(np.isfinite(r["loss"]) for r in recs),
+    }
     del it, tr
     dev.free()
     return out
@@ -551,8 +682,17 @@ def verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("met" if ok else "**missed**")
 
 
-def report(args: argparse.Namespace, dev: Device, shapes: Shapes, peak_label: str, train: list[dict[str, Any]], gen: dict[str, Any] | None,
-           loader: dict[str, Any] | None, elapsed: float, sections_s: dict[str, float]) -> str:
+def report(
+    args: argparse.Namespace,
+    dev: Device,
+    shapes: Shapes,
+    peak_label: str,
+    train: list[dict[str, Any]],
+    gen: dict[str, Any] | None,
+    loader: dict[str, Any] | None,
+    elapsed: float,
+    sections_s: dict[str, float],
+) -> str:
     lines = [
         f"# GPU check ({'tiny shapes' if shapes.tiny else 'real CogVideoX shapes'}, random weights)",
         "",
@@ -570,7 +710,9 @@ def report(args: argparse.Namespace, dev: Device, shapes: Shapes, peak_label: st
     for r in train:
         b = base.get((r["model"], r["views"]))
         if "oom" in r:
-            lines.append(f"| {r['model']} | {r['views']} | {r['mode']} | does not fit: {r['oom']} | | | | {r['flops'] / 1e12:.3g} | | | | |")
+            lines.append(
+                f"| {r['model']} | {r['views']} | {r['mode']} | does not fit: {r['oom']} | | | | {r['flops'] / 1e12:.3g} | | | | |"
+            )
             continue
         ratio = r["step_s"] / b["step_s"] if b else None
         r["ratio"] = ratio
@@ -580,8 +722,20 @@ def report(args: argparse.Namespace, dev: Device, shapes: Shapes, peak_label: st
             f"{fmt(r['hfu'] and 100 * r['hfu'], '.0f', ' %')} | {r['kernels']} |"
         )
         if r["mode"] == "adapted":
-            goals.append((f"{r['model']} {r['views']} views: adapted / base step per view <= {GOAL_ADAPTED_PER_VIEW}", fmt(ratio), verdict(None if ratio is None else ratio <= GOAL_ADAPTED_PER_VIEW)))
-            goals.append((f"{r['model']} {r['views']} views: MFU of the adapted step >= {GOAL_MFU:.0%}", fmt(r["mfu"] and 100 * r["mfu"], ".0f", " %"), verdict(None if r["mfu"] is None else r["mfu"] >= GOAL_MFU)))
+            goals.append(
+                (
+                    f"{r['model']} {r['views']} views: adapted / base step per view <= {GOAL_ADAPTED_PER_VIEW}",
+                    fmt(ratio),
+                    verdict(None if ratio is None else ratio <= GOAL_ADAPTED_PER_VIEW),
+                )
+            )
+            goals.append(
+                (
+                    f"{r['model']} {r['views']} views: MFU of the adapted step >= {GOAL_MFU:.0%}",
+                    fmt(r["mfu"] and 100 * r["mfu"], ".0f", " %"),
+                    verdict(None if r["mfu"] is None else r["mfu"] >= GOAL_MFU),
+                )
+            )
     if gen:
         lines += ["", "## (c) generation: 4 views, --sequential-passes, VAE tiling", ""]
         if "oom" in gen:
@@ -595,51 +749,87 @@ def report(args: argparse.Namespace, dev: Device, shapes: Shapes, peak_label: st
             ]
     if loader:
         lines += [
-            "", "## (d) syncam-train's step fed by the latent-cache loader (2B shapes, 4 views)", "",
-            f"| dataloader workers | step s | data wait s | data wait share | {dev.memory_label()} |", "|---:|---:|---:|---:|---:|",
+            "",
+            "## (d) syncam-train's step fed by the latent-cache loader (2B shapes, 4 views)",
+            "",
+            f"| dataloader workers | step s | data wait s | data wait share | {dev.memory_label()} |",
+            "|---:|---:|---:|---:|---:|",
             f"| {loader['workers']} | {loader['step_s']:.3f} | {loader['wait_s']:.4f} | {100 * loader['wait_frac']:.1f} % | {loader['peak_gib']:.1f} |",
         ]
-        goals.append((f"data wait < {GOAL_DATA_WAIT:.0%} of the step", f"{100 * loader['wait_frac']:.1f} %", verdict(loader["wait_frac"] < GOAL_DATA_WAIT)))
-    goals.append((f"whole check < {GOAL_TOTAL_S // 60} minutes", f"{elapsed / 60:.1f} min", verdict(elapsed < GOAL_TOTAL_S)))
-    lines += ["", "## Goals", "", "| goal | measured | |", "|---|---:|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in goals]
+        goals.append(
+            (
+                f"data wait < {GOAL_DATA_WAIT:.0%} of the step",
+                f"{100 * loader['wait_frac']:.1f} %",
+                verdict(loader["wait_frac"] < GOAL_DATA_WAIT),
+            )
+        )
+    goals.append(
+        (f"whole check < {GOAL_TOTAL_S // 60} minutes", f"{elapsed / 60:.1f} min", verdict(elapsed < GOAL_TOTAL_S))
+    )
+    lines += ["", "## Goals", "", "| goal | measured | |", "|---|---:|---|"] + [
+        f"| {a} | {b} | {c} |" for a, b, c in goals
+    ]
     lines += ["", "Section times: " + ", ".join(f"{k} {v:.0f} s" for k, v in sections_s.items()) + "."]
     nonfinite = [f"{r['model']} {r['mode']} {r['views']}" for r in train if r.get("loss_finite") is False]
     if nonfinite:
-        lines.append(f"Non-finite loss with random weights in: {', '.join(nonfinite)} (timing is still valid; weights are random).")
+        lines.append(
+            f"Non-finite loss with random weights in: {', '.join(nonfinite)} (timing is still valid; weights are random)."
+        )
     return "\n".join(lines) + "\n"
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="where to run (default cuda)")
-    p.add_argument("--tiny", action="store_true", help="tiny shapes (2 layers, 9 frames at 32x48): the same code path, for CPU tests")
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="tiny shapes (2 layers, 9 frames at 32x48): the same code path, for CPU tests",
+    )
     p.add_argument("--models", default="2b,5b", help="comma-separated transformer shapes for (a, b): 2b, 5b")
     p.add_argument("--views", default="2,4", help="comma-separated views per sample for (a, b)")
     p.add_argument("--modes", default=",".join(MODES), help=f"training modes for the 2B shape, from {','.join(MODES)}")
-    p.add_argument("--modes-5b", default="base,adapted", help="training modes for the 5B shape (time and memory are larger)")
+    p.add_argument(
+        "--modes-5b", default="base,adapted", help="training modes for the 5B shape (time and memory are larger)"
+    )
     p.add_argument("--steps", type=int, default=2, help="timed training steps per case, after one warm-up step")
     p.add_argument("--gen-steps", type=int, default=3, help="denoising steps for (c)")
     p.add_argument("--train-steps", type=int, default=3, help="timed Trainer steps for (d), after one warm-up step")
     p.add_argument("--workers", type=int, default=4, help="dataloader workers for (d) (data.num_workers)")
-    p.add_argument("--sections", default="train,generate,loader", help="comma-separated subset of train,generate,loader")
-    p.add_argument("--config", default="paper", help="training config whose model settings (multi-view module structure) are measured; a name or a YAML path")
-    p.add_argument("--peak-tflops", type=float, help="peak dense bf16 TFLOP/s of the device (default: from the device name)")
-    p.add_argument("--out", type=Path, help="also write the report (markdown) here, and the raw results next to it as .json")
+    p.add_argument(
+        "--sections", default="train,generate,loader", help="comma-separated subset of train,generate,loader"
+    )
+    p.add_argument(
+        "--config",
+        default="paper",
+        help="training config whose model settings (multi-view module structure) are measured; a name or a YAML path",
+    )
+    p.add_argument(
+        "--peak-tflops", type=float, help="peak dense bf16 TFLOP/s of the device (default: from the device name)"
+    )
+    p.add_argument(
+        "--out", type=Path, help="also write the report (markdown) here, and the raw results next to it as .json"
+    )
     args = p.parse_args(argv)
     args.models = [m for m in args.models.split(",") if m]
     args.views = [int(v) for v in args.views.split(",") if v]
     args.modes = [m for m in args.modes.split(",") if m]
     args.modes_5b = [m for m in args.modes_5b.split(",") if m]
     args.sections = [s for s in args.sections.split(",") if s]
-    for name, values, allowed in (("--models", args.models, REAL_TRANSFORMERS), ("--modes", args.modes + args.modes_5b, MODES),
-                                  ("--sections", args.sections, ("train", "generate", "loader"))):
+    for name, values, allowed in (
+        ("--models", args.models, REAL_TRANSFORMERS),
+        ("--modes", args.modes + args.modes_5b, MODES),
+        ("--sections", args.sections, ("train", "generate", "loader")),
+    ):
         bad = sorted(set(values) - set(allowed))
         if bad:
             p.error(f"{name}: unknown {bad}; choose from {sorted(allowed)}")
     if any(v < 1 for v in args.views) or min(args.steps, args.gen_steps, args.train_steps) < 1:
         p.error("--views, --steps, --gen-steps and --train-steps must be >= 1")
     if args.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: no CUDA device is visible to torch (use --device cpu --tiny to check the code path on a CPU)")
+        p.error(
+            "--device cuda: no CUDA device is visible to torch (use --device cpu --tiny to check the code path on a CPU)"
+        )
     if args.device == "cpu" and not args.tiny:
         p.error("--device cpu runs the tiny shapes only (add --tiny): the real shapes take hours on a CPU")
     return args
@@ -683,7 +873,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
-        raw = {"device": dev.label(), "peak": peak_label, "train": train, "generate": gen, "loader": loader, "sections_s": sections_s}
+        raw = {
+            "device": dev.label(),
+            "peak": peak_label,
+            "train": train,
+            "generate": gen,
+            "loader": loader,
+            "sections_s": sections_s,
+        }
         args.out.with_suffix(".json").write_text(json.dumps(raw, indent=1, default=str))
     return 0
 

@@ -40,13 +40,46 @@ sys.path.insert(0, str(REPO))
 
 PRESETS = {
     # the tests' tiny model
-    "tiny": dict(num_layers=2, num_attention_heads=2, attention_head_dim=16, time_embed_dim=32, text_embed_dim=32, in_channels=4, out_channels=4),
+    "tiny": dict(
+        num_layers=2,
+        num_attention_heads=2,
+        attention_head_dim=16,
+        time_embed_dim=32,
+        text_embed_dim=32,
+        in_channels=4,
+        out_channels=4,
+    ),
     # a slightly larger one where attention and MLP costs have realistic proportions
-    "small": dict(num_layers=4, num_attention_heads=4, attention_head_dim=32, time_embed_dim=64, text_embed_dim=64, in_channels=16, out_channels=16),
+    "small": dict(
+        num_layers=4,
+        num_attention_heads=4,
+        attention_head_dim=32,
+        time_embed_dim=64,
+        text_embed_dim=64,
+        in_channels=16,
+        out_channels=16,
+    ),
     # CogVideoX-2B's transformer shapes (random weights)
-    "2b-real": dict(num_layers=30, num_attention_heads=30, attention_head_dim=64, time_embed_dim=512, text_embed_dim=4096, in_channels=16, out_channels=16),
+    "2b-real": dict(
+        num_layers=30,
+        num_attention_heads=30,
+        attention_head_dim=64,
+        time_embed_dim=512,
+        text_embed_dim=4096,
+        in_channels=16,
+        out_channels=16,
+    ),
     # CogVideoX-5B's transformer shapes (random weights)
-    "5b-real": dict(num_layers=42, num_attention_heads=48, attention_head_dim=64, time_embed_dim=512, text_embed_dim=4096, in_channels=16, out_channels=16, use_rotary_positional_embeddings=True),
+    "5b-real": dict(
+        num_layers=42,
+        num_attention_heads=48,
+        attention_head_dim=64,
+        time_embed_dim=512,
+        text_embed_dim=4096,
+        in_channels=16,
+        out_channels=16,
+        use_rotary_positional_embeddings=True,
+    ),
 }
 MODES = ("base", "adapted", "adapted+base")
 
@@ -117,8 +150,14 @@ def run_case(args: argparse.Namespace, mode: str, views: int, rope: bool) -> dic
         peak = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {
-        "mode": mode, "views": views, "rope": rope, "seconds": statistics.median(times), "cpu_seconds": statistics.median(cpu_times), "peak_bytes": peak,
-        "trainable_params": trainable, "tokens_per_view": f * (h // 2) * (w // 2),
+        "mode": mode,
+        "views": views,
+        "rope": rope,
+        "seconds": statistics.median(times),
+        "cpu_seconds": statistics.median(cpu_times),
+        "peak_bytes": peak,
+        "trainable_params": trainable,
+        "tokens_per_view": f * (h // 2) * (w // 2),
     }
 
 
@@ -189,7 +228,9 @@ def to_markdown(args: argparse.Namespace, results: list[dict]) -> str:
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", choices=sorted(PRESETS), default="small", help="Transformer shapes.")
-    p.add_argument("--rope", type=int, nargs="+", default=[0, 1], help="Position variants to measure: 0 sin-cos (2B), 1 RoPE (5B).")
+    p.add_argument(
+        "--rope", type=int, nargs="+", default=[0, 1], help="Position variants to measure: 0 sin-cos (2B), 1 RoPE (5B)."
+    )
     p.add_argument("--views", type=int, action="append", help="Numbers of views (repeatable; default 2 and 4).")
     p.add_argument("--frames", type=int, default=49, help="Video frames (4k+1).")
     p.add_argument("--height", type=int, default=128, help="Video height in pixels (multiple of 16).")
@@ -200,8 +241,17 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--checkpointing", action="store_true", help="Enable gradient checkpointing.")
     p.add_argument("--warmup", type=int, default=1, help="Warm-up steps.")
     p.add_argument("--repeats", type=int, default=3, help="Timed steps.")
-    p.add_argument("--out", type=Path, default=None, help="Also write the markdown table to this file (e.g. docs/benchmarks/model.md); default: print only.")
-    p.add_argument("--results", type=Path, help="Render the table from a previous run's JSON lines (its stderr) instead of measuring.")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="Also write the markdown table to this file (e.g. docs/benchmarks/model.md); default: print only.",
+    )
+    p.add_argument(
+        "--results",
+        type=Path,
+        help="Render the table from a previous run's JSON lines (its stderr) instead of measuring.",
+    )
     p.add_argument("--single", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.views = args.views or [2, 4]

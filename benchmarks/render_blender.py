@@ -37,7 +37,14 @@ def bench_resolution(height: int, width: int, args: argparse.Namespace, root: Pa
     opt = SamplerConfig(num_cameras=args.cameras, num_frames=args.frames, width=width, height=height)
     specs = sample_scenes(catalog, args.scenes, seed=args.seed, options=opt)
     out = root / f"{height}x{width}"
-    cfg = RenderJobConfig(out=out, backend="blender", backend_config={"samples": args.samples, "device": args.device}, workers=1, retries=0, progress=False)
+    cfg = RenderJobConfig(
+        out=out,
+        backend="blender",
+        backend_config={"samples": args.samples, "device": args.device},
+        workers=1,
+        retries=0,
+        progress=False,
+    )
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     report = run_render_job(specs, cfg)
@@ -93,7 +100,13 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=16, help="Cycles samples (the CLI default is 16)")
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", "--md", dest="md", type=Path, help="also write the results table to this markdown file (replaced); default: print only")
+    p.add_argument(
+        "--out",
+        "--md",
+        dest="md",
+        type=Path,
+        help="also write the results table to this markdown file (replaced); default: print only",
+    )
     p.add_argument("--json", type=Path, help="also write raw results as JSON")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

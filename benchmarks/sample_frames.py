@@ -49,7 +49,17 @@ def orbit_cameras(n: int, width: int, height: int) -> list[Camera]:
     out = []
     for i in range(n):
         a = math.radians(0.4 * i)
-        out.append(Camera(width, height, f, f, width / 2, height / 2, look_at([4 * math.cos(a), 4 * math.sin(a), 1.2], [0, 0, 0.5])))
+        out.append(
+            Camera(
+                width,
+                height,
+                f,
+                f,
+                width / 2,
+                height / 2,
+                look_at([4 * math.cos(a), 4 * math.sin(a), 1.2], [0, 0, 0.5]),
+            )
+        )
     return out
 
 
@@ -67,16 +77,37 @@ def build(root: Path, kind: str, sequences: int, n: int) -> None:
             cams = orbit_cameras(n, 3840 // 4, 2160 // 4)
             fr = frames(n, 3840 // 4, 2160 // 4, s)
             # Pass the images_4 size as the full size and write only "images_4" so the files are 960x540.
-            folder = export_dl3dv(root, f"scene{s:03d}", cams, fr, downscales=(1,), distortion={"k1": -0.05, "k2": 0.01})
+            folder = export_dl3dv(
+                root, f"scene{s:03d}", cams, fr, downscales=(1,), distortion={"k1": -0.05, "k2": 0.01}
+            )
             (folder / "images").rename(folder / "images_4")
         else:
             cams = orbit_cameras(n, 640, 360)
-            export_realestate10k(root / "train", f"seq{s:03d}", cams, frames(n, 640, 360, s), fps=FPS, pose_stride=8, frames_as=kind, image_ext="jpg")
+            export_realestate10k(
+                root / "train",
+                f"seq{s:03d}",
+                cams,
+                frames(n, 640, 360, s),
+                fps=FPS,
+                pose_stride=8,
+                frames_as=kind,
+                image_ext="jpg",
+            )
 
 
-def time_run(root: Path, out: Path, source: str, workers: int, sampling: SamplingConfig, re10k: Re10kConfig) -> tuple[float, int, int]:
+def time_run(
+    root: Path, out: Path, source: str, workers: int, sampling: SamplingConfig, re10k: Re10kConfig
+) -> tuple[float, int, int]:
     shutil.rmtree(out, ignore_errors=True)
-    job = SampleFramesJob(source, str(root), str(out), sampling, OutputConfig("jpg", 95, None), re10k=re10k, dl3dv=Dl3dvConfig(undistort=True))
+    job = SampleFramesJob(
+        source,
+        str(root),
+        str(out),
+        sampling,
+        OutputConfig("jpg", 95, None),
+        re10k=re10k,
+        dl3dv=Dl3dvConfig(undistort=True),
+    )
     t0 = time.perf_counter()
     rep = run_sample_frames(job, workers=workers, progress=False)
     dt = time.perf_counter() - t0
@@ -107,9 +138,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sequences", type=int, default=12, help="sequences per layout")
     ap.add_argument("--sets", type=int, default=8, help="sets of 4 views per sequence")
-    ap.add_argument("--frames", type=int, default=120, help="video frames per sequence (RealEstate10K keeps every 8th as a pose line)")
+    ap.add_argument(
+        "--frames",
+        type=int,
+        default=120,
+        help="video frames per sequence (RealEstate10K keeps every 8th as a pose line)",
+    )
     ap.add_argument("--discovery", type=int, default=10000, help="camera files in the discovery test")
-    ap.add_argument("--out", type=Path, default=None, help="also write the markdown report to this file (e.g. docs/benchmarks/sample_frames.md); default: print only")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="also write the markdown report to this file (e.g. docs/benchmarks/sample_frames.md); default: print only",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -118,13 +159,24 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="syncam-bench-sf-") as d:
         tmp = Path(d)
-        for kind, source, label in (("images", "realestate10k", "RealEstate10K, 640x360 JPEG frames"), ("video", "realestate10k", "RealEstate10K, 640x360 H.264 video"), ("dl3dv", "dl3dv", "DL3DV, 960x540 PNG images_4 + undistort")):
+        for kind, source, label in (
+            ("images", "realestate10k", "RealEstate10K, 640x360 JPEG frames"),
+            ("video", "realestate10k", "RealEstate10K, 640x360 H.264 video"),
+            ("dl3dv", "dl3dv", "DL3DV, 960x540 PNG images_4 + undistort"),
+        ):
             root = tmp / kind
             t0 = time.perf_counter()
             build(root, kind, args.sequences, args.frames if kind != "dl3dv" else args.frames // 4)
             logging.warning("built %s in %.1fs", kind, time.perf_counter() - t0)
             for workers in (1, 2):
-                dt, nseq, nsets = time_run(root, tmp / f"out-{kind}", source, workers, sampling, Re10kConfig(frames_from="video" if kind == "video" else "auto"))
+                dt, nseq, nsets = time_run(
+                    root,
+                    tmp / f"out-{kind}",
+                    source,
+                    workers,
+                    sampling,
+                    Re10kConfig(frames_from="video" if kind == "video" else "auto"),
+                )
                 rows.append((label, workers, nseq, nsets, dt))
                 logging.warning("%s workers=%d: %d seq, %d sets in %.2fs", label, workers, nseq, nsets, dt)
         make, walk, peak = discovery(tmp, args.discovery)

@@ -42,8 +42,10 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import av
 import numpy as np
@@ -81,16 +83,39 @@ def make_dataset(root: Path, groups: int, views: int, nframes: int, h: int, w: i
                 eye = spherical_position((0, 0, 1), 5.0, 10.0, 15.0 * v)
                 c2w = [float(x) for x in look_at(eye, (0, 0, 1)).reshape(-1)]
                 blob = video.encode(frames(nframes, h, w, 10 * g + v), fps=8, preset="veryfast", gop=8)
-                recs.append(ViewRecord("bench", "multiview_video", f"g{g}", f"c{v}", blob, "mp4", nframes, h, w, fps=8.0,
-                                       caption=f"scene {g}", K=[w / 2, w / 2, w / 2, h / 2], c2w=c2w))
+                recs.append(
+                    ViewRecord(
+                        "bench",
+                        "multiview_video",
+                        f"g{g}",
+                        f"c{v}",
+                        blob,
+                        "mp4",
+                        nframes,
+                        h,
+                        w,
+                        fps=8.0,
+                        caption=f"scene {g}",
+                        K=[w / 2, w / 2, w / 2, h / 2],
+                        c2w=c2w,
+                    )
+                )
             wr.write_group(recs)
     return root
 
 
 def bench_cfg(h: int, w: int, f: int, views: int, workers: int, **extra: Any) -> Any:
-    over = {"data.height": h, "data.width": w, "data.frames": f, "data.num_views": views, "data.num_workers": workers,
-            "data.mix": {"multiview_video": 1.0}, "optim.global_batch_size": 1, "data.frame_sampling": "first",
-            "curriculum.schedule": [{"start_step": 0, "min_angle": 0, "max_angle": 180}]}
+    over = {
+        "data.height": h,
+        "data.width": w,
+        "data.frames": f,
+        "data.num_views": views,
+        "data.num_workers": workers,
+        "data.mix": {"multiview_video": 1.0},
+        "optim.global_batch_size": 1,
+        "data.frame_sampling": "first",
+        "curriculum.schedule": [{"start_step": 0, "min_angle": 0, "max_angle": 180}],
+    }
     over.update(extra)
     return load_config("tiny", over)
 
@@ -98,7 +123,9 @@ def bench_cfg(h: int, w: int, f: int, views: int, workers: int, **extra: Any) ->
 # --- the limit and the loader, same process, alternating ----------------------------------------------
 
 
-def reference_decode(blobs: list[bytes], wanted: list[int], src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> list[np.ndarray]:
+def reference_decode(
+    blobs: list[bytes], wanted: list[int], src_hw: tuple[int, int], dst_hw: tuple[int, int]
+) -> list[np.ndarray]:
     """The limit: PyAV as its documentation shows it, from memory, threaded, rgb24 at the cover size, same crop."""
     rw, rh, x0, y0 = crop_box(src_hw, dst_hw)
     (H, W), keep, last = dst_hw, set(wanted), max(wanted)
@@ -149,7 +176,9 @@ def decode_floor(blobs: list[bytes], wanted: list[int]) -> int:
     return n
 
 
-def previous_path(blobs: list[bytes], wanted: list[int], src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> torch.Tensor:
+def previous_path(
+    blobs: list[bytes], wanted: list[int], src_hw: tuple[int, int], dst_hw: tuple[int, int]
+) -> torch.Tensor:
     """The loader before issue 20: per-frame arrays (a scaler per frame), stack, crop copy, stack again, transpose."""
     rw, rh, x0, y0 = crop_box(src_hw, dst_hw)
     (H, W) = dst_hw
@@ -163,7 +192,9 @@ def _timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - t
 
 
-def loader_vs_decode(shards: Path, views: int, rounds: int, dst_hw: tuple[int, int] = (384, 672), nframes: int = 49) -> dict[str, list[float]]:
+def loader_vs_decode(
+    shards: Path, views: int, rounds: int, dst_hw: tuple[int, int] = (384, 672), nframes: int = 49
+) -> dict[str, list[float]]:
     """Per round: one loader micro-batch, then the same blobs through the limit, the floor and the old path (order rotates)."""
     cfg = bench_cfg(*dst_hw, nframes, views, 0)
     loader = build_loader(str(shards), cfg, total_micro=rounds + 2)
@@ -182,10 +213,10 @@ def loader_vs_decode(shards: Path, views: int, rounds: int, dst_hw: tuple[int, i
         blobs, wanted, src_hw = [blob_of[s] for s in sample], list(batch["frames"][0]), hw_of[sample[0]]
         del batch
         others = [
-            ("reference", lambda: reference_decode(blobs, wanted, src_hw, dst_hw)),
-            ("tuned", lambda: tuned_decode(blobs, wanted, src_hw, dst_hw)),
-            ("floor", lambda: decode_floor(blobs, wanted)),
-            ("previous", lambda: previous_path(blobs, wanted, src_hw, dst_hw)),
+            ("reference", partial(reference_decode, blobs, wanted, src_hw, dst_hw)),
+            ("tuned", partial(tuned_decode, blobs, wanted, src_hw, dst_hw)),
+            ("floor", partial(decode_floor, blobs, wanted)),
+            ("previous", partial(previous_path, blobs, wanted, src_hw, dst_hw)),
         ]
         others = others[r % len(others) :] + others[: r % len(others)]
         times["loader"].append(t_loader)
@@ -194,7 +225,9 @@ def loader_vs_decode(shards: Path, views: int, rounds: int, dst_hw: tuple[int, i
     return times
 
 
-def stage_times(shards: Path, views: int, rounds: int, dst_hw: tuple[int, int] = (384, 672), nframes: int = 49) -> dict[str, list[float]]:
+def stage_times(
+    shards: Path, views: int, rounds: int, dst_hw: tuple[int, int] = (384, 672), nframes: int = 49
+) -> dict[str, list[float]]:
     """Cumulative prefixes of one sample's pipeline (4 views), alternating; differences are stage costs."""
     from av.video.reformatter import VideoReformatter
 
@@ -245,13 +278,29 @@ def stage_times(shards: Path, views: int, rounds: int, dst_hw: tuple[int, int] =
     def decode_into_warm():
         plan, rows = slot_inputs()
         for v, r in enumerate(rows):
-            decode_view(reader.read_blob(r), ds.media_format[r], plan.slots[0].frames, dst_hw, "", tuple(ds.stored_hw[r]), out=warm[v])
+            decode_view(
+                reader.read_blob(r),
+                ds.media_format[r],
+                plan.slots[0].frames,
+                dst_hw,
+                "",
+                tuple(ds.stored_hw[r]),
+                out=warm[v],
+            )
 
     def decode_into_fresh():
         plan, rows = slot_inputs()
         out = BatchBuffers(keep=0).take((1, views, nframes, 3, H, W)).numpy()
         for v, r in enumerate(rows):
-            decode_view(reader.read_blob(r), ds.media_format[r], plan.slots[0].frames, dst_hw, "", tuple(ds.stored_hw[r]), out=out[0, v])
+            decode_view(
+                reader.read_blob(r),
+                ds.media_format[r],
+                plan.slots[0].frames,
+                dst_hw,
+                "",
+                tuple(ds.stored_hw[r]),
+                out=out[0, v],
+            )
 
     def full_sample():
         ds[sampler.plan()]
@@ -305,7 +354,15 @@ def _cpu() -> float:
 def synthetic_2b_cache(shards: Path, cfg: Any, comps: Any) -> Any:
     """A finished cache for ``cfg`` whose tensors have CogVideoX-2B's shapes (random values)."""
     from syncam_data.shards.reader import ShardReader
-    from syncam_model.cache import LatentCache, _atomic_save, _commit_part, cache_key, cache_root, cache_settings, finalize
+    from syncam_model.cache import (
+        LatentCache,
+        _atomic_save,
+        _commit_part,
+        cache_key,
+        cache_root,
+        cache_settings,
+        finalize,
+    )
     from syncam_model.data import caption_key
 
     settings = cache_settings(cfg, comps)
@@ -358,7 +415,9 @@ def main() -> None:
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     ap.add_argument("--views", type=int, default=4, help="views per multi-view sample")
     ap.add_argument("--workers", type=int, default=2, help="largest dataloader worker count measured (0, 1, ... this)")
-    ap.add_argument("--rounds", type=int, default=9, help="alternating rounds per repeat for the loader and stage sections")
+    ap.add_argument(
+        "--rounds", type=int, default=9, help="alternating rounds per repeat for the loader and stage sections"
+    )
     ap.add_argument("--batches", type=int, default=8, help="micro-batches timed per worker/cache measurement")
     ap.add_argument("--repeats", type=int, default=1, help="repeat the sections; medians over all rounds are reported")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads in the main process")
@@ -374,7 +433,11 @@ def main() -> None:
     try:
         t = time.perf_counter()
         paper = make_dataset(tmp / "paper", groups=3, views=args.views, nframes=49, h=384, w=672)
-        tiny = make_dataset(tmp / "tiny", groups=6, views=6, nframes=17, h=40, w=56) if {"workers", "cache", "steps"} & set(sections) else None
+        tiny = (
+            make_dataset(tmp / "tiny", groups=6, views=6, nframes=17, h=40, w=56)
+            if {"workers", "cache", "steps"} & set(sections)
+            else None
+        )
         log.warning("synthetic shards built in %.1f s", time.perf_counter() - t)
         head: dict[str, list[float]] = {}
         stages: dict[str, list[float]] = {}
@@ -385,7 +448,12 @@ def main() -> None:
             if "loader" in sections:
                 for k, v in loader_vs_decode(paper, args.views, args.rounds).items():
                     head.setdefault(k, []).extend(v)
-                log.warning("repeat %d: loader %.0f ms, reference decode %.0f ms", rep, 1e3 * med(head["loader"]), 1e3 * med(head["reference"]))
+                log.warning(
+                    "repeat %d: loader %.0f ms, reference decode %.0f ms",
+                    rep,
+                    1e3 * med(head["loader"]),
+                    1e3 * med(head["reference"]),
+                )
             if "stages" in sections:
                 for k, v in stage_times(paper, args.views, args.rounds).items():
                     stages.setdefault(k, []).extend(v)
@@ -397,7 +465,9 @@ def main() -> None:
                     cpus.setdefault(workers, []).append(cpu)
                     log.warning("repeat %d: %d workers: %.2f samples/s, %.2f CPU-s per sample", rep, workers, r, cpu)
             loads.append(f"{before} -> {load()}")
-        machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, PyAV {av.__version__}, no GPU"
+        machine = (
+            f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, PyAV {av.__version__}, no GPU"
+        )
         parts.append(f"Machine: {machine}. 1-minute load average per repeat (start -> end): {', '.join(loads)}.\n")
         if head:
             ratio = med(head["loader"]) / med(head["reference"])
@@ -425,7 +495,9 @@ def main() -> None:
             for k, v in stages.items():
                 if k == FRESH:
                     ref = stages["+ crop copy into a reused batch array"]
-                    rows.append(f"| {k} | {1e3 * med(v):.1f} | {1e3 * med([a - b for a, b in zip(v, ref)]):+.1f} vs reused |")
+                    rows.append(
+                        f"| {k} | {1e3 * med(v):.1f} | {1e3 * med([a - b for a, b in zip(v, ref)]):+.1f} vs reused |"
+                    )
                     continue
                 cost = med(v) if prev is None else med([a - b for a, b in zip(v, prev)])
                 rows.append(f"| {k} | {1e3 * med(v):.1f} | {1e3 * cost:+.1f} |")
@@ -455,24 +527,50 @@ def main() -> None:
             cfg = bench_cfg(32, 48, 9, args.views, 0)
             t = time.perf_counter()
             build_cache(str(tiny), cfg, comps, view_batch=1, progress=False)
-            rows2.append((f"cache build (tiny VAE + tiny T5), tiny 32x48x9, {6 * 6} view clips", f"{36 / (time.perf_counter() - t):.2f} view clips/s"))
+            rows2.append(
+                (
+                    f"cache build (tiny VAE + tiny T5), tiny 32x48x9, {6 * 6} view clips",
+                    f"{36 / (time.perf_counter() - t):.2f} view clips/s",
+                )
+            )
             cache = open_matching(str(tiny), cfg, comps)
             for workers in (0, args.workers):
                 r = loader_rate(tiny, bench_cfg(32, 48, 9, args.views, workers), args.batches, cache=cache)
-                rows2.append((f"loader, latent cache, tiny 32x48x9, {args.views} views, {workers} workers", f"{r:.2f} samples/s"))
+                rows2.append(
+                    (f"loader, latent cache, tiny 32x48x9, {args.views} views, {workers} workers", f"{r:.2f} samples/s")
+                )
             cfg = bench_cfg(384, 672, 49, args.views, 0, **{"cache.dtype": "bfloat16"})
             cache = synthetic_2b_cache(paper, cfg, comps)
             for workers in (0, args.workers):
-                r = loader_rate(paper, bench_cfg(384, 672, 49, args.views, workers, **{"cache.dtype": "bfloat16"}), args.batches, cache=cache)
-                rows2.append((f"loader, latent cache (2B shapes: 13x16x48x84 + 226x4096, bf16), {args.views} views, {workers} workers", f"{r:.2f} samples/s"))
+                r = loader_rate(
+                    paper,
+                    bench_cfg(384, 672, 49, args.views, workers, **{"cache.dtype": "bfloat16"}),
+                    args.batches,
+                    cache=cache,
+                )
+                rows2.append(
+                    (
+                        f"loader, latent cache (2B shapes: 13x16x48x84 + 226x4096, bf16), {args.views} views, {workers} workers",
+                        f"{r:.2f} samples/s",
+                    )
+                )
         if "steps" in sections:
             for use in ("never", "require"):
                 cfg = bench_cfg(32, 48, 9, args.views, 0, **{"cache.use": use, "model.gradient_checkpointing": False})
                 st = step_time(tiny, cfg, tmp / f"run-{use}", steps=5)
                 label = "latent cache" if st["cache"] else "mp4 decode + VAE/T5 encode"
-                rows2.append((f"tiny model optimizer step (1 sample, {args.views} views, 32x48x9), {label}", f"{st['step_s']:.3f} s (data wait {st['data_wait_s']:.3f} s)"))
+                rows2.append(
+                    (
+                        f"tiny model optimizer step (1 sample, {args.views} views, 32x48x9), {label}",
+                        f"{st['step_s']:.3f} s (data wait {st['data_wait_s']:.3f} s)",
+                    )
+                )
         if rows2:
-            parts.append("## Latent cache and tiny model steps\n\n| measurement | result |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows2) + "\n")
+            parts.append(
+                "## Latent cache and tiny model steps\n\n| measurement | result |\n|---|---|\n"
+                + "\n".join(f"| {a} | {b} |" for a, b in rows2)
+                + "\n"
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     report = "\n".join(parts)

@@ -95,9 +95,11 @@ class Result:
         return self.steady_s_per_frame / self.capture_s_per_frame
 
     def row(self) -> str:
-        return (f"| {self.run} | {self.frames} | {self.s_per_frame * 1000:.0f} | {self.steady_s_per_frame * 1000:.0f} | "
-                f"{self.capture_s_per_frame * 1000:.0f} | {self.send_s_per_frame * 1000:.0f} | {self.ratio:.3f} | {self.steady_ratio:.3f} | "
-                f"{self.cpu_ms_per_camera:.1f} |")
+        return (
+            f"| {self.run} | {self.frames} | {self.s_per_frame * 1000:.0f} | {self.steady_s_per_frame * 1000:.0f} | "
+            f"{self.capture_s_per_frame * 1000:.0f} | {self.send_s_per_frame * 1000:.0f} | {self.ratio:.3f} | {self.steady_ratio:.3f} | "
+            f"{self.cpu_ms_per_camera:.1f} |"
+        )
 
 
 def deltas(stats: dict, before: dict, frames: int) -> tuple[float, float]:
@@ -107,14 +109,33 @@ def deltas(stats: dict, before: dict, frames: int) -> tuple[float, float]:
 def make_spec(cams: int, frames: int, w: int, h: int) -> SceneSpec:
     f = w / (2 * math.tan(math.radians(35)))
     cam_specs = [
-        CameraSpec.from_camera(f"cam{i:02d}", Camera(w, h, f, f, w / 2, h / 2, look_at(spherical_position((0, 0, 1), 5.0, 15.0, 360.0 * i / cams), (0, 0, 1))))
+        CameraSpec.from_camera(
+            f"cam{i:02d}",
+            Camera(
+                w, h, f, f, w / 2, h / 2, look_at(spherical_position((0, 0, 1), 5.0, 15.0, 360.0 * i / cams), (0, 0, 1))
+            ),
+        )
         for i in range(cams)
     ]
     return SceneSpec(
-        scene_id="bench", seed=0, background=BackgroundSpec(id="bench", kind="unreal_level", asset=MAP),
-        subjects=[SubjectSpec(instance_id=1, asset_id="s", kind="unreal", asset=SUBJECT, animation=AnimationSpec(id="walk", clip=CLIP),
-                              trajectory=TrajectorySpec(type="line", start=(-1, 0), end=(1, 0)))],
-        cameras=cam_specs, num_frames=frames, fps=24.0, width=w, height=h,
+        scene_id="bench",
+        seed=0,
+        background=BackgroundSpec(id="bench", kind="unreal_level", asset=MAP),
+        subjects=[
+            SubjectSpec(
+                instance_id=1,
+                asset_id="s",
+                kind="unreal",
+                asset=SUBJECT,
+                animation=AnimationSpec(id="walk", clip=CLIP),
+                trajectory=TrajectorySpec(type="line", start=(-1, 0), end=(1, 0)),
+            )
+        ],
+        cameras=cam_specs,
+        num_frames=frames,
+        fps=24.0,
+        width=w,
+        height=h,
     )
 
 
@@ -129,8 +150,20 @@ def standin(capture_delay: float, tick_ms: float, revision: str):
     """The stand-in in its own process; yields (port, read_stats)."""
     port = free_port()
     stats = Path(tempfile.gettempdir()) / f"unrealcv_bench_{port}.json"
-    cmd = [sys.executable, str(REPO / "tests" / "unrealcv_standin.py"), "-cvport", str(port), "--capture-delay", str(capture_delay),
-           "--tick-ms", str(tick_ms), "--revision", revision, "--stats-file", str(stats)]
+    cmd = [
+        sys.executable,
+        str(REPO / "tests" / "unrealcv_standin.py"),
+        "-cvport",
+        str(port),
+        "--capture-delay",
+        str(capture_delay),
+        "--tick-ms",
+        str(tick_ms),
+        "--revision",
+        revision,
+        "--stats-file",
+        str(stats),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def read_stats(captures: int) -> dict:
@@ -198,8 +231,14 @@ def run_backend(port: int, read_stats, spec: SceneSpec, before: dict) -> tuple[R
     if res.info["recaptured_frames"]:
         log.warning("%d frames were captured again", res.info["recaptured_frames"])
     # per_frame_s runs until the writer finished the last frame's H.264 (nothing to overlap it with).
-    return Result("backend (one batch per frame, streamed)", frames, res.timings["per_frame_s"], steady(finished),
-                  *deltas(stats, before, captured), cpu / frames / len(spec.cameras) * 1000), stats
+    return Result(
+        "backend (one batch per frame, streamed)",
+        frames,
+        res.timings["per_frame_s"],
+        steady(finished),
+        *deltas(stats, before, captured),
+        cpu / frames / len(spec.cameras) * 1000,
+    ), stats
 
 
 def run_per_request(port: int, read_stats, spec: SceneSpec, before: dict) -> Result:
@@ -217,7 +256,9 @@ def run_per_request(port: int, read_stats, spec: SceneSpec, before: dict) -> Res
         while req("vget /level/name").strip() != MAP.rsplit("/", 1)[-1]:
             time.sleep(0.05)
         req("vset /action/game/pause")
-        actor = json.loads(json.loads(req(f"vbp SynCamFrameSync SpawnActorFromPath {SUBJECT} SynCamSubject_1"))["ReturnValue"])["actor"]
+        actor = json.loads(
+            json.loads(req(f"vbp SynCamFrameSync SpawnActorFromPath {SUBJECT} SynCamSubject_1"))["ReturnValue"]
+        )["actor"]
         colour = mask_colour(1)
         req(f"vset /object/{actor}/color {colour[0]} {colour[1]} {colour[2]}")
         w, h = spec.width, spec.height
@@ -232,21 +273,25 @@ def run_per_request(port: int, read_stats, spec: SceneSpec, before: dict) -> Res
         cam = Camera(w, h, spec.cameras[0].fx, spec.cameras[0].fy, w / 2, h / 2)
         with tempfile.TemporaryDirectory() as tmp:
             out = SceneOutput(Path(tmp) / "bench", fps=spec.fps)
-            for cid, sid, _, _ in poses:
+            for _, sid, _, _ in poses:
                 out.add_camera(sid, cam)
             wall0, cpu0 = time.perf_counter(), time.process_time()
             finished = []
             for k in tqdm(range(spec.num_frames), desc="one request per command", leave=False):
                 s = spec.subjects[0]
                 xyz, yaw = s.trajectory.pose(k, spec.num_frames)
-                req(f"vbp SynCamFrameSync SetActorTransformCm {actor} {fnums([xyz[0] * 100, -xyz[1] * 100, xyz[2] * 100, 0, -yaw, 0, 1])}")
+                req(
+                    f"vbp SynCamFrameSync SetActorTransformCm {actor} {fnums([xyz[0] * 100, -xyz[1] * 100, xyz[2] * 100, 0, -yaw, 0, 1])}"
+                )
                 req(f"vbp SynCamFrameSync SetAnimationPose {actor} {CLIP} {fnum(s.animation_time(k, spec.fps), 6)} 1")
                 for cid, sid, loc, rot in poses:
                     req(f"vset /camera/{cid}/location {fnums(loc)}")
                     req(f"vset /camera/{cid}/rotation {fnums(rot)}")
                     rgb = decode_image(as_bytes(req(f"vget /camera/{cid}/lit bmp")), "lit")
                     depth = decode_depth(as_bytes(req(f"vget /camera/{cid}/depth npy")), cam, "plane", "depth")
-                    ids = decode_ids(decode_image(as_bytes(req(f"vget /camera/{cid}/object_mask bmp")), "mask"), {1: colour})
+                    ids = decode_ids(
+                        decode_image(as_bytes(req(f"vget /camera/{cid}/object_mask bmp")), "mask"), {1: colour}
+                    )
                     out.add_frame(sid, rgb, depth=depth, ids=ids)
                 finished.append(time.perf_counter())
             wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
@@ -256,8 +301,14 @@ def run_per_request(port: int, read_stats, spec: SceneSpec, before: dict) -> Res
             c.disconnect()
     frames = spec.num_frames
     stats = read_stats(before["captures"] + 3 * len(spec.cameras) * frames)
-    return Result("one request per command", frames, wall / frames, steady([wall0, *finished]), *deltas(stats, before, frames),
-                  cpu / frames / len(spec.cameras) * 1000)
+    return Result(
+        "one request per command",
+        frames,
+        wall / frames,
+        steady([wall0, *finished]),
+        *deltas(stats, before, frames),
+        cpu / frames / len(spec.cameras) * 1000,
+    )
 
 
 def main() -> None:
@@ -268,8 +319,15 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=5, help="frames rendered by the backend")
     ap.add_argument("--baseline-frames", type=int, default=2, help="frames of the one-request-per-command loop")
     ap.add_argument("--capture-delay", type=float, default=0.02, help="simulated server capture cost per image (s)")
-    ap.add_argument("--tick-ms", type=float, default=1000.0 / 60.0, help="engine frame time: requests run on tick boundaries")
-    ap.add_argument("--revision", choices=("2024", "head"), default="2024", help="stand-in's vbatch: before commit 1f64480 (2024) or at head")
+    ap.add_argument(
+        "--tick-ms", type=float, default=1000.0 / 60.0, help="engine frame time: requests run on tick boundaries"
+    )
+    ap.add_argument(
+        "--revision",
+        choices=("2024", "head"),
+        default="2024",
+        help="stand-in's vbatch: before commit 1f64480 (2024) or at head",
+    )
     ap.add_argument("--out", type=Path, default=None, help="also write the markdown table to this file")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -170,14 +171,14 @@ class Camera:
         return np.stack([uu, vv], axis=-1)
 
     # --- media edits -----------------------------------------------------
-    def resized(self, width: int, height: int) -> "Camera":
+    def resized(self, width: int, height: int) -> Camera:
         sx, sy = width / self.width, height / self.height
         return Camera(width, height, self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy, self.c2w.copy())
 
-    def cropped(self, x0: float, y0: float, width: int, height: int) -> "Camera":
+    def cropped(self, x0: float, y0: float, width: int, height: int) -> Camera:
         return Camera(width, height, self.fx, self.fy, self.cx - x0, self.cy - y0, self.c2w.copy())
 
-    def resize_center_crop(self, width: int, height: int) -> "Camera":
+    def resize_center_crop(self, width: int, height: int) -> Camera:
         """Scale so the image covers (width, height), then crop the centre (as the loader does)."""
         s = max(width / self.width, height / self.height)
         rw, rh = max(width, round(self.width * s)), max(height, round(self.height * s))
@@ -199,7 +200,7 @@ class Camera:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Camera":
+    def from_dict(cls, d: dict[str, Any]) -> Camera:
         try:
             return cls(d["width"], d["height"], d["fx"], d["fy"], d["cx"], d["cy"], d["c2w"])
         except KeyError as e:
@@ -207,6 +208,7 @@ class Camera:
 
 
 # --- intrinsics helpers ------------------------------------------------------
+
 
 def focal_from_hfov(width: int, hfov_deg: float) -> float:
     """Unreal's FOV is horizontal: fx = W / (2 tan(hfov/2))."""
@@ -231,12 +233,15 @@ def intrinsics_from_hfov(width: int, height: int, hfov_deg: float) -> tuple[floa
     return f, f, width / 2.0, height / 2.0
 
 
-def intrinsics_from_filmback(width: int, height: int, focal_mm: float, sensor_width_mm: float) -> tuple[float, float, float, float]:
+def intrinsics_from_filmback(
+    width: int, height: int, focal_mm: float, sensor_width_mm: float
+) -> tuple[float, float, float, float]:
     f = focal_from_filmback(width, focal_mm, sensor_width_mm)
     return f, f, width / 2.0, height / 2.0
 
 
 # --- look-at and rigs ---------------------------------------------------------
+
 
 def look_at(eye: Sequence[float], target: Sequence[float], up: Sequence[float] = (0.0, 0.0, 1.0)) -> np.ndarray:
     """OpenCV c2w (3x4) for a camera at ``eye`` looking at ``target`` with world ``up`` on screen-up."""
@@ -254,7 +259,9 @@ def look_at(eye: Sequence[float], target: Sequence[float], up: Sequence[float] =
     return np.hstack([np.stack([x, y, z], axis=1), eye_a[:, None]])
 
 
-def spherical_position(center: Sequence[float], distance: float, elevation_deg: float, azimuth_deg: float) -> np.ndarray:
+def spherical_position(
+    center: Sequence[float], distance: float, elevation_deg: float, azimuth_deg: float
+) -> np.ndarray:
     """Point at ``distance`` from ``center``; azimuth from +X towards +Y, elevation above the XY plane."""
     el, az = math.radians(elevation_deg), math.radians(azimuth_deg)
     d = np.array([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)])
@@ -304,11 +311,17 @@ def sample_rig(
         el = float(rng.uniform(*rig.elevation))
         az = float(rng.uniform(*rig.azimuth))
         eye = spherical_position(center, d, el, az)
-        out.append((Camera(width, height, fx, fy, cx, cy, look_at(eye, center)), {"distance": d, "elevation": el, "azimuth": az}))
+        out.append(
+            (
+                Camera(width, height, fx, fy, cx, cy, look_at(eye, center)),
+                {"distance": d, "elevation": el, "azimuth": az},
+            )
+        )
     return out
 
 
 # --- relative poses (model input) and angles --------------------------------
+
 
 def relative_pose(c2w_ref: np.ndarray, c2w: np.ndarray) -> np.ndarray:
     """inv(c2w_ref) . c2w as 3x4."""
@@ -346,6 +359,7 @@ def relative_angle(c2w_a: np.ndarray, c2w_b: np.ndarray) -> float:
 
 # --- Unreal Engine -------------------------------------------------------------
 
+
 def ue_rotator_axes(pitch: float, yaw: float, roll: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rows of FRotationMatrix(pitch, yaw, roll): forward, right, up in UE world coordinates."""
     p, y, r = (math.radians(a) for a in (pitch, yaw, roll))
@@ -356,7 +370,9 @@ def ue_rotator_axes(pitch: float, yaw: float, roll: float) -> tuple[np.ndarray, 
     return forward, right, up
 
 
-def c2w_from_ue_axes(forward: np.ndarray, right: np.ndarray, up: np.ndarray, location_cm: Sequence[float]) -> np.ndarray:
+def c2w_from_ue_axes(
+    forward: np.ndarray, right: np.ndarray, up: np.ndarray, location_cm: Sequence[float]
+) -> np.ndarray:
     """Canonical c2w from UE axis vectors and a location in cm (left-handed world)."""
     S = UE_MIRROR
     R = np.stack([S @ np.asarray(right, float), -(S @ np.asarray(up, float)), S @ np.asarray(forward, float)], axis=1)
@@ -441,6 +457,7 @@ def orthonormal_row(v: np.ndarray) -> np.ndarray:
 
 # --- OpenGL / Blender / nerfstudio ---------------------------------------------
 
+
 def c2w_from_opengl(c2w_gl: np.ndarray) -> np.ndarray:
     """OpenGL c2w (camera looks -z, +y up) -> OpenCV c2w: right-multiply by diag(1,-1,-1)."""
     m = _as_pose(c2w_gl).copy()
@@ -458,6 +475,7 @@ c2w_to_blender = c2w_to_opengl
 
 
 # --- RealEstate10K ---------------------------------------------------------------
+
 
 def parse_realestate10k_line(line: str, width: int, height: int) -> tuple[int, Camera]:
     """One RealEstate10K pose line -> (timestamp_us, Camera for a width x height image).
@@ -487,7 +505,15 @@ def parse_realestate10k_line(line: str, width: int, height: int) -> tuple[int, C
 def format_realestate10k_line(timestamp_us: int, cam: Camera) -> str:
     """Inverse of :func:`parse_realestate10k_line`."""
     w2c = cam.w2c()
-    vals = [cam.fx / cam.width, cam.fy / cam.height, cam.cx / cam.width, cam.cy / cam.height, 0.0, 0.0, *w2c.reshape(-1)]
+    vals = [
+        cam.fx / cam.width,
+        cam.fy / cam.height,
+        cam.cx / cam.width,
+        cam.cy / cam.height,
+        0.0,
+        0.0,
+        *w2c.reshape(-1),
+    ]
     return " ".join([str(int(timestamp_us))] + [f"{v:.9f}" for v in vals])
 
 

@@ -9,7 +9,8 @@ command-line flag that sets it, so a bad value is reported as one line naming th
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, Mapping, get_args, get_origin
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 

@@ -24,9 +24,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tqdm import tqdm
 
@@ -92,7 +93,9 @@ class Demo:
         self.commands_file = self.out / "commands.sh"
 
     # --- running public commands -------------------------------------------
-    def run(self, stage: Stage, args: list[str], check: bool = True, allowed_codes: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess:
+    def run(
+        self, stage: Stage, args: list[str], check: bool = True, allowed_codes: tuple[int, ...] = (0,)
+    ) -> subprocess.CompletedProcess:
         """Run ``args`` (first item a console script) as a user would; record it."""
         exe = self.bin / args[0]
         cmd = [str(exe) if exe.exists() else args[0], *args[1:]]
@@ -139,18 +142,59 @@ class Demo:
     # --- stages ------------------------------------------------------------
     def render_scenes(self, st: Stage) -> None:
         c = self.cfg
-        self.run(st, ["syncam-data", "render", "--scenes", str(c.scenes), "--backend", "blender", "--cameras", str(c.cameras),
-                      "--frames", str(c.frames), "--fps", "8", "--resolution", f"{c.height}x{c.width}", "--samples", str(c.samples),
-                      "--seed", str(c.seed), "--workers", str(c.workers), "--out", str(self.out / "renders")])
-        st.outputs["scenes"] = sorted(p.name for p in (self.out / "renders").iterdir() if p.is_dir() and not p.name.startswith("."))
+        self.run(
+            st,
+            [
+                "syncam-data",
+                "render",
+                "--scenes",
+                str(c.scenes),
+                "--backend",
+                "blender",
+                "--cameras",
+                str(c.cameras),
+                "--frames",
+                str(c.frames),
+                "--fps",
+                "8",
+                "--resolution",
+                f"{c.height}x{c.width}",
+                "--samples",
+                str(c.samples),
+                "--seed",
+                str(c.seed),
+                "--workers",
+                str(c.workers),
+                "--out",
+                str(self.out / "renders"),
+            ],
+        )
+        st.outputs["scenes"] = sorted(
+            p.name for p in (self.out / "renders").iterdir() if p.is_dir() and not p.name.startswith(".")
+        )
 
     def render_sequences(self, st: Stage) -> None:
         """The shipped explicit specs (syncam_data/catalog/demo_sequences.jsonl): a camera moving along an arc around a
         frozen scene (one camera per video frame), a static camera watching a walking subject, and a static camera on a
         scene without subjects."""
         path = sequence_specs_path()
-        self.run(st, ["syncam-data", "render", "--scenes", str(path), "--backend", "blender", "--samples", str(self.cfg.samples),
-                      "--workers", str(self.cfg.workers), "--out", str(self.out / "sequences")])
+        self.run(
+            st,
+            [
+                "syncam-data",
+                "render",
+                "--scenes",
+                str(path),
+                "--backend",
+                "blender",
+                "--samples",
+                str(self.cfg.samples),
+                "--workers",
+                str(self.cfg.workers),
+                "--out",
+                str(self.out / "sequences"),
+            ],
+        )
         st.outputs["specs"] = [json.loads(line)["scene_id"] for line in path.read_text().splitlines() if line.strip()]
 
     def export_posed(self, st: Stage) -> None:
@@ -158,8 +202,26 @@ class Demo:
         arc = str(self.out / "sequences" / "sequence_arc")
         posed = self.out / "posed"
         for args in (
-            ["--format", "realestate10k", "--frames-as", "video", "--id", "demo_arc_video", "--out", str(posed / "realestate10k" / "train")],
-            ["--format", "realestate10k", "--frames-as", "images", "--id", "demo_arc_frames", "--out", str(posed / "realestate10k" / "test")],
+            [
+                "--format",
+                "realestate10k",
+                "--frames-as",
+                "video",
+                "--id",
+                "demo_arc_video",
+                "--out",
+                str(posed / "realestate10k" / "train"),
+            ],
+            [
+                "--format",
+                "realestate10k",
+                "--frames-as",
+                "images",
+                "--id",
+                "demo_arc_frames",
+                "--out",
+                str(posed / "realestate10k" / "test"),
+            ],
             ["--format", "dl3dv", "--id", "demo_arc", "--out", str(posed / "dl3dv" / "1K")],
             ["--format", "video", "--id", "pan_static_scene", "--out", str(self.out / "web")],
         ):
@@ -168,22 +230,59 @@ class Demo:
 
     def sample_frames(self, st: Stage) -> None:
         for source, root in (("realestate10k", "posed/realestate10k"), ("dl3dv", "posed/dl3dv")):
-            self.run(st, ["syncam-data", "sample-frames", "--source", source, "--root", str(self.out / root),
-                          "--out", str(self.out / "frames" / source), "--views", "3", "--sets-per-sequence", "2",
-                          "--max-gap", "100", "--min-angle", "5", "--seed", str(self.cfg.seed)]
-                          + (["--image-folder", "images"] if source == "dl3dv" else []))
-        st.outputs["groups"] = {s: sorted(p.name for p in (self.out / "frames" / s).iterdir() if p.is_dir()) for s in ("realestate10k", "dl3dv")}
+            self.run(
+                st,
+                [
+                    "syncam-data",
+                    "sample-frames",
+                    "--source",
+                    source,
+                    "--root",
+                    str(self.out / root),
+                    "--out",
+                    str(self.out / "frames" / source),
+                    "--views",
+                    "3",
+                    "--sets-per-sequence",
+                    "2",
+                    "--max-gap",
+                    "100",
+                    "--min-angle",
+                    "5",
+                    "--seed",
+                    str(self.cfg.seed),
+                ]
+                + (["--image-folder", "images"] if source == "dl3dv" else []),
+            )
+        st.outputs["groups"] = {
+            s: sorted(p.name for p in (self.out / "frames" / s).iterdir() if p.is_dir())
+            for s in ("realestate10k", "dl3dv")
+        }
 
     def web_videos(self, st: Stage) -> None:
         web = self.out / "web"
         web.mkdir(parents=True, exist_ok=True)
         seqs = self.out / "sequences"
-        shutil.copyfile(seqs / "web_static_camera_moving_subject" / "videos" / "cam00.mp4", web / "static_camera_moving_subject.mp4")
+        shutil.copyfile(
+            seqs / "web_static_camera_moving_subject" / "videos" / "cam00.mp4", web / "static_camera_moving_subject.mp4"
+        )
         shutil.copyfile(seqs / "web_static_scene" / "videos" / "cam00.mp4", web / "static_scene.mp4")
         good = (web / "static_camera_moving_subject.mp4").read_bytes()
         (web / "corrupt.mp4").write_bytes(good[:CORRUPT_BYTES])
         st.outputs["videos"] = sorted(p.name for p in web.glob("*.mp4"))
-        self.run(st, ["syncam-data", "filter-videos", str(web), "--out", str(self.out / "filter"), "--min-short-side", "64", "--debug"])
+        self.run(
+            st,
+            [
+                "syncam-data",
+                "filter-videos",
+                str(web),
+                "--out",
+                str(self.out / "filter"),
+                "--min-short-side",
+                "64",
+                "--debug",
+            ],
+        )
         import pyarrow.parquet as pq
 
         t = pq.read_table(self.out / "filter" / "scores.parquet").to_pylist()
@@ -193,25 +292,95 @@ class Demo:
 
     def build_shards(self, st: Stage) -> None:
         shards = self.out / "shards"
-        self.run(st, ["syncam-data", "build-shards", "--out", str(shards), "--renders", str(self.out / "renders"),
-                      "--frames", str(self.out / "frames" / "realestate10k"), "--frames", str(self.out / "frames" / "dl3dv"),
-                      "--videos", str(self.out / "filter" / "scores.parquet"), "--shard-size", "8MB", "--row-group-size", "2MB"])
+        self.run(
+            st,
+            [
+                "syncam-data",
+                "build-shards",
+                "--out",
+                str(shards),
+                "--renders",
+                str(self.out / "renders"),
+                "--frames",
+                str(self.out / "frames" / "realestate10k"),
+                "--frames",
+                str(self.out / "frames" / "dl3dv"),
+                "--videos",
+                str(self.out / "filter" / "scores.parquet"),
+                "--shard-size",
+                "8MB",
+                "--row-group-size",
+                "2MB",
+            ],
+        )
         self.run(st, ["syncam-data", "validate", str(shards)])
-        self.run(st, ["syncam-data", "inspect", str(shards), "--json", str(self.out / "inspect.json"), "--plot", str(self.out / "cameras.png")])
+        self.run(
+            st,
+            [
+                "syncam-data",
+                "inspect",
+                str(shards),
+                "--json",
+                str(self.out / "inspect.json"),
+                "--plot",
+                str(self.out / "cameras.png"),
+            ],
+        )
         st.outputs["inspect"] = json.loads((self.out / "inspect.json").read_text())
 
     def evaluate(self, st: Stage) -> None:
-        self.run(st, ["syncam-data", "eval", str(self.out / "shards"), "--out", str(self.out / "eval"), "--frames", "2", "--sift-contrast", "0.02"])
+        self.run(
+            st,
+            [
+                "syncam-data",
+                "eval",
+                str(self.out / "shards"),
+                "--out",
+                str(self.out / "eval"),
+                "--frames",
+                "2",
+                "--sift-contrast",
+                "0.02",
+            ],
+        )
         st.outputs["summary"] = json.loads((self.out / "eval" / "summary.json").read_text())
 
     def train(self, st: Stage) -> None:
         c = self.cfg
         run = self.out / "train"
-        common = ["--shards", str(self.out / "shards"), "--pretrained", "tiny", "--out", str(run), "--config", "tiny", "--seed", str(c.seed),
-                  "--set", f"checkpoint.every={c.train_steps}", "--set", "checkpoint.keep=2", "--set", "data.num_views=2", "--set", "curriculum.schedule=" + json.dumps(self._curriculum())]
+        common = [
+            "--shards",
+            str(self.out / "shards"),
+            "--pretrained",
+            "tiny",
+            "--out",
+            str(run),
+            "--config",
+            "tiny",
+            "--seed",
+            str(c.seed),
+            "--set",
+            f"checkpoint.every={c.train_steps}",
+            "--set",
+            "checkpoint.keep=2",
+            "--set",
+            "data.num_views=2",
+            "--set",
+            "curriculum.schedule=" + json.dumps(self._curriculum()),
+        ]
         # a first job that stops part-way (as a time-boxed cluster job would) right after a checkpoint,
         # then the same command resumed
-        self.run(st, ["syncam-train", *common, "--steps", str(c.train_steps + c.resume_steps), "--stop-after", str(c.train_steps)])
+        self.run(
+            st,
+            [
+                "syncam-train",
+                *common,
+                "--steps",
+                str(c.train_steps + c.resume_steps),
+                "--stop-after",
+                str(c.train_steps),
+            ],
+        )
         self.run(st, ["syncam-train", *common, "--steps", str(c.train_steps + c.resume_steps), "--resume", "latest"])
         st.outputs["log"] = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
         st.outputs["checkpoint"] = str((run / "checkpoints" / "latest").resolve())
@@ -219,16 +388,44 @@ class Demo:
     def _curriculum(self) -> list[dict[str, float]]:
         """The paper's three windows, compressed onto the demo's few steps."""
         n = self.cfg.train_steps + self.cfg.resume_steps
-        return [{"start_step": 0, "min_angle": 0, "max_angle": 60},
-                {"start_step": n // 3, "min_angle": 30, "max_angle": 90},
-                {"start_step": 2 * n // 3, "min_angle": 60, "max_angle": 120}]
+        return [
+            {"start_step": 0, "min_angle": 0, "max_angle": 60},
+            {"start_step": n // 3, "min_angle": 30, "max_angle": 90},
+            {"start_step": 2 * n // 3, "min_angle": 60, "max_angle": 120},
+        ]
 
     def generate(self, st: Stage) -> None:
         ck = self.out / "train" / "checkpoints" / "latest" / "adapter.safetensors"
-        self.run(st, ["syncam-generate", "--pretrained", "tiny", "--checkpoint", str(ck), "--prompt", PROMPT,
-                      "--cameras", "azimuth:0,40,80", "--frames", "9", "--resolution", "32x48", "--steps", "10",
-                      "--device", "cpu", "--seed", str(self.cfg.seed), "--out", str(self.out / "generate"), "--overwrite"])
-        st.outputs["files"] = sorted(str(p.relative_to(self.out)) for p in (self.out / "generate").rglob("*") if p.is_file())
+        self.run(
+            st,
+            [
+                "syncam-generate",
+                "--pretrained",
+                "tiny",
+                "--checkpoint",
+                str(ck),
+                "--prompt",
+                PROMPT,
+                "--cameras",
+                "azimuth:0,40,80",
+                "--frames",
+                "9",
+                "--resolution",
+                "32x48",
+                "--steps",
+                "10",
+                "--device",
+                "cpu",
+                "--seed",
+                str(self.cfg.seed),
+                "--out",
+                str(self.out / "generate"),
+                "--overwrite",
+            ],
+        )
+        st.outputs["files"] = sorted(
+            str(p.relative_to(self.out)) for p in (self.out / "generate").rglob("*") if p.is_file()
+        )
 
     def report(self, st: Stage) -> None:
         from syncam_data.demo_report import write_report
@@ -252,7 +449,9 @@ class Demo:
 
     def run_all(self) -> list[Stage]:
         self.out.mkdir(parents=True, exist_ok=True)
-        self.commands_file.write_text("#!/usr/bin/env bash\n# Commands the SynCam demo ran ($OUT is the demo's output folder).\nset -e\n")
+        self.commands_file.write_text(
+            "#!/usr/bin/env bash\n# Commands the SynCam demo ran ($OUT is the demo's output folder).\nset -e\n"
+        )
         plan = self.plan()
         bar = tqdm(plan, desc="demo", unit="stage", dynamic_ncols=True)
         for name, title, fn in bar:
@@ -269,4 +468,3 @@ class Demo:
 
 def run_demo(cfg: DemoConfig) -> list[Stage]:
     return Demo(cfg).run_all()
-

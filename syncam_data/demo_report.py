@@ -85,7 +85,17 @@ def source_sheets(out: Path) -> list[dict[str, Any]]:
         sheet = _tile(imgs, cols=min(6, len(imgs)), height=180 if kind != "multiview_image" else 110)
         path = _save_png(out / ASSETS / f"source_{ds}_{kind}.png", sheet)
         caption = r.row(rows[0])["caption"]
-        sheets.append({"dataset": ds, "kind": kind, "group": gid, "views": len(rows), "png": path, "labels": labels, "caption": caption})
+        sheets.append(
+            {
+                "dataset": ds,
+                "kind": kind,
+                "group": gid,
+                "views": len(rows),
+                "png": path,
+                "labels": labels,
+                "caption": caption,
+            }
+        )
     return sheets
 
 
@@ -251,7 +261,9 @@ def to_html(sections: list[Section]) -> str:
             elif isinstance(b, Table):
                 head = "".join(f"<th>{html.escape(h)}</th>" for h in b.header)
                 rows = "".join(
-                    "<tr>" + "".join(f"<td{f' class={c.css}' if c.css else ''}>{_inline_html(c.parts)}</td>" for c in row) + "</tr>"
+                    "<tr>"
+                    + "".join(f"<td{f' class={c.css}' if c.css else ''}>{_inline_html(c.parts)}</td>" for c in row)
+                    + "</tr>"
                     for row in b.rows
                 )
                 body.append(f"<table><tr>{head}</tr>{rows}</table>")
@@ -262,11 +274,15 @@ def to_html(sections: list[Section]) -> str:
                 body.append(f"<pre>{html.escape(b.text)}</pre>")
             elif isinstance(b, Video):
                 body.append(f"<p><video src='{html.escape(b.src)}' controls loop></video></p>")
-    css = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse;margin:1em 0}"
-           "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px;vertical-align:top}.ok{color:#070}.bad{color:#b00}"
-           "img{max-width:100%}code{font-size:12px}.cap{color:#555;font-size:13px}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{TITLE}</title><style>{css}</style></head>"
-            f"<body><h1>{TITLE}</h1>{''.join(body)}</body></html>")
+    css = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px;vertical-align:top}.ok{color:#070}.bad{color:#b00}"
+        "img{max-width:100%}code{font-size:12px}.cap{color:#555;font-size:13px}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{TITLE}</title><style>{css}</style></head>"
+        f"<body><h1>{TITLE}</h1>{''.join(body)}</body></html>"
+    )
 
 
 def to_markdown(sections: list[Section]) -> str:
@@ -297,14 +313,27 @@ def to_markdown(sections: list[Section]) -> str:
 def _stages_section(stages: list[Any]) -> Section:
     total = sum(s.seconds for s in stages)
     rows = tuple(
-        (_cell(s.title), _cell(f"{s.seconds:.1f}"), _cell("ok" if s.ok else f"FAILED: {s.error or 'failed'}", css="ok" if s.ok else "bad"),
-         _cell(Code("\n".join(s.commands))) if s.commands else _cell(""))
+        (
+            _cell(s.title),
+            _cell(f"{s.seconds:.1f}"),
+            _cell("ok" if s.ok else f"FAILED: {s.error or 'failed'}", css="ok" if s.ok else "bad"),
+            _cell(Code("\n".join(s.commands))) if s.commands else _cell(""),
+        )
         for s in stages
     )
-    return Section("Stages", [
-        Para((f"Total {total:.0f} s on {platform.platform()}, {os.cpu_count()} CPU cores. Every command is in ", Code("commands.sh"), ".")),
-        Table(("stage", "seconds", "status", "commands"), rows),
-    ])
+    return Section(
+        "Stages",
+        [
+            Para(
+                (
+                    f"Total {total:.0f} s on {platform.platform()}, {os.cpu_count()} CPU cores. Every command is in ",
+                    Code("commands.sh"),
+                    ".",
+                )
+            ),
+            Table(("stage", "seconds", "status", "commands"), rows),
+        ],
+    )
 
 
 def _dataset_section(out: Path) -> Section | None:
@@ -313,18 +342,36 @@ def _dataset_section(out: Path) -> Section | None:
         return None
     s = json.loads(insp_path.read_text())
     rows = tuple(
-        (_cell(k), _cell(str(v["groups"])), _cell(str(v["views"])), _cell(f"{v['media_mb']:.2f}"), _cell(f"{v['caption_coverage']:.0%}"),
-         _cell(f"{v['camera_coverage']:.0%}"))
+        (
+            _cell(k),
+            _cell(str(v["groups"])),
+            _cell(str(v["views"])),
+            _cell(f"{v['media_mb']:.2f}"),
+            _cell(f"{v['caption_coverage']:.0%}"),
+            _cell(f"{v['camera_coverage']:.0%}"),
+        )
         for k, v in s["by_source"].items()
     )
-    sec = Section("Dataset", [
-        Para((f"{s['views']} views in {s['groups']} groups, {s['shards']} shard(s); resolutions {json.dumps(s['resolutions'])}; "
-              f"frames per view {json.dumps(s['frames'])}. ", Code("syncam-data validate"), " passed.")),
-        Table(("dataset/kind", "groups", "views", "MB", "captions", "cameras"), rows),
-    ])
+    sec = Section(
+        "Dataset",
+        [
+            Para(
+                (
+                    f"{s['views']} views in {s['groups']} groups, {s['shards']} shard(s); resolutions {json.dumps(s['resolutions'])}; "
+                    f"frames per view {json.dumps(s['frames'])}. ",
+                    Code("syncam-data validate"),
+                    " passed.",
+                )
+            ),
+            Table(("dataset/kind", "groups", "views", "MB", "captions", "cameras"), rows),
+        ],
+    )
     cam = out / "cameras.png"
     if cam.exists():
-        sec.blocks += [Heading(("Camera rigs (", Code("syncam-data inspect"), ")")), Image(_rel(out, cam), "camera rigs", "max-width:100%")]
+        sec.blocks += [
+            Heading(("Camera rigs (", Code("syncam-data inspect"), ")")),
+            Image(_rel(out, cam), "camera rigs", "max-width:100%"),
+        ]
     return sec
 
 
@@ -356,13 +403,27 @@ def _filter_section(out: Path, st: Any) -> Section | None:
     rows = []
     for d in st.outputs["decisions"]:
         why = (d["reason"] or "") + (f" ({d['error'][:80]})" if d.get("error") else "")
-        rows.append((_cell(Path(d["path"]).name), _cell(d["status"], css="ok" if d["status"] == "kept" else "bad"), _cell(why),
-                     _cell(fmt(d["subject_motion"])), _cell(fmt(d["camera_motion"]))))
-    sec = Section("Web-video filter decisions", [
-        Para(("Kept when camera motion is below the camera threshold and subject motion above the subject threshold "
-              "(both in frame diagonals per second).",)),
-        Table(("video", "status", "reason", "subject motion", "camera motion"), tuple(rows)),
-    ])
+        rows.append(
+            (
+                _cell(Path(d["path"]).name),
+                _cell(d["status"], css="ok" if d["status"] == "kept" else "bad"),
+                _cell(why),
+                _cell(fmt(d["subject_motion"])),
+                _cell(fmt(d["camera_motion"])),
+            )
+        )
+    sec = Section(
+        "Web-video filter decisions",
+        [
+            Para(
+                (
+                    "Kept when camera motion is below the camera threshold and subject motion above the subject threshold "
+                    "(both in frame diagonals per second).",
+                )
+            ),
+            Table(("video", "status", "reason", "subject motion", "camera motion"), tuple(rows)),
+        ],
+    )
     dbg = sorted((out / "filter" / "debug").glob("*.png")) if (out / "filter" / "debug").exists() else []
     if dbg:
         sec.blocks.append(Heading(("Debug images (tracks coloured by motion)",)))
@@ -374,11 +435,17 @@ def _eval_section(st: Any) -> Section | None:
     if not (st and st.outputs.get("summary")):
         return None
     summ = st.outputs["summary"]
-    pretty = json.dumps({k: v for k, v in summ.items() if not isinstance(v, (list, dict)) or k in ("overall", "matching", "cameras")}, indent=1)[:3000]
-    return Section("Cross-view consistency (syncam-data eval)", [
-        Para(("Full report: ", Link("eval/report.html", "eval/report.html"), ".")),
-        Pre(pretty, "json"),
-    ])
+    pretty = json.dumps(
+        {k: v for k, v in summ.items() if not isinstance(v, (list, dict)) or k in ("overall", "matching", "cameras")},
+        indent=1,
+    )[:3000]
+    return Section(
+        "Cross-view consistency (syncam-data eval)",
+        [
+            Para(("Full report: ", Link("eval/report.html", "eval/report.html"), ".")),
+            Pre(pretty, "json"),
+        ],
+    )
 
 
 def _train_section(out: Path, st: Any) -> Section | None:
@@ -388,11 +455,21 @@ def _train_section(out: Path, st: Any) -> Section | None:
     lp = loss_plot(out, recs)
     losses = [r for r in recs if "loss" in r]
     first, last = (losses[0], losses[-1]) if losses else ({}, {})
-    sec = Section("Training", [Para((
-        f"{len(losses)} logged steps; loss {first.get('loss', float('nan')):.4f} at step {first.get('step')} -> "
-        f"{last.get('loss', float('nan')):.4f} at step {last.get('step')}. The run stopped part-way and was resumed with ",
-        Code("--resume latest"), " (dashed line). Checkpoint: ", Code(_rel(out, st.outputs.get("checkpoint", ""))), ".",
-    ))])
+    sec = Section(
+        "Training",
+        [
+            Para(
+                (
+                    f"{len(losses)} logged steps; loss {first.get('loss', float('nan')):.4f} at step {first.get('step')} -> "
+                    f"{last.get('loss', float('nan')):.4f} at step {last.get('step')}. The run stopped part-way and was resumed with ",
+                    Code("--resume latest"),
+                    " (dashed line). Checkpoint: ",
+                    Code(_rel(out, st.outputs.get("checkpoint", ""))),
+                    ".",
+                )
+            )
+        ],
+    )
     if lp:
         sec.blocks.append(Image(_rel(out, lp), "loss"))
     return sec
@@ -402,13 +479,21 @@ def _generate_section(out: Path, st: Any) -> Section | None:
     gs = generated_sheet(out) if st and st.ok else None
     if not gs:
         return None
-    return Section("Generated multi-view grid (syncam-generate)", [
-        Para(("Three synchronized views (azimuth 0°, 40°, 80°) from the tiny, randomly initialized model trained for a few dozen "
-              "CPU steps: the output is noise-like, as expected; with real CogVideoX weights (", Code("--pretrained PATH"), ") the "
-              "same command produces real videos. Rows: frames 0, middle, last; columns: views.")),
-        Image(_rel(out, gs), "generated", "image-rendering:pixelated;width:60%"),
-        Video("generate/grid.mp4"),
-    ])
+    return Section(
+        "Generated multi-view grid (syncam-generate)",
+        [
+            Para(
+                (
+                    "Three synchronized views (azimuth 0°, 40°, 80°) from the tiny, randomly initialized model trained for a few dozen "
+                    "CPU steps: the output is noise-like, as expected; with real CogVideoX weights (",
+                    Code("--pretrained PATH"),
+                    ") the same command produces real videos. Rows: frames 0, middle, last; columns: views.",
+                )
+            ),
+            Image(_rel(out, gs), "generated", "image-rendering:pixelated;width:60%"),
+            Video("generate/grid.mp4"),
+        ],
+    )
 
 
 def build_report(out: Path, stages: list[Any]) -> list[Section]:

@@ -16,8 +16,9 @@ import re
 import socket
 import time
 import traceback
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
+from typing import Any, Literal
 
 from tqdm import tqdm
 
@@ -51,7 +52,9 @@ def _call(fn: Callable[[Any], Any], item: Any) -> TaskResult:
     try:
         return TaskResult(item, fn(item), seconds=time.perf_counter() - t0)
     except Exception as e:  # per-item failure: recorded, the job goes on
-        return TaskResult(item, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(), seconds=time.perf_counter() - t0)
+        return TaskResult(
+            item, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(), seconds=time.perf_counter() - t0
+        )
 
 
 def run_tasks(
@@ -116,7 +119,9 @@ def ray_init(address: str | None = None, num_cpus: int | None = None) -> Any:
     try:
         import ray
     except ImportError:
-        raise EngineError("--engine ray needs Ray: pip install -e '.[ray]' in the SynCam checkout (scripts/setup.sh installs it)") from None
+        raise EngineError(
+            "--engine ray needs Ray: pip install -e '.[ray]' in the SynCam checkout (scripts/setup.sh installs it)"
+        ) from None
     if not ray.is_initialized():
         kw: dict[str, Any] = dict(ignore_reinit_error=True, log_to_driver=False, include_dashboard=False)
         if address:
@@ -150,7 +155,11 @@ def _check_reachable(address: str) -> None:
     m = _HOST_PORT.match(effective.strip())
     if not m:
         return
-    where = f"RAY_ADDRESS={effective} (which overrides --ray-address)" if effective != address else f"--ray-address {address}"
+    where = (
+        f"RAY_ADDRESS={effective} (which overrides --ray-address)"
+        if effective != address
+        else f"--ray-address {address}"
+    )
     try:
         socket.create_connection((m.group(1), int(m.group(2))), timeout=5).close()
     except OSError as e:

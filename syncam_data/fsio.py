@@ -27,16 +27,17 @@ This is the one module that writes files durably; every stage uses it:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
 import os
 import shutil
 import uuid
-import contextlib
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any
 
 
 def tmp_name(path: Path) -> Path:
@@ -71,7 +72,7 @@ def fsync_dir(path: str | os.PathLike) -> None:
 def fsync_tree(root: str | os.PathLike) -> None:
     """fsync every file and folder under ``root`` (deepest first), then ``root`` itself."""
     root = Path(root)
-    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+    for dirpath, _, filenames in os.walk(root, topdown=False):
         for name in filenames:
             p = Path(dirpath) / name
             if not p.is_symlink():
@@ -124,7 +125,9 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         f.write(text)
 
 
-def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2, sort_keys: bool = False, allow_nan: bool = False) -> None:
+def write_json(
+    path: str | os.PathLike, obj: Any, indent: int | None = 2, sort_keys: bool = False, allow_nan: bool = False
+) -> None:
     """JSON written durably; by default strict (NaN and infinity are not JSON: ``ValueError``)."""
     write_text(path, json.dumps(obj, indent=indent, sort_keys=sort_keys, allow_nan=allow_nan, default=str))
 
@@ -221,4 +224,4 @@ def sha256_file(path: str | os.PathLike, chunk: int = 8 << 20) -> str:
 
 def utc_now(timespec: str = "seconds") -> str:
     """The current UTC time in ISO 8601 (``timespec`` as ``datetime.isoformat``: "microseconds" where rows are ordered by it)."""
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec=timespec)
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec=timespec)

@@ -70,4 +70,19 @@ BYTES = Limit("bytes", 64 << 30, "bytes per shard, row group or stored clip")
 FPS = Limit("fps", 1_000, "frames per second")
 SAMPLES = Limit("samples", 65_536, "render samples per pixel")
 
-LIMITS = (FRAMES, SIDE, CAMERAS, SCENES, VIEWS, MODEL_SIDE, MODEL_FRAMES, STEPS, SAMPLING_STEPS, BATCH, WORKERS, BYTES, FPS, SAMPLES)
+LIMITS = (
+    FRAMES,
+    SIDE,
+    CAMERAS,
+    SCENES,
+    VIEWS,
+    MODEL_SIDE,
+    MODEL_FRAMES,
+    STEPS,
+    SAMPLING_STEPS,
+    BATCH,
+    WORKERS,
+    BYTES,
+    FPS,
+    SAMPLES,
+)

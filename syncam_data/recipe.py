@@ -85,7 +85,9 @@ class Recipe(BaseModel):
     @classmethod
     def _no_mix(cls, data: Any) -> Any:
         if isinstance(data, dict) and "mix" in data:
-            raise ValueError("'mix' is not a recipe key: the training mix is a training setting (data.mix of the syncam-train config, docs/train.md)")
+            raise ValueError(
+                "'mix' is not a recipe key: the training mix is a training setting (data.mix of the syncam-train config, docs/train.md)"
+            )
         return data
 
     @field_validator("stages")
@@ -120,7 +122,10 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as e:
-        msgs = "; ".join(f"{'.'.join(str(x) for x in err['loc']) or 'recipe'}: {err['msg'].removeprefix('Value error, ')}" for err in e.errors())
+        msgs = "; ".join(
+            f"{'.'.join(str(x) for x in err['loc']) or 'recipe'}: {err['msg'].removeprefix('Value error, ')}"
+            for err in e.errors()
+        )
         raise RecipeError(f"{p}: {msgs}") from None
 
 
@@ -258,14 +263,24 @@ def plan_recipe(
             raise RecipeError(
                 f"{recipe_path}: --var {key}: the recipe has no variable {key!r} (its variables: {', '.join(sorted(known)) or 'none'})"
             )
-    variables = {"recipe_dir": str(Path(recipe_path).resolve().parent), **{k: str(v) for k, v in recipe.vars.items()}, **(overrides or {})}
+    variables = {
+        "recipe_dir": str(Path(recipe_path).resolve().parent),
+        **{k: str(v) for k, v in recipe.vars.items()},
+        **(overrides or {}),
+    }
     names = [s.name for s in recipe.stages]
     for n in (only or []) + ([start_at] if start_at else []):
         if n not in names:
             raise RecipeError(f"{recipe_path}: no stage named {n!r} (stages: {', '.join(names)})")
-    stages = recipe.stages[names.index(start_at):] if start_at else recipe.stages
-    defaults = {"engine": engine or recipe.engine, "ray_address": ray_address or recipe.ray_address, "workers": workers or recipe.workers}
-    forced = {k: v for k, v in (("engine", engine), ("ray_address", ray_address), ("workers", workers)) if v is not None}
+    stages = recipe.stages[names.index(start_at) :] if start_at else recipe.stages
+    defaults = {
+        "engine": engine or recipe.engine,
+        "ray_address": ray_address or recipe.ray_address,
+        "workers": workers or recipe.workers,
+    }
+    forced = {
+        k: v for k, v in (("engine", engine), ("ray_address", ray_address), ("workers", workers)) if v is not None
+    }
     planned = []
     for st in stages:
         if only and st.name not in only:

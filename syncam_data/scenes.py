@@ -169,7 +169,7 @@ class CameraSpec(_Model):
         return int(limits.SIDE.check(v, info.field_name))
 
     @model_validator(mode="after")
-    def _valid_pose(self) -> "CameraSpec":
+    def _valid_pose(self) -> CameraSpec:
         try:
             self.camera().validate(tol=1e-3)
         except CameraError as e:
@@ -180,8 +180,18 @@ class CameraSpec(_Model):
         return Camera(self.width, self.height, self.fx, self.fy, self.cx, self.cy, self.c2w)
 
     @classmethod
-    def from_camera(cls, cam_id: str, cam: Camera, placement: dict[str, float] | None = None) -> "CameraSpec":
-        return cls(id=cam_id, width=cam.width, height=cam.height, fx=cam.fx, fy=cam.fy, cx=cam.cx, cy=cam.cy, c2w=cam.c2w12(), placement=placement or {})
+    def from_camera(cls, cam_id: str, cam: Camera, placement: dict[str, float] | None = None) -> CameraSpec:
+        return cls(
+            id=cam_id,
+            width=cam.width,
+            height=cam.height,
+            fx=cam.fx,
+            fy=cam.fy,
+            cx=cam.cx,
+            cy=cam.cy,
+            c2w=cam.c2w12(),
+            placement=placement or {},
+        )
 
 
 class SceneSpec(_Model):
@@ -212,7 +222,7 @@ class SceneSpec(_Model):
         return _bounded_field(v, info.field_name)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "SceneSpec":
+    def _consistent(self) -> SceneSpec:
         ids = [c.id for c in self.cameras]
         if len(set(ids)) != len(ids):
             raise ValueError(f"scene {self.scene_id}: duplicate camera ids")
@@ -221,14 +231,16 @@ class SceneSpec(_Model):
             raise ValueError(f"scene {self.scene_id}: duplicate subject instance ids")
         for c in self.cameras:
             if (c.width, c.height) != (self.width, self.height):
-                raise ValueError(f"scene {self.scene_id}: camera {c.id} is {c.width}x{c.height}, scene is {self.width}x{self.height}")
+                raise ValueError(
+                    f"scene {self.scene_id}: camera {c.id} is {c.width}x{c.height}, scene is {self.width}x{self.height}"
+                )
         return self
 
     def to_json(self) -> str:
         return self.model_dump_json()
 
     @classmethod
-    def from_json(cls, text: str, source: str = "<spec>") -> "SceneSpec":
+    def from_json(cls, text: str, source: str = "<spec>") -> SceneSpec:
         try:
             return cls.model_validate_json(text)
         except Exception as e:  # pydantic's ValidationError lists every bad field
@@ -354,9 +366,15 @@ def load_catalog(path: str | Path | None = None, strict: bool = False) -> Catalo
     for p in problems:
         log.error("%s", p)
     if not backgrounds:
-        raise SpecError(f"{path}: no valid backgrounds" + (f" ({len(problems)} invalid entries: {problems[0]} ...)" if problems else ""))
+        raise SpecError(
+            f"{path}: no valid backgrounds"
+            + (f" ({len(problems)} invalid entries: {problems[0]} ...)" if problems else "")
+        )
     if not subjects:
-        raise SpecError(f"{path}: no valid subjects" + (f" ({len(problems)} invalid entries: {problems[0]} ...)" if problems else ""))
+        raise SpecError(
+            f"{path}: no valid subjects"
+            + (f" ({len(problems)} invalid entries: {problems[0]} ...)" if problems else "")
+        )
     return Catalog(
         name=str(data.get("name", path.stem)),
         source=str(path),
@@ -412,7 +430,13 @@ def _resolve_asset(path: Path, entry: BackgroundSpec | CatalogSubject) -> None:
         p = (path.parent / p).resolve()
     entry.asset = str(p)
     if not p.is_file():
-        log.warning("%s: %s %r: asset file %s does not exist (scenes using it will fail)", path, "background" if isinstance(entry, BackgroundSpec) else "subject", entry.id, p)
+        log.warning(
+            "%s: %s %r: asset file %s does not exist (scenes using it will fail)",
+            path,
+            "background" if isinstance(entry, BackgroundSpec) else "subject",
+            entry.id,
+            p,
+        )
 
 
 # --- sampler -----------------------------------------------------------------------------------
@@ -484,7 +508,9 @@ def sample_scene(catalog: Catalog, index: int, seed: int = 0, options: SamplerCo
     return spec
 
 
-def sample_scenes(catalog: Catalog, count: int, seed: int = 0, options: SamplerConfig | None = None, start: int = 0) -> list[SceneSpec]:
+def sample_scenes(
+    catalog: Catalog, count: int, seed: int = 0, options: SamplerConfig | None = None, start: int = 0
+) -> list[SceneSpec]:
     return [sample_scene(catalog, i, seed, options) for i in range(start, start + count)]
 
 
@@ -504,7 +530,9 @@ def _sample_subjects(catalog: Catalog, n: int, opt: SamplerConfig, rng: np.rando
     return placed
 
 
-def _sample_subject(catalog: Catalog, pool: list[CatalogSubject], instance_id: int, opt: SamplerConfig, rng: np.random.Generator) -> SubjectSpec:
+def _sample_subject(
+    catalog: Catalog, pool: list[CatalogSubject], instance_id: int, opt: SamplerConfig, rng: np.random.Generator
+) -> SubjectSpec:
     entry = pool[int(rng.integers(len(pool)))]
     anims = catalog.subject_animations(entry)
     anim = anims[int(rng.integers(len(anims)))].model_copy(deep=True)
@@ -532,7 +560,9 @@ def _sample_trajectory(travel: float, area: float, rng: np.random.Generator) -> 
     if travel < 1e-6:
         r = area * math.sqrt(rng.uniform())
         a = rng.uniform(0, 2 * math.pi)
-        return TrajectorySpec(type="static", start=(r * math.cos(a), r * math.sin(a)), yaw_deg=float(rng.uniform(-180, 180)))
+        return TrajectorySpec(
+            type="static", start=(r * math.cos(a), r * math.sin(a)), yaw_deg=float(rng.uniform(-180, 180))
+        )
     if travel <= 1.6 * area:
         # A straight walk through the area: a midpoint within (area - travel/2) of the centre keeps
         # both ends, and everything between, inside the area (triangle inequality).
@@ -546,7 +576,13 @@ def _sample_trajectory(travel: float, area: float, rng: np.random.Generator) -> 
     # Longer walks go around a circle inside the area.
     radius = float(rng.uniform(0.5, 1.0) * area)
     sign = 1.0 if rng.uniform() < 0.5 else -1.0
-    return TrajectorySpec(type="circle", center=(0.0, 0.0), radius=radius, phase_deg=float(rng.uniform(0, 360)), turns=sign * travel / (2 * math.pi * radius))
+    return TrajectorySpec(
+        type="circle",
+        center=(0.0, 0.0),
+        radius=radius,
+        phase_deg=float(rng.uniform(0, 360)),
+        turns=sign * travel / (2 * math.pi * radius),
+    )
 
 
 def _overlap(a: SubjectSpec, b: SubjectSpec, num_frames: int) -> bool:
@@ -560,8 +596,9 @@ def _overlap(a: SubjectSpec, b: SubjectSpec, num_frames: int) -> bool:
 
 # --- captions ------------------------------------------------------------------------------------
 
+
 def build_caption(spec: SceneSpec) -> str:
-    """"a robot walks and a fox jumps, in a snowy forest" from the catalog descriptions."""
+    """ "a robot walks and a fox jumps, in a snowy forest" from the catalog descriptions."""
     parts = []
     for s in spec.subjects:
         who = s.description.strip() or s.asset_id.replace("_", " ")
@@ -579,6 +616,7 @@ def build_caption(spec: SceneSpec) -> str:
 
 
 # --- explicit spec files -------------------------------------------------------------------------
+
 
 def read_specs_jsonl(path: str | Path) -> list[SceneSpec | SpecError]:
     """One SceneSpec per line; an invalid line becomes a ``SpecError`` naming file and line (the job records it)."""

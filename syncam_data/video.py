@@ -9,10 +9,11 @@ from __future__ import annotations
 import io
 import logging
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO, Iterable, Sequence, Union
+from typing import BinaryIO
 
 import av
 import numpy as np
@@ -21,7 +22,7 @@ from syncam_data import fsio
 
 log = logging.getLogger(__name__)
 
-Source = Union[str, os.PathLike, bytes, BinaryIO]
+Source = str | os.PathLike | bytes | BinaryIO
 
 
 class VideoError(RuntimeError):
@@ -37,7 +38,7 @@ class VideoLimits:
     max_duration_s: float = 4 * 3600.0
     max_decoded_bytes: int = 8 << 30
 
-    def check(self, info: "VideoInfo", name: str) -> None:
+    def check(self, info: VideoInfo, name: str) -> None:
         if info.width * info.height > self.max_pixels:
             raise VideoError(f"{name}: {info.width}x{info.height} exceeds the pixel limit {self.max_pixels}")
         if info.num_frames > self.max_frames:
@@ -136,7 +137,9 @@ def _info_from(container, name: str) -> VideoInfo:
     )
 
 
-def probe(src: Source, limits: VideoLimits | None = DEFAULT_LIMITS, count_frames: bool = False, pixel_format: bool = True) -> VideoInfo:
+def probe(
+    src: Source, limits: VideoLimits | None = DEFAULT_LIMITS, count_frames: bool = False, pixel_format: bool = True
+) -> VideoInfo:
     """Frames, fps, size and codec. ``count_frames`` demuxes packets to count exactly.
 
     ``pixel_format=False`` leaves ``pix_fmt`` None and opens the file 5x faster (no frame is decoded).
@@ -148,7 +151,15 @@ def probe(src: Source, limits: VideoLimits | None = DEFAULT_LIMITS, count_frames
         if count_frames or info.num_frames <= 0:
             stream = container.streams.video[0]
             n = sum(1 for pkt in container.demux(stream) if pkt.size)
-            info = VideoInfo(n, info.fps, info.width, info.height, info.codec, info.duration_s or (n / info.fps if info.fps else 0.0), info.pix_fmt)
+            info = VideoInfo(
+                n,
+                info.fps,
+                info.width,
+                info.height,
+                info.codec,
+                info.duration_s or (n / info.fps if info.fps else 0.0),
+                info.pix_fmt,
+            )
         if info.width <= 0 or info.height <= 0:
             raise VideoError(f"{name}: video stream has no size")
         if limits is not None:
@@ -264,7 +275,9 @@ def count_decoded(src: Source, limits: VideoLimits | None = DEFAULT_LIMITS) -> t
         for frame in container.decode(stream):
             n += 1
             if (frame.width, frame.height) != (info.width, info.height):
-                raise VideoError(f"{name}: frame {n - 1} is {frame.width}x{frame.height}, the stream says {info.width}x{info.height}")
+                raise VideoError(
+                    f"{name}: frame {n - 1} is {frame.width}x{frame.height}, the stream says {info.width}x{info.height}"
+                )
             if limits is not None and n > limits.max_frames:
                 raise VideoError(f"{name}: more than {limits.max_frames} frames")
         if not n:
@@ -276,7 +289,9 @@ def count_decoded(src: Source, limits: VideoLimits | None = DEFAULT_LIMITS) -> t
         container.close()
 
 
-def _decode_sorted(container, stream, info: VideoInfo, wanted: list[int], fmt: dict, name: str, budget: _Budget, frame_bytes: int) -> dict[int, np.ndarray]:
+def _decode_sorted(
+    container, stream, info: VideoInfo, wanted: list[int], fmt: dict, name: str, budget: _Budget, frame_bytes: int
+) -> dict[int, np.ndarray]:
     fps = info.fps or 1.0
     tb = stream.time_base
     start = float(stream.start_time * tb) if (stream.start_time is not None and tb is not None) else 0.0
@@ -356,7 +371,9 @@ def decode_into(
             raise VideoError(f"{name}: negative frame index {wanted[0]}")
         scaler = VideoReformatter()
         got: set[int] = set()
-        for idx, frame in _wanted_frames(container, stream, info, wanted, limits.max_frames if limits is not None else None, name):
+        for idx, frame in _wanted_frames(
+            container, stream, info, wanted, limits.max_frames if limits is not None else None, name
+        ):
             # threads=1: the conversion overlaps the decoder's own threads; swscale's pool only adds hand-offs.
             planes = scaler.reformat(frame, width=sw, height=sh, format="gbrp", threads=1).planes
             first, *dups = slots[idx]
@@ -416,7 +433,9 @@ def _wanted_frames(container, stream, info: VideoInfo, wanted: list[int], max_fr
             return
 
 
-def iter_frames(src: Source, limits: VideoLimits | None = DEFAULT_LIMITS, size: tuple[int, int] | None = None, every: int = 1):
+def iter_frames(
+    src: Source, limits: VideoLimits | None = DEFAULT_LIMITS, size: tuple[int, int] | None = None, every: int = 1
+):
     """Yield (index, RGB uint8 frame) lazily; ``every=k`` keeps every k-th frame."""
     name = _name(src)
     container = _open(src)
@@ -453,8 +472,17 @@ class VideoWriter:
     thread keeps the output bit-reproducible (x264's threaded lookahead is not).
     """
 
-    def __init__(self, target: str | os.PathLike | BinaryIO, width: int, height: int, fps: float = 24.0, crf: int = 18,
-                 preset: str = "medium", gop: int | None = None, lookahead: int | None = None) -> None:
+    def __init__(
+        self,
+        target: str | os.PathLike | BinaryIO,
+        width: int,
+        height: int,
+        fps: float = 24.0,
+        crf: int = 18,
+        preset: str = "medium",
+        gop: int | None = None,
+        lookahead: int | None = None,
+    ) -> None:
         self.width, self.height = int(width), int(height)
         self.frames = 0
         self._container = av.open(target if hasattr(target, "write") else os.fspath(target), mode="w", format="mp4")
@@ -488,7 +516,7 @@ class VideoWriter:
             self._container.close()
             self._container = None
 
-    def __enter__(self) -> "VideoWriter":
+    def __enter__(self) -> VideoWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -523,6 +551,3 @@ def encode(
     path = Path(dst)
     fsio.write_bytes(path, data)
     return path
-
-
-

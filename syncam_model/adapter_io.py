@@ -89,7 +89,12 @@ def check_base(saved: dict[str, Any], current: dict[str, Any], source: str = "ad
                 f"{current.get('pretrained')!r} (same config, different {key})"
             )
     if saved.get("pretrained") != current.get("pretrained"):
-        log.info("%s: base model path differs (%s vs %s) but config and weights match", source, saved.get("pretrained"), current.get("pretrained"))
+        log.info(
+            "%s: base model path differs (%s vs %s) but config and weights match",
+            source,
+            saved.get("pretrained"),
+            current.get("pretrained"),
+        )
 
 
 def _config_diff(a: dict[str, Any], b: dict[str, Any]) -> str:
@@ -113,7 +118,9 @@ def save_adapter(transformer: MultiViewTransformer, path: str | os.PathLike, met
     if "base_id" not in meta:
         raise ValueError("save_adapter: meta must contain 'base_id' (Components.base_id)")
     if CAMERA_RULE_KEY not in meta:
-        raise ValueError(f"save_adapter: meta must contain {CAMERA_RULE_KEY!r} (CameraRule(...).to_meta()): what the camera input means")
+        raise ValueError(
+            f"save_adapter: meta must contain {CAMERA_RULE_KEY!r} (CameraRule(...).to_meta()): what the camera input means"
+        )
     CameraRule.model_validate(meta[CAMERA_RULE_KEY])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -149,7 +156,9 @@ def read_adapter_meta(path: str | os.PathLike) -> dict[str, Any]:
     version = meta.get("format_version")
     if version != ADAPTER_FORMAT_VERSION:
         why = " (format 1 added the camera embedding before the norm; retrain the adapter)" if version == 1 else ""
-        raise AdapterFileError(f"{path}: adapter format_version {version!r}, this SynCam reads {ADAPTER_FORMAT_VERSION}{why}")
+        raise AdapterFileError(
+            f"{path}: adapter format_version {version!r}, this SynCam reads {ADAPTER_FORMAT_VERSION}{why}"
+        )
     return meta
 
 
@@ -184,9 +193,14 @@ def load_adapter(
     meta = read_adapter_meta(path)
     spec = adapter_spec_of(meta, str(path))
     if spec != transformer.spec:
-        diff = ", ".join(f"{k}: file {getattr(spec, k)!r}, model {getattr(transformer.spec, k)!r}"
-                         for k in AdapterSpec.model_fields if getattr(spec, k) != getattr(transformer.spec, k))
-        raise AdapterFileError(f"{path}: built with another module structure ({diff}); build the transformer with the file's adapter_config")
+        diff = ", ".join(
+            f"{k}: file {getattr(spec, k)!r}, model {getattr(transformer.spec, k)!r}"
+            for k in AdapterSpec.model_fields
+            if getattr(spec, k) != getattr(transformer.spec, k)
+        )
+        raise AdapterFileError(
+            f"{path}: built with another module structure ({diff}); build the transformer with the file's adapter_config"
+        )
     try:
         if camera_rule is not None:
             check_rule(meta, camera_rule, str(path))
@@ -204,10 +218,14 @@ def load_adapter(
     own = transformer.adapter_state_dict()
     missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
     if missing or unexpected:
-        raise AdapterFileError(f"{path}: tensor names do not match this transformer (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise AdapterFileError(
+            f"{path}: tensor names do not match this transformer (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     bad = [k for k in own if own[k].shape != tensors[k].shape]
     if bad:
-        raise AdapterFileError(f"{path}: shape mismatch for {bad[0]}: file {tuple(tensors[bad[0]].shape)} vs model {tuple(own[bad[0]].shape)}")
+        raise AdapterFileError(
+            f"{path}: shape mismatch for {bad[0]}: file {tuple(tensors[bad[0]].shape)} vs model {tuple(own[bad[0]].shape)}"
+        )
     result = transformer.base.load_state_dict(tensors, strict=False)
     if result.unexpected_keys:
         raise AdapterFileError(f"{path}: unexpected tensors {result.unexpected_keys[:3]}")

@@ -122,7 +122,9 @@ class LatentCache:
         return f
 
     def has_group(self, group: Group) -> bool:
-        return all(s in self.samples for s in group.sample_ids) and all(caption_key(c) in self.texts for c in set(group.captions))
+        return all(s in self.samples for s in group.sample_ids) and all(
+            caption_key(c) in self.texts for c in set(group.captions)
+        )
 
     def load_views(self, sample_ids: list[str], frames: list[int], caption: str) -> dict[str, torch.Tensor]:
         means, logvars = [], []
@@ -130,7 +132,9 @@ class LatentCache:
             f = self._file(self.samples[sid])
             stored = f.get_tensor(f"{sid}|frames").tolist()
             if stored != list(frames):
-                raise DataError(f"{self.path}: {sid} was cached for frames {stored[:4]}..., the plan wants {list(frames)[:4]}...")
+                raise DataError(
+                    f"{self.path}: {sid} was cached for frames {stored[:4]}..., the plan wants {list(frames)[:4]}..."
+                )
             means.append(f.get_tensor(f"{sid}|mean").float())
             logvars.append(f.get_tensor(f"{sid}|logvar").float())
         key = caption_key(caption)
@@ -204,7 +208,15 @@ def encode_group(g: Group, reader: Any, cfg: TrainConfig, components: Any, view_
         for v, (r, sid) in enumerate(zip(rows, sids)):
             idx = reader.index
             src_hw = (idx.column("height")[r].as_py(), idx.column("width")[r].as_py())
-            decode_view(reader.read_blob(r, "media"), idx.column("media_format")[r].as_py(), frames, hw, sid, src_hw, out=clips[v])
+            decode_view(
+                reader.read_blob(r, "media"),
+                idx.column("media_format")[r].as_py(),
+                frames,
+                hw,
+                sid,
+                src_hw,
+                out=clips[v],
+            )
         video = torch.from_numpy(clips).float().div_(127.5).sub_(1.0)
         mean, logvar = encode_video_dist(components, video)
         for i, sid in enumerate(sids):
@@ -251,9 +263,19 @@ def build_cache(
     done = {k for line in _read_lines(log_p) for k in line["groups"]}
     failed = {line["group"] for line in _read_lines(err_p)}
     todo = [g for g in mine if g.key not in done and g.key not in failed]
-    log.info("cache %s: %d groups for rank %d, %d already done, %d failed before", path, len(mine), rank, len(done), len(failed))
+    log.info(
+        "cache %s: %d groups for rank %d, %d already done, %d failed before",
+        path,
+        len(mine),
+        rank,
+        len(done),
+        len(failed),
+    )
     if rank == 0 and not (path / "text_empty.safetensors").exists():
-        _atomic_save({"text": encode_prompts(components, [""])[0].to("cpu", DTYPES[cfg.cache.dtype])}, path / "text_empty.safetensors")
+        _atomic_save(
+            {"text": encode_prompts(components, [""])[0].to("cpu", DTYPES[cfg.cache.dtype])},
+            path / "text_empty.safetensors",
+        )
     part_no = len(_read_lines(log_p))
     buf: dict[str, torch.Tensor] = {}
     buf_groups: list[str] = []
@@ -285,7 +307,9 @@ def build_cache(
     return path
 
 
-def _commit_part(path: Path, rank: int, part_no: int, tensors: dict[str, torch.Tensor], groups: list[str], log_p: Path) -> None:
+def _commit_part(
+    path: Path, rank: int, part_no: int, tensors: dict[str, torch.Tensor], groups: list[str], log_p: Path
+) -> None:
     name = f"part-r{rank}-{part_no:05d}.safetensors"
     _atomic_save(tensors, path / name)
     samples = sorted({k.split("|")[0] for k in tensors if not k.startswith("text|")})
@@ -305,8 +329,15 @@ def finalize(path: Path, settings: dict[str, Any], world_size: int) -> dict[str,
     for err_p in sorted(path.glob("errors-r*.jsonl")):
         errors += len(_read_lines(err_p))
     fsio.write_json(path / "index.json", {"samples": samples, "texts": texts}, indent=None)
-    meta = {"key": path.name, "settings": settings, "num_samples": len(samples), "num_texts": len(texts), "failed_groups": errors,
-            "ranks": world_size, "complete": True}
+    meta = {
+        "key": path.name,
+        "settings": settings,
+        "num_samples": len(samples),
+        "num_texts": len(texts),
+        "failed_groups": errors,
+        "ranks": world_size,
+        "complete": True,
+    }
     fsio.write_json(path / "cache.json", meta, indent=2)
     log.info("latent cache %s: %d view clips, %d captions, %d failed groups", path, len(samples), len(texts), errors)
     return meta

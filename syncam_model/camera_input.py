@@ -26,7 +26,8 @@ loading an adapter under another rule is refused (:func:`check_rule`).
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Literal
+from collections.abc import Iterable
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -48,18 +49,21 @@ class CameraRule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     translation_normalization: Literal["max_distance", "fixed"] = Field(
-        "max_distance", description="max_distance: farthest camera centre from view 0 at distance 1; fixed: divide by translation_scale"
+        "max_distance",
+        description="max_distance: farthest camera centre from view 0 at distance 1; fixed: divide by translation_scale",
     )
     translation_scale: float = Field(1.0, gt=0, description="metres per unit, for translation_normalization=fixed")
 
     @model_validator(mode="after")
-    def _scale_used(self) -> "CameraRule":
+    def _scale_used(self) -> CameraRule:
         if self.translation_normalization != "fixed" and self.translation_scale != 1.0:
-            raise ValueError(f"translation_scale={self.translation_scale} is only used with translation_normalization=fixed")
+            raise ValueError(
+                f"translation_scale={self.translation_scale} is only used with translation_normalization=fixed"
+            )
         return self
 
     @classmethod
-    def from_data_config(cls, data: Any) -> "CameraRule":
+    def from_data_config(cls, data: Any) -> CameraRule:
         """The rule of a ``DataConfig`` (``data.translation_normalization``, ``data.translation_scale``)."""
         return cls(translation_normalization=data.translation_normalization, translation_scale=data.translation_scale)
 
@@ -88,7 +92,9 @@ def rule_of(meta: dict[str, Any], source: str = "adapter") -> CameraRule:
     """The camera rule recorded in adapter metadata."""
     raw = meta.get(META_KEY)
     if raw is None:
-        raise CameraRuleError(f"{source}: records no camera rule ({META_KEY}); it was not saved by this version of syncam-train")
+        raise CameraRuleError(
+            f"{source}: records no camera rule ({META_KEY}); it was not saved by this version of syncam-train"
+        )
     try:
         return CameraRule.model_validate(raw)
     except ValueError as exc:

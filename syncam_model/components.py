@@ -165,9 +165,13 @@ def _load_pretrained(path: Path, dtype: torch.dtype) -> tuple[nn.Module, nn.Modu
     from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
     from transformers import AutoTokenizer, T5EncoderModel
 
-    missing = [sub for sub in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler") if not (path / sub).is_dir()]
+    missing = [
+        sub for sub in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler") if not (path / sub).is_dir()
+    ]
     if missing:
-        raise FileNotFoundError(f"{path}: not a diffusers CogVideoX folder, missing {', '.join(m + '/' for m in missing)}")
+        raise FileNotFoundError(
+            f"{path}: not a diffusers CogVideoX folder, missing {', '.join(m + '/' for m in missing)}"
+        )
     transformer = CogVideoXTransformer3DModel.from_pretrained(path, subfolder="transformer", torch_dtype=dtype)
     vae = AutoencoderKLCogVideoX.from_pretrained(path, subfolder="vae", torch_dtype=dtype)
     text_encoder = T5EncoderModel.from_pretrained(path / "text_encoder", torch_dtype=dtype)
@@ -312,6 +316,9 @@ def encode_video(
 @torch.no_grad()
 def decode_latents(components: Components, latents: torch.Tensor) -> torch.Tensor:
     """Video ``[B, F, 3, H, W]`` in [-1, 1] from scaled latents ``[B, F', C, h, w]``."""
-    z = latents.to(device=components.device, dtype=components.vae.dtype).permute(0, 2, 1, 3, 4) / components.vae_scaling_factor
+    z = (
+        latents.to(device=components.device, dtype=components.vae.dtype).permute(0, 2, 1, 3, 4)
+        / components.vae_scaling_factor
+    )
     video = components.vae.decode(z).sample
     return video.clamp(-1.0, 1.0).permute(0, 2, 1, 3, 4)

@@ -16,7 +16,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from syncam_data import limits
-
 from syncam_model.frames import decodable_error, encodable_error
 
 KINDS = ("multiview_video", "multiview_image", "single_video")
@@ -51,7 +50,7 @@ class CurriculumStage(_Strict):
     max_angle: float = Field(ge=0, le=180)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "CurriculumStage":
+    def _ordered(self) -> CurriculumStage:
         if self.min_angle > self.max_angle:
             raise ValueError(f"min_angle {self.min_angle} is larger than max_angle {self.max_angle}")
         return self
@@ -94,13 +93,17 @@ class DataConfig(_Strict):
     frame_stride: int = Field(1, ge=1, description="step between sampled source frames (reduced for short clips)")
     frame_sampling: Literal["random", "first"] = "random"
     num_views: int | tuple[int, int] = Field(4, description="views per multi-view sample: a number or [min, max]")
-    mix: dict[str, float] = Field(default_factory=lambda: {"multiview_video": 0.6, "multiview_image": 0.2, "single_video": 0.2})
+    mix: dict[str, float] = Field(
+        default_factory=lambda: {"multiview_video": 0.6, "multiview_image": 0.2, "single_video": 0.2}
+    )
     translation_normalization: Literal["max_distance", "fixed"] = Field(
         "max_distance",
         description="relative translations of each sample: max_distance = divided by the largest camera-centre distance from view 0 "
         "(posed image sets have an arbitrary scale per sequence); fixed = divided by translation_scale",
     )
-    translation_scale: float = Field(1.0, gt=0, description="with translation_normalization=fixed: metres per unit of the camera input")
+    translation_scale: float = Field(
+        1.0, gt=0, description="with translation_normalization=fixed: metres per unit of the camera input"
+    )
     micro_batch_size: int = Field(1, ge=1)
     num_workers: int = Field(2, ge=0)
     prefetch_factor: int = Field(2, ge=1)
@@ -139,13 +142,15 @@ class DataConfig(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _scale_used(self) -> "DataConfig":
+    def _scale_used(self) -> DataConfig:
         if self.translation_normalization != "fixed" and self.translation_scale != 1.0:
-            raise ValueError(f"translation_scale={self.translation_scale} is only used with translation_normalization=fixed")
+            raise ValueError(
+                f"translation_scale={self.translation_scale} is only used with translation_normalization=fixed"
+            )
         return self
 
     @model_validator(mode="after")
-    def _multiple_of_16(self) -> "DataConfig":
+    def _multiple_of_16(self) -> DataConfig:
         # 8x VAE downsampling then 2x2 patches.
         for key in ("height", "width"):
             if getattr(self, key) % 16:
@@ -158,7 +163,9 @@ class DataConfig(_Strict):
 
 
 class CacheConfig(_Strict):
-    use: Literal["auto", "never", "require"] = Field("auto", description="auto: use a matching latent cache if one exists")
+    use: Literal["auto", "never", "require"] = Field(
+        "auto", description="auto: use a matching latent cache if one exists"
+    )
     dir: str | None = Field(None, description="cache folder; default <shards>/latent_cache")
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
 
@@ -172,19 +179,23 @@ class AdapterSpec(_Strict):
     """The structure of the multi-view modules (recorded in every adapter file; docs/model.md compares the choices)."""
 
     projector: Projector = Field(
-        "linear", description="after the cross-view attention: a zero-initialized Linear (both official releases) or ReLU then that Linear"
+        "linear",
+        description="after the cross-view attention: a zero-initialized Linear (both official releases) or ReLU then that Linear",
     )
     attention_text: AttentionText = Field(
-        "none", description="cross-view attention over the views' video tokens only (Wan release), or also all views' text tokens (CogVideoX release)"
+        "none",
+        description="cross-view attention over the views' video tokens only (Wan release), or also all views' text tokens (CogVideoX release)",
     )
     position: Position = Field(
-        "after_attention", description="where the module runs in each block: after the block's attention (Wan release) or at the block input (CogVideoX release)"
+        "after_attention",
+        description="where the module runs in each block: after the block's attention (Wan release) or at the block input (CogVideoX release)",
     )
 
 
 class ModelConfig(_Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="weights of the frozen base; auto = bfloat16 on a GPU that supports it, else float32 (trained weights stay float32)"
+        "auto",
+        description="weights of the frozen base; auto = bfloat16 on a GPU that supports it, else float32 (trained weights stay float32)",
     )
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
         "auto", description="accelerate's autocast; auto = bf16 where the weights are bfloat16 on a GPU, else no"
@@ -200,7 +211,7 @@ class ModelConfig(_Strict):
         return AdapterSpec(projector=self.projector, attention_text=self.mv_attention_text, position=self.mv_position)
 
     @model_validator(mode="after")
-    def _precision(self) -> "ModelConfig":
+    def _precision(self) -> ModelConfig:
         # Autocast computes in one 16-bit type while the weights are stored in the other: ops autocast leaves
         # alone (LayerNorm with its weights) then see two dtypes and fail (measured on CPU: "mixed dtype").
         clash = {("float16", "bf16"), ("bfloat16", "fp16")}
@@ -220,7 +231,9 @@ class OptimConfig(_Strict):
     warmup_steps: int = Field(200, ge=0)
     schedule: Literal["constant", "cosine", "linear"] = "constant"
     max_grad_norm: float = Field(1.0, gt=0)
-    global_batch_size: int = Field(32, ge=1, description="samples per optimizer step over all ranks (gradient accumulation fills it)")
+    global_batch_size: int = Field(
+        32, ge=1, description="samples per optimizer step over all ranks (gradient accumulation fills it)"
+    )
 
     _batch = field_validator("global_batch_size")(_at_most(limits.BATCH))
     _steps = field_validator("warmup_steps")(_at_most(limits.STEPS))
@@ -228,10 +241,13 @@ class OptimConfig(_Strict):
 
 class DiffusionConfig(_Strict):
     text_dropout: float = Field(0.1, ge=0, le=1, description="probability of training a sample on the empty prompt")
-    novel_view: bool = Field(False, description="novel-view training: view 0 is the clean input latent, not in the loss")
+    novel_view: bool = Field(
+        False, description="novel-view training: view 0 is the clean input latent, not in the loss"
+    )
     novel_view_prob: float = Field(0.9, ge=0, le=1)
     latents: Literal["sample", "mean"] = Field(
-        "sample", description="training latents: a fresh draw from the VAE posterior, or its mean (decoded and cached runs alike)"
+        "sample",
+        description="training latents: a fresh draw from the VAE posterior, or its mean (decoded and cached runs alike)",
     )
     timestep_buckets: int = Field(4, ge=1, description="log the loss in this many equal timestep ranges")
 
@@ -245,9 +261,13 @@ class ValidationConfig(_Strict):
     every: int = Field(0, ge=0, description="0 = never")
     prompts: list[str] = Field(default_factory=lambda: ["A person walking in a park, sunny day."])
     cameras: str = Field("azimuth:0,30,60,90", description="camera preset understood by syncam-generate")
-    frames: int | None = Field(None, description="frames of the validation videos (8N+1; default: data.frames rounded up to 8N+1)")
+    frames: int | None = Field(
+        None, description="frames of the validation videos (8N+1; default: data.frames rounded up to 8N+1)"
+    )
     steps: int = Field(25, ge=1)
-    dynamic_cfg: bool = Field(True, description="CogVideoX's cosine guidance schedule, as the official SynCamMaster inference")
+    dynamic_cfg: bool = Field(
+        True, description="CogVideoX's cosine guidance schedule, as the official SynCamMaster inference"
+    )
 
     _steps = field_validator("steps")(_at_most(limits.SAMPLING_STEPS))
     _length = field_validator("frames")(_at_most(limits.MODEL_FRAMES))
@@ -258,6 +278,7 @@ class ValidationConfig(_Strict):
         if v is not None and decodable_error(v):
             raise ValueError(decodable_error(v))
         return v
+
     guidance: float = Field(6.0, ge=1)
 
 
@@ -350,7 +371,9 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     if bundled.is_file() and str(name_or_path) == Path(name_or_path).name:
         return bundled
     what = "is not a file" if p.exists() else "no such config file"
-    raise ConfigError(f"{name_or_path}: {what}, and not the name of a bundled config ({', '.join(sorted(q.stem for q in CONFIG_DIR.glob('*.yaml')))})")
+    raise ConfigError(
+        f"{name_or_path}: {what}, and not the name of a bundled config ({', '.join(sorted(q.stem for q in CONFIG_DIR.glob('*.yaml')))})"
+    )
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:

@@ -43,8 +43,9 @@ import math
 import mmap
 import os
 import weakref
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -117,7 +118,12 @@ class DataIndex:
     """Groups of each kind present in the shards, with the rank's share; built from the index only."""
 
     def __init__(
-        self, reader: ShardReader, cfg: TrainConfig, rank: int = 0, world_size: int = 1, keep: Callable[[Group], bool] | None = None
+        self,
+        reader: ShardReader,
+        cfg: TrainConfig,
+        rank: int = 0,
+        world_size: int = 1,
+        keep: Callable[[Group], bool] | None = None,
     ) -> None:
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.groups: dict[str, list[Group]] = {}
@@ -141,7 +147,18 @@ class DataIndex:
             elif frame_window(nf, frames_needed[kind], self.cfg.data.frame_stride) < 1:
                 reason = f"shorter than {frames_needed[kind]} frames"
             if reason is None and keep is not None:
-                probe = Group(d, g, kind, rows, [cols["sample_id"][i] for i in rows], [cols["caption"][i] or "" for i in rows], nf, (0, 0), None, None)
+                probe = Group(
+                    d,
+                    g,
+                    kind,
+                    rows,
+                    [cols["sample_id"][i] for i in rows],
+                    [cols["caption"][i] or "" for i in rows],
+                    nf,
+                    (0, 0),
+                    None,
+                    None,
+                )
                 reason = None if keep(probe) else "not in the latent cache"
             if reason:
                 self.dropped[f"{kind}: {reason}"] = self.dropped.get(f"{kind}: {reason}", 0) + 1
@@ -178,9 +195,15 @@ class DataIndex:
                 return {}  # the sampler refuses to start (check_feasible); the latent cache can still index them
             raise DataError(f"the shards hold no usable groups of any kind in data.mix {sorted(want)}")
         for k in unusable:  # once per source, with the counts
-            log.warning("loader: %s; treated like a missing source: data.mix renormalized over %s", self.unusable[k], sorted(present))
+            log.warning(
+                "loader: %s; treated like a missing source: data.mix renormalized over %s",
+                self.unusable[k],
+                sorted(present),
+            )
         if missing:
-            log.warning("loader: no usable groups of %s in the shards; data.mix renormalized over %s", missing, sorted(present))
+            log.warning(
+                "loader: no usable groups of %s in the shards; data.mix renormalized over %s", missing, sorted(present)
+            )
         total = sum(present.values())
         return {k: present[k] / total for k in KINDS if k in present}
 
@@ -192,7 +215,13 @@ class DataIndex:
         mine = [groups[i] for i in perm[rank :: self.world_size]]
         if not mine:
             if rank == self.rank:
-                log.warning("loader: %d %s group(s) for %d ranks; rank %d reuses all of them", len(groups), kind, self.world_size, rank)
+                log.warning(
+                    "loader: %d %s group(s) for %d ranks; rank %d reuses all of them",
+                    len(groups),
+                    kind,
+                    self.world_size,
+                    rank,
+                )
             return groups
         return mine
 
@@ -211,9 +240,14 @@ class DataIndex:
             win = self.window(kind, start, self.schedule)
             for n in range(lo, hi + 1):
                 for r in range(self.world_size):
-                    if any(len(g.rows) >= n and (win is None or feasible(g.angles, n, win, pairwise)) for g in self._share(kind, groups, r)):
+                    if any(
+                        len(g.rows) >= n and (win is None or feasible(g.angles, n, win, pairwise))
+                        for g in self._share(kind, groups, r)
+                    ):
                         continue
-                    able = sum(1 for g in groups if len(g.rows) >= n and (win is None or feasible(g.angles, n, win, pairwise)))
+                    able = sum(
+                        1 for g in groups if len(g.rows) >= n and (win is None or feasible(g.angles, n, win, pairwise))
+                    )
                     sizes = sorted(len(g.rows) for g in groups)
                     where = f" in the window of curriculum.schedule[{s}] ({win.lo:g}-{win.hi:g} deg)" if win else ""
                     on = f" (none on rank {r} of {self.world_size})" if able else ""
@@ -231,7 +265,10 @@ class DataIndex:
     def check_feasible(self, schedule: AngleSchedule) -> None:
         """Fail at start, not at step 20k, if a kind in the mix cannot give a sample at some curriculum stage."""
         if not self.mix:
-            raise DataError("no source in data.mix can supply a sample: " + "; ".join(self.unusable[k] for k in sorted(self.unusable)))
+            raise DataError(
+                "no source in data.mix can supply a sample: "
+                + "; ".join(self.unusable[k] for k in sorted(self.unusable))
+            )
         for kind in self.mix:
             why = self._cannot_supply(kind)
             if why is not None:
@@ -268,10 +305,15 @@ class SamplerState:
     batches: dict[str, int] = field(default_factory=lambda: {k: 0 for k in KINDS})
 
     def to_dict(self) -> dict[str, Any]:
-        return {"micro_id": self.micro_id, "draws": dict(self.draws), "skipped": dict(self.skipped), "batches": dict(self.batches)}
+        return {
+            "micro_id": self.micro_id,
+            "draws": dict(self.draws),
+            "skipped": dict(self.skipped),
+            "batches": dict(self.batches),
+        }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SamplerState":
+    def from_dict(cls, d: dict[str, Any]) -> SamplerState:
         s = cls()
         s.micro_id = int(d["micro_id"])
         for name in ("draws", "skipped", "batches"):
@@ -291,7 +333,14 @@ class PlanSampler(torch.utils.data.Sampler):
     which every batch carries.
     """
 
-    def __init__(self, index: DataIndex, cfg: TrainConfig, micro_per_step: int, total_micro: int | None = None, frame_sampling: str | None = None) -> None:
+    def __init__(
+        self,
+        index: DataIndex,
+        cfg: TrainConfig,
+        micro_per_step: int,
+        total_micro: int | None = None,
+        frame_sampling: str | None = None,
+    ) -> None:
         self.index, self.cfg = index, cfg
         self.micro_per_step = micro_per_step
         self.total_micro = total_micro
@@ -315,7 +364,9 @@ class PlanSampler(torch.utils.data.Sampler):
         key = (kind, epoch)
         perm = self._perm_cache.get(key)
         if perm is None:
-            perm = np.random.default_rng([self.cfg.seed, 3, KINDS.index(kind), self.index.rank, epoch]).permutation(len(groups))
+            perm = np.random.default_rng([self.cfg.seed, 3, KINDS.index(kind), self.index.rank, epoch]).permutation(
+                len(groups)
+            )
             self._perm_cache = {key: perm}  # one epoch at a time per kind is enough
         return groups[int(perm[pos])]
 
@@ -353,7 +404,9 @@ class PlanSampler(torch.utils.data.Sampler):
             if slot is not None:
                 return slot
             st.skipped[kind] += 1
-        raise DataError(f"no {kind} group on rank {self.index.rank} gives {n} views in window {win} (data.num_views, curriculum.schedule)")
+        raise DataError(
+            f"no {kind} group on rank {self.index.rank} gives {n} views in window {win} (data.num_views, curriculum.schedule)"
+        )
 
     def __iter__(self) -> Iterator[BatchPlan]:
         while self.total_micro is None or self.state.micro_id < self.total_micro:
@@ -365,7 +418,9 @@ class PlanSampler(torch.utils.data.Sampler):
         return max(0, self.total_micro - self.state.micro_id)
 
 
-def plan_slot(g: Group, n: int, win: Window | None, cfg: TrainConfig, frame_sampling: str, rng: np.random.Generator) -> SlotPlan | None:
+def plan_slot(
+    g: Group, n: int, win: Window | None, cfg: TrainConfig, frame_sampling: str, rng: np.random.Generator
+) -> SlotPlan | None:
     """Views and frames for one sample from group ``g``, or None if ``g`` cannot satisfy (n, window)."""
     if g.kind == "single_video":
         views: list[int] | None = [int(rng.integers(0, len(g.rows)))]
@@ -468,7 +523,11 @@ class ShardSampleDataset(torch.utils.data.Dataset):
         self.bad: set[str] = set()
         # Per-row decode inputs as plain arrays: a pyarrow scalar look-up per view and sample costs more.
         idx = reader.index
-        self.stored_hw = np.stack([idx.column("height").to_numpy(), idx.column("width").to_numpy()], 1) if len(idx) else np.zeros((0, 2), int)
+        self.stored_hw = (
+            np.stack([idx.column("height").to_numpy(), idx.column("width").to_numpy()], 1)
+            if len(idx)
+            else np.zeros((0, 2), int)
+        )
         self.media_format = idx.column("media_format").to_pylist()
         self.decode_threads = 0  # per decoder; dataloader workers split the cores (``_worker_init``)
         self.buffers = BatchBuffers()
@@ -501,11 +560,15 @@ class ShardSampleDataset(torch.utils.data.Dataset):
         for v, (r, sid) in enumerate(zip(rows, sids)):
             blob = self.reader.read_blob(r, "media")
             src_hw = (int(self.stored_hw[r, 0]), int(self.stored_hw[r, 1]))
-            decode_view(blob, self.media_format[r], slot.frames, hw, sid, src_hw, out=video[v], threads=self.decode_threads)
+            decode_view(
+                blob, self.media_format[r], slot.frames, hw, sid, src_hw, out=video[v], threads=self.decode_threads
+            )
         out["video"] = video
         return out
 
-    def load_slot_or_replace(self, plan: BatchPlan, b: int, video: np.ndarray | None = None) -> tuple[dict[str, Any], int]:
+    def load_slot_or_replace(
+        self, plan: BatchPlan, b: int, video: np.ndarray | None = None
+    ) -> tuple[dict[str, Any], int]:
         """Load a slot; if a view fails to decode, log the sample id and draw a replacement (deterministically)."""
         slot = plan.slots[b]
         for attempt in range(self.cfg.data.max_decode_retries + 1):
@@ -516,17 +579,28 @@ class ShardSampleDataset(torch.utils.data.Dataset):
                 try:
                     return self.load_slot(slot, video), attempt
                 except Exception as e:  # noqa: BLE001 - any decode failure of untrusted media: skip the sample
-                    log.warning("loader: sample %s failed to load (%s: %s); drawing another", slot.group, type(e).__name__, e)
+                    log.warning(
+                        "loader: sample %s failed to load (%s: %s); drawing another", slot.group, type(e).__name__, e
+                    )
                     self.bad.update(_failing(e, sids))
             slot = self._replacement(plan, b, attempt)
-        raise DataError(f"micro-batch {plan.micro_id}: {self.cfg.data.max_decode_retries + 1} draws in a row failed to load (data.max_decode_retries)")
+        raise DataError(
+            f"micro-batch {plan.micro_id}: {self.cfg.data.max_decode_retries + 1} draws in a row failed to load (data.max_decode_retries)"
+        )
 
     def _replacement(self, plan: BatchPlan, b: int, attempt: int) -> SlotPlan:
         groups = self.index.rank_groups[plan.kind]
         win = None if plan.window is None else Window(*plan.window)
         rng = np.random.default_rng([self.cfg.seed, 17, plan.micro_id, self.index.rank, b, attempt])
         for j in rng.permutation(len(groups)):
-            s = plan_slot(groups[int(j)], plan.num_views, win, self.cfg, self.cfg.data.frame_sampling if self.cache is None else "first", rng)
+            s = plan_slot(
+                groups[int(j)],
+                plan.num_views,
+                win,
+                self.cfg,
+                self.cfg.data.frame_sampling if self.cache is None else "first",
+                rng,
+            )
             if s is not None:
                 return s
         raise DataError(f"no replacement {plan.kind} group available")
@@ -536,7 +610,9 @@ class ShardSampleDataset(torch.utils.data.Dataset):
         if self.cache is None:
             # The whole micro-batch in one uint8 array; every decoded frame is written into its place once.
             f = len(plan.slots[0].frames) if plan.slots else 0
-            video = self.buffers.take((len(plan.slots), plan.num_views, f, 3, self.cfg.data.height, self.cfg.data.width))
+            video = self.buffers.take(
+                (len(plan.slots), plan.num_views, f, 3, self.cfg.data.height, self.cfg.data.width)
+            )
         items, replaced = [], 0
         for b in range(len(plan.slots)):
             item, r = self.load_slot_or_replace(plan, b, None if video is None else video[b].numpy())
@@ -591,7 +667,9 @@ def _failing(err: Exception, sids: list[str]) -> list[str]:
     return named or sids
 
 
-def collate(items: list[dict[str, Any]], plan: BatchPlan, replaced: int, video: torch.Tensor | None = None) -> dict[str, Any]:
+def collate(
+    items: list[dict[str, Any]], plan: BatchPlan, replaced: int, video: torch.Tensor | None = None
+) -> dict[str, Any]:
     """The micro-batch dict; ``video`` is the batch tensor the slots were decoded into (no stacking copy)."""
     batch: dict[str, Any] = {
         "kind": plan.kind,
@@ -617,7 +695,12 @@ def collate(items: list[dict[str, Any]], plan: BatchPlan, replaced: int, video: 
 def as_contract4(batch: dict[str, Any]) -> list[dict[str, Any]]:
     """A decoded micro-batch as Contract 4 samples: video float (n, f, 3, H, W) in [-1, 1], cameras, caption, kind."""
     return [
-        {"video": video_to_float(batch["video"][i]), "cameras": batch["cameras"][i], "caption": batch["captions"][i], "kind": batch["kind"]}
+        {
+            "video": video_to_float(batch["video"][i]),
+            "cameras": batch["cameras"][i],
+            "caption": batch["captions"][i],
+            "kind": batch["kind"],
+        }
         for i in range(batch["video"].shape[0])
     ]
 
@@ -685,7 +768,9 @@ def build_loader(
     if len(reader) == 0:
         raise DataError(f"{shards}: the shard dataset has no rows")
     index = DataIndex(reader, cfg, rank, world_size, keep=cache.has_group if cache is not None else None)
-    sampler = PlanSampler(index, cfg, micro_per_step, total_micro, frame_sampling="first" if cache is not None else None)
+    sampler = PlanSampler(
+        index, cfg, micro_per_step, total_micro, frame_sampling="first" if cache is not None else None
+    )
     dataset = ShardSampleDataset(reader, index, cfg, cache)
     log.info(
         "loader: rank %d/%d, groups %s, mix %s",

@@ -37,8 +37,10 @@ def latent_frames(num_frames: int, temporal: int = TEMPORAL_COMPRESSION) -> int:
 def encodable_error(num_frames: int, temporal: int = TEMPORAL_COMPRESSION) -> str | None:
     """Why the VAE cannot encode ``num_frames`` frames, or None."""
     if num_frames < 1 or (num_frames - 1) % temporal:
-        return (f"{num_frames} is not {temporal}k+1 (CogVideoX's VAE keeps the first frame and compresses the rest "
-                f"by {temporal}), e.g. {temporal * 2 + 1}, {temporal * 3 + 1}, {temporal * 12 + 1}")
+        return (
+            f"{num_frames} is not {temporal}k+1 (CogVideoX's VAE keeps the first frame and compresses the rest "
+            f"by {temporal}), e.g. {temporal * 2 + 1}, {temporal * 3 + 1}, {temporal * 12 + 1}"
+        )
     return None
 
 
@@ -47,8 +49,10 @@ def decodable_error(num_frames: int, temporal: int = TEMPORAL_COMPRESSION) -> st
     step = 2 * temporal
     if num_frames < 1 or (num_frames - 1) % step:
         examples = ", ".join(str(step * k + 1) for k in (1, 2, 3, 6))
-        return (f"{num_frames} frames is not {step}N+1: CogVideoX's VAE decodes an odd number of latent frames "
-                f"back to {temporal}(F'-1)+1 frames but an even number to {temporal}F' frames; use {examples}, ...")
+        return (
+            f"{num_frames} frames is not {step}N+1: CogVideoX's VAE decodes an odd number of latent frames "
+            f"back to {temporal}(F'-1)+1 frames but an even number to {temporal}F' frames; use {examples}, ..."
+        )
     return None
 
 

@@ -39,9 +39,8 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
-
 from pydantic import field_validator
+from tqdm.auto import tqdm
 
 from syncam_data import limits
 from syncam_data.config import Config, setting
@@ -70,18 +69,24 @@ def plan_latents(components: Components, num_frames: int, height: int, width: in
     return SamplingPlan(latent_frames=f + pad, padding_frames=pad, channels=c, height=h, width=w)
 
 
-def _check_inputs(components: Components, config: GenerationConfig, cameras: torch.Tensor, input_video: torch.Tensor | None) -> None:
+def _check_inputs(
+    components: Components, config: GenerationConfig, cameras: torch.Tensor, input_video: torch.Tensor | None
+) -> None:
     """What depends on the model and the inputs (the settings themselves are checked by ``GenerationConfig``)."""
     num_frames, height, width = config.num_frames, config.height, config.width
     if cameras.ndim != 2 or cameras.shape[1] != 12 or cameras.shape[0] < 1:
         raise ValueError(f"cameras must be (n, 12) relative poses, got shape {tuple(cameras.shape)}")
     if not torch.isfinite(cameras).all():
         raise ValueError("cameras contain NaN or Inf")
-    check_video_size(num_frames, height, width, components.vae_scale_factor_spatial, components.vae_scale_factor_temporal)
+    check_video_size(
+        num_frames, height, width, components.vae_scale_factor_spatial, components.vae_scale_factor_temporal
+    )
     check_decodable(num_frames, components.vae_scale_factor_temporal)
     if input_video is not None:
         if tuple(input_video.shape) != (num_frames, 3, height, width):
-            raise ValueError(f"input video must be ({num_frames}, 3, {height}, {width}), got {tuple(input_video.shape)}")
+            raise ValueError(
+                f"input video must be ({num_frames}, 3, {height}, {width}), got {tuple(input_video.shape)}"
+            )
         if cameras.shape[0] < 2:
             raise ValueError("re-rendering needs the input view plus at least one new camera")
 
@@ -101,20 +106,37 @@ class GenerationConfig(Config):
 
     prompt: str = setting(..., "Text prompt shared by all views.", "--prompt")
     negative_prompt: str = setting("", "Unconditional prompt for guidance.", "--negative-prompt")
-    num_frames: int = setting(49, "Frames per video: 8N+1 (9, 17, ..., 49), which CogVideoX's VAE decodes exactly; CogVideoX is trained on 49.", "--frames")
+    num_frames: int = setting(
+        49,
+        "Frames per video: 8N+1 (9, 17, ..., 49), which CogVideoX's VAE decodes exactly; CogVideoX is trained on 49.",
+        "--frames",
+    )
     height: int = setting(480, "Output height, a multiple of 16.", "--resolution")
     width: int = setting(720, "Output width, a multiple of 16.", "--resolution")
     steps: int = setting(50, f"Denoising steps (1 to {limits.SAMPLING_STEPS.default}).", "--steps", ge=1)
-    guidance: float = setting(6.0, "Text classifier-free guidance scale for text-to-views (1 disables it).", "--guidance", ge=0)
-    use_dynamic_cfg: bool = setting(True, "CogVideoX's cosine guidance schedule (use_dynamic_cfg); on by default, as the official SynCamMaster inference.", "--dynamic-cfg")
+    guidance: float = setting(
+        6.0, "Text classifier-free guidance scale for text-to-views (1 disables it).", "--guidance", ge=0
+    )
+    use_dynamic_cfg: bool = setting(
+        True,
+        "CogVideoX's cosine guidance schedule (use_dynamic_cfg); on by default, as the official SynCamMaster inference.",
+        "--dynamic-cfg",
+    )
     text_guidance: float = setting(7.5, "Text guidance scale in re-rendering mode.", "--text-guidance", ge=0)
     video_guidance: float = setting(1.8, "Video guidance scale in re-rendering mode.", "--video-guidance", ge=0)
     sampler: Literal["auto", "ddim", "dpm"] = setting(
-        "auto", "'auto' (DDIM for CogVideoX-2B, DPM for 5B and 1.5, as the official inference), 'ddim' (CogVideoXDDIMScheduler) "
-        "or 'dpm' (CogVideoXDPMScheduler).", "--sampler")
+        "auto",
+        "'auto' (DDIM for CogVideoX-2B, DPM for 5B and 1.5, as the official inference), 'ddim' (CogVideoXDDIMScheduler) "
+        "or 'dpm' (CogVideoXDPMScheduler).",
+        "--sampler",
+    )
     seed: int = setting(0, "Seed of the initial noise (drawn on the CPU, so results match across devices).", "--seed")
-    batch_passes: bool = setting(True, "Run the guidance passes as one batch (faster) or one after another (less GPU memory; the same "
-                                 "result up to float rounding).", "--batch-passes")
+    batch_passes: bool = setting(
+        True,
+        "Run the guidance passes as one batch (faster) or one after another (less GPU memory; the same "
+        "result up to float rounding).",
+        "--batch-passes",
+    )
 
     @field_validator("num_frames")
     @classmethod
@@ -170,7 +192,9 @@ def make_scheduler(components: Components, sampler: str) -> Any:
     return kinds[resolve_sampler(components, sampler)].from_config(components.scheduler.config)
 
 
-def combine_rerender(v_none: torch.Tensor, v_video: torch.Tensor, v_full: torch.Tensor, video_guidance: float, text_guidance: float) -> torch.Tensor:
+def combine_rerender(
+    v_none: torch.Tensor, v_video: torch.Tensor, v_full: torch.Tensor, video_guidance: float, text_guidance: float
+) -> torch.Tensor:
     """InstructPix2Pix-style text + video guidance for views 1..n-1; view 0 keeps the no-video pass's own prediction.
 
     Tensors are ``[1, n, F', C, h, w]``. In the video passes view 0 is the clean input (timestep 0),
@@ -209,7 +233,9 @@ def generate(
     """
     c = GenerationConfig.parse(config)
     device, dtype = components.device, components.dtype
-    cams = torch.as_tensor(np.asarray(cameras, dtype=np.float32) if not torch.is_tensor(cameras) else cameras, dtype=torch.float32)
+    cams = torch.as_tensor(
+        np.asarray(cameras, dtype=np.float32) if not torch.is_tensor(cameras) else cameras, dtype=torch.float32
+    )
     # 1. check inputs
     _check_inputs(components, c, cams, input_video)
     n = cams.shape[0]
@@ -228,7 +254,9 @@ def generate(
     plan = plan_latents(components, c.num_frames, c.height, c.width)
     gen = torch.Generator("cpu").manual_seed(int(c.seed))
     shape = (1, n, plan.latent_frames, plan.channels, plan.height, plan.width)
-    latents = (torch.randn(shape, generator=gen, dtype=torch.float32) * scheduler.init_noise_sigma).to(device=device, dtype=dtype)
+    latents = (torch.randn(shape, generator=gen, dtype=torch.float32) * scheduler.init_noise_sigma).to(
+        device=device, dtype=dtype
+    )
     cond = None
     if rerender:
         cond = encode_video(components, input_video[None], sample=False).to(dtype)  # posterior mean: deterministic
@@ -253,9 +281,24 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        latents = _denoise(model, scheduler, timesteps, latents, cond, batch_text, cams_b, cond_mask, gen, progress, c.batch_passes,
-                           guidance=c.guidance, do_cfg=do_cfg, dynamic=c.use_dynamic_cfg, text_guidance=c.text_guidance,
-                           video_guidance=c.video_guidance)
+        latents = _denoise(
+            model,
+            scheduler,
+            timesteps,
+            latents,
+            cond,
+            batch_text,
+            cams_b,
+            cond_mask,
+            gen,
+            progress,
+            c.batch_passes,
+            guidance=c.guidance,
+            do_cfg=do_cfg,
+            dynamic=c.use_dynamic_cfg,
+            text_guidance=c.text_guidance,
+            video_guidance=c.video_guidance,
+        )
     finally:
         model.train(was_training)
 
@@ -267,8 +310,25 @@ def generate(
     return torch.stack(videos)
 
 
-def _denoise(model, scheduler, timesteps, latents, cond, batch_text, cams_b, cond_mask, gen, progress: bool, batch_passes: bool, *,
-             guidance: float, do_cfg: bool, dynamic: bool, text_guidance: float, video_guidance: float) -> torch.Tensor:
+def _denoise(
+    model,
+    scheduler,
+    timesteps,
+    latents,
+    cond,
+    batch_text,
+    cams_b,
+    cond_mask,
+    gen,
+    progress: bool,
+    batch_passes: bool,
+    *,
+    guidance: float,
+    do_cfg: bool,
+    dynamic: bool,
+    text_guidance: float,
+    video_guidance: float,
+) -> torch.Tensor:
     """The sampling loop: guided v for all views, then one scheduler step, for every timestep."""
     rerender = cond is not None
     passes, dtype, steps = batch_text.shape[0], latents.dtype, len(timesteps)
@@ -289,7 +349,9 @@ def _denoise(model, scheduler, timesteps, latents, cond, batch_text, cams_b, con
     return latents
 
 
-def _predict(model, x: torch.Tensor, text: torch.Tensor, t: torch.Tensor, cams: torch.Tensor, cond_mask, batch_passes: bool) -> torch.Tensor:
+def _predict(
+    model, x: torch.Tensor, text: torch.Tensor, t: torch.Tensor, cams: torch.Tensor, cond_mask, batch_passes: bool
+) -> torch.Tensor:
     """The model's v for every guidance pass (rows of ``x``), in one batch or pass by pass."""
     passes = x.shape[0]
     timestep = t.reshape(1).expand(passes).to(x.device)
@@ -297,13 +359,21 @@ def _predict(model, x: torch.Tensor, text: torch.Tensor, t: torch.Tensor, cams: 
     if batch_passes or passes == 1:
         return model(x, text, timestep, cams, cond_mask).float()
     outs = [
-        model(x[i : i + 1], text[i : i + 1], timestep[i : i + 1], cams[i : i + 1], None if cond_mask is None else cond_mask[i : i + 1]).float()
+        model(
+            x[i : i + 1],
+            text[i : i + 1],
+            timestep[i : i + 1],
+            cams[i : i + 1],
+            None if cond_mask is None else cond_mask[i : i + 1],
+        ).float()
         for i in range(passes)
     ]
     return torch.cat(outs)
 
 
-def _step(scheduler: Any, v: torch.Tensor, t: torch.Tensor, latents: torch.Tensor, i: int, timesteps, old_pred, gen) -> tuple[torch.Tensor, Any]:
+def _step(
+    scheduler: Any, v: torch.Tensor, t: torch.Tensor, latents: torch.Tensor, i: int, timesteps, old_pred, gen
+) -> tuple[torch.Tensor, Any]:
     """One scheduler step: CogVideoX's DDIM (deterministic), or its DPM-solver when a caller swaps that in."""
     from diffusers import CogVideoXDPMScheduler
 

@@ -50,11 +50,16 @@ def camera_rule(meta: dict[str, Any], normalization: str | None, scale: float | 
 
     rules = get_args(CameraRule.model_fields["translation_normalization"].annotation)
     if normalization is not None and normalization not in rules:
-        raise InputError("--translation-normalization", f"--translation-normalization must be one of {list(rules)}, got {normalization!r}")
+        raise InputError(
+            "--translation-normalization",
+            f"--translation-normalization must be one of {list(rules)}, got {normalization!r}",
+        )
     if scale is not None and not scale > 0:
         raise InputError("--translation-scale", f"--translation-scale must be positive, got {scale}")
     if not meta:
-        return CameraRule(translation_normalization=normalization or "max_distance", translation_scale=1.0 if scale is None else scale)
+        return CameraRule(
+            translation_normalization=normalization or "max_distance", translation_scale=1.0 if scale is None else scale
+        )
     try:
         have = rule_of(meta, "--checkpoint")
         if normalization is None and scale is None:
@@ -126,11 +131,23 @@ def generation_record(
         "camera_input": [[round(float(v), 6) for v in row] for row in model_cameras],
         # Every GenerationConfig field (under the command line's names), then how the model ran.
         "settings": {
-            "frames": c.num_frames, "height": c.height, "width": c.width, "steps": c.steps, "guidance": c.guidance,
-            "dynamic_cfg": c.use_dynamic_cfg, "text_guidance": c.text_guidance, "video_guidance": c.video_guidance,
-            "sampler": resolve_sampler(components, c.sampler), "seed": c.seed, "batch_passes": c.batch_passes,
-            "vae_tiling": vae_tiling, "camera_rule": rule.model_dump(), "cameras": cameras, "fps": fps,
-            "dtype": str(components.dtype).removeprefix("torch."), "device": str(components.device),
+            "frames": c.num_frames,
+            "height": c.height,
+            "width": c.width,
+            "steps": c.steps,
+            "guidance": c.guidance,
+            "dynamic_cfg": c.use_dynamic_cfg,
+            "text_guidance": c.text_guidance,
+            "video_guidance": c.video_guidance,
+            "sampler": resolve_sampler(components, c.sampler),
+            "seed": c.seed,
+            "batch_passes": c.batch_passes,
+            "vae_tiling": vae_tiling,
+            "camera_rule": rule.model_dump(),
+            "cameras": cameras,
+            "fps": fps,
+            "dtype": str(components.dtype).removeprefix("torch."),
+            "device": str(components.device),
         },
         "checkpoint": str(checkpoint) if checkpoint else None,
         "checkpoint_meta": {k: v for k, v in checkpoint_meta.items() if k != "base_id"},

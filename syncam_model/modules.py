@@ -46,8 +46,9 @@ own ``Attention`` sees the kwargs (it would drop unknown keys with a warning).
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -120,7 +121,7 @@ class MultiViewModule(nn.Module):
         return self.proj if isinstance(self.proj, nn.Linear) else self.proj[-1]
 
     @classmethod
-    def from_block(cls, block: nn.Module, spec: AdapterSpec | None = None) -> "MultiViewModule":
+    def from_block(cls, block: nn.Module, spec: AdapterSpec | None = None) -> MultiViewModule:
         """A module whose attention, qk-norms and modulated norm are copies of ``block``'s."""
         norm1 = block.norm1
         dim = norm1.norm.normalized_shape[0]
@@ -139,7 +140,10 @@ class MultiViewModule(nn.Module):
         with torch.no_grad():
             # norm1.linear's output is (shift, scale, gate, enc_shift, enc_scale, enc_gate) (CogVideoXLayerNormZero.forward).
             weight, bias = norm1.linear.weight, norm1.linear.bias
-            for lin, rows in ((module.modulation, slice(0, 3 * dim)), (module.text_modulation, slice(3 * dim, 5 * dim))):
+            for lin, rows in (
+                (module.modulation, slice(0, 3 * dim)),
+                (module.text_modulation, slice(3 * dim, 5 * dim)),
+            ):
                 if lin is None:
                     continue
                 lin.weight.copy_(weight[rows])
@@ -154,14 +158,20 @@ class MultiViewModule(nn.Module):
         return module
 
     def forward(
-        self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor, temb: torch.Tensor, ctx: MultiViewContext
+        self,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        temb: torch.Tensor,
+        ctx: MultiViewContext,
     ) -> torch.Tensor:
         """``hidden_states [B*n, F*hw, d]``, text ``[B*n, L, d]``, ``temb [B*n, T]`` -> video tokens, views coupled per frame."""
         ctx.calls += 1
         bn, seq, dim = hidden_states.shape
         n, hw = ctx.num_views, ctx.tokens_per_frame
         if bn % n or seq % hw:
-            raise ValueError(f"multi-view block got {bn} samples x {seq} tokens, not divisible by {n} views x {hw} tokens per frame")
+            raise ValueError(
+                f"multi-view block got {bn} samples x {seq} tokens, not divisible by {n} views x {hw} tokens per frame"
+            )
         b, frames = bn // n, seq // hw
         # Compute in the module's own dtype (float32 master weights next to a bfloat16 base).
         dtype = self.modulation.weight.dtype
@@ -181,7 +191,9 @@ class MultiViewModule(nn.Module):
         out = gate * self.proj(a)
         return hidden_states + out.reshape(bn, seq, dim).to(hidden_states.dtype)
 
-    def _text_tokens(self, text: torch.Tensor, emb: torch.Tensor, b: int, n: int, frames: int, dtype: torch.dtype) -> torch.Tensor:
+    def _text_tokens(
+        self, text: torch.Tensor, emb: torch.Tensor, b: int, n: int, frames: int, dtype: torch.dtype
+    ) -> torch.Tensor:
         """``[b*frames, n*L, d]``: all views' normalized, modulated text tokens for every frame (or none)."""
         if self.text_modulation is None:
             return emb.new_zeros(b * frames, 0, self.dim)
@@ -222,7 +234,9 @@ def _multiview_block_forward(
     if position == "block_input":
         hidden_states = self.multiview(hidden_states, encoder_hidden_states, temb, ctx)
 
-    norm_hidden_states, norm_encoder_hidden_states, gate_msa, enc_gate_msa = self.norm1(hidden_states, encoder_hidden_states, temb)
+    norm_hidden_states, norm_encoder_hidden_states, gate_msa, enc_gate_msa = self.norm1(
+        hidden_states, encoder_hidden_states, temb
+    )
     attn_hidden_states, attn_encoder_hidden_states = self.attn1(
         hidden_states=norm_hidden_states,
         encoder_hidden_states=norm_encoder_hidden_states,
@@ -235,7 +249,9 @@ def _multiview_block_forward(
     if position == "after_attention":
         hidden_states = self.multiview(hidden_states, encoder_hidden_states, temb, ctx)
 
-    norm_hidden_states, norm_encoder_hidden_states, gate_ff, enc_gate_ff = self.norm2(hidden_states, encoder_hidden_states, temb)
+    norm_hidden_states, norm_encoder_hidden_states, gate_ff, enc_gate_ff = self.norm2(
+        hidden_states, encoder_hidden_states, temb
+    )
     norm_hidden_states = torch.cat([norm_encoder_hidden_states, norm_hidden_states], dim=1)
     ff_output = self.ff(norm_hidden_states)
     hidden_states = hidden_states + gate_ff * ff_output[:, text_seq_length:]
@@ -249,7 +265,9 @@ _MV_CLASSES: dict[type, type] = {}
 def _multiview_class(base_cls: type) -> type:
     """A subclass of the block's class whose forward runs the multi-view module (cached per base class)."""
     if base_cls not in _MV_CLASSES:
-        _MV_CLASSES[base_cls] = type("MultiView" + base_cls.__name__, (base_cls,), {"forward": _multiview_block_forward})
+        _MV_CLASSES[base_cls] = type(
+            "MultiView" + base_cls.__name__, (base_cls,), {"forward": _multiview_block_forward}
+        )
     return _MV_CLASSES[base_cls]
 
 

@@ -20,9 +20,10 @@ the adapter's camera rule (``syncam_model.camera_input``), as in training.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +34,14 @@ DEFAULT_AZIMUTH = 0.0
 DEFAULT_ELEVATION = 15.0
 DEFAULT_DISTANCE = 6.0
 DEFAULT_HFOV = 60.0
-_KEYS = {"azimuth": "azimuth", "az": "azimuth", "elevation": "elevation", "el": "elevation", "distance": "distance", "dist": "distance"}
+_KEYS = {
+    "azimuth": "azimuth",
+    "az": "azimuth",
+    "elevation": "elevation",
+    "el": "elevation",
+    "distance": "distance",
+    "dist": "distance",
+}
 
 
 class RigError(ValueError):
@@ -126,7 +134,9 @@ def load_rig(path: str | Path, width: int, height: int, views: Sequence[str] | N
     return Rig(ids=ids, cameras=[by_id[v].resize_center_crop(width, height) for v in ids])
 
 
-def resolve_rig(cameras: str, width: int, height: int, hfov_deg: float = DEFAULT_HFOV, views: Sequence[str] | None = None) -> Rig:
+def resolve_rig(
+    cameras: str, width: int, height: int, hfov_deg: float = DEFAULT_HFOV, views: Sequence[str] | None = None
+) -> Rig:
     """A preset string or the path of a ``cameras.json``."""
     p = Path(cameras)
     if p.suffix == ".json" or p.is_file():
@@ -143,4 +153,3 @@ def write_rig(rig: Rig, path: Path) -> None:
     from syncam_data import fsio
 
     fsio.write_json(Path(path), rig.to_json())
-

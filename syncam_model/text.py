@@ -9,7 +9,8 @@ With ``load_components("tiny")`` the same code runs on a tiny T5 and tokenizer.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -22,7 +23,12 @@ log = logging.getLogger(__name__)
 def tokenize(tokenizer, prompts: Sequence[str], max_length: int) -> torch.Tensor:
     """Token ids ``[B, max_length]``; warns (like the pipeline) when a prompt is truncated."""
     ids = tokenizer(
-        list(prompts), padding="max_length", max_length=max_length, truncation=True, add_special_tokens=True, return_tensors="pt"
+        list(prompts),
+        padding="max_length",
+        max_length=max_length,
+        truncation=True,
+        add_special_tokens=True,
+        return_tensors="pt",
     ).input_ids
     full = tokenizer(list(prompts), padding="longest", return_tensors="pt").input_ids
     if full.shape[-1] > ids.shape[-1]:
@@ -32,7 +38,7 @@ def tokenize(tokenizer, prompts: Sequence[str], max_length: int) -> torch.Tensor
 
 
 @torch.no_grad()
-def encode_prompts(components: "Components", prompts: Sequence[str], max_length: int | None = None) -> torch.Tensor:
+def encode_prompts(components: Components, prompts: Sequence[str], max_length: int | None = None) -> torch.Tensor:
     """T5 embeddings ``[B, L, D]`` (``L = max_length``, default the transformer's 226) in the components' dtype and device.
 
     An empty string is the unconditional prompt used for classifier-free guidance.

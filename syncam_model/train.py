@@ -31,10 +31,11 @@ import resource
 import shutil
 import time
 import warnings
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,7 +54,15 @@ STATE_FILE = "trainer_state.json"
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 # Settings a resumed run may change without breaking exactness.
-RESUMABLE_CHANGES = ("steps", "checkpoint", "log", "validation", "data.num_workers", "data.prefetch_factor", "model.gradient_checkpointing")
+RESUMABLE_CHANGES = (
+    "steps",
+    "checkpoint",
+    "log",
+    "validation",
+    "data.num_workers",
+    "data.prefetch_factor",
+    "model.gradient_checkpointing",
+)
 
 
 class CheckpointError(RuntimeError):
@@ -125,7 +134,11 @@ def config_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> list[str]
     """Dotted keys whose values differ and that change the training trajectory."""
     a, b = _flat(saved), _flat(current)
     keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-    return [f"{k}: checkpoint {a.get(k)!r}, now {b.get(k)!r}" for k in keys if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_CHANGES)]
+    return [
+        f"{k}: checkpoint {a.get(k)!r}, now {b.get(k)!r}"
+        for k in keys
+        if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_CHANGES)
+    ]
 
 
 # --- optimizer / RNG state without pickles --------------------------------------------------
@@ -207,7 +220,11 @@ def checkpoint_problem(path: Path) -> str | None:
     files = state.get("files")
     if files is None:  # written before checkpoints listed their files
         world = int(state["world_size"])
-        need = [ADAPTER_FILE] + [f"{k}_r{r}.{ext}" for r in range(world) for k, ext in (("rng", "safetensors"), ("rng", "json"), ("loader", "json"))]
+        need = [ADAPTER_FILE] + [
+            f"{k}_r{r}.{ext}"
+            for r in range(world)
+            for k, ext in (("rng", "safetensors"), ("rng", "json"), ("loader", "json"))
+        ]
         if not state.get("sharded_state"):
             need += ["optimizer.safetensors", "optimizer.json"]
         files = {n: None for n in need}
@@ -236,7 +253,9 @@ def resolve_checkpoint(run_dir: Path, which: str) -> Path | None:
         return p
     ck = run_dir / CHECKPOINTS
     link = ck / LATEST
-    candidates = ([link.resolve()] if link.is_symlink() or link.exists() else []) + sorted(ck.glob("step_*"), reverse=True)
+    candidates = ([link.resolve()] if link.is_symlink() or link.exists() else []) + sorted(
+        ck.glob("step_*"), reverse=True
+    )
     problems = []
     for p in candidates:
         problem = checkpoint_problem(p)
@@ -247,7 +266,9 @@ def resolve_checkpoint(run_dir: Path, which: str) -> Path | None:
         if problem not in problems:
             problems.append(problem)
     if problems:
-        raise CheckpointError(f"{ck}: no complete checkpoint to resume from ({'; '.join(problems)}); delete the damaged folder(s) to start afresh")
+        raise CheckpointError(
+            f"{ck}: no complete checkpoint to resume from ({'; '.join(problems)}); delete the damaged folder(s) to start afresh"
+        )
     return None
 
 
@@ -265,7 +286,9 @@ class StepStats:
 
 
 class Trainer:
-    def __init__(self, shards: str, pretrained: str, run_dir: str | os.PathLike, cfg: TrainConfig, *, log_samples: bool = False) -> None:
+    def __init__(
+        self, shards: str, pretrained: str, run_dir: str | os.PathLike, cfg: TrainConfig, *, log_samples: bool = False
+    ) -> None:
         from accelerate import Accelerator
         from accelerate.utils import DistributedType
 
@@ -285,8 +308,13 @@ class Trainer:
         self.accum = cfg.grad_accumulation(self.world)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.seed)
-        self.components = load_components(pretrained, dtype=dtype, device=self.acc.device, tiny_config=tiny_config(pretrained, cfg),
-                                          adapter=cfg.model.adapter_spec())
+        self.components = load_components(
+            pretrained,
+            dtype=dtype,
+            device=self.acc.device,
+            tiny_config=tiny_config(pretrained, cfg),
+            adapter=cfg.model.adapter_spec(),
+        )
         self.camera_rule = CameraRule.from_data_config(cfg.data)
         model = self.components.transformer
         model.set_trainable(base=cfg.model.train_base)
@@ -297,16 +325,26 @@ class Trainer:
         if cfg.model.gradient_checkpointing:
             model.enable_gradient_checkpointing()
         self.params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(self.params, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay, eps=cfg.optim.eps)
+        opt = torch.optim.AdamW(
+            self.params, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay, eps=cfg.optim.eps
+        )
         self.model, self.optimizer = self.acc.prepare(model, opt)
-        self.lr_sched = torch.optim.lr_scheduler.LambdaLR(self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer, lr_lambda(cfg))
+        self.lr_sched = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer, lr_lambda(cfg)
+        )
         from syncam_model.cache import open_matching
 
         failure: Exception | None = None
         try:
             self.cache = open_matching(shards, cfg, self.components)
             self.loader: Loader = build_loader(
-                shards, cfg, rank=self.rank, world_size=self.world, micro_per_step=self.accum, total_micro=cfg.steps * self.accum, cache=self.cache
+                shards,
+                cfg,
+                rank=self.rank,
+                world_size=self.world,
+                micro_per_step=self.accum,
+                total_micro=cfg.steps * self.accum,
+                cache=self.cache,
             )
         except Exception as e:  # this rank cannot read or use the data (e.g. --shards not mounted on its node)
             failure = e
@@ -317,7 +355,10 @@ class Trainer:
         self.log_samples = log_samples
         if cfg.log.tensorboard:
             # TensorBoard's hparams take scalars only: lists and None go in as JSON text.
-            hp = {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in _flat(cfg.to_dict()).items()}
+            hp = {
+                k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
+                for k, v in _flat(cfg.to_dict()).items()
+            }
             self.acc.init_trackers("syncam-train", config=hp)
 
     def _agree_to_start(self, failure: Exception | None) -> None:
@@ -330,7 +371,9 @@ class Trainer:
             flags = self.acc.gather(torch.tensor([0 if failure is None else 1], device=self.acc.device)).tolist()
             failed = [r for r, f in enumerate(flags) if f]
             if failure is None and failed:
-                raise DataError(f"rank {failed[0]} could not use the data (see its message); rank {self.rank} stops too")
+                raise DataError(
+                    f"rank {failed[0]} could not use the data (see its message); rank {self.rank} stops too"
+                )
         if failure is not None:
             raise failure
 
@@ -433,7 +476,17 @@ class Trainer:
             self.loader_state = batch["state_after"]
             if self.log_samples:
                 with open(self.run_dir / f"samples_r{self.rank}.jsonl", "a") as f:
-                    f.write(json.dumps({"step": self.step, "micro_id": batch["micro_id"], "kind": batch["kind"], "sample_ids": batch["sample_ids"]}) + "\n")
+                    f.write(
+                        json.dumps(
+                            {
+                                "step": self.step,
+                                "micro_id": batch["micro_id"],
+                                "kind": batch["kind"],
+                                "sample_ids": batch["sample_ids"],
+                            }
+                        )
+                        + "\n"
+                    )
         grad_norm = float("nan")
         if not st.nonfinite:
             gn = self.acc.clip_grad_norm_(self.params, self.cfg.optim.max_grad_norm)
@@ -446,7 +499,9 @@ class Trainer:
         lr = self.lr_sched.get_last_lr()[0]
         with warnings.catch_warnings():
             # A skipped (non-finite) step still advances the schedule, so it stays aligned with the step count.
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before `optimizer.step\\(\\)`")
+            warnings.filterwarnings(
+                "ignore", message="Detected call of `lr_scheduler.step\\(\\)` before `optimizer.step\\(\\)`"
+            )
             self.lr_sched.step()
         self.step += 1
         return self._record(st, grad_norm, lr, time.perf_counter() - t0)
@@ -498,14 +553,22 @@ class Trainer:
         model = self.acc.unwrap_model(self.model)
         d = self.cfg.data
         # What syncam-generate reads back: the base, the pose scale, the training shape.
-        meta = {"base_id": self.components.base_id, "step": self.step, **self.camera_rule.to_meta(),
-                "resolution": [d.height, d.width], "frames": d.frames, "train_config": self.cfg.to_dict()}
+        meta = {
+            "base_id": self.components.base_id,
+            "step": self.step,
+            **self.camera_rule.to_meta(),
+            "resolution": [d.height, d.width],
+            "frames": d.frames,
+            "train_config": self.cfg.to_dict(),
+        }
         if self.sharded_state:
             self.acc.save_state(str(tmp / "accelerate_state"))
         if self.acc.is_main_process:
             save_adapter(model, tmp / ADAPTER_FILE, meta)
             if self.cfg.model.train_base:
-                save_file({k: v.detach().cpu().contiguous() for k, v in model.base.state_dict().items()}, str(tmp / BASE_FILE))
+                save_file(
+                    {k: v.detach().cpu().contiguous() for k, v in model.base.state_dict().items()}, str(tmp / BASE_FILE)
+                )
             if not self.sharded_state:
                 tensors, opt_meta = optimizer_to_safetensors(self.optimizer.state_dict())
                 save_file(tensors, str(tmp / "optimizer.safetensors"))
@@ -564,9 +627,13 @@ class Trainer:
             self.acc.load_state(str(path / "accelerate_state"))
         else:
             opt_meta = _read_json(path / "optimizer.json")
-            self.optimizer.load_state_dict(optimizer_from_safetensors(_load_tensors(path / "optimizer.safetensors"), opt_meta))
+            self.optimizer.load_state_dict(
+                optimizer_from_safetensors(_load_tensors(path / "optimizer.safetensors"), opt_meta)
+            )
         self.lr_sched.load_state_dict(state["lr_scheduler"])
-        set_rng_state(_load_tensors(path / f"rng_r{self.rank}.safetensors"), _read_json(path / f"rng_r{self.rank}.json"))
+        set_rng_state(
+            _load_tensors(path / f"rng_r{self.rank}.safetensors"), _read_json(path / f"rng_r{self.rank}.json")
+        )
         self.loader_state = _read_json(path / f"loader_r{self.rank}.json")
         self.loader.sampler.load_state_dict(self.loader_state)
         self.step = int(state["step"])
@@ -589,10 +656,20 @@ class Trainer:
         model.eval()
         for i in range(self.rank, len(v.prompts), self.world):
             with torch.no_grad():
-                gen = GenerationConfig(prompt=v.prompts[i], num_frames=v.frames or round_up_decodable(d.frames), height=d.height, width=d.width,
-                                       steps=v.steps, guidance=v.guidance, use_dynamic_cfg=v.dynamic_cfg, seed=self.cfg.seed + i)
+                gen = GenerationConfig(
+                    prompt=v.prompts[i],
+                    num_frames=v.frames or round_up_decodable(d.frames),
+                    height=d.height,
+                    width=d.width,
+                    steps=v.steps,
+                    guidance=v.guidance,
+                    use_dynamic_cfg=v.dynamic_cfg,
+                    seed=self.cfg.seed + i,
+                )
                 vids = generate(self.components, gen, cams, progress=False)
-            grid = ((vids.permute(1, 3, 0, 4, 2).flatten(2, 3) + 1) * 127.5).clamp(0, 255).to(torch.uint8).numpy()  # F, H, n*W, 3
+            grid = (
+                ((vids.permute(1, 3, 0, 4, 2).flatten(2, 3) + 1) * 127.5).clamp(0, 255).to(torch.uint8).numpy()
+            )  # F, H, n*W, 3
             vio.encode(grid, out / f"prompt{i:02d}.mp4", fps=8)
         model.train()
         self.acc.wait_for_everyone()
@@ -607,8 +684,19 @@ class Trainer:
         if self.acc.is_main_process:
             _write_json(self.run_dir / "config.json", cfg.to_dict())
             with open(log_path, "a") as f:
-                f.write(json.dumps({"event": "start", "step": self.step, "world_size": self.world, "accumulation": self.accum,
-                                    "cache": str(self.cache.path) if self.cache else None, "time": time.time()}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "event": "start",
+                            "step": self.step,
+                            "world_size": self.world,
+                            "accumulation": self.accum,
+                            "cache": str(self.cache.path) if self.cache else None,
+                            "time": time.time(),
+                        }
+                    )
+                    + "\n"
+                )
         self.model.train()
         batches = iter(self.loader.dataloader())
         records = []
@@ -624,7 +712,9 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}")
                 if self.step % cfg.log.every == 0 and cfg.log.tensorboard:
-                    self.acc.log({k: v for k, v in rec.items() if isinstance(v, (int, float)) and k != "step"}, step=self.step)
+                    self.acc.log(
+                        {k: v for k, v in rec.items() if isinstance(v, (int, float)) and k != "step"}, step=self.step
+                    )
             if self.step % cfg.checkpoint.every == 0 or self.step == cfg.steps:
                 self.save_checkpoint()
             if cfg.validation.every and self.step % cfg.validation.every == 0:
@@ -665,7 +755,9 @@ def _remove_leftovers(ck: Path) -> None:
     """Temporary, replaced or pruned checkpoint folders a killed run left (never a published one)."""
     for p in ck.glob(".*step_*") if ck.exists() else []:
         # .tmp-step_N (being written), .step_N.old* (being replaced: fsio.publish_dir), .step_N.del* (being pruned: fsio.remove_dir)
-        if (p.name.startswith(".tmp-") or (p.name.startswith(".step_") and (".old" in p.name or ".del" in p.name))) and p.is_dir():
+        if (
+            p.name.startswith(".tmp-") or (p.name.startswith(".step_") and (".old" in p.name or ".del" in p.name))
+        ) and p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
 
 
@@ -697,5 +789,10 @@ def train(
     elif init_adapter:
         from syncam_model.adapter_io import load_adapter
 
-        load_adapter(trainer.acc.unwrap_model(trainer.model), init_adapter, trainer.components.base_id, camera_rule=trainer.camera_rule)
+        load_adapter(
+            trainer.acc.unwrap_model(trainer.model),
+            init_adapter,
+            trainer.components.base_id,
+            camera_rule=trainer.camera_rule,
+        )
     return trainer.run(stop_after=stop_after)

@@ -9,7 +9,8 @@ saving and loading the new modules' weights is ``syncam_model.adapter_io``.
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -204,7 +205,11 @@ class MultiViewTransformer(nn.Module):
         if cfg.patch_size_t is None:
             crops = get_resize_crop_region_for_grid((grid_h, grid_w), base_w, base_h)
             cos, sin = get_3d_rotary_pos_embed(
-                embed_dim=cfg.attention_head_dim, crops_coords=crops, grid_size=(grid_h, grid_w), temporal_size=temporal, device=self.device
+                embed_dim=cfg.attention_head_dim,
+                crops_coords=crops,
+                grid_size=(grid_h, grid_w),
+                temporal_size=temporal,
+                device=self.device,
             )
         else:
             cos, sin = get_3d_rotary_pos_embed(

@@ -35,7 +35,11 @@ _FENCE = re.compile(r"^(?P<indent>\s*)```(?P<lang>[\w-]*)\s*$")
 _ASSIGN_LINE = re.compile(r"^\s*(?:[A-Za-z_][A-Za-z0-9_]*=\S*\s*)+(?:#.*)?$")
 _ASSIGN = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=(\S*)")
 _PROGRAMS = {"syncam-data", "syncam-train", "syncam-generate"}
-_MODULES = {"syncam_model.cli_train": "syncam-train", "syncam_model.cli_generate": "syncam-generate", "syncam_data.cli": "syncam-data"}
+_MODULES = {
+    "syncam_model.cli_train": "syncam-train",
+    "syncam_model.cli_generate": "syncam-generate",
+    "syncam_data.cli": "syncam-data",
+}
 
 
 @dataclass
@@ -75,7 +79,9 @@ class Block:
             out.append(ln)
         missing = sorted(set(self.overrides) - used)
         if missing:
-            raise ValueError(f"{self.where}: the marker sets {missing}, which the block does not assign on a line of its own")
+            raise ValueError(
+                f"{self.where}: the marker sets {missing}, which the block does not assign on a line of its own"
+            )
         return "\n".join(out) + "\n"
 
 
@@ -95,8 +101,10 @@ def parse_page(path: Path) -> list[Block]:
             indent, lang = f.group("indent"), f.group("lang").lower()
             body = []
             j = i + 1
-            while j < len(lines) and not re.match(rf"^{re.escape(indent)}```\s*$", lines[j]) and lines[j].strip() != "```":
-                body.append(lines[j][len(indent):] if lines[j].startswith(indent) else lines[j].lstrip())
+            while (
+                j < len(lines) and not re.match(rf"^{re.escape(indent)}```\s*$", lines[j]) and lines[j].strip() != "```"
+            ):
+                body.append(lines[j][len(indent) :] if lines[j].startswith(indent) else lines[j].lstrip())
                 j += 1
             b = Block(path, i + 1, lang, "\n".join(body) + "\n")
             if marker:
@@ -122,11 +130,15 @@ def static_problems(block: Block) -> list[str]:
     """Everything wrong with a command block that can be seen without running it."""
     problems = []
     if block.action not in ("run", "skip"):
-        problems.append(f"{block.where}: a {block.lang} block needs a marker (<!-- docs-test: run --> or <!-- docs-test: skip REASON: why -->)")
+        problems.append(
+            f"{block.where}: a {block.lang} block needs a marker (<!-- docs-test: run --> or <!-- docs-test: skip REASON: why -->)"
+        )
     if block.action == "skip":
         key = block.reason.split(":", 1)[0].strip()
         if key not in SKIP_REASONS:
-            problems.append(f"{block.where}: skip reason {block.reason!r} must start with one of {sorted(SKIP_REASONS)}")
+            problems.append(
+                f"{block.where}: skip reason {block.reason!r} must start with one of {sorted(SKIP_REASONS)}"
+            )
     if block.lang == "python":
         try:
             compile(block.text, block.where, "exec")
@@ -135,11 +147,15 @@ def static_problems(block: Block) -> list[str]:
         return problems
     for n, ln in enumerate(block.text.splitlines(), block.line + 1):
         if re.search(r"\\[ \t]+#", ln):
-            problems.append(f"{block.where} (line {n}): a comment after a line-continuation backslash ends the command there: {ln.strip()!r}")
+            problems.append(
+                f"{block.where} (line {n}): a comment after a line-continuation backslash ends the command there: {ln.strip()!r}"
+            )
         elif re.search(r"\\[ \t]+$", ln):
             problems.append(f"{block.where} (line {n}): spaces after a line-continuation backslash: {ln.strip()!r}")
         if ".venv/bin/" in ln and "source .venv/bin/activate" not in ln:
-            problems.append(f"{block.where} (line {n}): use the commands from PATH (source .venv/bin/activate), not .venv/bin/: {ln.strip()!r}")
+            problems.append(
+                f"{block.where} (line {n}): use the commands from PATH (source .venv/bin/activate), not .venv/bin/: {ln.strip()!r}"
+            )
     res = subprocess.run(["bash", "-n"], input=block.text, capture_output=True, text=True)
     if res.returncode:
         problems.append(f"{block.where}: bash syntax: {res.stderr.strip()}")
@@ -200,8 +216,11 @@ def _apps():
     from syncam_model.cli_generate import app as gen_app
     from syncam_model.cli_train import app as train_app
 
-    return {"syncam-data": typer.main.get_command(data_app), "syncam-train": typer.main.get_command(train_app),
-            "syncam-generate": typer.main.get_command(gen_app)}
+    return {
+        "syncam-data": typer.main.get_command(data_app),
+        "syncam-train": typer.main.get_command(train_app),
+        "syncam-generate": typer.main.get_command(gen_app),
+    }
 
 
 def check_invocation(tokens: list[str]) -> list[str]:

@@ -56,4 +56,6 @@ class FsEvents:
         else:
             assert str(src) in before, f"{final}: its temporary file {src} was not fsynced before the rename"
         after = {e[1] for e in self.events[i + 1 :] if e[0] == "fsync"}
-        assert os.path.realpath(final.parent) in after, f"{final.parent} was not fsynced after {final.name} was renamed into it"
+        assert os.path.realpath(final.parent) in after, (
+            f"{final.parent} was not fsynced after {final.name} was renamed into it"
+        )

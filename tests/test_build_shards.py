@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import shutil
 from pathlib import Path
@@ -19,8 +18,15 @@ from syncam_data.cli import app
 from syncam_data.shards.reader import ShardReader, extra
 from syncam_data.shards.validate import validate_dataset
 from syncam_data.video import decode
-
-from tests.test_build_shards_inputs import FRAMES, H, W, make_frameset, make_render_scene, make_syncamvideo, make_web_videos
+from tests.test_build_shards_inputs import (
+    FRAMES,
+    H,
+    W,
+    make_frameset,
+    make_render_scene,
+    make_syncamvideo,
+    make_web_videos,
+)
 
 runner = CliRunner()
 
@@ -65,16 +71,20 @@ def extrinsics_file(inputs) -> Path:
 
 # --- adapters --------------------------------------------------------------------------
 
+
 def test_renders_cameras_media_depth_captions_survive(inputs, tmp_path):
     out = tmp_path / "ds"
     build(out, "--renders", str(inputs["renders"]))
     reader = assert_valid(out)
     groups = reader.groups()
-    assert set(groups) == {("syncam-blender", "sceneA"), ("syncam-unreal", "sceneB")}  # temp and unreadable folders left out
+    assert set(groups) == {
+        ("syncam-blender", "sceneA"),
+        ("syncam-unreal", "sceneB"),
+    }  # temp and unreadable folders left out
     # The temporary folder of a running render is skipped; a scene folder without scene.json is an error row.
     (err,) = reader.manifest["stats"]["builds"][-1]["errors"]
     assert err["input"].endswith("/sceneD") and "scene.json" in err["error"]
-    for (ds, scene), idx in groups.items():
+    for (_, scene), idx in groups.items():
         folder = inputs["renders"] / scene
         cams = {c["id"]: c for c in json.loads((folder / "cameras.json").read_text())["cameras"]}
         assert sorted(reader.row(i)["view_id"] for i in idx) == sorted(cams)
@@ -83,9 +93,16 @@ def test_renders_cameras_media_depth_captions_survive(inputs, tmp_path):
             cam = cams[row["view_id"]]
             np.testing.assert_allclose(row["c2w"], cam["c2w"], atol=1e-5)
             np.testing.assert_allclose(row["K"], [cam["fx"], cam["fy"], cam["cx"], cam["cy"]], rtol=1e-6)
-            assert row["kind"] == "multiview_video" and row["caption"] == json.loads((folder / "scene.json").read_text())["caption"]
+            assert (
+                row["kind"] == "multiview_video"
+                and row["caption"] == json.loads((folder / "scene.json").read_text())["caption"]
+            )
             clip = decode(reader.read_blob(i))
-            assert clip.shape == (FRAMES, H, W, 3) and (row["num_frames"], row["height"], row["width"]) == (FRAMES, H, W)
+            assert clip.shape == (FRAMES, H, W, 3) and (row["num_frames"], row["height"], row["width"]) == (
+                FRAMES,
+                H,
+                W,
+            )
             assert row["frame_indices"] == list(range(FRAMES))
             assert reader.read_blob(i) == (folder / "videos" / f"{row['view_id']}.mp4").read_bytes()
             assert reader.read_blob(i, "depth") == (folder / "depth" / f"{row['view_id']}.npz").read_bytes()
@@ -131,7 +148,9 @@ def test_web_videos_copied_or_reencoded_with_scores(inputs, tmp_path):
         assert row["dataset"] == "web" and row["kind"] == "single_video" and row["view_id"] == "v0"
         assert row["group_id"] == f"web-{src['content_hash']}"
         assert row["K"] is None and row["c2w"] is None
-        assert row["subject_motion"] == pytest.approx(src["subject_motion"]) and row["camera_motion"] == pytest.approx(src["camera_motion"])
+        assert row["subject_motion"] == pytest.approx(src["subject_motion"]) and row["camera_motion"] == pytest.approx(
+            src["camera_motion"]
+        )
         clip = decode(reader.read_blob(i))
         if src["num_frames"] <= 20:
             assert reader.read_blob(i) == Path(src["path"]).read_bytes()  # H.264 mp4 within limits: copied
@@ -163,7 +182,7 @@ def test_syncamvideo_relative_poses_equal_the_file(inputs, extrinsics_file, tmp_
     out = tmp_path / "ds"
     build(out, "--syncamvideo", str(inputs["scv"]))
     reader = assert_valid(out)
-    (key, idx), = reader.groups().items()
+    ((key, idx),) = reader.groups().items()
     assert key == ("syncamvideo", "f24_aperture5-scene1")
     rows = sorted((reader.row(i) for i in idx), key=lambda r: r["view_id"])
     cams = [r["view_id"] for r in rows]
@@ -200,11 +219,16 @@ def test_syncamvideo_scene_folder_fov_and_moving_camera(inputs, extrinsics_file,
     np.testing.assert_allclose(rows["cam01"]["K"], [W / 2, W / 2, W / 2, H / 2], rtol=1e-6)  # hfov 90: fx = W/2
     per_frame = extra(rows["cam02"])["c2w_per_frame"]
     assert len(per_frame) == 81
-    np.testing.assert_allclose(np.asarray(per_frame[40]).reshape(3, 4)[:, 3] - np.asarray(per_frame[0]).reshape(3, 4)[:, 3], [0.5, 0, 0], atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(per_frame[40]).reshape(3, 4)[:, 3] - np.asarray(per_frame[0]).reshape(3, 4)[:, 3],
+        [0.5, 0, 0],
+        atol=1e-5,
+    )
     assert "c2w_per_frame" not in extra(rows["cam01"])
 
 
 # --- captions ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
 def test_captions_file_by_sample_group_and_path(inputs, tmp_path, fmt):
@@ -225,7 +249,17 @@ def test_captions_file_by_sample_group_and_path(inputs, tmp_path, fmt):
             w.writeheader()
             w.writerows(entries)
     out = tmp_path / "ds"
-    text = build(out, "--captions", str(cap), "--frames", str(inputs["frames"]), "--videos", str(inputs["scores"]), "--renders", str(inputs["renders"]))
+    text = build(
+        out,
+        "--captions",
+        str(cap),
+        "--frames",
+        str(inputs["frames"]),
+        "--videos",
+        str(inputs["scores"]),
+        "--renders",
+        str(inputs["renders"]),
+    )
     rows = rows_by_sample(assert_valid(out))
     assert rows["realestate10k/seqA_s000/v01"]["caption"] == "a kitchen, seen from the door"
     assert rows["realestate10k/seqA_s000/v00"]["caption"] == "a kitchen"
@@ -245,12 +279,15 @@ def test_captions_file_by_sample_group_and_path(inputs, tmp_path, fmt):
 def test_bad_captions_file_is_a_clear_error(inputs, tmp_path):
     cap = tmp_path / "c.jsonl"
     cap.write_text('{"group_id": "x", "caption": "ok"}\n{"caption": "no key"}\n')
-    res = runner.invoke(app, ["build-shards", "--out", str(tmp_path / "ds"), "--frames", str(inputs["frames"]), "--captions", str(cap)])
+    res = runner.invoke(
+        app, ["build-shards", "--out", str(tmp_path / "ds"), "--frames", str(inputs["frames"]), "--captions", str(cap)]
+    )
     assert res.exit_code == 1 and f"{cap}:2" in res.output
     assert not (tmp_path / "ds" / "dataset.json").exists()
 
 
 # --- incremental, dedup, crash safety ----------------------------------------------------
+
 
 def test_incremental_adds_only_new_groups_and_skips_duplicates(inputs, tmp_path):
     renders = tmp_path / "renders"
@@ -301,7 +338,9 @@ def test_killed_build_leaves_a_valid_dataset_and_resumes(inputs, tmp_path, monke
         real_commit(writer, result, summary)
 
     monkeypatch.setattr(build_mod, "commit_batch", commit_then_die)
-    cfg = build_mod.BuildConfig(out=out, renders=[inputs["renders"]], frames=[inputs["frames"]], shard_size="1KB", progress=False)
+    cfg = build_mod.BuildConfig(
+        out=out, renders=[inputs["renders"]], frames=[inputs["frames"]], shard_size="1KB", progress=False
+    )
     with pytest.raises(KeyboardInterrupt):
         build_mod.build_shards(cfg)
     assert list(out.glob(".*.tmp*"))  # the second shard was written but never committed
@@ -325,9 +364,14 @@ def test_uncommitted_shard_of_a_killed_build_is_replaced(inputs, tmp_path):
     # Simulate a kill between renaming shard 00001 and committing it.
     manifest["shards"] = manifest["shards"][:1]
     index = pq.read_table(out / "index.parquet")
-    pq.write_table(index.filter(np.array([s == "syncam-00000.parquet" for s in index.column("shard").to_pylist()])), out / "index.parquet")
+    pq.write_table(
+        index.filter(np.array([s == "syncam-00000.parquet" for s in index.column("shard").to_pylist()])),
+        out / "index.parquet",
+    )
     manifest["num_rows"] = manifest["shards"][0]["num_rows"]
-    manifest["index_sha256"] = hashlib.sha256((out / "index.parquet").read_bytes()).hexdigest()  # as the first commit recorded it
+    manifest["index_sha256"] = hashlib.sha256(
+        (out / "index.parquet").read_bytes()
+    ).hexdigest()  # as the first commit recorded it
     (out / "dataset.json").write_text(json.dumps(manifest))
     reader = assert_valid(out)
     assert len(reader.groups()) == 1
@@ -372,12 +416,29 @@ def test_missing_input_is_a_clear_error(tmp_path):
 
 # --- everything at once, engines ---------------------------------------------------------
 
+
 def test_all_sources_in_one_dataset_validate_and_inspect(inputs, tmp_path):
     out = tmp_path / "ds"
-    build(out, "--renders", str(inputs["renders"]), "--frames", str(inputs["frames"]), "--videos", str(inputs["scores"]),
-          "--syncamvideo", str(inputs["scv"]))
+    build(
+        out,
+        "--renders",
+        str(inputs["renders"]),
+        "--frames",
+        str(inputs["frames"]),
+        "--videos",
+        str(inputs["scores"]),
+        "--syncamvideo",
+        str(inputs["scv"]),
+    )
     reader = assert_valid(out)
-    assert {k for k, _ in reader.groups()} == {"syncam-blender", "syncam-unreal", "realestate10k", "dl3dv", "web", "syncamvideo"}
+    assert {k for k, _ in reader.groups()} == {
+        "syncam-blender",
+        "syncam-unreal",
+        "realestate10k",
+        "dl3dv",
+        "web",
+        "syncamvideo",
+    }
     res = runner.invoke(app, ["inspect", str(out), "--json", str(tmp_path / "i.json")])
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "i.json").read_text())
@@ -385,7 +446,9 @@ def test_all_sources_in_one_dataset_validate_and_inspect(inputs, tmp_path):
     # The files load with Hugging Face datasets too (Contract 3).
     import datasets
 
-    ds = datasets.load_dataset("parquet", data_files=sorted(str(p) for p in out.glob("syncam-*.parquet")), split="train")
+    ds = datasets.load_dataset(
+        "parquet", data_files=sorted(str(p) for p in out.glob("syncam-*.parquet")), split="train"
+    )
     assert ds.num_rows == 18 and set(ds.column_names) >= {"sample_id", "media", "c2w", "K"}
 
 
@@ -399,8 +462,18 @@ def index_rows(out: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_local_workers_and_ray_write_the_same_dataset(inputs, tmp_path):
-    args = ["--renders", str(inputs["renders"]), "--frames", str(inputs["frames"]), "--videos", str(inputs["scores"]),
-            "--syncamvideo", str(inputs["scv"]), "--shard-size", "20KB"]
+    args = [
+        "--renders",
+        str(inputs["renders"]),
+        "--frames",
+        str(inputs["frames"]),
+        "--videos",
+        str(inputs["scores"]),
+        "--syncamvideo",
+        str(inputs["scv"]),
+        "--shard-size",
+        "20KB",
+    ]
     build(tmp_path / "one", *args)
     build(tmp_path / "two", *args, "--workers", "2")
     ray = pytest.importorskip("ray")
@@ -442,7 +515,19 @@ def test_sigkilled_build_process_leaves_a_valid_dataset(tmp_path):
 
     pq.write_table(pa.Table.from_pylist(rows), web / "scores.parquet")
     out = tmp_path / "ds"
-    cmd = [str(Path(sys.executable).parent / "syncam-data"), "-q", "build-shards", "--out", str(out), "--videos", str(web / "scores.parquet"), "--max-frames", "60", "--shard-size", "1KB"]
+    cmd = [
+        str(Path(sys.executable).parent / "syncam-data"),
+        "-q",
+        "build-shards",
+        "--out",
+        str(out),
+        "--videos",
+        str(web / "scores.parquet"),
+        "--max-frames",
+        "60",
+        "--shard-size",
+        "1KB",
+    ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -458,12 +543,15 @@ def test_sigkilled_build_process_leaves_a_valid_dataset(tmp_path):
     assert 1 <= committed < 6, "the build was not caught mid-way"
     reader = assert_valid(out)
     assert 1 <= len(reader.groups()) < 6
-    build(out, "--videos", str(web / "scores.parquet"), "--max-frames", "60", "--shard-size", "1KB")  # the stale lock of the dead process is taken over
+    build(
+        out, "--videos", str(web / "scores.parquet"), "--max-frames", "60", "--shard-size", "1KB"
+    )  # the stale lock of the dead process is taken over
     reader = assert_valid(out)
     assert len(reader.groups()) == 6 and len(reader) == 6
 
 
 # --- the fast paths keep the contract -------------------------------------------------
+
 
 def test_shard_checksums_hashed_while_writing_match_the_files(inputs, tmp_path):
     """Row groups are hashed as they are written (AppendHash); several row groups per shard here."""
@@ -503,7 +591,21 @@ def test_blob_columns_reference_the_rows_bytes():
 
     from syncam_data.shards.schema import SCHEMA, ViewRecord, rows_to_table
 
-    recs = [ViewRecord("d", "multiview_video", "g", f"v{i}", bytes([i]) * (1000 + i), "mp4", 1, 2, 2, depth=None if i else b"npz" * 9) for i in range(3)]
+    recs = [
+        ViewRecord(
+            "d",
+            "multiview_video",
+            "g",
+            f"v{i}",
+            bytes([i]) * (1000 + i),
+            "mp4",
+            1,
+            2,
+            2,
+            depth=None if i else b"npz" * 9,
+        )
+        for i in range(3)
+    ]
     rows = [r.to_row() for r in recs]
     table = rows_to_table(rows)
     assert table.schema == SCHEMA

@@ -16,13 +16,21 @@ from syncam_data.cameras import Camera, RigSpec, look_at, sample_rig
 from syncam_data.fsio import write_json
 from syncam_data.render.output import SceneOutput
 from syncam_data.video import encode
-
 from tests.conftest import smooth_frames
 
 W, H, FRAMES = 64, 48, 4
 
 
-def make_render_scene(root: Path, scene_id: str, backend: str = "blender", cams: int = 3, frames: int = FRAMES, caption: str = "a dog runs", seed: int = 0, smooth_depth: bool = False) -> Path:
+def make_render_scene(
+    root: Path,
+    scene_id: str,
+    backend: str = "blender",
+    cams: int = 3,
+    frames: int = FRAMES,
+    caption: str = "a dog runs",
+    seed: int = 0,
+    smooth_depth: bool = False,
+) -> Path:
     """A Contract 2 scene folder written by the real SceneOutput (videos, depth, masks, cameras.json, scene.json).
 
     ``smooth_depth`` gives a ramp (compresses like real depth) instead of noise (small but incompressible).
@@ -36,15 +44,23 @@ def make_render_scene(root: Path, scene_id: str, backend: str = "blender", cams:
     for i in range(cams):
         clip = smooth_frames(frames, H, W, seed=seed * 100 + i)
         for f in range(frames):
-            depth = (2.0 + np.linspace(0, 6, H)[:, None] * np.ones((1, W)) + 0.01 * f) if smooth_depth else rng.uniform(1, 9, (H, W))
+            depth = (
+                (2.0 + np.linspace(0, 6, H)[:, None] * np.ones((1, W)) + 0.01 * f)
+                if smooth_depth
+                else rng.uniform(1, 9, (H, W))
+            )
             depth = depth.astype(np.float32)
             ids = (rng.uniform(size=(H, W)) > 0.8).astype(np.uint8)
             out.add_frame(f"cam{i:02d}", clip[f], depth, ids)
-    out.finish({"scene_id": scene_id, "backend": backend, "caption": caption, "spec": {"seed": seed, "caption": caption}})
+    out.finish(
+        {"scene_id": scene_id, "backend": backend, "caption": caption, "spec": {"seed": seed, "caption": caption}}
+    )
     return folder
 
 
-def make_frameset(root: Path, group_id: str, source: str = "realestate10k", views: int = 3, fmt: str = "jpg", seed: int = 0) -> Path:
+def make_frameset(
+    root: Path, group_id: str, source: str = "realestate10k", views: int = 3, fmt: str = "jpg", seed: int = 0
+) -> Path:
     """A sample-frames group folder: images + cameras.json with frame_index (and timestamp_us for RE10K)."""
     folder = root / group_id
     folder.mkdir(parents=True)
@@ -62,7 +78,16 @@ def make_frameset(root: Path, group_id: str, source: str = "realestate10k", view
             e["timestamp_us"] = 1000 * (10 * i + seed)
         e["raw"] = {"w2c": cam.w2c().reshape(-1).tolist()}
         entries.append(e)
-    write_json(folder / "cameras.json", {"source": source, "sequence": f"seq{seed}", "source_uri": f"https://example.com/{seed}", "frame_indices": [e["frame_index"] for e in entries], "cameras": entries})
+    write_json(
+        folder / "cameras.json",
+        {
+            "source": source,
+            "sequence": f"seq{seed}",
+            "source_uri": f"https://example.com/{seed}",
+            "frame_indices": [e["frame_index"] for e in entries],
+            "cameras": entries,
+        },
+    )
     return folder
 
 
@@ -99,7 +124,15 @@ def make_web_videos(root: Path, specs: list[tuple[str, int, str]]) -> Path:
     return scores
 
 
-def make_syncamvideo(root: Path, extrinsics: Path, subset: str = "f24_aperture5", scene: str = "scene1", cams: int = 4, frames: int = FRAMES, seed: int = 0) -> Path:
+def make_syncamvideo(
+    root: Path,
+    extrinsics: Path,
+    subset: str = "f24_aperture5",
+    scene: str = "scene1",
+    cams: int = 4,
+    frames: int = FRAMES,
+    seed: int = 0,
+) -> Path:
     """``<root>/<subset>/<scene>/videos/camXX.mp4`` + the real camera_extrinsics.json (videos for the first ``cams`` cameras).
 
     ``subset`` may hold several levels (``train/f24_aperture5``) and ``scene`` may be empty (the
@@ -110,5 +143,9 @@ def make_syncamvideo(root: Path, extrinsics: Path, subset: str = "f24_aperture5"
     shutil.copy(extrinsics, folder / "cameras" / "camera_extrinsics.json")
     names = sorted(json.loads(extrinsics.read_text())["frame0"])[:cams]
     for i, cam in enumerate(names):
-        encode(smooth_frames(frames, H, W, seed=200 + i + 17 * len(scene) + 1000 * seed), folder / "videos" / f"{cam}.mp4", fps=15.0)
+        encode(
+            smooth_frames(frames, H, W, seed=200 + i + 17 * len(scene) + 1000 * seed),
+            folder / "videos" / f"{cam}.mp4",
+            fps=15.0,
+        )
     return folder

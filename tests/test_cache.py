@@ -17,8 +17,14 @@ from syncam_model.train import Trainer
 from tests.test_data_loader import make_shards
 
 SMALL = ["--set", "data.height=16", "--set", "data.width=32", "--set", "data.frames=5"]
-OVER = {"data.height": 16, "data.width": 32, "data.frames": 5, "data.frame_sampling": "first", "optim.global_batch_size": 1,
-        "curriculum.schedule": [{"start_step": 0, "min_angle": 0, "max_angle": 60}]}
+OVER = {
+    "data.height": 16,
+    "data.width": 32,
+    "data.frames": 5,
+    "data.frame_sampling": "first",
+    "optim.global_batch_size": 1,
+    "curriculum.schedule": [{"start_step": 0, "min_angle": 0, "max_angle": 60}],
+}
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -26,8 +32,13 @@ pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 @pytest.fixture(scope="module")
 def cached(tmp_path_factory) -> tuple[Path, Path]:
-    root = make_shards(tmp_path_factory.mktemp("shards"), mv_groups=2, views=4, img_groups=1, single_groups=2, corrupt="web/sv1/main")
-    res = CliRunner().invoke(app, ["cache", "--shards", str(root), "--pretrained", "tiny", "--config", "tiny", "--groups-per-part", "2", *SMALL])
+    root = make_shards(
+        tmp_path_factory.mktemp("shards"), mv_groups=2, views=4, img_groups=1, single_groups=2, corrupt="web/sv1/main"
+    )
+    res = CliRunner().invoke(
+        app,
+        ["cache", "--shards", str(root), "--pretrained", "tiny", "--config", "tiny", "--groups-per-part", "2", *SMALL],
+    )
     assert res.exit_code == 0, res.output
     return root, Path(res.stdout.strip().splitlines()[-1])
 
@@ -82,7 +93,23 @@ def test_cached_training_gives_the_same_loss_as_decoding(cached, tmp_path):
 
 def test_require_without_a_cache_is_a_clear_error(tmp_path):
     root = make_shards(tmp_path / "s", mv_groups=0, img_groups=0, single_groups=1)
-    res = CliRunner().invoke(app, ["--shards", str(root), "--pretrained", "tiny", "--out", str(tmp_path / "run"), "--config", "tiny",
-                                   *SMALL, "--set", "cache.use=require", "--set", "optim.global_batch_size=1"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "--shards",
+            str(root),
+            "--pretrained",
+            "tiny",
+            "--out",
+            str(tmp_path / "run"),
+            "--config",
+            "tiny",
+            *SMALL,
+            "--set",
+            "cache.use=require",
+            "--set",
+            "optim.global_batch_size=1",
+        ],
+    )
     assert res.exit_code == 2
     assert "no finished latent cache" in res.output

@@ -37,7 +37,9 @@ def test_max_distance_puts_the_farthest_view_at_one_whatever_the_sources_unit():
     dist = np.linalg.norm(rel.reshape(-1, 3, 4)[:, :, 3], axis=1)
     assert dist[0] == 0 and dist.max() == pytest.approx(1.0, abs=1e-6)
     # rotations are Contract 1's relative rotations, untouched
-    np.testing.assert_allclose(rel.reshape(-1, 3, 4)[:, :, :3], relative_poses(c2ws).reshape(-1, 3, 4)[:, :, :3], atol=1e-6)
+    np.testing.assert_allclose(
+        rel.reshape(-1, 3, 4)[:, :, :3], relative_poses(c2ws).reshape(-1, 3, 4)[:, :, :3], atol=1e-6
+    )
     # an SfM sequence's scale (and world frame) is arbitrary: the model input is the same in any unit
     for scale in (0.01, 37.0):
         np.testing.assert_allclose(rule.apply(_similarity(c2ws, scale)), rel, atol=1e-5)
@@ -49,11 +51,16 @@ def test_max_distance_puts_the_farthest_view_at_one_whatever_the_sources_unit():
 def test_fixed_rule_divides_by_the_scale_and_shared_centres_stay_zero():
     c2ws = [look_at((6, 0, 1), (0, 0, 0)), look_at((0, 6, 1), (0, 0, 0)), look_at((-6, 0, 1), (0, 0, 0))]
     metric = relative_poses(c2ws)
-    np.testing.assert_allclose(CameraRule(translation_normalization="fixed", translation_scale=2.0).apply(c2ws),
-                               relative_poses(c2ws, translation_scale=2.0), atol=1e-6)
+    np.testing.assert_allclose(
+        CameraRule(translation_normalization="fixed", translation_scale=2.0).apply(c2ws),
+        relative_poses(c2ws, translation_scale=2.0),
+        atol=1e-6,
+    )
     far = np.linalg.norm(metric.reshape(-1, 3, 4)[:, :, 3], axis=1).max()
     assert far == pytest.approx(12.0)
-    np.testing.assert_allclose(CameraRule().apply(c2ws).reshape(-1, 3, 4)[:, :, 3], metric.reshape(-1, 3, 4)[:, :, 3] / far, atol=1e-6)
+    np.testing.assert_allclose(
+        CameraRule().apply(c2ws).reshape(-1, 3, 4)[:, :, 3], metric.reshape(-1, 3, 4)[:, :, 3] / far, atol=1e-6
+    )
     # cameras that only rotate about one centre: no translation to normalize, and no NaN
     same = [look_at((1, 1, 1), (0, 0, 0)), look_at((1, 1, 1), (5, 1, 1))]
     rel = CameraRule().apply(same)
@@ -64,7 +71,9 @@ def test_rule_metadata_round_trip_and_refusal():
     fixed = CameraRule(translation_normalization="fixed", translation_scale=2.0)
     meta = {"base_id": {}, **fixed.to_meta()}
     assert rule_of(meta) == fixed and check_rule(meta, fixed) == fixed
-    with pytest.raises(CameraRuleError, match=r"trained with camera translation rule fixed \(translations / 2\), but max_distance"):
+    with pytest.raises(
+        CameraRuleError, match=r"trained with camera translation rule fixed \(translations / 2\), but max_distance"
+    ):
         check_rule(meta, CameraRule())
     with pytest.raises(CameraRuleError, match="records no camera rule"):
         rule_of({"base_id": {}}, "x.safetensors")

@@ -25,6 +25,7 @@ def assert_rotation(R):
 
 # --- Unreal Engine ----------------------------------------------------------
 
+
 @pytest.mark.parametrize("pyr", [(0, 0, 0), (10, 30, 0), (-35, 170, 12), (60, -90, -45), (5, 359, 179)])
 def test_ue_rotation_is_proper_and_round_trips(pyr):
     c2w = C.c2w_from_ue([120.0, -340.0, 55.0], pyr)
@@ -124,6 +125,7 @@ def test_ue_row_matrix_parser_rejects_garbage():
 
 # --- OpenGL / Blender / nerfstudio --------------------------------------------
 
+
 def test_opengl_conversion_known_vector_and_round_trip():
     # An OpenGL camera at the origin looking down -Z of the world with +Y up.
     gl = np.hstack([np.eye(3), np.zeros((3, 1))])
@@ -140,6 +142,7 @@ def test_opengl_conversion_known_vector_and_round_trip():
 
 
 # --- RealEstate10K ---------------------------------------------------------------
+
 
 def test_realestate10k_fixture_parses(fixtures_dir):
     lines = (fixtures_dir / "realestate10k" / "0bf152ef84195293.txt").read_text().splitlines()
@@ -183,6 +186,7 @@ def test_realestate10k_bad_lines():
 
 # --- intrinsics and media edits --------------------------------------------------
 
+
 def test_intrinsics_from_fov_and_filmback():
     assert C.focal_from_hfov(720, 90) == pytest.approx(360)
     assert C.hfov_from_focal(720, C.focal_from_hfov(720, 63.0)) == pytest.approx(63.0)
@@ -219,6 +223,7 @@ def test_unproject_inverts_project():
 
 
 # --- look-at, rigs, relative poses ---------------------------------------------
+
 
 def test_look_at_axes():
     c2w = C.look_at([5, 0, 0], [0, 0, 0])

@@ -13,7 +13,18 @@ from syncam_data.cli import app
 
 runner = CliRunner()
 BIN = Path(sys.executable).parent
-SUBCOMMANDS = ["render", "sample-frames", "filter-videos", "build-shards", "inspect", "validate", "demo", "eval", "export-posed", "run"]
+SUBCOMMANDS = [
+    "render",
+    "sample-frames",
+    "filter-videos",
+    "build-shards",
+    "inspect",
+    "validate",
+    "demo",
+    "eval",
+    "export-posed",
+    "run",
+]
 
 
 @pytest.mark.parametrize("cmd", SUBCOMMANDS)
@@ -43,7 +54,11 @@ def test_one_cv2_distribution():
     """unrealcv pulls opencv-python; the project must end up with exactly one cv2 provider."""
     from importlib import metadata
 
-    providers = {d.metadata["Name"].lower() for d in metadata.distributions() if (d.read_text("top_level.txt") or "").split().count("cv2") or d.metadata["Name"].lower().startswith("opencv")}
+    providers = {
+        d.metadata["Name"].lower()
+        for d in metadata.distributions()
+        if (d.read_text("top_level.txt") or "").split().count("cv2") or d.metadata["Name"].lower().startswith("opencv")
+    }
     assert len(providers) == 1, providers
     import cv2
 

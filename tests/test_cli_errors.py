@@ -58,7 +58,11 @@ def data_cases(r: Path) -> list[tuple[str, list[str], str]]:
             (f"render-out-{why}", ["render", "--scenes", "1", "--out", bad], why),
             (f"build-shards-out-{why}", ["build-shards", "--out", bad, "--frames", str(r / "frames")], why),
             (f"filter-videos-out-{why}", ["filter-videos", str(r / "bad.mp4"), "--out", bad], why),
-            (f"sample-frames-out-{why}", ["sample-frames", "--source", "dl3dv", "--root", str(r / "empty"), "--out", bad], why),
+            (
+                f"sample-frames-out-{why}",
+                ["sample-frames", "--source", "dl3dv", "--root", str(r / "empty"), "--out", bad],
+                why,
+            ),
             (f"eval-out-{why}", ["eval", str(r / "frames"), "--out", bad], why),
             (f"demo-out-{why}", ["demo", "--out", bad], why),
         ]
@@ -67,14 +71,66 @@ def data_cases(r: Path) -> list[tuple[str, list[str], str]]:
         ("inspect-a-file", ["inspect", str(r / "a_file")], "not a folder"),
         ("validate-manifest-is-a-folder", ["validate", str(r / "folder_manifest")], "dataset.json: is not a file"),
         ("validate-zero-byte-manifest", ["validate", str(r / "zero_manifest")], "not valid JSON"),
-        ("build-shards-shard-size", ["build-shards", "--out", str(r / "ds1"), "--frames", str(r / "frames"), "--shard-size", "lots"], "--shard-size"),
-        ("build-shards-shard-size-huge", ["build-shards", "--out", str(r / "ds2"), "--frames", str(r / "frames"), "--shard-size", "100TB"], "SYNCAM_MAX_BYTES"),
-        ("build-shards-intrinsics-nan", ["build-shards", "--out", str(r / "ds3"), "--frames", str(r / "frames"), "--intrinsics", "nan,1,2,3"], "--intrinsics"),
-        ("build-shards-fov-nan", ["build-shards", "--out", str(r / "ds4"), "--frames", str(r / "frames"), "--fov", "nan"], "not a finite number"),
-        ("render-resolution", ["render", "--scenes", "1", "--out", str(r / "r1"), "--resolution", "100000x100000"], "SYNCAM_MAX_SIDE"),
-        ("render-workers", ["render", "--scenes", "1", "--out", str(r / "r2"), "--workers", "100000"], "SYNCAM_MAX_WORKERS"),
-        ("sample-frames-views", ["sample-frames", "--source", "dl3dv", "--root", str(r / "empty"), "--out", str(r / "s1"), "--views", "100000"], "--views"),
-        ("sample-frames-fps-nan", ["sample-frames", "--source", "realestate10k", "--root", str(r / "empty"), "--out", str(r / "s2"), "--fps", "nan"], "not a finite number"),
+        (
+            "build-shards-shard-size",
+            ["build-shards", "--out", str(r / "ds1"), "--frames", str(r / "frames"), "--shard-size", "lots"],
+            "--shard-size",
+        ),
+        (
+            "build-shards-shard-size-huge",
+            ["build-shards", "--out", str(r / "ds2"), "--frames", str(r / "frames"), "--shard-size", "100TB"],
+            "SYNCAM_MAX_BYTES",
+        ),
+        (
+            "build-shards-intrinsics-nan",
+            ["build-shards", "--out", str(r / "ds3"), "--frames", str(r / "frames"), "--intrinsics", "nan,1,2,3"],
+            "--intrinsics",
+        ),
+        (
+            "build-shards-fov-nan",
+            ["build-shards", "--out", str(r / "ds4"), "--frames", str(r / "frames"), "--fov", "nan"],
+            "not a finite number",
+        ),
+        (
+            "render-resolution",
+            ["render", "--scenes", "1", "--out", str(r / "r1"), "--resolution", "100000x100000"],
+            "SYNCAM_MAX_SIDE",
+        ),
+        (
+            "render-workers",
+            ["render", "--scenes", "1", "--out", str(r / "r2"), "--workers", "100000"],
+            "SYNCAM_MAX_WORKERS",
+        ),
+        (
+            "sample-frames-views",
+            [
+                "sample-frames",
+                "--source",
+                "dl3dv",
+                "--root",
+                str(r / "empty"),
+                "--out",
+                str(r / "s1"),
+                "--views",
+                "100000",
+            ],
+            "--views",
+        ),
+        (
+            "sample-frames-fps-nan",
+            [
+                "sample-frames",
+                "--source",
+                "realestate10k",
+                "--root",
+                str(r / "empty"),
+                "--out",
+                str(r / "s2"),
+                "--fps",
+                "nan",
+            ],
+            "not a finite number",
+        ),
         ("eval-max-side", ["eval", str(r / "frames"), "--out", str(r / "e1"), "--max-side", "100000"], "--max-side"),
     ]
     return cases
@@ -87,25 +143,75 @@ def train_cases(r: Path, shards: Path) -> list[tuple[str, list[str], str]]:
         ("train-out-long", ["--shards", str(shards), "--out", str(r / LONG), *base], "longer than 255"),
         ("train-shards-missing", ["--shards", str(r / "nope"), "--out", str(r / "t1"), *base], "no such folder"),
         ("train-shards-empty-folder", ["--shards", str(r / "empty"), "--out", str(r / "t2"), *base], "no dataset.json"),
-        ("train-shards-no-shards", ["--shards", str(r / "no_shards"), "--out", str(r / "t3"), *base], "lists no shards"),
-        ("train-shards-bad-manifest", ["--shards", str(r / "bad_manifest"), "--out", str(r / "t4"), *base], "dataset.json: not valid JSON"),
-        ("train-height", ["--shards", str(shards), "--out", str(r / "t5"), *base, "--set", "data.height=100000"], "SYNCAM_MAX_MODEL_SIDE"),
-        ("train-resume-malformed-state", ["--shards", str(shards), "--out", str(r / "run"), *base, "--resume", "latest"], "trainer_state.json: not valid JSON"),
-        ("train-cache-shards-missing", ["cache", "--shards", str(r / "nope"), "--pretrained", "tiny", "--config", "tiny"], "no such folder"),
+        (
+            "train-shards-no-shards",
+            ["--shards", str(r / "no_shards"), "--out", str(r / "t3"), *base],
+            "lists no shards",
+        ),
+        (
+            "train-shards-bad-manifest",
+            ["--shards", str(r / "bad_manifest"), "--out", str(r / "t4"), *base],
+            "dataset.json: not valid JSON",
+        ),
+        (
+            "train-height",
+            ["--shards", str(shards), "--out", str(r / "t5"), *base, "--set", "data.height=100000"],
+            "SYNCAM_MAX_MODEL_SIDE",
+        ),
+        (
+            "train-resume-malformed-state",
+            ["--shards", str(shards), "--out", str(r / "run"), *base, "--resume", "latest"],
+            "trainer_state.json: not valid JSON",
+        ),
+        (
+            "train-cache-shards-missing",
+            ["cache", "--shards", str(r / "nope"), "--pretrained", "tiny", "--config", "tiny"],
+            "no such folder",
+        ),
     ]
 
 
 def generate_cases(r: Path) -> list[tuple[str, list[str], str]]:
-    base = ["--prompt", "a dog", "--pretrained", "tiny", "--frames", "9", "--resolution", "16x32", "--steps", "2", "--device", "cpu", "--no-progress"]
+    base = [
+        "--prompt",
+        "a dog",
+        "--pretrained",
+        "tiny",
+        "--frames",
+        "9",
+        "--resolution",
+        "16x32",
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     return [
         ("generate-steps-0", [*base, "--steps", "0", "--out", str(r / "g1")], "--steps"),
         ("generate-guidance-nan", [*base, "--guidance", "nan", "--out", str(r / "g2")], "not a finite number"),
-        ("generate-text-guidance-inf", [*base, "--text-guidance", "inf", "--out", str(r / "g3")], "not a finite number"),
-        ("generate-corrupt-input-video", [*base, "--input-video", str(r / "bad.mp4"), "--out", str(r / "g4")], "bad.mp4"),
-        ("generate-missing-input-video", [*base, "--input-video", str(r / "nope.mp4"), "--out", str(r / "g5")], "nope.mp4"),
+        (
+            "generate-text-guidance-inf",
+            [*base, "--text-guidance", "inf", "--out", str(r / "g3")],
+            "not a finite number",
+        ),
+        (
+            "generate-corrupt-input-video",
+            [*base, "--input-video", str(r / "bad.mp4"), "--out", str(r / "g4")],
+            "bad.mp4",
+        ),
+        (
+            "generate-missing-input-video",
+            [*base, "--input-video", str(r / "nope.mp4"), "--out", str(r / "g5")],
+            "nope.mp4",
+        ),
         ("generate-out-file", [*base, "--out", str(r / "a_file")], "not a folder"),
         ("generate-out-long", [*base, "--out", str(r / LONG)], "longer than 255"),
-        ("generate-resolution", [*base, "--resolution", "100000x100000", "--out", str(r / "g6")], "SYNCAM_MAX_MODEL_SIDE"),
+        (
+            "generate-resolution",
+            [*base, "--resolution", "100000x100000", "--out", str(r / "g6")],
+            "SYNCAM_MAX_MODEL_SIDE",
+        ),
         ("generate-frames", [*base, "--frames", "100001", "--out", str(r / "g7")], "SYNCAM_MAX_MODEL_FRAMES"),
     ]
 
@@ -114,7 +220,9 @@ def check(app, args: list[str], expect: str) -> None:
     res = CliRunner().invoke(app, args)
     # A rich error panel wraps long lines: compare with the box drawing and line breaks removed.
     flat = " ".join(res.output.replace("│", " ").split())
-    assert res.exception is None or isinstance(res.exception, SystemExit), f"raised {type(res.exception).__name__}: {res.exception}\n{res.output}"
+    assert res.exception is None or isinstance(res.exception, SystemExit), (
+        f"raised {type(res.exception).__name__}: {res.exception}\n{res.output}"
+    )
     assert "Traceback" not in res.output, res.output
     assert res.exit_code not in (0, None), res.output
     assert " ".join(expect.split()) in flat, f"expected {expect!r} in:\n{res.output}"
@@ -154,7 +262,16 @@ def test_generate_refuses_ordinary_mistakes_without_a_traceback(env):
 def test_a_file_system_error_during_work_is_one_line_from_the_installed_command(env):
     """The console script itself (not the test runner): an OSError met while working names the file, no traceback."""
     report = env["root"] / "a_file" / "report.json"  # its folder is a file
-    cmd = [sys.executable, "-c", "from syncam_data.cli import main; main()", "-q", "validate", str(env["root"] / "no_shards"), "--json", str(report)]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from syncam_data.cli import main; main()",
+        "-q",
+        "validate",
+        str(env["root"] / "no_shards"),
+        "--json",
+        str(report),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == f"error: {report}: Not a directory", proc.stderr

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -58,8 +58,14 @@ def test_pairwise_feasibility_is_stricter():
 
 def test_loader_applies_the_pairwise_window(tmp_path):
     root = make_shards(tmp_path / "s", mv_groups=2, views=9, img_groups=0, single_groups=0)
-    over = {"data.height": 16, "data.width": 32, "data.frames": 5, "data.num_views": 3, "steps": 40,
-            "curriculum.schedule": [{"start_step": 0, "min_angle": 20, "max_angle": 60}]}
+    over = {
+        "data.height": 16,
+        "data.width": 32,
+        "data.frames": 5,
+        "data.num_views": 3,
+        "steps": 40,
+        "curriculum.schedule": [{"start_step": 0, "min_angle": 20, "max_angle": 60}],
+    }
     for pairwise in (False, True):
         cfg = load_config("tiny", {**over, "curriculum.pairwise": pairwise})
         loader = build_loader(str(root), cfg, total_micro=40)

@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import smooth_frames
 from syncam_data import video
 from syncam_data.cameras import look_at, relative_angle, spherical_position
 from syncam_data.shards.schema import ViewRecord
 from syncam_data.shards.writer import ShardWriter
 from syncam_model.config import ConfigError, load_config
-from syncam_model.curriculum import AngleSchedule, angle_matrix, select_views, Window
+from syncam_model.curriculum import AngleSchedule, Window, angle_matrix, select_views
 from syncam_model.data import BatchBuffers, DataError, as_contract4, build_loader, crop_box, decode_view, updated_K
+from tests.conftest import smooth_frames
 
 RING_STEP = 20.0  # degrees between neighbouring cameras of a multi-view group
 
@@ -55,8 +55,20 @@ def make_shards(
             clip = smooth_frames(frames, h, w, seed=100 * g + v)
             recs.append(
                 ViewRecord(
-                    "synth", "multiview_video", f"mv{g}", f"cam{v:02d}", video.encode(clip, fps=8, preset="ultrafast"), "mp4",
-                    frames, h, w, fps=8.0, caption=f"scene {g}", frame_indices=list(range(frames)), K=K, c2w=ring_c2w(v),
+                    "synth",
+                    "multiview_video",
+                    f"mv{g}",
+                    f"cam{v:02d}",
+                    video.encode(clip, fps=8, preset="ultrafast"),
+                    "mp4",
+                    frames,
+                    h,
+                    w,
+                    fps=8.0,
+                    caption=f"scene {g}",
+                    frame_indices=list(range(frames)),
+                    K=K,
+                    c2w=ring_c2w(v),
                 )
             )
         groups.append(recs)
@@ -66,14 +78,41 @@ def make_shards(
             img = smooth_frames(1, h, w, seed=900 + 10 * g + v)[0]
             ok, png = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
             recs.append(
-                ViewRecord("re10k", "multiview_image", f"im{g}", f"f{v:03d}", png.tobytes(), "png", 1, h, w,
-                           caption=f"room {g}", K=K, c2w=ring_c2w(v, elevation=5.0))
+                ViewRecord(
+                    "re10k",
+                    "multiview_image",
+                    f"im{g}",
+                    f"f{v:03d}",
+                    png.tobytes(),
+                    "png",
+                    1,
+                    h,
+                    w,
+                    caption=f"room {g}",
+                    K=K,
+                    c2w=ring_c2w(v, elevation=5.0),
+                )
             )
         groups.append(recs)
     for g in range(single_groups):
         clip = smooth_frames(frames, h, w, seed=700 + g)
-        groups.append([ViewRecord("web", "single_video", f"sv{g}", "main", video.encode(clip, fps=8, preset="ultrafast"), "mp4",
-                                  frames, h, w, fps=8.0, caption=f"clip {g}")])  # web clips: no K, no c2w
+        groups.append(
+            [
+                ViewRecord(
+                    "web",
+                    "single_video",
+                    f"sv{g}",
+                    "main",
+                    video.encode(clip, fps=8, preset="ultrafast"),
+                    "mp4",
+                    frames,
+                    h,
+                    w,
+                    fps=8.0,
+                    caption=f"clip {g}",
+                )
+            ]
+        )  # web clips: no K, no c2w
     if corrupt:
         for recs in groups:
             for r in recs:
@@ -100,8 +139,15 @@ def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match=r"data\.frames"):
         load_config("tiny", {"data.frames": 8})
     with pytest.raises(ConfigError, match=r"curriculum\.schedule\[1\]"):
-        load_config("tiny", {"curriculum.schedule": [{"start_step": 0, "min_angle": 0, "max_angle": 60},
-                                                      {"start_step": 5, "min_angle": 90, "max_angle": 30}]})
+        load_config(
+            "tiny",
+            {
+                "curriculum.schedule": [
+                    {"start_step": 0, "min_angle": 0, "max_angle": 60},
+                    {"start_step": 5, "min_angle": 90, "max_angle": 30},
+                ]
+            },
+        )
     with pytest.raises(ConfigError, match=r"data\.mix"):
         load_config("tiny", {"data.mix": {"multiview_video": 1.0, "stereo": 1.0}})
     with pytest.raises(ConfigError, match=r"optim\.nonsense"):
@@ -112,8 +158,18 @@ def test_config_errors_name_the_key():
 
 def test_paper_config_defaults():
     cfg = load_config("paper")
-    assert (cfg.steps, cfg.data.height, cfg.data.width, cfg.optim.lr, cfg.optim.global_batch_size) == (50_000, 384, 672, 1e-4, 32)
-    assert [(s.start_step, s.min_angle, s.max_angle) for s in cfg.curriculum.schedule] == [(0, 0, 60), (10_000, 30, 90), (20_000, 60, 120)]
+    assert (cfg.steps, cfg.data.height, cfg.data.width, cfg.optim.lr, cfg.optim.global_batch_size) == (
+        50_000,
+        384,
+        672,
+        1e-4,
+        32,
+    )
+    assert [(s.start_step, s.min_angle, s.max_angle) for s in cfg.curriculum.schedule] == [
+        (0, 0, 60),
+        (10_000, 30, 90),
+        (20_000, 60, 120),
+    ]
     assert cfg.data.mix == {"multiview_video": 0.6, "multiview_image": 0.2, "single_video": 0.2}
     assert cfg.diffusion.novel_view_prob == 0.9 and 0 < cfg.diffusion.text_dropout < 1
     assert AngleSchedule(cfg.curriculum).window(15_000) == Window(30, 90)
@@ -169,7 +225,9 @@ def test_decoded_pixels_match_the_source_frames(shards):
     g, v = int(sid.split("/")[1][2:]), int(sid.split("/")[2][3:])
     src = smooth_frames(9, 40, 56, seed=100 * g + v)
     rw, rh, x0, y0 = crop_box((40, 56), (32, 48))
-    want = np.stack([cv2.resize(src[i], (rw, rh), interpolation=cv2.INTER_AREA)[y0 : y0 + 32, x0 : x0 + 48] for i in b["frames"][0]])
+    want = np.stack(
+        [cv2.resize(src[i], (rw, rh), interpolation=cv2.INTER_AREA)[y0 : y0 + 32, x0 : x0 + 48] for i in b["frames"][0]]
+    )
     got = b["video"][0, 1].permute(0, 2, 3, 1).numpy().astype(float)
     assert np.abs(got - want).mean() < 12  # H.264 + resampler differences, but the right frames and crop
 
@@ -215,7 +273,9 @@ def test_fast_decode_gives_the_reference_frames_and_K(src_hw, dst_hw):
     rw, rh, x0, y0 = crop_box(src_hw, dst_hw)
     full = video.decode(blob, frames)[:, :h, :w]
     interp = cv2.INTER_AREA if rw < w else cv2.INTER_LINEAR
-    ref = np.stack([cv2.resize(f, (rw, rh), interpolation=interp)[y0 : y0 + H, x0 : x0 + W] for f in full]).transpose(0, 3, 1, 2)
+    ref = np.stack([cv2.resize(f, (rw, rh), interpolation=interp)[y0 : y0 + H, x0 : x0 + W] for f in full]).transpose(
+        0, 3, 1, 2
+    )
     diff = np.abs(fast.astype(int) - ref.astype(int))
     assert diff.mean() < 1.5 and np.percentile(diff, 99) <= 8, (diff.mean(), np.percentile(diff, 99))
     assert np.array_equal(fast[1], fast[2])  # a repeated index gives the same frame
@@ -260,11 +320,15 @@ def test_batch_memory_is_reused_only_when_no_tensor_holds_it():
 
 
 def test_mix_and_curriculum_proportions(shards):
-    cfg = tiny_cfg(**{
-        "data.num_views": [2, 3],
-        "curriculum.schedule": [{"start_step": 0, "min_angle": 0, "max_angle": 60},
-                                {"start_step": 300, "min_angle": 60, "max_angle": 120}],
-    })
+    cfg = tiny_cfg(
+        **{
+            "data.num_views": [2, 3],
+            "curriculum.schedule": [
+                {"start_step": 0, "min_angle": 0, "max_angle": 60},
+                {"start_step": 300, "min_angle": 60, "max_angle": 120},
+            ],
+        }
+    )
     loader = build_loader(str(shards), cfg)
     kinds = collections.Counter()
     n_counts = collections.Counter()
@@ -288,22 +352,26 @@ def test_mix_and_curriculum_proportions(shards):
 
 def test_missing_kind_renormalizes_and_infeasible_groups_are_skipped(tmp_path, caplog):
     root = make_shards(tmp_path / "s", mv_groups=3, views=3, img_groups=0, single_groups=1)
-    cfg = tiny_cfg(**{"data.num_views": 2,
-                      "curriculum.schedule": [{"start_step": 0, "min_angle": 0, "max_angle": 60}]})
+    cfg = tiny_cfg(**{"data.num_views": 2, "curriculum.schedule": [{"start_step": 0, "min_angle": 0, "max_angle": 60}]})
     with caplog.at_level("WARNING"):
         loader = build_loader(str(root), cfg)
     assert "renormalized" in caplog.text
     assert loader.index.mix == pytest.approx({"multiview_video": 0.75, "single_video": 0.25})
     # angles 20 and 40 deg on a 3-camera ring: the 25-35 window has no pair at all. With video as the only
     # source that is refused at start, naming the stage...
-    only_video = {"data.num_views": 2, "data.mix": {"multiview_video": 1.0},
-                  "curriculum.schedule": [{"start_step": 0, "min_angle": 25, "max_angle": 35}]}
+    only_video = {
+        "data.num_views": 2,
+        "data.mix": {"multiview_video": 1.0},
+        "curriculum.schedule": [{"start_step": 0, "min_angle": 25, "max_angle": 35}],
+    }
     with pytest.raises(DataError, match=r"curriculum\.schedule\[0\]"):
         build_loader(str(root), tiny_cfg(**only_video))
     # ...with another source present, the video source is treated like a missing one (issue 15, point 5)
     caplog.clear()
     with caplog.at_level("WARNING"):
-        loader = build_loader(str(root), tiny_cfg(**{**only_video, "data.mix": {"multiview_video": 0.6, "single_video": 0.2}}))
+        loader = build_loader(
+            str(root), tiny_cfg(**{**only_video, "data.mix": {"multiview_video": 0.6, "single_video": 0.2}})
+        )
     assert loader.index.mix == {"single_video": 1.0}
     assert "curriculum.schedule[0]" in caplog.text and "0 of 3 multiview_video groups" in caplog.text
 
@@ -323,7 +391,10 @@ def test_a_source_that_cannot_supply_a_sample_is_left_out_of_the_mix(tmp_path, c
     batch = next(iter(build_loader(str(root), cfg, total_micro=1).dataloader()))
     assert batch["video"].shape[1] == (1 if batch["kind"] == "single_video" else 3)
     # a range the image sets can serve in part is still refused for them: every drawn n must be possible
-    assert set(build_loader(str(root), tiny_cfg(**{"data.num_views": [2, 3]})).index.mix) == {"multiview_video", "single_video"}
+    assert set(build_loader(str(root), tiny_cfg(**{"data.num_views": [2, 3]})).index.mix) == {
+        "multiview_video",
+        "single_video",
+    }
     # ...and when no source can supply a sample, training stops with every reason
     with pytest.raises(DataError, match=r"multiview_image.*0 of 3"):
         build_loader(str(root), tiny_cfg(**{"data.num_views": 3, "data.mix": {"multiview_image": 1.0}}))
@@ -345,8 +416,13 @@ def test_feasibility_is_decided_the_same_on_every_rank(tmp_path):
 def test_window_skips_are_counted(tmp_path):
     # group mv0 spans 0..120 deg; mv1 has two cameras 20 deg apart: the 60-120 window must skip it
     root = make_shards(tmp_path / "s", mv_groups=2, views=[7, 2], img_groups=0, single_groups=0)
-    cfg = tiny_cfg(**{"data.mix": {"multiview_video": 1.0}, "data.num_views": 2,
-                      "curriculum.schedule": [{"start_step": 0, "min_angle": 60, "max_angle": 120}]})
+    cfg = tiny_cfg(
+        **{
+            "data.mix": {"multiview_video": 1.0},
+            "data.num_views": 2,
+            "curriculum.schedule": [{"start_step": 0, "min_angle": 60, "max_angle": 120}],
+        }
+    )
     loader = build_loader(str(root), cfg)
     for _ in range(30):
         assert loader.sampler.plan().slots[0].group == "synth/mv0"

@@ -23,7 +23,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.docs_blocks import SKIP_REASONS, Block, check_invocation, commands_in, option_values, parse_page, static_problems
+from tests.docs_blocks import (
+    SKIP_REASONS,
+    Block,
+    check_invocation,
+    commands_in,
+    option_values,
+    parse_page,
+    static_problems,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
@@ -49,7 +57,9 @@ def test_every_command_block_is_marked_and_well_formed(page):
     for b in _blocks(page):
         if b.is_command:
             problems += static_problems(b)
-        elif b.lang == "" and any(re.match(r"^\s*(syncam-|torchrun|accelerate |python )", ln) for ln in b.text.splitlines()):
+        elif b.lang == "" and any(
+            re.match(r"^\s*(syncam-|torchrun|accelerate |python )", ln) for ln in b.text.splitlines()
+        ):
             problems.append(f"{b.where}: a block of commands needs a language (```bash) and a marker")
     assert not problems, "\n".join(problems)
 
@@ -57,7 +67,9 @@ def test_every_command_block_is_marked_and_well_formed(page):
 @pytest.mark.parametrize("page", GUIDES)
 def test_each_guide_says_how_to_get_the_commands(page):
     head = "\n".join((DOCS / page).read_text().splitlines()[:12])
-    assert SETUP_LINE in head and "pip install -e '.[all]'" in head, f"{page}: say at the top how to get the commands on PATH"
+    assert SETUP_LINE in head and "pip install -e '.[all]'" in head, (
+        f"{page}: say at the top how to get the commands on PATH"
+    )
 
 
 def test_other_command_blocks_are_well_formed():
@@ -99,8 +111,14 @@ def test_the_static_checks_catch_the_mistakes_they_are_for(tmp_path):
         "<!-- docs-test: skip maybe: later -->\n```bash\nsyncam-data validate x\n```\n"
     )
     found = [p for b in parse_page(page) for p in static_problems(b)]
-    expected = ["comment after a line-continuation backslash", "no option --shard-sise", "unexpected extra argument",
-                "--backend 'blendr'", "needs a marker", "skip reason 'maybe: later'"]
+    expected = [
+        "comment after a line-continuation backslash",
+        "no option --shard-sise",
+        "unexpected extra argument",
+        "--backend 'blendr'",
+        "needs a marker",
+        "skip reason 'maybe: later'",
+    ]
     for e in expected:
         assert any(e in p for p in found), (e, found)
     assert check_invocation(["syncam-data", "-q", "build-shards", "--out", "$OUT/s", "--workers", "$W"]) == []
@@ -113,14 +131,18 @@ def test_paper_recipe_runs_the_commands_of_from_downloads():
     """Each stage `syncam-data run pipelines/paper.yaml` runs by default is a command of docs/from-downloads.md."""
     from syncam_data.recipe import load_recipe, plan_recipe
 
-    documented = [option_values(c) for b in _blocks("from-downloads.md") if b.lang == "bash" for c in commands_in(b.text)]
+    documented = [
+        option_values(c) for b in _blocks("from-downloads.md") if b.lang == "bash" for c in commands_in(b.text)
+    ]
     documented = [d for d in documented if d is not None]
     path = REPO / "pipelines" / "paper.yaml"
     ignore = {"engine", "ray_address", "workers"}
     for st in plan_recipe(load_recipe(path), path):
         want = option_values(["syncam-data", st.command, *st.argv])
         want = {k: v for k, v in want.items() if k not in ignore}
-        assert any({k: v for k, v in d.items() if k not in ignore} == want for d in documented), f"stage {st.name}: {st.shell()} is not in from-downloads.md"
+        assert any({k: v for k, v in d.items() if k not in ignore} == want for d in documented), (
+            f"stage {st.name}: {st.shell()} is not in from-downloads.md"
+        )
 
 
 # --- running the pages -------------------------------------------------------------------------------------------
@@ -148,7 +170,9 @@ def _downloads(cwd: Path) -> None:
     frames = [render(c) for c in cams]
     tmp = cwd / "tmp-re10k"
     yt = "QShWPZxTDoE"  # the YouTube id of the real fixture's sequence; the camera file names its video by URL
-    export_realestate10k(tmp, "0a1b2c3d4e5f6a7b", cams, frames, frames_as="video", url=f"https://www.youtube.com/watch?v={yt}")
+    export_realestate10k(
+        tmp, "0a1b2c3d4e5f6a7b", cams, frames, frames_as="video", url=f"https://www.youtube.com/watch?v={yt}"
+    )
     (data / "RealEstate10K" / "train").mkdir(parents=True)
     (data / "RealEstate10K-videos").mkdir()
     shutil.move(tmp / "0a1b2c3d4e5f6a7b.txt", data / "RealEstate10K" / "train")
@@ -175,7 +199,10 @@ def _ring_extrinsics(n: int, frames: int) -> dict[str, dict[str, str]]:
     for i in range(n):
         loc, pyr = ue_from_c2w(look_at(spherical_position((0, 0, 1), 5.0, 20.0, 360.0 * i / n), (0, 0, 1)))
         rows = [*ue_rotator_axes(*pyr), loc]
-        mats[f"cam{i + 1:02d}"] = " ".join("[" + " ".join(f"{v:.6f}" for v in r) + f" {1 if k == 3 else 0}]" for k, r in enumerate(rows)) + " "
+        mats[f"cam{i + 1:02d}"] = (
+            " ".join("[" + " ".join(f"{v:.6f}" for v in r) + f" {1 if k == 3 else 0}]" for k, r in enumerate(rows))
+            + " "
+        )
     return {f"frame{f}": dict(mats) for f in range(frames)}
 
 
@@ -217,8 +244,12 @@ def _build_inputs(cwd: Path) -> None:
     make_frameset(data / "frames" / "realestate10k", "seqA_s000", source="realestate10k", seed=1)
     make_frameset(data / "frames" / "dl3dv", "seqB_s000", source="dl3dv", fmt="png", seed=2)
     make_web_videos(data / "web", [("clip_0031", 6, "kept"), ("pan", 6, "rejected")])
-    make_syncamvideo(data / "MultiCamVideo-Dataset", REPO / "tests" / "fixtures" / "syncamvideo" / "camera_extrinsics.json", cams=3)
-    (cwd / "captions.jsonl").write_text(json.dumps({"group_id": "scene_00000", "caption": "a brown dog runs across a meadow"}) + "\n")
+    make_syncamvideo(
+        data / "MultiCamVideo-Dataset", REPO / "tests" / "fixtures" / "syncamvideo" / "camera_extrinsics.json", cams=3
+    )
+    (cwd / "captions.jsonl").write_text(
+        json.dumps({"group_id": "scene_00000", "caption": "a brown dog runs across a meadow"}) + "\n"
+    )
 
 
 def _shards_at(rel: str):
@@ -233,7 +264,7 @@ def _shards_at(rel: str):
 def _eval_inputs(cwd: Path) -> None:
     """A shard dataset and render scene folders whose cameras agree with their pixels (ray-cast views of a textured room)."""
     from syncam_data.evaluate.synthetic import render_views
-    from tests.test_eval_cli import W, H, write_scene, write_shards
+    from tests.test_eval_cli import H, W, write_scene, write_shards
 
     views = render_views(3, W, H, seed=0)
     write_shards(cwd / "out" / "demo" / "shards", views)
@@ -277,10 +308,17 @@ def test_runnable_blocks_run(page, tmp_path):
     _checkout_like(cwd)
     if page in PAGE_INPUTS:
         PAGE_INPUTS[page](cwd)
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+    }
     env.pop("RAY_ADDRESS", None)
     (tmp_path / "page.sh").write_text(_script(page, blocks))
-    proc = subprocess.run(["bash", str(tmp_path / "page.sh")], cwd=cwd, env=env, capture_output=True, text=True, timeout=PAGE_TIMEOUT_S)
+    proc = subprocess.run(
+        ["bash", str(tmp_path / "page.sh")], cwd=cwd, env=env, capture_output=True, text=True, timeout=PAGE_TIMEOUT_S
+    )
     if proc.returncode:
         started = re.findall(r"@@docs-block (\S+)", proc.stderr)
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-60:])
@@ -311,7 +349,9 @@ def test_benchmarks_write_a_docs_page_only_when_asked(script):
             opts = [a.value for a in node.args if isinstance(a, ast.Constant)]
             if "--out" in opts:
                 default = next((k.value for k in node.keywords if k.arg == "default"), None)
-                assert default is None or (isinstance(default, ast.Constant) and default.value is None), f"{script}: --out has a default"
+                assert default is None or (isinstance(default, ast.Constant) and default.value is None), (
+                    f"{script}: --out has a default"
+                )
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
             parts = [n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
             assert "docs" not in parts, f"{script}: builds a path into docs/ ({ast.unparse(node)})"

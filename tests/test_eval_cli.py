@@ -125,22 +125,61 @@ def write_shards(root: Path, views) -> Path:
             for i, (c, img) in enumerate(zip(gcams, imgs)):
                 recs.append(
                     ViewRecord(
-                        dataset="synth", kind="multiview_video", group_id=gid, view_id=f"cam{i:02d}",
-                        media=encode(np.stack([img] * N_FRAMES), fps=8), media_format="mp4",
-                        num_frames=N_FRAMES, height=H, width=W, fps=8.0, caption="a textured box",
-                        frame_indices=list(range(N_FRAMES)), K=list(c.intrinsics), c2w=c.c2w12(),
+                        dataset="synth",
+                        kind="multiview_video",
+                        group_id=gid,
+                        view_id=f"cam{i:02d}",
+                        media=encode(np.stack([img] * N_FRAMES), fps=8),
+                        media_format="mp4",
+                        num_frames=N_FRAMES,
+                        height=H,
+                        width=W,
+                        fps=8.0,
+                        caption="a textured box",
+                        frame_indices=list(range(N_FRAMES)),
+                        K=list(c.intrinsics),
+                        c2w=c.c2w12(),
                     )
                 )
             w.write_group(recs)
         # A multi-view image group (JPEG) and a single-view group (nothing to pair: skipped, not failed).
-        jpgs = [cv2.imencode(".jpg", cv2.cvtColor(im, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes() for im in imgs]
-        w.write_group([
-            ViewRecord(dataset="synth", kind="multiview_image", group_id="images", view_id=f"v{i:02d}", media=jpg, media_format="jpeg",
-                       num_frames=1, height=H, width=W, K=list(c.intrinsics), c2w=c.c2w12())
-            for i, (c, jpg) in enumerate(zip(cams, jpgs))
-        ])
-        w.write_group([ViewRecord(dataset="synth", kind="single_video", group_id="web", view_id="v0",
-                                  media=encode(np.stack([imgs[0]] * 3), fps=8), media_format="mp4", num_frames=3, height=H, width=W)])
+        jpgs = [
+            cv2.imencode(".jpg", cv2.cvtColor(im, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+            for im in imgs
+        ]
+        w.write_group(
+            [
+                ViewRecord(
+                    dataset="synth",
+                    kind="multiview_image",
+                    group_id="images",
+                    view_id=f"v{i:02d}",
+                    media=jpg,
+                    media_format="jpeg",
+                    num_frames=1,
+                    height=H,
+                    width=W,
+                    K=list(c.intrinsics),
+                    c2w=c.c2w12(),
+                )
+                for i, (c, jpg) in enumerate(zip(cams, jpgs))
+            ]
+        )
+        w.write_group(
+            [
+                ViewRecord(
+                    dataset="synth",
+                    kind="single_video",
+                    group_id="web",
+                    view_id="v0",
+                    media=encode(np.stack([imgs[0]] * 3), fps=8),
+                    media_format="mp4",
+                    num_frames=3,
+                    height=H,
+                    width=W,
+                )
+            ]
+        )
     return root
 
 
@@ -168,7 +207,9 @@ def test_generate_output_and_frameset(tmp_path: Path, views) -> None:
     gen = tmp_path / "gen"
     write_scene(gen, cams, imgs)  # videos/ + cameras.json, as syncam-generate writes them ...
     (gen / "scene.json").unlink()
-    (gen / "generation.json").write_text(json.dumps({"prompt": "a textured box in a room", "seed": 0}))  # ... plus generation.json
+    (gen / "generation.json").write_text(
+        json.dumps({"prompt": "a textured box in a room", "seed": 0})
+    )  # ... plus generation.json
     code, text = run_cli(gen, "--out", tmp_path / "o", "--frames", "1")
     assert code == 0, text
     summary, rows = load(tmp_path / "o")
@@ -235,14 +276,33 @@ def tiny_clip(folder: Path) -> Path:
     tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
     eos = vocab["<|endoftext|>"]
     cfg = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         max_position_embeddings=64, bos_token_id=vocab["<|startoftext|>"], eos_token_id=eos, pad_token_id=eos),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8),
+        text_config=dict(
+            vocab_size=len(vocab),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=64,
+            bos_token_id=vocab["<|startoftext|>"],
+            eos_token_id=eos,
+            pad_token_id=eos,
+        ),
+        vision_config=dict(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
         projection_dim=8,
     )
     torch.manual_seed(0)
     CLIPModel(cfg).save_pretrained(folder)
-    CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}), tokenizer=tok).save_pretrained(folder)
+    CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=tok,
+    ).save_pretrained(folder)
     return folder
 
 
@@ -254,7 +314,9 @@ def tiny_i3d(path: Path) -> Path:
             super().__init__()
             self.conv = torch.nn.Conv3d(3, 6, kernel_size=3, stride=(2, 8, 8))
 
-        def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False, return_features: bool = True) -> torch.Tensor:
+        def forward(
+            self, x: torch.Tensor, rescale: bool = False, resize: bool = False, return_features: bool = True
+        ) -> torch.Tensor:
             return torch.relu(self.conv(x)).mean(dim=(2, 3, 4))
 
     torch.manual_seed(0)
@@ -267,7 +329,21 @@ def test_clip_and_fvd_with_local_weights(tmp_path: Path, render_root: Path, view
     clip = tiny_clip(tmp_path / "clip")
     i3d = tiny_i3d(tmp_path / "i3d.pt")
     out = tmp_path / "o"
-    code, text = run_cli(render_root, "--out", out, "--frames", "1", "--clip", clip, "--i3d", i3d, "--fvd-reference", render_root, "--fvd-frames", "9")
+    code, text = run_cli(
+        render_root,
+        "--out",
+        out,
+        "--frames",
+        "1",
+        "--clip",
+        clip,
+        "--i3d",
+        i3d,
+        "--fvd-reference",
+        render_root,
+        "--fvd-frames",
+        "9",
+    )
     assert code == 0, text
     summary, rows = load(out)
     s = summary["scores"]
@@ -291,7 +367,19 @@ def test_clip_and_fvd_with_local_weights(tmp_path: Path, render_root: Path, view
     for k in range(2):
         noise = [rng.integers(0, 255, (H, W, 3), dtype=np.uint8) for _ in range(2)]
         write_scene(ref / f"noise{k}", views[0][:2], noise)
-    code, text = run_cli(render_root, "--out", tmp_path / "o2", "--frames", "1", "--i3d", i3d, "--fvd-reference", ref, "--fvd-frames", "9")
+    code, text = run_cli(
+        render_root,
+        "--out",
+        tmp_path / "o2",
+        "--frames",
+        "1",
+        "--i3d",
+        i3d,
+        "--fvd-reference",
+        ref,
+        "--fvd-frames",
+        "9",
+    )
     assert code == 0, text
     s2, _ = load(tmp_path / "o2")
     assert s2["scores"]["fvd"]["fvd"] > 1e-3

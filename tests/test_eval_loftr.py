@@ -68,7 +68,9 @@ def test_loftr_matcher_end_to_end(tmp_path: Path, weights, scene: Path) -> None:
     st, ckpt, cfg = weights
     for w in (st, ckpt):
         out = tmp_path / w.suffix.lstrip(".")
-        code, text = run(scene, "--out", out, "--frames", "2", "--matcher", "loftr", "--matcher-weights", w, "--matcher-config", cfg)
+        code, text = run(
+            scene, "--out", out, "--frames", "2", "--matcher", "loftr", "--matcher-weights", w, "--matcher-config", cfg
+        )
         assert code == 0, text
         rows = pq.read_table(out / "eval.parquet").to_pylist()
         assert len(rows) == 2  # one pair x two frames

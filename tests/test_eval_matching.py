@@ -149,9 +149,18 @@ def test_one_bad_pair_repeated_over_frames_does_not_condemn_a_view() -> None:
     from syncam_data.evaluate.report import view_verdicts
 
     def row(a: str, b: str, err: float, frame: int = 0) -> dict:
-        return {"view_a": a, "view_b": b, "epi_symmetric_median": err, "inliers": 30, "camera_flagged": err > 2.0, "frame": frame}
+        return {
+            "view_a": a,
+            "view_b": b,
+            "epi_symmetric_median": err,
+            "inliers": 30,
+            "camera_flagged": err > 2.0,
+            "frame": frame,
+        }
 
-    one_pair = [row("a", "c", 5.0, f) for f in range(3)] + [row("b", "c", 0.4, f) for f in range(2)] + [row("a", "b", 0.5)]
+    one_pair = (
+        [row("a", "c", 5.0, f) for f in range(3)] + [row("b", "c", 0.4, f) for f in range(2)] + [row("a", "b", 0.5)]
+    )
     err, flagged = view_verdicts(one_pair, 2.0)
     assert flagged == [] and err["c"] == pytest.approx(0.4)  # c agrees with b
     wrong_c = one_pair + [row("c", "d", 6.0), row("c", "e", 7.0), row("d", "e", 0.3)]

@@ -53,7 +53,9 @@ def test_eval_flags_a_syncamvideo_import_with_corrupted_cameras(tmp_path: Path) 
     write_scene(root / "f24_aperture5" / "scene1", cams, imgs)
     write_scene(root / "f24_aperture5" / "scene2", cams, imgs, mirror=False)  # corrupted on purpose
     runner = CliRunner()
-    r = runner.invoke(app, ["build-shards", "--out", str(tmp_path / "shards"), "--syncamvideo", str(root), "--fov", str(HFOV)])
+    r = runner.invoke(
+        app, ["build-shards", "--out", str(tmp_path / "shards"), "--syncamvideo", str(root), "--fov", str(HFOV)]
+    )
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["eval", str(tmp_path / "shards"), "--out", str(tmp_path / "eval"), "--frames", "1"])
     assert r.exit_code == 0, r.output

@@ -20,13 +20,20 @@ from syncam_data.cli import app
 from syncam_data.filter.cuts import cut_scores, first_shot_length
 from syncam_data.filter.debug import debug_png_name
 from syncam_data.filter.decode import decode_clip
-from syncam_data.fsio import sha256_file
 from syncam_data.filter.run import expand_inputs, rescore, run_filter
 from syncam_data.filter.score import score_tracks
 from syncam_data.filter.segment import query_points
 from syncam_data.filter.settings import FilterConfig
 from syncam_data.filter.store import COLUMNS, ScoresStore
-from syncam_data.filter.synthetic import EXPECTED_REASON, KINDS, SyntheticSpec, synthesize_frames, write_synthetic_set, write_synthetic_video
+from syncam_data.filter.synthetic import (
+    EXPECTED_REASON,
+    KINDS,
+    SyntheticSpec,
+    synthesize_frames,
+    write_synthetic_set,
+    write_synthetic_video,
+)
+from syncam_data.fsio import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,10 +71,22 @@ def test_synthetic_case_decision(scored, kind):
 def test_scores_format_for_build_shards(scored, videos):
     out, rows = scored
     table = pq.read_table(out / "scores.parquet")
-    for name, typ in [("path", "string"), ("content_hash", "string"), ("status", "string"), ("reason", "string"),
-                      ("subject_motion", "float"), ("camera_motion", "float"), ("duration_s", "float"), ("fps", "float"),
-                      ("width", "int32"), ("height", "int32"), ("num_frames", "int32"), ("codec", "string"),
-                      ("error", "string"), ("settings", "string")]:
+    for name, typ in [
+        ("path", "string"),
+        ("content_hash", "string"),
+        ("status", "string"),
+        ("reason", "string"),
+        ("subject_motion", "float"),
+        ("camera_motion", "float"),
+        ("duration_s", "float"),
+        ("fps", "float"),
+        ("width", "int32"),
+        ("height", "int32"),
+        ("num_frames", "int32"),
+        ("codec", "string"),
+        ("error", "string"),
+        ("settings", "string"),
+    ]:
         assert str(table.schema.field(name).type) == typ, name
     assert tuple(table.column_names) == COLUMNS
     r = rows["static_subject"]
@@ -93,8 +112,16 @@ def test_scores_do_not_depend_on_resolution_or_frame_rate(tmp_path):
     small = write_synthetic_video(tmp_path / "a.mp4", "pan_subject", seed=3)
     # Twice the resolution and 30 fps: pixel speeds scaled so the world moves equally fast per second.
     f = 2 * 24 / 30
-    big = write_synthetic_video(tmp_path / "b.mp4", "pan_subject", seed=3, width=320, height=256, fps=30,
-                                pan_speed=1.5 * f, subject_speed=2.0 * f)
+    big = write_synthetic_video(
+        tmp_path / "b.mp4",
+        "pan_subject",
+        seed=3,
+        width=320,
+        height=256,
+        fps=30,
+        pan_speed=1.5 * f,
+        subject_speed=2.0 * f,
+    )
     out = tmp_path / "out"
     run_filter([small, big], out, FilterConfig(), progress=False)
     rows = _rows(out)
@@ -133,8 +160,16 @@ def test_rescore_thresholds_apply_to_raw_scores(scored):
     from syncam_data.filter.score import decide
 
     r = rows["static_subject"]
-    args = (r["width"], r["height"], r["duration_s"], r["scene_cut_score"], np.array(r["camera_motion_per_pair"]),
-            np.array(r["camera_support_per_pair"]), np.array(r["track_speed"]), np.array(r["track_candidate"]))
+    args = (
+        r["width"],
+        r["height"],
+        r["duration_s"],
+        r["scene_cut_score"],
+        np.array(r["camera_motion_per_pair"]),
+        np.array(r["camera_support_per_pair"]),
+        np.array(r["track_speed"]),
+        np.array(r["track_candidate"]),
+    )
     assert decide(base, *args).status == "kept"
     assert decide(base.with_decisions(threshold=r["subject_motion"] * 1.01), *args).reason == "static"
     assert decide(base.with_decisions(camera_threshold=r["camera_motion"] * 0.5), *args).reason == "camera_moves"
@@ -305,7 +340,17 @@ def test_kill_midway_then_resume_gives_the_complete_table(tmp_path):
     folder = tmp_path / "in"
     paths = [write_synthetic_video(folder / f"v{i}.mp4", KINDS[i % 5], seed=i, seconds=2) for i in range(8)]
     out = tmp_path / "out"
-    cmd = [sys.executable, "-c", "from syncam_data.cli import main; main()", "filter-videos", str(folder), "--out", str(out), "--no-progress", "--debug"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from syncam_data.cli import main; main()",
+        "filter-videos",
+        str(folder),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--debug",
+    ]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -362,7 +407,9 @@ def test_cli_end_to_end_debug_and_rescore(videos, tmp_path):
     assert rows2["zero.mp4"]["status"] == "error"
     assert (out / "kept.txt").read_text() == ""
     # Rescore with a camera threshold above the pan's motion keeps the pan + subject video.
-    res = runner.invoke(app, ["filter-videos", "--out", str(out), "--rescore", "--camera-threshold", "1.0", "--threshold", "0.02"])
+    res = runner.invoke(
+        app, ["filter-videos", "--out", str(out), "--rescore", "--camera-threshold", "1.0", "--threshold", "0.02"]
+    )
     assert res.exit_code == 0, res.output
     rows3 = _rows(out)
     assert rows3["pan_subject.mp4"]["status"] == "kept" and rows3["static_subject.mp4"]["status"] == "kept"
@@ -409,7 +456,9 @@ def test_scores_feed_build_shards_as_single_video_groups(scored, tmp_path):
     from syncam_data.shards.reader import ShardReader
 
     out, rows = scored
-    res = CliRunner().invoke(app, ["build-shards", "--out", str(tmp_path / "shards"), "--videos", str(out / "scores.parquet")])
+    res = CliRunner().invoke(
+        app, ["build-shards", "--out", str(tmp_path / "shards"), "--videos", str(out / "scores.parquet")]
+    )
     assert res.exit_code == 0, res.output
     table = ShardReader(tmp_path / "shards").filter(dataset="web").to_pylist()
     assert len(table) == 1

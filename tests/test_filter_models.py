@@ -24,7 +24,9 @@ HUB = Path(__file__).resolve().parent / "cotracker_hub"
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory) -> dict[str, Path]:
-    return write_synthetic_set(tmp_path_factory.mktemp("synthetic"), kinds=("static_subject", "pan", "static", "pan_subject"))
+    return write_synthetic_set(
+        tmp_path_factory.mktemp("synthetic"), kinds=("static_subject", "pan", "static", "pan_subject")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -95,17 +97,39 @@ def test_cotracker_adapter_matches_lk_decisions(videos, checkpoint, tmp_path):
 
 def test_cli_with_cotracker(videos, checkpoint, tmp_path):
     out = tmp_path / "out"
-    res = CliRunner().invoke(app, [
-        "filter-videos", str(videos["static_subject"]), "--out", str(out), "--tracker", "cotracker",
-        "--cotracker-repo", str(HUB), "--cotracker-checkpoint", str(checkpoint), "--no-progress",
-    ])
+    res = CliRunner().invoke(
+        app,
+        [
+            "filter-videos",
+            str(videos["static_subject"]),
+            "--out",
+            str(out),
+            "--tracker",
+            "cotracker",
+            "--cotracker-repo",
+            str(HUB),
+            "--cotracker-checkpoint",
+            str(checkpoint),
+            "--no-progress",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "kept 1" in res.output
     # A misconfigured tracker stops the run before any video is touched, naming the problem.
-    res = CliRunner().invoke(app, [
-        "filter-videos", str(videos["pan"]), "--out", str(tmp_path / "o2"), "--tracker", "cotracker",
-        "--cotracker-repo", str(tmp_path), "--no-progress",
-    ])
+    res = CliRunner().invoke(
+        app,
+        [
+            "filter-videos",
+            str(videos["pan"]),
+            "--out",
+            str(tmp_path / "o2"),
+            "--tracker",
+            "cotracker",
+            "--cotracker-repo",
+            str(tmp_path),
+            "--no-progress",
+        ],
+    )
     assert res.exit_code == 1 and "hubconf.py" in res.output
     assert not (tmp_path / "o2" / "scores.parquet").exists()
 
@@ -116,8 +140,20 @@ def test_unloadable_sam_checkpoint_gives_model_error_rows(videos, tmp_path):
     bad = tmp_path / "sam_vit_b.pth"
     bad.write_bytes(b"not a checkpoint")
     out = tmp_path / "out"
-    res = CliRunner().invoke(app, ["filter-videos", str(videos["static"]), "--out", str(out), "--segmenter", "sam",
-                                   "--sam-checkpoint", str(bad), "--no-progress"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "filter-videos",
+            str(videos["static"]),
+            "--out",
+            str(out),
+            "--segmenter",
+            "sam",
+            "--sam-checkpoint",
+            str(bad),
+            "--no-progress",
+        ],
+    )
     assert res.exit_code == 0, res.output
     row = pq.read_table(out / "scores.parquet").to_pylist()[0]
     assert (row["status"], row["reason"]) == ("error", "model_error")
@@ -146,8 +182,8 @@ def test_sam_plumbing_vit_b_random_weights(videos, tmp_path):
     Random weights give arbitrary masks: this checks the plumbing (mask types,
     point sampling inside masks, labels reaching the scorer, debug image), not quality.
     """
-    from syncam_data.filter.stages import VideoItem, analyze_stage, base_row
     from syncam_data.filter.segment import SamSegmenter
+    from syncam_data.filter.stages import VideoItem, analyze_stage, base_row
 
     seg = SamSegmenter("vit_b", None, "cpu", points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
     calls = []
@@ -164,7 +200,7 @@ def test_sam_plumbing_vit_b_random_weights(videos, tmp_path):
     clip = decode_clip(videos["static_subject"], 64, 8, 1.0)  # 80x64 frames, 8 of them
     item = VideoItem(str(videos["static_subject"]), "f" * 64, 1, 1)
     row = analyze_stage(base_row(item, s), clip, 0.0, s, lambda: None, tmp_path, models=(Recording(), LKTracker()))
-    (shape, masks), = calls
+    ((shape, masks),) = calls
     assert shape == clip.frames[0].shape
     for m in masks:
         assert m.shape == shape[:2] and m.dtype == bool
@@ -219,7 +255,9 @@ def test_cotracker_query_grids_keep_a_long_pan_measured(checkpoint, tmp_path):
     got = tracker.track(clip.frames, pts)
     assert tracker.query_frames(len(clip.frames)) == [4, 8, 12, 16, 20]
     assert got.xy.shape[1] == 64 * 6 and sorted(set(got.start.tolist())) == [0, 4, 8, 12, 16, 20]
-    for i in range(got.xy.shape[1]):  # the stand-in, like CoTracker, returns something before a query's frame: not a track
+    for i in range(
+        got.xy.shape[1]
+    ):  # the stand-in, like CoTracker, returns something before a query's frame: not a track
         k = got.start[i]
         assert not got.visible[:k, i].any() and got.visible[k, i]
         assert np.allclose(got.xy[:k, i], got.xy[k, i])

@@ -49,7 +49,9 @@ def clips(tmp_path_factory) -> dict[str, Path]:
         # static camera + moving subjects; the scenery fades to flat in the last 15 %: few background points late
         "bgfade": write_synthetic_video(d / "bgfade.mp4", "static_subject", seed=1, seconds=3.0, fade_at=0.85),
         # static camera + moving subjects; everything fades to flat after 40 %: tracks lost midway, nothing to re-seed
-        "picfade": write_synthetic_video(d / "picfade.mp4", "static_subject", seed=2, seconds=3.0, fade_at=0.4, fade="picture"),
+        "picfade": write_synthetic_video(
+            d / "picfade.mp4", "static_subject", seed=2, seconds=3.0, fade_at=0.4, fade="picture"
+        ),
         "fastpan": write_synthetic_video(d / "fastpan.mp4", "pan", seed=3, **FAST_PAN),
         "subject": write_synthetic_video(d / "subject.mp4", "static_subject", seed=4),
         "pan": write_synthetic_video(d / "pan.mp4", "pan", seed=5),
@@ -72,7 +74,9 @@ def test_camera_score_ignores_pairs_fitted_on_a_few_points():
     tracks, visible = _drift_tracks()
     visible[18, 9:] = False  # only 9 tracks in frame 18 (pairs 17 and 18), and they jump 25 px there and back
     tracks[18, :9] += np.float32([25.0, 0.0])
-    tracks[10 + 1 :] += np.float32([0.0, 12.0])  # one frame pair where everything jumps (a decoder glitch), well supported
+    tracks[10 + 1 :] += np.float32(
+        [0.0, 12.0]
+    )  # one frame pair where everything jumps (a decoder glitch), well supported
     s = FilterConfig()
     ms = score_tracks(tracks, visible, np.zeros(300, np.int32), fps, w, h, s.ransac_threshold_px, s.min_support_points)
     drift = 0.2 * fps / np.hypot(w, h)
@@ -221,12 +225,17 @@ def test_index_at_end_mp4_cut_before_its_index_is_truncated(tmp_path):
     fboxes = {k: (pos, size) for k, pos, size in _top_boxes(fast)}
     (tmp_path / "fast_cut_after_index.mp4").write_bytes(fast[: fboxes[b"mdat"][0]])
     out = tmp_path / "out"
-    inputs = [tmp_path / n for n in ("full.mp4", "cut_in_mdat.mp4", "cut_at_moov.mp4", "fast.mp4", "fast_cut_after_index.mp4")]
+    inputs = [
+        tmp_path / n for n in ("full.mp4", "cut_in_mdat.mp4", "cut_at_moov.mp4", "fast.mp4", "fast_cut_after_index.mp4")
+    ]
     run_filter(inputs, out, FilterConfig(), progress=False)
     rows = _rows(out)
     assert rows["full.mp4"]["status"] == rows["fast.mp4"]["status"] == "kept"
-    for name, words in (("cut_in_mdat.mp4", "inside the 'mdat' box"), ("cut_at_moov.mp4", "no index ('moov')"),
-                        ("fast_cut_after_index.mp4", "past the end of the file")):
+    for name, words in (
+        ("cut_in_mdat.mp4", "inside the 'mdat' box"),
+        ("cut_at_moov.mp4", "no index ('moov')"),
+        ("fast_cut_after_index.mp4", "past the end of the file"),
+    ):
         r = rows[name]
         assert (r["status"], r["reason"]) == ("error", "truncated"), (name, r["error"])
         assert name in r["error"] and words in r["error"], r["error"]
@@ -234,10 +243,18 @@ def test_index_at_end_mp4_cut_before_its_index_is_truncated(tmp_path):
 
 
 def test_truncation_reads_the_box_structure(tmp_path):
-    data = Path(encode(synthesize_frames(SyntheticSpec("static", seconds=0.5)), tmp_path / "v.mp4", fps=24)).read_bytes()
+    data = Path(
+        encode(synthesize_frames(SyntheticSpec("static", seconds=0.5)), tmp_path / "v.mp4", fps=24)
+    ).read_bytes()
     p = tmp_path / "x.mp4"
-    for blob, verdict in ((data, None), (data + b"\0" * 3, None), (data + b"\0" * 16, None), (data[:-1], "inside the 'moov' box"),
-                          (data + b"\0\0\0\x20mo", "inside a box header"), (b"this is not a video at all\n", None)):
+    for blob, verdict in (
+        (data, None),
+        (data + b"\0" * 3, None),
+        (data + b"\0" * 16, None),
+        (data[:-1], "inside the 'moov' box"),
+        (data + b"\0\0\0\x20mo", "inside a box header"),
+        (b"this is not a video at all\n", None),
+    ):
         p.write_bytes(blob)
         got = truncation(p)
         assert (got is None) if verdict is None else (verdict in got), (verdict, got)
@@ -277,8 +294,15 @@ def test_debug_pngs_carry_the_file_name_and_the_run_gets_a_histogram(clips, tmp_
     assert png.name.startswith("my_clip_1-") and png.exists()
     img = cv2.imread(str(png))
     # The first header line is the source file name: render it alone and compare that band of pixels.
-    name_only = render_debug(np.zeros((r["analyzed_height"], r["analyzed_width"], 3), np.uint8), [], np.zeros((1, 0, 2)),
-                             np.zeros((1, 0), bool), np.zeros(0), 0.02, ("my clip (1).mp4", ""))
+    name_only = render_debug(
+        np.zeros((r["analyzed_height"], r["analyzed_width"], 3), np.uint8),
+        [],
+        np.zeros((1, 0, 2)),
+        np.zeros((1, 0), bool),
+        np.zeros(0),
+        0.02,
+        ("my clip (1).mp4", ""),
+    )
     assert img.shape[1] == name_only.shape[1]
     assert np.array_equal(img[:20], name_only[:20]), "the PNG's title must start with the source file name"
     assert img[20:42].max() > 0, "second header line: the decision and scores"
@@ -311,7 +335,9 @@ def test_subject_score_is_the_subject_points_residual_and_parallax_follows_the_d
     bg = np.c_[rng.uniform(-18, 18, 400), rng.uniform(-12, 12, 400), np.full(400, zb)]
     obj = np.c_[rng.uniform(-1, 1, 40), rng.uniform(-1, 1, 40), np.full(40, zo)]
     step = 0.02  # metres of sideways motion per sampled frame
-    tracks = np.stack([_project(np.r_[bg, obj], step * t, f, (w / 2, h / 2), yaw=0.004 * np.sin(t)) for t in range(t_len)])
+    tracks = np.stack(
+        [_project(np.r_[bg, obj], step * t, f, (w / 2, h / 2), yaw=0.004 * np.sin(t)) for t in range(t_len)]
+    )
     tracks = tracks.astype(np.float32)
     # A flag waving in the background (outside every mask): 30 background points that move on their own.
     tracks[:, :30] += rng.normal(0, 1.5, (t_len, 30, 2)).astype(np.float32)
@@ -324,9 +350,13 @@ def test_subject_score_is_the_subject_points_residual_and_parallax_follows_the_d
     d = decide(s, 640, 360, 2.0, 0.0, ms.camera_per_pair, ms.support_per_pair, ms.track_speed, ms.track_candidate)
     # Translation-only part of the camera motion: the background's image speed f * step / zb per frame.
     translation = f * step / zb * fps / np.hypot(w, h)
-    assert d.subject_motion == pytest.approx(translation * (zb / zo - 1), rel=0.1), "docs/filter-videos.md's parallax formula"
+    assert d.subject_motion == pytest.approx(translation * (zb / zo - 1), rel=0.1), (
+        "docs/filter-videos.md's parallax formula"
+    )
     # Without masks (grid segmenter) every track is a candidate, so the waving flag counts as subject motion too.
-    grid = score_tracks(tracks, visible, np.zeros(440, np.int32), fps, w, h, s.ransac_threshold_px, s.min_support_points)
+    grid = score_tracks(
+        tracks, visible, np.zeros(440, np.int32), fps, w, h, s.ransac_threshold_px, s.min_support_points
+    )
     flag = subject_motion(grid.track_speed[:30], grid.track_candidate[:30], 50, 0.0, 1)
     assert flag > translation
     # Points seeded later (label 0, here 20 more on the object) never count as subject points when masks exist.
@@ -344,9 +374,21 @@ def test_fifo_and_device_inputs_become_error_rows_instead_of_hanging(clips, tmp_
     lst = tmp_path / "inputs.txt"
     lst.write_text(f"{fifo}\n/dev/zero\n{clips['subject']}\n")
     out = tmp_path / "out"
-    cmd = [sys.executable, "-c", "from syncam_data.cli import main; main()", "filter-videos", str(lst), "--out", str(out),
-           "--no-progress", "--timeout", "60"]
-    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=120)
+    cmd = [
+        sys.executable,
+        "-c",
+        "from syncam_data.cli import main; main()",
+        "filter-videos",
+        str(lst),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--timeout",
+        "60",
+    ]
+    proc = subprocess.run(
+        cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     rows = _rows(out)
     assert (rows["pipe.mp4"]["status"], rows["pipe.mp4"]["reason"]) == ("error", "not_regular_file")

@@ -25,7 +25,21 @@ def gpu_check():
     return mod
 
 
-FAST = ["--device", "cpu", "--tiny", "--views", "2", "--steps", "1", "--gen-steps", "2", "--train-steps", "1", "--workers", "0"]
+FAST = [
+    "--device",
+    "cpu",
+    "--tiny",
+    "--views",
+    "2",
+    "--steps",
+    "1",
+    "--gen-steps",
+    "2",
+    "--train-steps",
+    "1",
+    "--workers",
+    "0",
+]
 
 
 def test_runs_end_to_end_on_cpu_with_tiny_shapes(gpu_check, tmp_path, capsys):

@@ -45,7 +45,11 @@ def import_graph(root: Path, packages: tuple[str, ...] = PACKAGES) -> dict[str, 
             if isinstance(node, ast.Import):
                 deps.update(filter(None, (known(a.name) for a in node.names)))
             elif isinstance(node, ast.ImportFrom):
-                base = ".".join(here[: len(here) - node.level + 1] + [node.module or ""]).strip(".") if node.level else node.module or ""
+                base = (
+                    ".".join(here[: len(here) - node.level + 1] + [node.module or ""]).strip(".")
+                    if node.level
+                    else node.module or ""
+                )
                 for a in node.names:
                     target = f"{base}.{a.name}" if f"{base}.{a.name}" in files else known(base)
                     if target:
@@ -124,14 +128,25 @@ def test_no_import_cycles() -> None:
 
 def test_data_never_imports_the_model() -> None:
     graph = import_graph(ROOT)
-    bad = sorted(f"{m} -> {d}" for m, deps in graph.items() if m.startswith("syncam_data") for d in deps if d.startswith("syncam_model"))
+    bad = sorted(
+        f"{m} -> {d}"
+        for m, deps in graph.items()
+        if m.startswith("syncam_data")
+        for d in deps
+        if d.startswith("syncam_model")
+    )
     assert not bad, bad
 
 
 def test_shard_readers_do_not_import_what_writes_shards() -> None:
     """The reader and validate need the schema, the layout and video decoding: never the writer, the build or adapters."""
     graph = import_graph(ROOT)
-    writers = ("syncam_data.shards.writer", "syncam_data.shards.build", "syncam_data.shards.adapters", "syncam_data.render")
+    writers = (
+        "syncam_data.shards.writer",
+        "syncam_data.shards.build",
+        "syncam_data.shards.adapters",
+        "syncam_data.render",
+    )
     for reader in ("syncam_data.shards.reader", "syncam_data.shards.validate"):
         bad = sorted(m for m in reachable(graph, reader) if m.startswith(writers))
         assert not bad, f"{reader} imports {bad}"

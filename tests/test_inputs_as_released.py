@@ -44,14 +44,26 @@ def archives(tmp_path_factory) -> Path:
     make_syncamvideo(scv, EXTRINSICS, "val/basic", "", cams=2, seed=3)
     mcv = root / "MultiCamVideo-Dataset"
     make_syncamvideo(mcv, EXTRINSICS, "train/f18_aperture10", "scene1", cams=2, seed=4)
-    make_syncamvideo(mcv, EXTRINSICS, "train/f24_aperture5", "scene1", cams=2, seed=5)  # same subset/scene names as in SynCamVideo
+    make_syncamvideo(
+        mcv, EXTRINSICS, "train/f24_aperture5", "scene1", cams=2, seed=5
+    )  # same subset/scene names as in SynCamVideo
     return root
 
 
 def test_released_archives_found_at_any_depth_with_unique_ids(archives, tmp_path):
     out = tmp_path / "ds"
-    res = runner.invoke(app, ["build-shards", "--out", str(out), "--syncamvideo", str(archives / "SynCamVideo-Dataset"),
-                              "--syncamvideo", str(archives / "MultiCamVideo-Dataset")])
+    res = runner.invoke(
+        app,
+        [
+            "build-shards",
+            "--out",
+            str(out),
+            "--syncamvideo",
+            str(archives / "SynCamVideo-Dataset"),
+            "--syncamvideo",
+            str(archives / "MultiCamVideo-Dataset"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "wrote 5 group(s)" in res.output
     r = ShardReader(out)
@@ -66,7 +78,12 @@ def test_released_archives_found_at_any_depth_with_unique_ids(archives, tmp_path
     assert groups["SynCamVideo-Dataset-val-basic"]["split"] == "val"
     assert groups["SynCamVideo-Dataset-val-basic"]["subset"] == "basic"
     e = groups["MultiCamVideo-Dataset-train-f18_aperture10-scene1"]
-    assert (e["archive"], e["split"], e["subset"], e["scene"]) == ("MultiCamVideo-Dataset", "train", "f18_aperture10", "scene1")
+    assert (e["archive"], e["split"], e["subset"], e["scene"]) == (
+        "MultiCamVideo-Dataset",
+        "train",
+        "f18_aperture10",
+        "scene1",
+    )
 
 
 def test_each_subset_gets_the_lens_its_name_says(archives, tmp_path):
@@ -78,10 +95,23 @@ def test_each_subset_gets_the_lens_its_name_says(archives, tmp_path):
     fx = {g: r.row(rows[0])["K"][0] for (_, g), rows in r.groups().items()}
     assert fx["MultiCamVideo-Dataset-train-f18_aperture10-scene1"] == pytest.approx(18 * W / 23.76, rel=1e-5)
     assert fx["MultiCamVideo-Dataset-train-f24_aperture5-scene1"] == pytest.approx(24 * W / 23.76, rel=1e-5)
-    assert fx["SynCamVideo-Dataset-val-basic"] == pytest.approx(24 * W / 23.76, rel=1e-5)  # no lens in the name: SynCamVideo's 24 mm
+    assert fx["SynCamVideo-Dataset-val-basic"] == pytest.approx(
+        24 * W / 23.76, rel=1e-5
+    )  # no lens in the name: SynCamVideo's 24 mm
     # An explicit --focal-mm wins over the subset name.
     out2 = tmp_path / "ds2"
-    res = runner.invoke(app, ["build-shards", "--out", str(out2), "--syncamvideo", str(archives / "MultiCamVideo-Dataset"), "--focal-mm", "50"])
+    res = runner.invoke(
+        app,
+        [
+            "build-shards",
+            "--out",
+            str(out2),
+            "--syncamvideo",
+            str(archives / "MultiCamVideo-Dataset"),
+            "--focal-mm",
+            "50",
+        ],
+    )
     assert res.exit_code == 0, res.output
     r2 = ShardReader(out2)
     assert {round(r2.row(rows[0])["K"][0], 3) for rows in r2.groups().values()} == {round(50 * W / 23.76, 3)}
@@ -89,11 +119,33 @@ def test_each_subset_gets_the_lens_its_name_says(archives, tmp_path):
 
 def test_group_ids_do_not_depend_on_where_the_user_points(archives, tmp_path):
     out = tmp_path / "ds"
-    res = runner.invoke(app, ["build-shards", "--out", str(out), "--syncamvideo", str(archives / "SynCamVideo-Dataset" / "train" / "f24_aperture5")])
+    res = runner.invoke(
+        app,
+        [
+            "build-shards",
+            "--out",
+            str(out),
+            "--syncamvideo",
+            str(archives / "SynCamVideo-Dataset" / "train" / "f24_aperture5"),
+        ],
+    )
     assert res.exit_code == 0 and "wrote 2 group(s)" in res.output, res.output
-    res = runner.invoke(app, ["build-shards", "--out", str(out), "--syncamvideo", str(archives / "SynCamVideo-Dataset")])
-    assert res.exit_code == 0 and "wrote 1 group(s)" in res.output and "skipped 2 already present" in res.output, res.output
-    res = runner.invoke(app, ["build-shards", "--out", str(tmp_path / "one"), "--syncamvideo", str(archives / "SynCamVideo-Dataset" / "val" / "basic")])
+    res = runner.invoke(
+        app, ["build-shards", "--out", str(out), "--syncamvideo", str(archives / "SynCamVideo-Dataset")]
+    )
+    assert res.exit_code == 0 and "wrote 1 group(s)" in res.output and "skipped 2 already present" in res.output, (
+        res.output
+    )
+    res = runner.invoke(
+        app,
+        [
+            "build-shards",
+            "--out",
+            str(tmp_path / "one"),
+            "--syncamvideo",
+            str(archives / "SynCamVideo-Dataset" / "val" / "basic"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert {g for _, g in ShardReader(tmp_path / "one").groups()} == {"SynCamVideo-Dataset-val-basic"}
 
@@ -128,7 +180,9 @@ def test_one_empty_input_among_good_ones_stops_the_build_before_writing(tmp_path
     make_frameset(good, "seq_s000")
     (tmp_path / "renders").mkdir()
     out = tmp_path / "ds"
-    res = runner.invoke(app, ["build-shards", "--out", str(out), "--frames", str(good), "--renders", str(tmp_path / "renders")])
+    res = runner.invoke(
+        app, ["build-shards", "--out", str(out), "--frames", str(good), "--renders", str(tmp_path / "renders")]
+    )
     assert res.exit_code == 1 and str(tmp_path / "renders") in res.output
     assert not (out / "dataset.json").exists()
 
@@ -177,7 +231,13 @@ def test_eval_inputs_that_yield_nothing(tmp_path):
     # only single-view clips and no FVD: nothing can be measured
     single = tmp_path / "single"
     with ShardWriter(single, name="x") as w:
-        w.write_group([ViewRecord("web", "single_video", "c0", "v0", encode(smooth_frames(3, H, W), fps=8), "mp4", 3, H, W, fps=8.0)])
+        w.write_group(
+            [
+                ViewRecord(
+                    "web", "single_video", "c0", "v0", encode(smooth_frames(3, H, W), fps=8), "mp4", 3, H, W, fps=8.0
+                )
+            ]
+        )
     res = runner.invoke(app, ["eval", str(single), "--out", str(tmp_path / "o2")])
     assert res.exit_code == 1, res.output
     assert any(str(single) in line and "nothing to evaluate" in line for line in error_lines(res.output))

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
 import torch
 
+from syncam_model.camera_input import CameraRule
+from syncam_model.config import AdapterSpec
 from syncam_model.model import (
     AdapterFileError,
     MultiViewTransformer,
@@ -20,8 +21,6 @@ from syncam_model.model import (
     sample_latents,
     save_adapter,
 )
-from syncam_model.camera_input import CameraRule
-from syncam_model.config import AdapterSpec
 from syncam_model.modules import MultiViewContext, MultiViewModule, multiview_modules
 from syncam_model.text import encode_prompts
 
@@ -29,7 +28,6 @@ VARIANTS = ["2b", "5b", "1.5"]
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
-
 
 
 def tiny(variant: str = "2b", spec: AdapterSpec | None = None, **kw):
@@ -79,7 +77,11 @@ def test_identity_at_init_equals_base_per_view(variant):
                 torch.testing.assert_close(out[:, i], ref, atol=2e-5, rtol=1e-5)
 
 
-SPECS = [AdapterSpec(), AdapterSpec(projector="relu_linear"), AdapterSpec(attention_text="all_views", position="block_input")]
+SPECS = [
+    AdapterSpec(),
+    AdapterSpec(projector="relu_linear"),
+    AdapterSpec(attention_text="all_views", position="block_input"),
+]
 
 
 def unpatched(c):
@@ -110,7 +112,13 @@ def test_identity_at_init_equals_an_unpatched_diffusers_model(variant, spec):
     rot = c.transformer.base_rotary_emb(f, h, w) if cfg.use_rotary_positional_embeddings else None
     with torch.no_grad():
         out = c.transformer(latents, text, t, cams)
-        ref = plain(latents.flatten(0, 1), text.repeat_interleave(n, 0), t.repeat_interleave(n), image_rotary_emb=rot, return_dict=False)[0]
+        ref = plain(
+            latents.flatten(0, 1),
+            text.repeat_interleave(n, 0),
+            t.repeat_interleave(n),
+            image_rotary_emb=rot,
+            return_dict=False,
+        )[0]
         assert torch.equal(out.flatten(0, 1), ref)
         # one block: the patched block with a multi-view context against diffusers' CogVideoXBlock
         g = torch.Generator().manual_seed(1)
@@ -120,7 +128,9 @@ def test_identity_at_init_equals_an_unpatched_diffusers_model(variant, spec):
         x = torch.randn(b * n, frames * hw, d, generator=g)
         enc = torch.randn(b * n, 7, d, generator=g)
         temb = torch.randn(b * n, cfg.time_embed_dim, generator=g)
-        ctx = MultiViewContext(n, cams, hw, c.transformer.view_rotary_emb(n, h, w) if cfg.use_rotary_positional_embeddings else None)
+        ctx = MultiViewContext(
+            n, cams, hw, c.transformer.view_rotary_emb(n, h, w) if cfg.use_rotary_positional_embeddings else None
+        )
         rot_b = c.transformer.base_rotary_emb(f, h, w) if cfg.use_rotary_positional_embeddings else None
         got = c.transformer.base.transformer_blocks[0](x, enc, temb, rot_b, {"syncam_multiview": ctx})
         want = plain.transformer_blocks[0](x, enc, temb, rot_b)
@@ -135,7 +145,9 @@ def test_identity_with_ofs_embedding():
     with torch.no_grad():
         out = c.transformer(latents, text, t, cams)
         for i in range(2):
-            torch.testing.assert_close(out[:, i], c.transformer.forward_base(latents[:, i], text, t), atol=2e-5, rtol=1e-5)
+            torch.testing.assert_close(
+                out[:, i], c.transformer.forward_base(latents[:, i], text, t), atol=2e-5, rtol=1e-5
+            )
 
 
 def test_base_state_dict_keys_unchanged_and_new_weights_separate():
@@ -264,7 +276,9 @@ def test_video_cond_mask_gives_the_clean_view_timestep_zero():
         torch.testing.assert_close(out[:, 1], base(latents[:, 1], text, t), atol=2e-5, rtol=1e-5)
         perturb(fresh.transformer)
         # once coupled, the generated view depends on whether view 0 is marked clean
-        assert not torch.allclose(fresh.transformer(latents, text, t, cams, mask)[:, 1], fresh.transformer(latents, text, t, cams)[:, 1])
+        assert not torch.allclose(
+            fresh.transformer(latents, text, t, cams, mask)[:, 1], fresh.transformer(latents, text, t, cams)[:, 1]
+        )
 
 
 def test_bad_inputs_rejected():
@@ -297,7 +311,9 @@ def test_adapter_file_is_published_durably(tmp_path, monkeypatch):
 def test_save_load_round_trip_is_bit_exact(tmp_path):
     c = tiny("5b")
     perturb(c.transformer, seed=3)
-    path = save_adapter(c.transformer, tmp_path / "ckpt" / "adapter.safetensors", {"base_id": c.base_id, "step": 7, **RULE})
+    path = save_adapter(
+        c.transformer, tmp_path / "ckpt" / "adapter.safetensors", {"base_id": c.base_id, "step": 7, **RULE}
+    )
     assert not list(path.parent.glob(".*tmp"))
     meta = read_adapter_meta(path)
     assert meta["step"] == 7 and meta["base_id"]["config_sha256"] == c.base_id["config_sha256"]
@@ -423,7 +439,15 @@ def test_cross_view_attention_mixes_views_within_a_frame_only():
     x = torch.randn(n, frames * hw, d, generator=g)
     temb = torch.randn(1, block.norm1.linear.in_features, generator=g).expand(n, -1)
     text = torch.randn(n, 5, d, generator=g)
-    ctx = lambda: MultiViewContext(n, torch.randn(1, n, 12, generator=torch.Generator().manual_seed(1)), hw, c.transformer.view_rotary_emb(n, 4, 6))  # noqa: E731
+
+    def ctx() -> MultiViewContext:
+        return MultiViewContext(
+            n,
+            torch.randn(1, n, 12, generator=torch.Generator().manual_seed(1)),
+            hw,
+            c.transformer.view_rotary_emb(n, 4, 6),
+        )
+
     y = x.clone()
     y[1, hw : 2 * hw] += torch.randn(hw, d, generator=g)  # view 1, frame 1 (not a constant: LayerNorm would remove it)
     with torch.no_grad():
@@ -453,7 +477,9 @@ def _module_inputs(c, n=2, frames=2, text_len=5, seed=0):
 def _attention_input(m, x, text, temb, ctx):
     """The hidden states the module's cross-view attention receives."""
     seen = []
-    hook = m.attn.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(kwargs["hidden_states"].clone()), with_kwargs=True)
+    hook = m.attn.register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.append(kwargs["hidden_states"].clone()), with_kwargs=True
+    )
     try:
         with torch.no_grad():
             m(x, text, temb, ctx)
@@ -509,8 +535,12 @@ def test_block_input_with_all_views_text_follows_the_official_cogvideox_release(
 
         hidden, enc, gate, _ = norm_syncam(x, text, temb)
         hidden = hidden + m.camera_encoder(cams.reshape(n, 1, 12))  # "b v d -> (b v) 1 d"
-        hidden = hidden.reshape(1, n, frames, hw, d).transpose(1, 2).reshape(frames, n * hw, d)  # "(b v) (f s) d -> (b f) (v s) d"
-        enc = enc.reshape(1, n * length, d).repeat_interleave(frames, dim=0)  # "(b v) n d -> b (v n) d", then "(b f) n d"
+        hidden = (
+            hidden.reshape(1, n, frames, hw, d).transpose(1, 2).reshape(frames, n * hw, d)
+        )  # "(b v) (f s) d -> (b f) (v s) d"
+        enc = enc.reshape(1, n * length, d).repeat_interleave(
+            frames, dim=0
+        )  # "(b v) n d -> b (v n) d", then "(b f) n d"
         attn, _ = m.attn(hidden_states=hidden, encoder_hidden_states=enc, image_rotary_emb=ctx().rotary_emb)
         attn = m.proj(attn).reshape(1, frames, n, hw, d).transpose(1, 2).reshape(n, frames * hw, d)
         official = x + gate * attn
@@ -569,7 +599,10 @@ def test_adapter_structure_format_and_camera_rule_are_checked(tmp_path):
     path = save_adapter(c.transformer, tmp_path / "a.safetensors", {"base_id": c.base_id, **fixed.to_meta()})
     meta = read_adapter_meta(path)
     assert meta["format_version"] == 2 and meta["adapter_config"]["camera_input"] == "after_norm"
-    assert adapter_spec_of(meta) == spec and meta["camera_rule"] == {"translation_normalization": "fixed", "translation_scale": 2.0}
+    assert adapter_spec_of(meta) == spec and meta["camera_rule"] == {
+        "translation_normalization": "fixed",
+        "translation_scale": 2.0,
+    }
     assert any(k.endswith("multiview.proj.1.weight") for k in load_file(str(path)))
 
     default = tiny("2b")
@@ -591,7 +624,13 @@ def test_adapter_structure_format_and_camera_rule_are_checked(tmp_path):
 def test_frame_count_rules_match_the_vae():
     """One helper owns the rule; here it is checked against what the tiny CogVideoX VAE really does."""
     from syncam_model.frames import (
-        check_decodable, decodable_error, encodable_error, latent_frames, pad_latent_frames, round_up_decodable, temporal_padding,
+        check_decodable,
+        decodable_error,
+        encodable_error,
+        latent_frames,
+        pad_latent_frames,
+        round_up_decodable,
+        temporal_padding,
     )
 
     assert [latent_frames(f) for f in (1, 5, 9, 49)] == [1, 2, 3, 13]

@@ -53,12 +53,26 @@ def test_paper_recipe_has_the_paper_settings():
     render = " ".join(stages["render"])
     for setting in ("--cameras 36", "--frames 100", "--distance 3.5-9", "--elevation 0-45", "--subjects 1-2"):
         assert setting in render
-    assert "--max-gap 100" in " ".join(stages["sample-realestate10k"]) and "--max-gap 100" in " ".join(stages["sample-dl3dv"])
-    assert {"render", "sample-realestate10k", "sample-dl3dv", "filter-videos", "build-shards", "build-shards-renders"} <= set(stages)
+    assert "--max-gap 100" in " ".join(stages["sample-realestate10k"]) and "--max-gap 100" in " ".join(
+        stages["sample-dl3dv"]
+    )
+    assert {
+        "render",
+        "sample-realestate10k",
+        "sample-dl3dv",
+        "filter-videos",
+        "build-shards",
+        "build-shards-renders",
+    } <= set(stages)
     # The downloads path of docs/from-downloads.md runs by default: SynCamVideo is packed with the frame sets and web clips.
     default = {s.name: s.argv for s in plan_recipe(recipe, path)}
     assert "render" not in default and "--syncamvideo" in default["build-shards"]
-    assert [s.name for s in recipe.stages if s.enabled] == ["sample-realestate10k", "sample-dl3dv", "filter-videos", "build-shards"]
+    assert [s.name for s in recipe.stages if s.enabled] == [
+        "sample-realestate10k",
+        "sample-dl3dv",
+        "filter-videos",
+        "build-shards",
+    ]
 
 
 def test_paper_recipe_ships_the_files_it_references():
@@ -91,14 +105,21 @@ def test_only_runs_a_disabled_stage_and_misspelt_vars_are_errors(tmp_path):
         "vars": {"root": "a"},
         "stages": [
             {"name": "frames", "command": "build-shards", "args": {"out": "${root}/shards", "frames": ["${root}/f"]}},
-            {"name": "extra", "command": "build-shards", "enabled": False, "args": {"out": "${root}/shards", "renders": ["${extra_renders}"]}},
+            {
+                "name": "extra",
+                "command": "build-shards",
+                "enabled": False,
+                "args": {"out": "${root}/shards", "renders": ["${extra_renders}"]},
+            },
         ],
     }
     path = write_recipe(tmp_path / "r.yaml", rec)
     res = run(str(path), "--dry-run", "--var", "extra_renders=/r")
     assert res.exit_code == 0 and "# frames" in res.output and "# extra" not in res.output
     res = run(str(path), "--dry-run", "--only", "extra", "--var", "extra_renders=/r")
-    assert res.exit_code == 0 and "# extra" in res.output and "--renders /r" in res.output and "# frames" not in res.output
+    assert (
+        res.exit_code == 0 and "# extra" in res.output and "--renders /r" in res.output and "# frames" not in res.output
+    )
     # A variable only used by a stage (not declared under vars:) can be set; a misspelt one cannot.
     res = run(str(path), "--dry-run", "--var", "rot=/data")
     assert res.exit_code == 1 and "--var rot: the recipe has no variable 'rot'" in res.output and "root" in res.output
@@ -118,7 +139,11 @@ def test_a_mix_in_a_recipe_says_where_the_mix_belongs(tmp_path):
 
 
 def test_vars_override_and_clear_errors(tmp_path):
-    rec = {"name": "t", "vars": {"root": "a"}, "stages": [{"name": "build-shards", "args": {"out": "${root}/shards", "frames": ["${root}/f"]}}]}
+    rec = {
+        "name": "t",
+        "vars": {"root": "a"},
+        "stages": [{"name": "build-shards", "args": {"out": "${root}/shards", "frames": ["${root}/f"]}}],
+    }
     path = write_recipe(tmp_path / "r.yaml", rec)
     res = run(str(path), "--dry-run", "--var", "root=/data/x")
     assert res.exit_code == 0 and "--out /data/x/shards --frames /data/x/f" in res.output
@@ -144,8 +169,16 @@ def test_failed_stage_stops_the_run_unless_keep_going(tmp_path):
     rec = {
         "name": "t",
         "stages": [
-            {"name": "first", "command": "build-shards", "args": {"out": str(tmp_path / "a"), "frames": [str(tmp_path / "missing")]}},
-            {"name": "second", "command": "build-shards", "args": {"out": str(tmp_path / "b"), "frames": [str(tmp_path / "empty")]}},
+            {
+                "name": "first",
+                "command": "build-shards",
+                "args": {"out": str(tmp_path / "a"), "frames": [str(tmp_path / "missing")]},
+            },
+            {
+                "name": "second",
+                "command": "build-shards",
+                "args": {"out": str(tmp_path / "b"), "frames": [str(tmp_path / "empty")]},
+            },
         ],
     }
     (tmp_path / "empty").mkdir()
@@ -177,9 +210,29 @@ def test_recipe_chains_sample_frames_filter_videos_and_build_shards(tmp_path):
         "vars": {"root": str(tmp_path / "run")},
         "engine": "local",
         "stages": [
-            {"name": "sample-frames", "args": {"source": "realestate10k", "root": str(tmp_path / "re10k"), "out": "${root}/frames", "views": 3, "max-gap": 20, "no-progress": True}},
-            {"name": "filter-videos", "args": {"inputs": [str(tmp_path / "web")], "out": "${root}/web", "progress": False}},
-            {"name": "build-shards", "args": {"out": "${root}/shards", "frames": ["${root}/frames"], "videos": ["${root}/web/scores.parquet"]}},
+            {
+                "name": "sample-frames",
+                "args": {
+                    "source": "realestate10k",
+                    "root": str(tmp_path / "re10k"),
+                    "out": "${root}/frames",
+                    "views": 3,
+                    "max-gap": 20,
+                    "no-progress": True,
+                },
+            },
+            {
+                "name": "filter-videos",
+                "args": {"inputs": [str(tmp_path / "web")], "out": "${root}/web", "progress": False},
+            },
+            {
+                "name": "build-shards",
+                "args": {
+                    "out": "${root}/shards",
+                    "frames": ["${root}/frames"],
+                    "videos": ["${root}/web/scores.parquet"],
+                },
+            },
         ],
     }
     res = run(str(write_recipe(tmp_path / "r.yaml", rec)))
@@ -203,7 +256,18 @@ def test_recipe_renders_with_blender_and_builds_shards(tmp_path):
     rec = {
         "name": "render-chain",
         "stages": [
-            {"name": "render", "args": {"scenes": 1, "out": str(tmp_path / "renders"), "cameras": 2, "frames": 3, "resolution": "48x64", "samples": 1, "progress": False}},
+            {
+                "name": "render",
+                "args": {
+                    "scenes": 1,
+                    "out": str(tmp_path / "renders"),
+                    "cameras": 2,
+                    "frames": 3,
+                    "resolution": "48x64",
+                    "samples": 1,
+                    "progress": False,
+                },
+            },
             {"name": "build-shards", "args": {"out": str(tmp_path / "shards"), "renders": [str(tmp_path / "renders")]}},
         ],
     }
@@ -213,7 +277,9 @@ def test_recipe_renders_with_blender_and_builds_shards(tmp_path):
     assert rep.ok, rep.problems
     rows = ShardReader(tmp_path / "shards").rows()
     assert len(rows) == 2 and {r["dataset"] for r in rows} == {"syncam-blender"} and all(r["caption"] for r in rows)
-    cams = {c["id"]: c for c in json.loads(next((tmp_path / "renders").glob("scene_*/cameras.json")).read_text())["cameras"]}
+    cams = {
+        c["id"]: c for c in json.loads(next((tmp_path / "renders").glob("scene_*/cameras.json")).read_text())["cameras"]
+    }
     for r in rows:
         assert r["c2w"] == pytest.approx(cams[r["view_id"]]["c2w"], abs=1e-5) and r["num_frames"] == 3
 

@@ -10,12 +10,23 @@ import pytest
 
 pytest.importorskip("bpy", reason="the Blender backend needs bpy (pip install -e '.[blender]')")
 
-from syncam_data.cameras import Camera, c2w_to_blender  # noqa: E402
+from syncam_data.cameras import (  # noqa: E402
+    Camera,
+    c2w_to_blender,
+    read_cameras_json,  # noqa: E402
+)
 from syncam_data.render.base import get_backend  # noqa: E402
 from syncam_data.render.blender_scene import BlenderAssetError  # noqa: E402
-from syncam_data.cameras import read_cameras_json  # noqa: E402
 from syncam_data.render.output import SceneOutput, load_npz_array, reprojection_check  # noqa: E402
-from syncam_data.scenes import SamplerConfig, SceneSpec, SubjectSpec, AnimationSpec, TrajectorySpec, load_catalog, sample_scene  # noqa: E402
+from syncam_data.scenes import (
+    AnimationSpec,
+    SamplerConfig,
+    SceneSpec,
+    SubjectSpec,
+    TrajectorySpec,
+    load_catalog,
+    sample_scene,
+)  # noqa: E402
 from syncam_data.video import decode  # noqa: E402
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
@@ -24,7 +35,18 @@ W, H = 96, 64
 
 
 def _tiny_spec(index: int = 0, cameras: int = 3, frames: int = 2, **kw) -> SceneSpec:
-    opt = SamplerConfig(**{"num_cameras": cameras, "num_frames": frames, "width": W, "height": H, "subjects": (2, 2), "distance": (4.0, 6.0), "elevation": (5.0, 35.0), **kw})
+    opt = SamplerConfig(
+        **{
+            "num_cameras": cameras,
+            "num_frames": frames,
+            "width": W,
+            "height": H,
+            "subjects": (2, 2),
+            "distance": (4.0, 6.0),
+            "elevation": (5.0, 35.0),
+            **kw,
+        }
+    )
     return sample_scene(load_catalog(), index, seed=11, options=opt)
 
 
@@ -64,7 +86,10 @@ def test_cameras_are_consistent_with_pixels(scene):
         assert r["depth_err"] < 0.02, (pair, r)
         assert r["colour_err"] < 20, (pair, r)
     # control: the same pixels with the principal point the backend would use if it ignored cx/cy
-    centred = [(cid, Camera(cam.width, cam.height, cam.fx, cam.fy, W / 2, H / 2, cam.c2w)) for cid, cam, _ in read_cameras_json(folder / "cameras.json")]
+    centred = [
+        (cid, Camera(cam.width, cam.height, cam.fx, cam.fy, W / 2, H / 2, cam.c2w))
+        for cid, cam, _ in read_cameras_json(folder / "cameras.json")
+    ]
     bad = reprojection_check(folder, cameras=centred)
     assert min(r["agree"] for r in bad.values()) < 0.93 or max(r["depth_err"] for r in bad.values()) > 0.02
 
@@ -73,7 +98,7 @@ def test_cameras_json_matches_spec_and_records_blender_pose(scene):
     spec, folder = scene
     cams = read_cameras_json(folder / "cameras.json")
     assert [c[0] for c in cams] == [c.id for c in spec.cameras]
-    for (cid, cam, entry), c in zip(cams, spec.cameras):
+    for (_, cam, entry), c in zip(cams, spec.cameras):
         assert (cam.fx, cam.fy, cam.cx, cam.cy) == pytest.approx((c.fx, c.fy, c.cx, c.cy))
         assert np.allclose(cam.c2w.reshape(-1), c.c2w)
         raw = entry["raw"]
@@ -111,7 +136,9 @@ def test_same_spec_renders_identical_frames(tmp_path):
     _render(spec, tmp_path / "a", samples=2)
     _render(spec, tmp_path / "b", samples=2)
     for c in spec.cameras:
-        assert (tmp_path / "a" / "videos" / f"{c.id}.mp4").read_bytes() == (tmp_path / "b" / "videos" / f"{c.id}.mp4").read_bytes()
+        assert (tmp_path / "a" / "videos" / f"{c.id}.mp4").read_bytes() == (
+            tmp_path / "b" / "videos" / f"{c.id}.mp4"
+        ).read_bytes()
         for sub, key in (("depth", "depth"), ("masks", "ids")):
             a = load_npz_array(tmp_path / "a" / sub / f"{c.id}.npz", key)
             b = load_npz_array(tmp_path / "b" / sub / f"{c.id}.npz", key)
@@ -148,7 +175,16 @@ def test_imported_subject_plays_its_clip(tmp_path, kind, ext):
     asset = tmp_path / f"box.{ext}"
     _export_box(asset, kind)
     base = _tiny_spec(index=1, cameras=2, frames=3)
-    subj = SubjectSpec(instance_id=1, asset_id="box", kind=kind, asset=str(asset), description="a box", animation=AnimationSpec(id="slide", clip="slide", description="slides", loop=False), trajectory=TrajectorySpec(type="static", start=(0.0, 0.0)), params={"forward_axis": "+X"})
+    subj = SubjectSpec(
+        instance_id=1,
+        asset_id="box",
+        kind=kind,
+        asset=str(asset),
+        description="a box",
+        animation=AnimationSpec(id="slide", clip="slide", description="slides", loop=False),
+        trajectory=TrajectorySpec(type="static", start=(0.0, 0.0)),
+        params={"forward_axis": "+X"},
+    )
     spec = base.model_copy(update={"subjects": [subj], "num_frames": 3, "fps": 12.0})
     _render(spec, tmp_path / "s", samples=1)
     ids = load_npz_array(tmp_path / "s" / "masks" / f"{spec.cameras[0].id}.npz", "ids")
@@ -165,7 +201,9 @@ def test_image_background(tmp_path):
     sky[:32] = (255, 80, 0)  # BGR: a blue upper half, a dark lower half (equirectangular)
     cv2.imwrite(str(tmp_path / "sky.png"), sky)
     base = _tiny_spec(index=0, cameras=1, frames=1, elevation=(0.0, 0.0))
-    bg = base.background.model_copy(update={"id": "bluesky", "kind": "image", "asset": str(tmp_path / "sky.png"), "params": {"ground": False}})
+    bg = base.background.model_copy(
+        update={"id": "bluesky", "kind": "image", "asset": str(tmp_path / "sky.png"), "params": {"ground": False}}
+    )
     spec = base.model_copy(update={"background": bg, "subjects": []})
     _render(spec, tmp_path / "s", samples=1)
     video = decode(tmp_path / "s" / "videos" / f"{spec.cameras[0].id}.mp4")[0].astype(int)
@@ -182,16 +220,22 @@ def test_broken_assets_raise_errors_naming_them(tmp_path):
     backend = get_backend("blender", samples=1)
     with backend:
         with pytest.raises(BlenderAssetError, match=r"subject 'hero'.*nowhere/hero.glb.*does not exist"):
-            backend.render_scene(spec.model_copy(update={"subjects": [bad_subject]}), SceneOutput(tmp_path / "o1", spec.fps))
+            backend.render_scene(
+                spec.model_copy(update={"subjects": [bad_subject]}), SceneOutput(tmp_path / "o1", spec.fps)
+            )
         corrupt = tmp_path / "corrupt.fbx"
         corrupt.write_bytes(b"not an fbx file at all")
         bad_subject = bad_subject.model_copy(update={"kind": "fbx", "asset": str(corrupt)})
         with pytest.raises(BlenderAssetError, match=r"subject 'hero'.*corrupt.fbx"):
-            backend.render_scene(spec.model_copy(update={"subjects": [bad_subject]}), SceneOutput(tmp_path / "o2", spec.fps))
+            backend.render_scene(
+                spec.model_copy(update={"subjects": [bad_subject]}), SceneOutput(tmp_path / "o2", spec.fps)
+            )
         bad_bg = spec.background.model_copy(update={"kind": "hdri", "asset": str(tmp_path / "sky.hdr"), "id": "night"})
         with pytest.raises(BlenderAssetError, match=r"background 'night'.*sky.hdr"):
             backend.render_scene(spec.model_copy(update={"background": bad_bg}), SceneOutput(tmp_path / "o3", spec.fps))
         bad_gen = spec.background.model_copy(update={"asset": "moonbase"})
         with pytest.raises(BlenderAssetError, match="moonbase"):
-            backend.render_scene(spec.model_copy(update={"background": bad_gen}), SceneOutput(tmp_path / "o4", spec.fps))
+            backend.render_scene(
+                spec.model_copy(update={"background": bad_gen}), SceneOutput(tmp_path / "o4", spec.fps)
+            )
     assert json.dumps(spec.model_dump(mode="json"))  # the spec itself stays serializable

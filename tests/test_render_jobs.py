@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 
 pytest.importorskip("bpy", reason="the Blender backend needs bpy (pip install -e '.[blender]')")
 
+from syncam_data.cameras import read_cameras_json  # noqa: E402
 from syncam_data.cli import app  # noqa: E402
 from syncam_data.render.blender import BlenderConfig  # noqa: E402
 from syncam_data.render.jobs import REPORT_JSON, SPECS_JSONL, publish  # noqa: E402
-from syncam_data.cameras import read_cameras_json  # noqa: E402
 from syncam_data.render.output import is_complete_scene, reprojection_check  # noqa: E402
 from syncam_data.scenes import SamplerConfig, load_catalog, read_specs_jsonl, sample_scene  # noqa: E402
 from syncam_data.video import probe  # noqa: E402
@@ -47,7 +47,9 @@ def test_render_command_outputs_and_rerun_does_nothing(tmp_path):
     demo = load_catalog()
     opt = SamplerConfig(num_cameras=2, num_frames=2, width=64, height=48)
     for spec in specs:
-        assert spec.to_json() == sample_scene(demo, int(spec.scene_id[-5:]), 5, opt).to_json()  # reproducible from the seed
+        assert (
+            spec.to_json() == sample_scene(demo, int(spec.scene_id[-5:]), 5, opt).to_json()
+        )  # reproducible from the seed
         folder = out / spec.scene_id
         assert is_complete_scene(folder)
         assert sorted(p.name for p in folder.iterdir()) == ["cameras.json", "depth", "masks", "scene.json", "videos"]
@@ -67,7 +69,9 @@ def test_render_command_outputs_and_rerun_does_nothing(tmp_path):
     assert sorted(rep["done"]) == ["scene_00000", "scene_00001"] and not rep["failed"]
     assert not list(out.glob(".tmp-*"))
 
-    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name not in (REPORT_JSON, SPECS_JSONL)}
+    before = {
+        p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name not in (REPORT_JSON, SPECS_JSONL)
+    }
     res = _run("--scenes", "2", "--backend", "blender", "--out", str(out), "--seed", "5", *TINY)
     assert res.exit_code == 0 and "0 rendered, 2 already complete" in res.output
     assert {p: p.stat().st_mtime_ns for p in before} == before
@@ -78,7 +82,14 @@ def test_killed_render_resumes_only_missing_scenes(tmp_path):
     out = tmp_path / "r"
     cmd = [sys.executable, "-m", "syncam_data.cli", "render", "--scenes", "3", "--out", str(out), *TINY]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-c", "from syncam_data.cli import main; main()", *cmd[3:]], env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from syncam_data.cli import main; main()", *cmd[3:]],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 240
         while not is_complete_scene(out / "scene_00000"):
@@ -127,10 +138,28 @@ def test_broken_asset_and_invalid_entry_are_reported_and_other_scenes_render(tmp
     cat = load_catalog(cat_path)
     opt = SamplerConfig(num_cameras=2, num_frames=2, width=64, height=48, subjects=(1, 1))
     # a seed whose two scenes use one good and one broken subject
-    seed = next(sd for sd in range(100) if sorted(sample_scene(cat, i, sd, opt).subjects[0].asset_id for i in range(2)) == ["bot", "statue"])
+    seed = next(
+        sd
+        for sd in range(100)
+        if sorted(sample_scene(cat, i, sd, opt).subjects[0].asset_id for i in range(2)) == ["bot", "statue"]
+    )
     uses = [sample_scene(cat, i, seed, opt).subjects[0].asset_id for i in range(2)]
     out = tmp_path / "r"
-    res = _run("--scenes", "2", "--catalog", str(cat_path), "--subjects", "1-1", "--seed", str(seed), "--retries", "1", "--out", str(out), *TINY)
+    res = _run(
+        "--scenes",
+        "2",
+        "--catalog",
+        str(cat_path),
+        "--subjects",
+        "1-1",
+        "--seed",
+        str(seed),
+        "--retries",
+        "1",
+        "--out",
+        str(out),
+        *TINY,
+    )
     assert res.exit_code == 1
     rep = _report(out)
     broken = f"scene_{uses.index('statue'):05d}"
@@ -138,9 +167,17 @@ def test_broken_asset_and_invalid_entry_are_reported_and_other_scenes_render(tmp
     assert rep["done"] == [good] and is_complete_scene(out / good)
     assert [f["scene_id"] for f in rep["failed"]] == [broken] and not (out / broken).exists()
     failure = rep["failed"][0]
-    assert "statue" in failure["error"] and str(tmp_path / "assets" / "statue.glb") in failure["error"] and "does not exist" in failure["error"]
+    assert (
+        "statue" in failure["error"]
+        and str(tmp_path / "assets" / "statue.glb") in failure["error"]
+        and "does not exist" in failure["error"]
+    )
     assert failure["attempts"] == 2 and "Traceback" in failure["traceback"]
-    assert len(rep["catalog_problems"]) == 1 and "lava" in rep["catalog_problems"][0] and str(cat_path) in rep["catalog_problems"][0]
+    assert (
+        len(rep["catalog_problems"]) == 1
+        and "lava" in rep["catalog_problems"][0]
+        and str(cat_path) in rep["catalog_problems"][0]
+    )
     assert f"failed: {broken}" in res.output
     assert not list(out.glob(".tmp-*"))
     # --strict refuses the catalog, naming the bad entry
@@ -176,7 +213,9 @@ def test_worker_processes_each_own_a_slot(tmp_path):
     out = tmp_path / "r"
     res = _run("--scenes", "2", "--workers", "2", "--out", str(out), *TINY)
     assert res.exit_code == 0, res.output
-    workers = sorted(json.loads((out / f"scene_{i:05d}" / "scene.json").read_text())["render"]["worker"] for i in range(2))
+    workers = sorted(
+        json.loads((out / f"scene_{i:05d}" / "scene.json").read_text())["render"]["worker"] for i in range(2)
+    )
     pids = {json.loads((out / f"scene_{i:05d}" / "scene.json").read_text())["render"]["pid"] for i in range(2)}
     assert all(0 <= w < 2 for w in workers) and os.getpid() not in pids
     assert sorted(_report(out)["done"]) == ["scene_00000", "scene_00001"]

@@ -43,7 +43,11 @@ def test_zero_bounces_and_threads_are_kept():
         ("blender", {"device": "tpu"}, r"^--device: Input should be 'cpu' or 'gpu' \(got 'tpu'\)$"),
         ("blender", {"samples": "many"}, r"^--samples: "),
         ("unrealcv", {"samples": 4}, r"unrealcv backend: unknown option 'samples'"),
-        ("unrealcv", {"port": 70000}, r"^--port: Value error, ports must be 1 to 65535|^--port: ports must be 1 to 65535"),
+        (
+            "unrealcv",
+            {"port": 70000},
+            r"^--port: Value error, ports must be 1 to 65535|^--port: ports must be 1 to 65535",
+        ),
         ("unrealcv", {"lens": "zoom"}, r"^--lens: "),
         ("unrealcv", {"timeout": 0}, r"^unrealcv backend option timeout: .*greater than 0 \(got 0\)$"),
         ("unrealcv", {"timeout": float("nan")}, r"^unrealcv backend option timeout: nan is not a finite number$"),
@@ -67,7 +71,9 @@ def test_unrealcv_ports_per_worker_from_typed_options():
 
     one = get_backend("unrealcv", WorkerSlot(1, 2), port=9001)  # a single port is a list of one
     assert one.config.port == [9001] and one.engine.port == 9001
-    launched = get_backend("unrealcv", WorkerSlot(2, 3), port=[9100], launch="engine -cvport {port}", unix_socket="auto")
+    launched = get_backend(
+        "unrealcv", WorkerSlot(2, 3), port=[9100], launch="engine -cvport {port}", unix_socket="auto"
+    )
     assert launched.engine.port == 9102 and launched.engine.unix_socket == "/tmp/unrealcv_9102.socket"
     assert launched.engine.connect_timeout == 300.0 and one.engine.connect_timeout == 15.0
 
@@ -85,7 +91,9 @@ def test_render_refuses_bad_backend_options_before_any_work(tmp_path):
     res = runner.invoke(app, ["render", "--scenes", "1", "--out", str(out), "--samples", "0", "--no-progress"])
     assert res.exit_code == 2 and "--samples" in res.output and "Traceback" not in res.output, res.output
     assert not out.exists()
-    res = runner.invoke(app, ["render", "--scenes", "1", "--out", str(out), "--backend", "unrealcv", "--port", "0", "--no-progress"])
+    res = runner.invoke(
+        app, ["render", "--scenes", "1", "--out", str(out), "--backend", "unrealcv", "--port", "0", "--no-progress"]
+    )
     assert res.exit_code == 2 and "--port" in res.output and "65535" in res.output, res.output
     assert not out.exists()
 
@@ -95,13 +103,22 @@ def test_render_help_and_defaults_come_from_the_options():
 
     render = typer.main.get_command(app).commands["render"]
     params = {p.opts[0]: p for p in render.params}
-    for cls, label, name in ((BlenderConfig, "Blender", "samples"), (BlenderConfig, "Blender", "device"),
-                             (UnrealCVConfig, "UnrealCV", "host"), (UnrealCVConfig, "UnrealCV", "port"),
-                             (UnrealCVConfig, "UnrealCV", "lens"), (UnrealCVConfig, "UnrealCV", "illumination")):
+    for cls, label, name in (
+        (BlenderConfig, "Blender", "samples"),
+        (BlenderConfig, "Blender", "device"),
+        (UnrealCVConfig, "UnrealCV", "host"),
+        (UnrealCVConfig, "UnrealCV", "port"),
+        (UnrealCVConfig, "UnrealCV", "lens"),
+        (UnrealCVConfig, "UnrealCV", "illumination"),
+    ):
         p = params[cls.flag(name)]
         assert p.help == f"{label}: {cls.help(name)}"
         default = p.default.value if hasattr(p.default, "value") else p.default
-        assert default == cls.default(name) or (default is None and cls.default(name) is None) or list(default) == cls.default(name)
+        assert (
+            default == cls.default(name)
+            or (default is None and cls.default(name) is None)
+            or list(default) == cls.default(name)
+        )
     assert UnrealCVConfig.choices("lens") == ("auto", "fov", "cine")
     res = runner.invoke(app, ["render", "--scenes", "1", "--out", "unused", "--backend", "unrealcv", "--lens", "zoom"])
     assert res.exit_code == 2 and all(c in res.output for c in ("'auto'", "'fov'", "'cine'")), res.output
@@ -109,8 +126,16 @@ def test_render_help_and_defaults_come_from_the_options():
 
 def test_the_command_line_loads_no_heavy_library():
     """`syncam-data --help` stays fast: engines, media and model libraries load only inside the commands."""
-    code = ("import sys, syncam_data.cli; heavy = ['bpy', 'unrealcv', 'torch', 'av', 'cv2', 'pyarrow', 'ray', 'segment_anything', "
-            "'kornia', 'diffusers', 'transformers', 'syncam_data.scenes', 'syncam_data.render.output']; "
-            "print(sorted(m for m in heavy if m in sys.modules))")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], check=True)
+    code = (
+        "import sys, syncam_data.cli; heavy = ['bpy', 'unrealcv', 'torch', 'av', 'cv2', 'pyarrow', 'ray', 'segment_anything', "
+        "'kornia', 'diffusers', 'transformers', 'syncam_data.scenes', 'syncam_data.render.output']; "
+        "print(sorted(m for m in heavy if m in sys.modules))"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        check=True,
+    )
     assert res.stdout.strip() == "[]", res.stdout + res.stderr

@@ -7,8 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from syncam_data.cameras import Camera, look_at
-from syncam_data.cameras import read_cameras_json
+from syncam_data.cameras import Camera, look_at, read_cameras_json
 from syncam_data.render.output import SceneOutput, is_complete_scene, load_npz_array, reprojection_check
 from syncam_data.video import decode, probe
 from tests.conftest import smooth_frames
@@ -101,7 +100,9 @@ def _synthetic_scene(tmp_path, cams):
         hit = np.isfinite(z)
         pts = cam.t + np.where(hit, z, 0)[:, None] * rays
         col = np.zeros((len(uv), 3))
-        col[hit] = 128 + 100 * np.stack([np.sin(pts[hit, 0] * 0.7), np.cos(pts[hit, 1] * 0.7), np.sin(2 * pts[hit, 2])], -1)
+        col[hit] = 128 + 100 * np.stack(
+            [np.sin(pts[hit, 0] * 0.7), np.cos(pts[hit, 1] * 0.7), np.sin(2 * pts[hit, 2])], -1
+        )
         out.add_frame(cid, col.reshape(cam.height, cam.width, 3).astype(np.uint8), z.reshape(cam.height, cam.width))
     out.finish({})
     return tmp_path / "syn"
@@ -109,7 +110,10 @@ def _synthetic_scene(tmp_path, cams):
 
 def test_reprojection_check_accepts_true_cameras_and_rejects_wrong_ones(tmp_path):
     w, h = 96, 64
-    cams = [(f"c{i}", Camera(w, h, 70.0, 70.0, 48.0, 32.0, look_at((5 * np.cos(a), 5 * np.sin(a), 2.5), (0, 0, 0)))) for i, a in enumerate([0.0, 0.5, 1.2])]
+    cams = [
+        (f"c{i}", Camera(w, h, 70.0, 70.0, 48.0, 32.0, look_at((5 * np.cos(a), 5 * np.sin(a), 2.5), (0, 0, 0))))
+        for i, a in enumerate([0.0, 0.5, 1.2])
+    ]
     folder = _synthetic_scene(tmp_path, cams)
     good = reprojection_check(folder)
     assert len(good) == 6
@@ -118,5 +122,8 @@ def test_reprojection_check_accepts_true_cameras_and_rejects_wrong_ones(tmp_path
     assert max(v["depth_err"] for v in good.values()) < 0.01
     shifted = [(cid, Camera(w, h, c.fx, c.fy, c.cx + 4, c.cy, c.c2w)) for cid, c in cams]
     assert min(v["agree"] for v in reprojection_check(folder, cameras=shifted).values()) < 0.95
-    flipped = [(cid, Camera(w, h, c.fx, c.fy, c.cx, c.cy, np.hstack([c.R @ np.diag([1.0, -1.0, -1.0]), c.t[:, None]]))) for cid, c in cams]
+    flipped = [
+        (cid, Camera(w, h, c.fx, c.fy, c.cx, c.cy, np.hstack([c.R @ np.diag([1.0, -1.0, -1.0]), c.t[:, None]])))
+        for cid, c in cams
+    ]
     assert min(v["agree"] for v in reprojection_check(folder, cameras=flipped).values()) < 0.5

@@ -25,7 +25,9 @@ runner = CliRunner()
 
 def test_temp_cleanup_matches_the_exact_scene_id(tmp_path):
     mine = tmp_path / temp_folder_name("scene_1")
-    other = tmp_path / temp_folder_name("scene_1-2")  # another scene whose id starts with "scene_1-", maybe rendering now
+    other = tmp_path / temp_folder_name(
+        "scene_1-2"
+    )  # another scene whose id starts with "scene_1-", maybe rendering now
     other_old = tmp_path / ".tmp-scene_1-2-77-0123abcd"
     for p in (mine, other, other_old):
         p.mkdir()
@@ -85,7 +87,9 @@ def test_a_spec_over_the_limits_fails_alone_with_its_file_and_line_once(tmp_path
 
 
 def test_spec_and_sampler_models_enforce_the_limits_and_the_override(monkeypatch):
-    spec = json.loads(sample_scene(load_catalog(), 0, 0, SamplerConfig(num_cameras=2, num_frames=2, width=64, height=48)).to_json())
+    spec = json.loads(
+        sample_scene(load_catalog(), 0, 0, SamplerConfig(num_cameras=2, num_frames=2, width=64, height=48)).to_json()
+    )
     for key, value in [("num_frames", 10_001), ("width", 100_000), ("fps", 1e6)]:
         bad = dict(spec, **{key: value})
         with pytest.raises(SpecError, match=key):

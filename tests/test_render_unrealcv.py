@@ -20,9 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from syncam_data.cameras import Camera, look_at, spherical_position
+from syncam_data.cameras import Camera, look_at, read_cameras_json, spherical_position
 from syncam_data.render.base import WorkerSlot, get_backend
-from syncam_data.cameras import read_cameras_json
 from syncam_data.render.output import SceneOutput, load_npz_array
 from syncam_data.scenes import AnimationSpec, BackgroundSpec, CameraSpec, SceneSpec, SubjectSpec, TrajectorySpec
 
@@ -37,7 +36,14 @@ DOG = "/Game/Animals/Dog/BP_Dog.BP_Dog_C"
 LEVELS = {MAP: LevelConfig(references=(WALKER, DOG))}
 
 
-def make_spec(scene_id: str = "scene_a", num_frames: int = 3, num_cameras: int = 3, hfov: float = 70.0, subjects: int = 2, level: str = MAP) -> SceneSpec:
+def make_spec(
+    scene_id: str = "scene_a",
+    num_frames: int = 3,
+    num_cameras: int = 3,
+    hfov: float = 70.0,
+    subjects: int = 2,
+    level: str = MAP,
+) -> SceneSpec:
     centre = (0.0, 0.0, 1.0)
     f = W / (2 * math.tan(math.radians(hfov) / 2))
     cams = []
@@ -46,19 +52,34 @@ def make_spec(scene_id: str = "scene_a", num_frames: int = 3, num_cameras: int =
         cams.append(CameraSpec.from_camera(f"cam{i:02d}", Camera(W, H, f, f, W / 2, H / 2, look_at(eye, centre))))
     subs = [
         SubjectSpec(
-            instance_id=1, asset_id="walker", kind="unreal", asset=WALKER,
+            instance_id=1,
+            asset_id="walker",
+            kind="unreal",
+            asset=WALKER,
             animation=AnimationSpec(id="walk", clip="/Game/Characters/Walker/Anim_Walk.Anim_Walk", speed=1.5),
             trajectory=TrajectorySpec(type="line", start=(-0.8, -0.6), end=(0.6, 0.9)),
         ),
         SubjectSpec(
-            instance_id=2, asset_id="dog", kind="unreal", asset=DOG, scale=0.8,
+            instance_id=2,
+            asset_id="dog",
+            kind="unreal",
+            asset=DOG,
+            scale=0.8,
             animation=AnimationSpec(id="trot", clip="/Game/Animals/Dog/Anim_Trot.Anim_Trot"),
             trajectory=TrajectorySpec(type="circle", center=(0.2, -0.2), radius=0.9, turns=0.25, phase_deg=30),
         ),
     ][:subjects]
     return SceneSpec(
-        scene_id=scene_id, seed=0, background=BackgroundSpec(id="test_level", kind="unreal_level", asset=level),
-        subjects=subs, center=centre, cameras=cams, num_frames=num_frames, fps=12.0, width=W, height=H,
+        scene_id=scene_id,
+        seed=0,
+        background=BackgroundSpec(id="test_level", kind="unreal_level", asset=level),
+        subjects=subs,
+        center=centre,
+        cameras=cams,
+        num_frames=num_frames,
+        fps=12.0,
+        width=W,
+        height=H,
     )
 
 
@@ -123,7 +144,9 @@ def backend_for(request):
         for other_srv, other in made:
             if other_srv is srv:
                 other.close()  # a server takes one client at a time: a new backend replaces the previous one
-        b = get_backend("unrealcv", WorkerSlot(0, 1), **{"port": [srv.port], "connect_timeout": 5, "timeout": 20, **opts})
+        b = get_backend(
+            "unrealcv", WorkerSlot(0, 1), **{"port": [srv.port], "connect_timeout": 5, "timeout": 20, **opts}
+        )
         b.open()
         made.append((srv, b))
         return b
@@ -152,7 +175,9 @@ def test_cameras_reproject_server_markers_within_a_pixel(server, backend_for, tm
     for cam_id, cam, entry in cams:
         assert entry["raw"]["convention"] == "unreal"
         # The exported pose equals the spec's (the engine reported what was set).
-        np.testing.assert_allclose(cam.c2w, np.asarray(next(c for c in spec.cameras if c.id == cam_id).c2w).reshape(3, 4), atol=1e-4)
+        np.testing.assert_allclose(
+            cam.c2w, np.asarray(next(c for c in spec.cameras if c.id == cam_id).c2w).reshape(3, 4), atol=1e-4
+        )
         depth = load_npz_array(tmp_path / "scene_a" / "depth" / f"{cam_id}.npz", "depth")[0]
         for m in level_markers(MAP):
             centre = ue_to_canonical(m.location)
@@ -263,10 +288,14 @@ def test_without_plugin_falls_back_with_a_warning(flavour, spawn_method, backend
         # Transforms are still exact; animation time comes from the engine clock.
         s = spec.subjects[0]
         xyz, _ = s.trajectory.pose(1, spec.num_frames)
-        np.testing.assert_allclose(lit[-1].actors["SynCamSubject_1"]["location"], [xyz[0] * 100, -xyz[1] * 100, xyz[2] * 100], atol=1e-3)
+        np.testing.assert_allclose(
+            lit[-1].actors["SynCamSubject_1"]["location"], [xyz[0] * 100, -xyz[1] * 100, xyz[2] * 100], atol=1e-3
+        )
         assert lit[-1].actors["SynCamSubject_1"]["anim_time"] > lit[0].actors["SynCamSubject_1"]["anim_time"]
         # Spawned subjects are annotated (mask colour set), so they are in the depth and mask images.
-        ids = np.concatenate([load_npz_array(tmp_path / "s" / "masks" / f"{c.id}.npz", "ids").ravel() for c in spec.cameras])
+        ids = np.concatenate(
+            [load_npz_array(tmp_path / "s" / "masks" / f"{c.id}.npz", "ids").ravel() for c in spec.cameras]
+        )
         assert (ids == 1).sum() > 20
 
 
@@ -276,15 +305,20 @@ def test_open_source_server_without_plugin_names_the_fix_for_unloaded_classes(ba
 
     with standin(plugin=False) as srv:
         spec = make_spec(num_frames=1, subjects=1, level="/Game/Maps/Empty")
-        with pytest.raises(SpawnError, match=r"'vset /objects/spawn BP_Walker_C' replied: error Can not find a class with name 'BP_Walker_C'\); "
-                           r"reference BP_Walker_C from the level /Game/Maps/Empty or install the SynCam plugin"):
+        with pytest.raises(
+            SpawnError,
+            match=r"'vset /objects/spawn BP_Walker_C' replied: error Can not find a class with name 'BP_Walker_C'\); "
+            r"reference BP_Walker_C from the level /Game/Maps/Empty or install the SynCam plugin",
+        ):
             backend_for(srv).render_scene(spec, SceneOutput(tmp_path / "s", fps=12))
 
 
 def test_plugin_spawns_blueprint_asset_paths_that_no_level_references(backend_for, tmp_path):
     with standin() as srv:
         spec = make_spec(num_frames=1, subjects=1, level="/Game/Maps/Empty")
-        sub = spec.subjects[0].model_copy(update={"asset": "/Game/Characters/Walker/BP_Walker.BP_Walker"})  # the Blueprint, not its class
+        sub = spec.subjects[0].model_copy(
+            update={"asset": "/Game/Characters/Walker/BP_Walker.BP_Walker"}
+        )  # the Blueprint, not its class
         result, _ = render(backend_for(srv), spec.model_copy(update={"subjects": [sub]}), tmp_path / "s")
         assert result.info["spawn_method"] == "plugin"
         assert srv.world.actors["SynCamSubject_1"].asset == WALKER
@@ -297,12 +331,16 @@ def test_a_subject_without_a_mesh_is_refused_because_it_would_be_missing_from_de
         spec = make_spec(num_frames=1, subjects=1)
         sub = spec.subjects[0].model_copy(update={"asset": "/Game/Logic/BP_Trigger.BP_Trigger_C"})
         with pytest.raises(SpawnError, match="UnrealCV did not annotate SynCamSubject_1 .* no mesh component"):
-            backend_for(srv).render_scene(spec.model_copy(update={"subjects": [sub]}), SceneOutput(tmp_path / "s", fps=12))
+            backend_for(srv).render_scene(
+                spec.model_copy(update={"subjects": [sub]}), SceneOutput(tmp_path / "s", fps=12)
+            )
 
 
 def test_camera_ids_count_cameras_the_level_already_has(flavour, backend_for, tmp_path):
     """A level with placed cameras: new ids start after them (the count before each spawn), in both naming schemes."""
-    with standin(flavour=flavour, levels={"/Game/Maps/Placed": LevelConfig(references=(WALKER,), placed_cameras=2)}) as srv:
+    with standin(
+        flavour=flavour, levels={"/Game/Maps/Placed": LevelConfig(references=(WALKER,), placed_cameras=2)}
+    ) as srv:
         spec = make_spec(num_frames=1, num_cameras=2, subjects=1, level="/Game/Maps/Placed")
         result, _ = render(backend_for(srv), spec, tmp_path / "s")
         assert result.info["cameras"] == {"cam00": 3, "cam01": 4}
@@ -332,12 +370,21 @@ def test_a_plugin_built_the_old_way_is_not_mistaken_for_a_working_one(backend_fo
         assert "SynCam UE plugin 1.0.0 is too old" in caplog.text
         assert result.info["animation_sync"] == "approximate" and result.versions["syncam_plugin"] == "absent"
         with pytest.raises(CapabilityError, match="too old: vbp cannot pass"):
-            backend_for(srv, require_plugin=True).render_scene(make_spec(num_frames=1), SceneOutput(tmp_path / "t", fps=12))
+            backend_for(srv, require_plugin=True).render_scene(
+                make_spec(num_frames=1), SceneOutput(tmp_path / "t", fps=12)
+            )
     # Declared with the new version number but still a by-reference parameter: the dry calls catch it.
-    broken = OLD_PLUGIN_HEADER.replace('"1.0.0"', '"2.0.0"').replace("double GetWorldTime() const;", "FString GetWorldClock() const;")
+    broken = OLD_PLUGIN_HEADER.replace('"1.0.0"', '"2.0.0"').replace(
+        "double GetWorldTime() const;", "FString GetWorldClock() const;"
+    )
     with standin(plugin_header=broken) as srv:
-        with pytest.raises(CapabilityError, match=r"present but vbp cannot call .*SetActorTransformCm: vbp did not call the function .*\['ActorName'\] were skipped"):
-            backend_for(srv, require_plugin=True).render_scene(make_spec(num_frames=1), SceneOutput(tmp_path / "u", fps=12))
+        with pytest.raises(
+            CapabilityError,
+            match=r"present but vbp cannot call .*SetActorTransformCm: vbp did not call the function .*\['ActorName'\] were skipped",
+        ):
+            backend_for(srv, require_plugin=True).render_scene(
+                make_spec(num_frames=1), SceneOutput(tmp_path / "u", fps=12)
+            )
 
 
 def test_missing_capability_is_named(tmp_path):
@@ -357,7 +404,7 @@ def test_unix_socket_and_cine_lens(tmp_path, backend_for):
         result, _ = render(backend, spec, tmp_path / "s")
         assert result.info["lens"] == "cine"
         cams = read_cameras_json(tmp_path / "s" / "cameras.json")
-        for (cid, cam, _), c in zip(cams, spec.cameras):
+        for (_, cam, _), c in zip(cams, spec.cameras):
             assert cam.fx == pytest.approx(c.fx, rel=1e-5)
         ue_cam = srv.world.cameras[1]
         assert ue_cam.cine_enabled and ue_cam.filmback == pytest.approx((23.76, 23.76 * H / W), rel=1e-6)
@@ -376,12 +423,16 @@ def test_cine_lens_on_a_server_without_it_is_a_capability_error_and_auto_uses_th
 
 def test_illumination_is_sent_per_camera_where_the_server_has_it(backend_for, tmp_path, caplog):
     with standin() as srv:
-        result, _ = render(backend_for(srv, illumination="lumen"), make_spec(num_frames=1, num_cameras=2), tmp_path / "a")
+        result, _ = render(
+            backend_for(srv, illumination="lumen"), make_spec(num_frames=1, num_cameras=2), tmp_path / "a"
+        )
         assert result.info["illumination"] == "lumen"
         assert [c.illumination for c in srv.world.cameras[1:]] == ["lumen", "lumen"]
     with standin(without=("vset /camera/[uint]/illumination [str]",)) as srv:
         with caplog.at_level(logging.WARNING):
-            result, _ = render(backend_for(srv, illumination="lumen"), make_spec(num_frames=1, num_cameras=1), tmp_path / "b")
+            result, _ = render(
+                backend_for(srv, illumination="lumen"), make_spec(num_frames=1, num_cameras=1), tmp_path / "b"
+            )
         assert result.info["illumination"] == "server default"
         assert "cannot set a camera's illumination" in caplog.text
 
@@ -390,7 +441,9 @@ def test_ground_that_reads_as_sky_is_recorded_and_warned(backend_for, tmp_path, 
     """A Landscape ground is never annotated: UnrealCV's depth shows sky there; scene.json and the log say so."""
     with standin(levels={"/Game/Maps/Hills": LevelConfig(ground="landscape", references=(WALKER,))}) as srv:
         with caplog.at_level(logging.WARNING):
-            result, _ = render(backend_for(srv), make_spec(num_frames=2, subjects=1, level="/Game/Maps/Hills"), tmp_path / "s")
+            result, _ = render(
+                backend_for(srv), make_spec(num_frames=2, subjects=1, level="/Game/Maps/Hills"), tmp_path / "s"
+            )
         depth = result.info["depth"]
         assert depth["ground_reads_as_sky"] is True
         assert all(f > 0.9 for f in depth["ground_sky_fraction"].values())
@@ -402,7 +455,10 @@ def test_ground_that_reads_as_sky_is_recorded_and_warned(backend_for, tmp_path, 
         assert all(0.0 <= f < 0.5 for f in result.info["depth"]["sky_fraction"].values())
 
 
-@pytest.mark.parametrize(("fault", "what"), [({"fault_nudge_after": 4}, "moved during the captures"), ({"fault_unpause_after": 4}, "world time moved")])
+@pytest.mark.parametrize(
+    ("fault", "what"),
+    [({"fault_nudge_after": 4}, "moved during the captures"), ({"fault_unpause_after": 4}, "world time moved")],
+)
 def test_a_frame_where_something_moved_is_captured_again(fault, what, backend_for, tmp_path, caplog):
     with standin(**fault) as srv:
         spec = make_spec(num_frames=3, num_cameras=2)
@@ -419,10 +475,16 @@ def test_a_frame_where_something_moved_is_captured_again(fault, what, backend_fo
         assert len(lit) > spec.num_frames * 2
         s = spec.subjects[0]
         for k in range(spec.num_frames):
-            last = [c for c in lit if c.actors["SynCamSubject_1"]["anim_time"] == pytest.approx(s.animation_time(k, spec.fps))][-2:]
+            last = [
+                c
+                for c in lit
+                if c.actors["SynCamSubject_1"]["anim_time"] == pytest.approx(s.animation_time(k, spec.fps))
+            ][-2:]
             xyz, _ = s.trajectory.pose(k, spec.num_frames)
             for c in last:
-                np.testing.assert_allclose(c.actors["SynCamSubject_1"]["location"], [xyz[0] * 100, -xyz[1] * 100, xyz[2] * 100], atol=1e-3)
+                np.testing.assert_allclose(
+                    c.actors["SynCamSubject_1"]["location"], [xyz[0] * 100, -xyz[1] * 100, xyz[2] * 100], atol=1e-3
+                )
                 assert c.paused
 
 
@@ -471,7 +533,10 @@ def test_launch_one_engine_per_worker_and_restart_a_dead_one(tmp_path):
     script = Path(__file__).resolve().parent / "unrealcv_standin.py"
     launch = f"{sys.executable} {script} -cvport {{port}}"
     base = _free_port_pair()
-    backends = [get_backend("unrealcv", WorkerSlot(i, 2), port=[base], launch=launch, connect_timeout=30, timeout=20) for i in range(2)]
+    backends = [
+        get_backend("unrealcv", WorkerSlot(i, 2), port=[base], launch=launch, connect_timeout=30, timeout=20)
+        for i in range(2)
+    ]
     try:
         for b in backends:
             b.open()
@@ -484,7 +549,9 @@ def test_launch_one_engine_per_worker_and_restart_a_dead_one(tmp_path):
         dead = backends[0].engine.proc
         os.killpg(dead.pid, signal.SIGKILL)
         dead.wait(timeout=10)
-        result, _ = render(backends[0], make_spec(scene_id="again", num_frames=1, num_cameras=1, subjects=1), tmp_path / "again")
+        result, _ = render(
+            backends[0], make_spec(scene_id="again", num_frames=1, num_cameras=1, subjects=1), tmp_path / "again"
+        )
         assert result.info["retries"] == 1
         assert backends[0].engine.proc is not None and backends[0].engine.proc.pid != dead.pid
     finally:
@@ -518,7 +585,9 @@ def test_slow_capture_within_timeout_succeeds_and_beyond_it_fails_clearly(backen
         assert is_complete(tmp_path / "ok")
     with standin(capture_delay=1.0) as srv:  # 1 s per image, timeout 0.6 s per reply
         backend = backend_for(srv, timeout=0.6, retries=1)
-        with pytest.raises(ConnectionError, match=r"lost the UnrealCV server .* 2 times; last: .*no reply within 0.6 s"):
+        with pytest.raises(
+            ConnectionError, match=r"lost the UnrealCV server .* 2 times; last: .*no reply within 0.6 s"
+        ):
             backend.render_scene(spec, SceneOutput(tmp_path / "slow", fps=12))
 
 
@@ -531,7 +600,10 @@ def is_complete(folder: Path) -> bool:
 @pytest.mark.parametrize(
     ("fault", "message"),
     [
-        ({"fault_anim_offset": 0.02}, r"frame 0: .*SynCamSubject_1 animation time is 0\.020000 s, expected 0\.000000 s"),
+        (
+            {"fault_anim_offset": 0.02},
+            r"frame 0: .*SynCamSubject_1 animation time is 0\.020000 s, expected 0\.000000 s",
+        ),
         ({"fault_camera_offset_cm": 1.0}, r"camera cam00 \(UE camera 1\): engine reports location .* cm off\)"),
     ],
 )
@@ -541,7 +613,9 @@ def test_reply_checks_catch_an_engine_that_does_not_do_what_was_set(fault, messa
     with standin(**fault) as srv:
         backend = backend_for(srv)
         with pytest.raises(FrameSyncError, match=message):
-            backend.render_scene(make_spec(num_frames=2, num_cameras=1, subjects=1), SceneOutput(tmp_path / "s", fps=12))
+            backend.render_scene(
+                make_spec(num_frames=2, num_cameras=1, subjects=1), SceneOutput(tmp_path / "s", fps=12)
+            )
 
 
 def test_server_that_never_greets_times_out_instead_of_hanging():
@@ -569,8 +643,9 @@ def test_a_second_backend_waits_for_the_first_to_disconnect(backend_for):
 
 
 def test_png_and_bmp_decode_to_the_same_rgb_and_png_renders(backend_for, tmp_path):
-    from syncam_data.render.unrealcv_protocol import decode_image
     from unrealcv_standin import World, encode_image
+
+    from syncam_data.render.unrealcv_protocol import decode_image
 
     world = World("oss-5.2", {}, {}, plugin=False)
     world.load_level(MAP)
@@ -580,7 +655,9 @@ def test_png_and_bmp_decode_to_the_same_rgb_and_png_renders(backend_for, tmp_pat
     np.testing.assert_array_equal(decode_image(encode_image(rgb, "bmp"), "bmp"), rgb)
     np.testing.assert_array_equal(decode_image(encode_image(rgb, "png"), "png"), rgb)  # RGBA PNG, alpha dropped
     with standin() as server:
-        result, _ = render(backend_for(server, image_format="png"), make_spec(num_frames=1, num_cameras=1, subjects=1), tmp_path / "s")
+        result, _ = render(
+            backend_for(server, image_format="png"), make_spec(num_frames=1, num_cameras=1, subjects=1), tmp_path / "s"
+        )
         assert result.info["image_format"] == "png"
         assert any(c.mode == "lit" for c in server.captures)
 

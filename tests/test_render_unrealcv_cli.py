@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from syncam_data.cli import app
 from syncam_data.cameras import read_cameras_json
+from syncam_data.cli import app
 from syncam_data.render.output import is_complete_scene, load_npz_array
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -47,8 +47,26 @@ def run_render(tmp_path: Path, ports: list[int], *extra: str, scenes: int = 2) -
     cat = tmp_path / "unreal.yaml"
     cat.write_text(CATALOG)
     out = tmp_path / "out"
-    args = ["render", "--backend", "unrealcv", "--catalog", str(cat), "--out", str(out), "--scenes", str(scenes),
-            "--cameras", "3", "--frames", "3", "--resolution", f"{H}x{W}", "--distance", "4-6", "--no-progress"]
+    args = [
+        "render",
+        "--backend",
+        "unrealcv",
+        "--catalog",
+        str(cat),
+        "--out",
+        str(out),
+        "--scenes",
+        str(scenes),
+        "--cameras",
+        "3",
+        "--frames",
+        "3",
+        "--resolution",
+        f"{H}x{W}",
+        "--distance",
+        "4-6",
+        "--no-progress",
+    ]
     for p in ports:
         args += ["--port", str(p)]
     result = CliRunner().invoke(app, [*args, *extra])
@@ -98,7 +116,9 @@ def test_render_cli_two_workers_one_engine_each(tmp_path):
     for sid in ("scene_00000", "scene_00001"):
         assert is_complete_scene(out / sid)
         assert check_scene_reprojects(out / sid) >= 1
-    endpoints = {json.loads((out / s / "scene.json").read_text())["info"]["endpoint"] for s in ("scene_00000", "scene_00001")}
+    endpoints = {
+        json.loads((out / s / "scene.json").read_text())["info"]["endpoint"] for s in ("scene_00000", "scene_00001")
+    }
     assert endpoints == {f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"}
 
 
@@ -168,7 +188,9 @@ def test_render_cli_against_both_server_flavours_with_and_without_the_plugin(fla
     scene = json.loads((folder / "scene.json").read_text())
     info = scene["info"]
     assert info["animation_sync"] == ("exact" if plugin else "approximate")
-    assert info["spawn_method"] == ("plugin" if plugin else "spawn_from_path" if flavour == "unrealzoo-1.1" else "class_name")
+    assert info["spawn_method"] == (
+        "plugin" if plugin else "spawn_from_path" if flavour == "unrealzoo-1.1" else "class_name"
+    )
     assert info["lens"] == ("cine" if flavour == "unrealzoo-1.1" else "fov")
     assert info["server"]["version"] == srv.version
     assert set(info["depth"]["sky_fraction"]) == {"cam00", "cam01", "cam02"}
@@ -194,7 +216,11 @@ def test_new_user_blueprint_class_paths_against_the_open_source_server_without_t
     with StandinServer(plugin=False) as srv:  # levels that reference nothing
         result, out = run_render(tmp_path / "bare", [srv.port], "--retries", "0", scenes=1)
     assert result.exit_code == 1
-    assert "reference BP_" in result.output and "from the level /Game/Maps/" in result.output and "install the SynCam plugin" in result.output
+    assert (
+        "reference BP_" in result.output
+        and "from the level /Game/Maps/" in result.output
+        and "install the SynCam plugin" in result.output
+    )
     assert not (out / "scene_00000").exists()
 
 

@@ -52,7 +52,9 @@ def vbp_json(**outputs: str) -> str:
 
 def test_missing_handler_messages_of_both_server_generations():
     assert is_missing_handler("error No handler found for URI 'vget /unrealcv/commands'")  # 5.2 at head
-    assert is_missing_handler("error Can not find a handler for URI 'vset /objects/spawn_from_path /Game/A.A_C'")  # before 2026-03
+    assert is_missing_handler(
+        "error Can not find a handler for URI 'vset /objects/spawn_from_path /Game/A.A_C'"
+    )  # before 2026-03
     # Errors from a handler that exists are not "missing": that is how the backend probes harmlessly.
     assert not is_missing_handler("error Invalid sensor id")
     assert not is_missing_handler("error Cannot find object")
@@ -77,7 +79,11 @@ def test_reply_parsers():
         parse_floats("error Cannot find object", 3, "loc")
     with pytest.raises(ProtocolError, match="expected 3 numbers"):
         parse_floats("1.0 2.0", 3, "loc")
-    assert parse_version("1.0.1") == (1, 0, 1) and parse_version("v1.1.0") == (1, 1, 0) and parse_version("unknown") is None
+    assert (
+        parse_version("1.0.1") == (1, 0, 1)
+        and parse_version("v1.1.0") == (1, 1, 0)
+        and parse_version("unknown") is None
+    )
     # GetCameraList: sensor names with a trailing space (open-source), CID ids (UnrealZoo)
     assert camera_count("PawnSensor FusionCameraSensor FusionCameraSensor ") == 3
     assert camera_count("CID-0001 CID-0002 ") == 2

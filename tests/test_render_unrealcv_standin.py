@@ -63,7 +63,12 @@ def ask(c, *cmds: str) -> list:
 
 
 def test_previous_assumptions_fail_against_the_open_source_server():
-    with StandinServer(levels={"/Game/Maps/Guard": LevelConfig(references=(SUBJECT,))}, plugin_header=OLD_PLUGIN_HEADER) as srv, client(srv) as c:
+    with (
+        StandinServer(
+            levels={"/Game/Maps/Guard": LevelConfig(references=(SUBJECT,))}, plugin_header=OLD_PLUGIN_HEADER
+        ) as srv,
+        client(srv) as c,
+    ):
         ask(c, "vset /action/game/level /Game/Maps/Guard")
         time.sleep(0.1)
         # 1. Capabilities from `vget /unrealcv/commands`: the 5.2 branch has no such command.
@@ -79,7 +84,10 @@ def test_previous_assumptions_fail_against_the_open_source_server():
         reply = ask(c, f"vset /objects/spawn_from_path {SUBJECT} SynCamSubject_1")[0]
         assert reply.startswith("error") and "handler for URI" in reply
         assert ask(c, "vset /objects/spawn BP_Walker_C SynCamSubject_1")[0] == "SynCamSubject_1"
-        assert ask(c, "vset /objects/spawn BP_Dog_C SynCamSubject_2")[0] == "error Can not find a class with name 'BP_Dog_C'"
+        assert (
+            ask(c, "vset /objects/spawn BP_Dog_C SynCamSubject_2")[0]
+            == "error Can not find a class with name 'BP_Dog_C'"
+        )
         # 4. The old plugin: GetSynCamVersion works, so the plugin looked present...
         assert '"ReturnValue": "1.0.0"' in ask(c, "vbp SynCamFrameSync GetSynCamVersion")[0]
         # ...but vbp skips `const FString&` parameters: the transform is never applied, the bool comes back empty.
@@ -87,14 +95,22 @@ def test_previous_assumptions_fail_against_the_open_source_server():
         reply = ask(c, "vbp SynCamFrameSync SetActorTransformCm SynCamSubject_1 100 200 0 0 90 0 1")[0]
         assert '"ReturnValue": ""' in reply
         assert ask(c, "vget /object/SynCamSubject_1/location")[0] == before == "0.000 0.000 0.000"
-        reply = ask(c, "vbp SynCamFrameSync SetAnimationPose SynCamSubject_1 /Game/Characters/Anim/Walk.Walk 0.5 true")[0]
+        reply = ask(c, "vbp SynCamFrameSync SetAnimationPose SynCamSubject_1 /Game/Characters/Anim/Walk.Walk 0.5 true")[
+            0
+        ]
         assert '"ReturnValue": "0.000000"' in reply and srv.world.actors["SynCamSubject_1"].anim_time is None
         # 5. Cine lens: no cine commands on the 5.2 branch.
         assert "handler for URI" in ask(c, "vset /camera/1/cine/filmback 36 24")[0]
         # 6. vbatch is handled in the server loop, never listed; here (before 2026-03) it batches nothing.
         assert ask(c, "vbatch 1", "vget /unrealcv/version") == ["ok", "1.0.1"]
         # 7. A subject spawned after world start is not in the depth image until its mask colour is set.
-        ask(c, "vset /camera/1/size 64 48", "vset /camera/1/location -300 0 100", "vset /camera/1/rotation -10 0 0", "vset /object/SynCamSubject_1/location 0 0 0")
+        ask(
+            c,
+            "vset /camera/1/size 64 48",
+            "vset /camera/1/location -300 0 100",
+            "vset /camera/1/rotation -10 0 0",
+            "vset /object/SynCamSubject_1/location 0 0 0",
+        )
         ask(c, "vset /action/game/pause")
         depth = np.load(io.BytesIO(ask(c, "vget /camera/1/depth npy")[0]))
         lit_before = ask(c, "vget /camera/1/lit bmp")[0]
@@ -133,7 +149,11 @@ def test_command_matching_is_the_dispatchers():
 def test_level_travel_happens_on_a_later_tick_and_head_vbatch_holds_replies():
     with StandinServer(revision="head") as srv, client(srv) as c:
         # In one batch (one tick) the old world is still there after `vset /action/game/level`.
-        assert ask(c, "vbatch 2", "vset /action/game/level /Game/Maps/Next", "vget /level/name") == ["ok", "ok", "Default"]
+        assert ask(c, "vbatch 2", "vset /action/game/level /Game/Maps/Next", "vget /level/name") == [
+            "ok",
+            "ok",
+            "Default",
+        ]
         time.sleep(0.1)
         assert ask(c, "vget /level/name")[0] == "Next"
         assert "No handler found for URI" in ask(c, "vget /unrealcv/commands")[0]  # the message at head
@@ -154,5 +174,13 @@ def test_unrealzoo_flavour_lists_commands_without_vbatch_and_needs_cine_enabled(
         assert ask(c, "vset /cameras/spawn", "vget /cameras")[1].split() == ["CID-0001", "CID-0002"]
         assert "handler for URI" in ask(c, "vset /camera/1/cine/filmback 36 24")[0]  # 4 floats: W H OFFX OFFY
         assert ask(c, "vset /camera/1/cine/filmback 36 24 0 0")[0].startswith("error")  # not enabled yet
-        assert ask(c, "vset /camera/1/cine/enabled 1", "vset /camera/1/cine/filmback 36 24 0 0", "vset /camera/1/cine/lens 18 2.8") == ["ok"] * 3
+        assert (
+            ask(
+                c,
+                "vset /camera/1/cine/enabled 1",
+                "vset /camera/1/cine/filmback 36 24 0 0",
+                "vset /camera/1/cine/lens 18 2.8",
+            )
+            == ["ok"] * 3
+        )
         assert float(ask(c, "vget /camera/1/fov")[0]) == pytest.approx(90.0, abs=1e-3)  # 2 atan(36 / (2 * 18))

@@ -87,7 +87,9 @@ def test_subjects_stay_near_centre_and_apart(demo):
             gap = np.linalg.norm(paths[0] - paths[1], axis=1).min()
             assert gap >= a.radius * a.scale + b.radius * b.scale - 1e-6
         for s in spec.subjects:
-            travelled = np.linalg.norm(np.diff(np.array([s.trajectory.pose(f, 100)[0][:2] for f in range(100)]), axis=0), axis=1).sum()
+            travelled = np.linalg.norm(
+                np.diff(np.array([s.trajectory.pose(f, 100)[0][:2] for f in range(100)]), axis=0), axis=1
+            ).sum()
             expect = s.animation.travel_speed * s.scale * 100 / spec.fps * s.animation.speed
             assert travelled == pytest.approx(expect, rel=0.02, abs=1e-6)
     assert counts == {1, 2}
@@ -152,7 +154,9 @@ def test_unreadable_catalogs_give_clear_errors(tmp_path):
     with pytest.raises(SpecError, match="not valid YAML"):
         load_catalog(_write_catalog(tmp_path, "backgrounds: [ {id: x"))
     with pytest.raises(SpecError, match="no valid subjects"):
-        load_catalog(_write_catalog(tmp_path, "backgrounds:\n  - {id: a, kind: procedural, asset: outdoor}\nsubjects: []\n"))
+        load_catalog(
+            _write_catalog(tmp_path, "backgrounds:\n  - {id: a, kind: procedural, asset: outdoor}\nsubjects: []\n")
+        )
     with pytest.raises(SpecError, match="unknown top-level keys"):
         load_catalog(_write_catalog(tmp_path, "backgroundz: []\n"))
 

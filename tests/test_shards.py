@@ -38,10 +38,24 @@ def video_group(gid: str, n_views: int = 3, frames: int = 6, seed: int = 0) -> l
         np.savez_compressed(buf, depth=depth)
         recs.append(
             ViewRecord(
-                dataset="syncam-blender", kind="multiview_video", group_id=gid, view_id=f"cam{v:02d}",
-                media=V.encode(f, fps=8), media_format="mp4", num_frames=frames, height=48, width=64, fps=8.0,
-                caption=f"caption of {gid}", frame_indices=list(range(frames)), K=list(cam.intrinsics),
-                c2w=cam.c2w12(), depth=buf.getvalue(), source_uri=f"/renders/{gid}", extra={"seed": seed}, group_hash=f"h-{gid}",
+                dataset="syncam-blender",
+                kind="multiview_video",
+                group_id=gid,
+                view_id=f"cam{v:02d}",
+                media=V.encode(f, fps=8),
+                media_format="mp4",
+                num_frames=frames,
+                height=48,
+                width=64,
+                fps=8.0,
+                caption=f"caption of {gid}",
+                frame_indices=list(range(frames)),
+                K=list(cam.intrinsics),
+                c2w=cam.c2w12(),
+                depth=buf.getvalue(),
+                source_uri=f"/renders/{gid}",
+                extra={"seed": seed},
+                group_hash=f"h-{gid}",
             )
         )
     return recs
@@ -53,8 +67,22 @@ def image_group(gid: str, n: int = 2) -> list[ViewRecord]:
         img = smooth_frames(1, 40, 56, seed=v)[0]
         ok, jpg = cv2.imencode(".jpg", img[..., ::-1])
         assert ok
-        recs.append(ViewRecord("realestate10k", "multiview_image", gid, f"v{v:02d}", jpg.tobytes(), "jpeg", 1, 40, 56,
-                               frame_indices=[v * 10], K=[50, 50, 28, 20], c2w=C.look_at([v, 0, 0], [0, 5, 0]).reshape(-1).tolist()))
+        recs.append(
+            ViewRecord(
+                "realestate10k",
+                "multiview_image",
+                gid,
+                f"v{v:02d}",
+                jpg.tobytes(),
+                "jpeg",
+                1,
+                40,
+                56,
+                frame_indices=[v * 10],
+                K=[50, 50, 28, 20],
+                c2w=C.look_at([v, 0, 0], [0, 5, 0]).reshape(-1).tolist(),
+            )
+        )
     return recs
 
 
@@ -246,7 +274,11 @@ def test_inspect_cli_writes_summary_and_plot(tmp_path):
     assert s["by_source"]["syncam-blender/multiview_video"]["groups"] == 2
     assert s["frames"] == {"1": 2, "6": 7}
     png = tmp_path / "ds-cameras.png"  # next to --json: the dataset folder is an input, left untouched
-    assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == ["dataset.json", "index.parquet", "syncam-00000.parquet"]
+    assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == [
+        "dataset.json",
+        "index.parquet",
+        "syncam-00000.parquet",
+    ]
     assert png.read_bytes()[:4] == b"\x89PNG"
     img = cv2.imread(str(png))
     assert img.shape[0] > 300 and img.std() > 5  # a real plot, not an empty canvas

@@ -122,7 +122,10 @@ def test_a_kill_at_every_step_of_a_commit_loses_and_mixes_nothing(tmp_path, monk
         assert len(reader) == 9 and len(set(reader.index.column("sample_id").to_pylist())) == 9
         for i in range(len(reader)):
             row = reader.row(i)
-            assert reader.read_blob(i) == (frames / row["group_id"] / f"{row['view_id']}.jpg").read_bytes(), (snap.name, row["sample_id"])
+            assert reader.read_blob(i) == (frames / row["group_id"] / f"{row['view_id']}.jpg").read_bytes(), (
+                snap.name,
+                row["sample_id"],
+            )
         # A shard name is never given to other contents: a name the killed state held is either kept as it was or gone.
         for name, held in existed.items():
             if (work / name).exists() and not held.name.startswith("."):
@@ -148,7 +151,9 @@ def test_reader_and_writer_rebuild_an_index_ahead_of_the_manifest(tmp_path):
     assert validate_dataset(out).ok
     reader = ShardReader(out)
     files = [s["file"] for s in reader.manifest["shards"]]
-    assert files[0] == "syncam-00000.parquet" and "syncam-00001.parquet" not in files  # the uncommitted name is not reused
+    assert (
+        files[0] == "syncam-00000.parquet" and "syncam-00001.parquet" not in files
+    )  # the uncommitted name is not reused
     for i in range(len(reader)):
         row = reader.row(i)
         src = frames if row["group_id"] != "seqC_s000" else frames_c
@@ -236,12 +241,29 @@ def test_invalid_cameras_are_error_rows_and_never_written(tmp_path):
     edit_camera(make_render_scene(renders, "skewed", seed=2), lambda c: scale_axis(c, 0, 1.2))
     edit_camera(make_render_scene(renders, "mirrored", seed=3), lambda c: scale_axis(c, 0, -1.0))
     out = tmp_path / "ds"
-    res = runner.invoke(app, ["-q", "build-shards", "--out", str(out), "--renders", str(renders), "--fail-on-error", "--json", str(tmp_path / "s.json")])
+    res = runner.invoke(
+        app,
+        [
+            "-q",
+            "build-shards",
+            "--out",
+            str(out),
+            "--renders",
+            str(renders),
+            "--fail-on-error",
+            "--json",
+            str(tmp_path / "s.json"),
+        ],
+    )
     assert res.exit_code == 1, res.output
     summary = json.loads((tmp_path / "s.json").read_text())
     errors = {Path(e["input"].split(":", 1)[1]).name: e["error"] for e in summary["errors"]}
     assert set(errors) == {"fx_inf", "skewed", "mirrored"}
-    assert "intrinsics" in errors["fx_inf"] and "not orthonormal" in errors["skewed"] and "determinant" in errors["mirrored"]
+    assert (
+        "intrinsics" in errors["fx_inf"]
+        and "not orthonormal" in errors["skewed"]
+        and "determinant" in errors["mirrored"]
+    )
     assert validate_dataset(out).ok
     assert {g for _, g in ShardReader(out).groups()} == {"good"}
     # Without --fail-on-error the errors are still recorded and printed, and the exit code is 0.
@@ -273,11 +295,22 @@ def test_broken_cameras_json_is_an_error_row_naming_file_and_reason(tmp_path):
     (renders / "truncated" / "cameras.json").write_text(text[: len(text) // 2])
     (make_render_scene(renders, "empty", seed=4) / "cameras.json").write_text("")
     shutil.copytree(renders / "good", renders / ".tmp-late-123-abcdef12")  # still being written: not an error
-    res = runner.invoke(app, ["build-shards", "--out", str(tmp_path / "ds"), "--renders", str(renders), "--json", str(tmp_path / "s.json")])
+    res = runner.invoke(
+        app,
+        ["build-shards", "--out", str(tmp_path / "ds"), "--renders", str(renders), "--json", str(tmp_path / "s.json")],
+    )
     assert res.exit_code == 0, res.output
-    errors = {Path(e["input"].split(":", 1)[1]).name: e["error"] for e in json.loads((tmp_path / "s.json").read_text())["errors"]}
+    errors = {
+        Path(e["input"].split(":", 1)[1]).name: e["error"]
+        for e in json.loads((tmp_path / "s.json").read_text())["errors"]
+    }
     assert set(errors) == {"nan_pose", "unsafe_id", "truncated", "empty"}
-    for scene, reason in [("nan_pose", "NaN"), ("unsafe_id", "path separator"), ("truncated", "cannot read"), ("empty", "cannot read")]:
+    for scene, reason in [
+        ("nan_pose", "NaN"),
+        ("unsafe_id", "path separator"),
+        ("truncated", "cannot read"),
+        ("empty", "cannot read"),
+    ]:
         assert str(renders / scene / "cameras.json") in errors[scene] and reason in errors[scene], errors[scene]
         assert f"error: renders:{renders / scene}" in res.output
     assert "incomplete" not in res.output
@@ -289,7 +322,10 @@ def test_frame_set_without_cameras_json_is_an_error_row_not_skipped(tmp_path):
     make_frameset(frames, "good", seed=0)
     (make_frameset(frames, "lost_cameras", seed=1) / "cameras.json").unlink()
     shutil.copytree(frames / "good", frames / ".late.tmp-123-abcdef12")  # still being written: not an error
-    res = runner.invoke(app, ["build-shards", "--out", str(tmp_path / "ds"), "--frames", str(frames), "--json", str(tmp_path / "s.json")])
+    res = runner.invoke(
+        app,
+        ["build-shards", "--out", str(tmp_path / "ds"), "--frames", str(frames), "--json", str(tmp_path / "s.json")],
+    )
     assert res.exit_code == 0, res.output
     errors = json.loads((tmp_path / "s.json").read_text())["errors"]
     assert len(errors) == 1 and str(frames / "lost_cameras" / "cameras.json") in errors[0]["error"], errors

@@ -16,7 +16,6 @@ import json
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -35,12 +34,26 @@ runner = CliRunner()
 # Contract 3 as documented for schema version 1 (docs/data-format.md): no group_hash.
 V1_SCHEMA = pa.schema(
     [
-        ("sample_id", pa.string()), ("dataset", pa.string()), ("kind", pa.string()), ("group_id", pa.string()),
-        ("view_id", pa.string()), ("caption", pa.string()), ("num_frames", pa.int32()), ("height", pa.int32()),
-        ("width", pa.int32()), ("fps", pa.float32()), ("frame_indices", pa.list_(pa.int32())),
-        ("K", pa.list_(pa.float32())), ("c2w", pa.list_(pa.float32())), ("media", pa.binary()),
-        ("media_format", pa.string()), ("depth", pa.binary()), ("subject_motion", pa.float32()),
-        ("camera_motion", pa.float32()), ("source_uri", pa.string()), ("extra", pa.string()),
+        ("sample_id", pa.string()),
+        ("dataset", pa.string()),
+        ("kind", pa.string()),
+        ("group_id", pa.string()),
+        ("view_id", pa.string()),
+        ("caption", pa.string()),
+        ("num_frames", pa.int32()),
+        ("height", pa.int32()),
+        ("width", pa.int32()),
+        ("fps", pa.float32()),
+        ("frame_indices", pa.list_(pa.int32())),
+        ("K", pa.list_(pa.float32())),
+        ("c2w", pa.list_(pa.float32())),
+        ("media", pa.binary()),
+        ("media_format", pa.string()),
+        ("depth", pa.binary()),
+        ("subject_motion", pa.float32()),
+        ("camera_motion", pa.float32()),
+        ("source_uri", pa.string()),
+        ("extra", pa.string()),
     ]
 )
 H, W = 40, 56
@@ -54,10 +67,26 @@ def ring(i: int, elevation: float = 0.0) -> list[float]:
 
 def row(ds, kind, gid, vid, media, fmt, frames, c2w, caption="") -> dict:
     return {
-        "sample_id": f"{ds}/{gid}/{vid}", "dataset": ds, "kind": kind, "group_id": gid, "view_id": vid, "caption": caption,
-        "num_frames": frames, "height": H, "width": W, "fps": 8.0 if fmt == "mp4" else None,
-        "frame_indices": list(range(frames)), "K": K, "c2w": c2w, "media": media, "media_format": fmt, "depth": None,
-        "subject_motion": None, "camera_motion": None, "source_uri": f"/elsewhere/{gid}/{vid}", "extra": "{}",
+        "sample_id": f"{ds}/{gid}/{vid}",
+        "dataset": ds,
+        "kind": kind,
+        "group_id": gid,
+        "view_id": vid,
+        "caption": caption,
+        "num_frames": frames,
+        "height": H,
+        "width": W,
+        "fps": 8.0 if fmt == "mp4" else None,
+        "frame_indices": list(range(frames)),
+        "K": K,
+        "c2w": c2w,
+        "media": media,
+        "media_format": fmt,
+        "depth": None,
+        "subject_motion": None,
+        "camera_motion": None,
+        "source_uri": f"/elsewhere/{gid}/{vid}",
+        "extra": "{}",
     }
 
 
@@ -70,11 +99,29 @@ def png(seed: int) -> bytes:
 def foreign_rows() -> list[list[dict]]:
     """Row groups of the foreign shard: two multi-view video groups, then two image sets."""
     vids = [
-        [row("other", "multiview_video", f"scene{g}", f"cam{v}", V.encode(smooth_frames(9, H, W, seed=10 * g + v), fps=8, preset="ultrafast"),
-             "mp4", 9, ring(v), caption=f"scene {g}") for v in range(3)]
+        [
+            row(
+                "other",
+                "multiview_video",
+                f"scene{g}",
+                f"cam{v}",
+                V.encode(smooth_frames(9, H, W, seed=10 * g + v), fps=8, preset="ultrafast"),
+                "mp4",
+                9,
+                ring(v),
+                caption=f"scene {g}",
+            )
+            for v in range(3)
+        ]
         for g in range(2)
     ]
-    imgs = [[row("other", "multiview_image", f"room{g}", f"v{v}", png(100 * g + v), "png", 1, ring(v, 5.0)) for v in range(3)] for g in range(2)]
+    imgs = [
+        [
+            row("other", "multiview_image", f"room{g}", f"v{v}", png(100 * g + v), "png", 1, ring(v, 5.0))
+            for v in range(3)
+        ]
+        for g in range(2)
+    ]
     return [vids[0] + vids[1], imgs[0] + imgs[1]]
 
 
@@ -89,13 +136,21 @@ def write_foreign(root: Path) -> list[dict]:
     rows = []
     for rg_i, rg in enumerate(groups):
         for r in rg:
-            rows.append({**{k: v for k, v in r.items() if k not in BLOB_COLUMNS}, "shard": shard.name, "row_group": rg_i})
+            rows.append(
+                {**{k: v for k, v in r.items() if k not in BLOB_COLUMNS}, "shard": shard.name, "row_group": rg_i}
+            )
     rows = rows[::-1]  # another tool's index order: nothing says it follows the shard
-    index_schema = pa.schema([f for f in V1_SCHEMA if f.name not in BLOB_COLUMNS] + [("shard", pa.string()), ("row_group", pa.int32())])
+    index_schema = pa.schema(
+        [f for f in V1_SCHEMA if f.name not in BLOB_COLUMNS] + [("shard", pa.string()), ("row_group", pa.int32())]
+    )
     pq.write_table(pa.Table.from_pylist(rows, schema=index_schema), root / "index.parquet")
     digest = hashlib.sha256(shard.read_bytes()).hexdigest()
     n = sum(len(g) for g in groups)
-    (root / "dataset.json").write_text(json.dumps({"schema_version": 1, "num_rows": n, "shards": [{"file": shard.name, "num_rows": n, "sha256": digest}]}))
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {"schema_version": 1, "num_rows": n, "shards": [{"file": shard.name, "num_rows": n, "sha256": digest}]}
+        )
+    )
     return [r for g in groups for r in g]
 
 
@@ -132,7 +187,9 @@ def test_reader_derives_row_positions_and_reads_every_blob(foreign):
 
 def test_inspect_reports_sizes_of_a_foreign_dataset(foreign, tmp_path):
     root, rows = foreign
-    res = runner.invoke(app, ["inspect", str(root), "--json", str(tmp_path / "s.json"), "--plot", str(tmp_path / "rigs.png")])
+    res = runner.invoke(
+        app, ["inspect", str(root), "--json", str(tmp_path / "s.json"), "--plot", str(tmp_path / "rigs.png")]
+    )
     assert res.exit_code == 0, res.output
     s = json.loads((tmp_path / "s.json").read_text())
     total = sum(len(x["media"]) for x in rows)
@@ -144,8 +201,15 @@ def test_training_loader_draws_from_a_foreign_dataset(foreign):
     from syncam_model.data import build_loader
 
     root, _ = foreign
-    cfg = load_config("tiny", {"data.num_workers": 0, "optim.global_batch_size": 1, "data.mix": {"multiview_video": 0.5, "multiview_image": 0.5},
-                               "curriculum.schedule": [{"start_step": 0, "min_angle": 0, "max_angle": 60}]})
+    cfg = load_config(
+        "tiny",
+        {
+            "data.num_workers": 0,
+            "optim.global_batch_size": 1,
+            "data.mix": {"multiview_video": 0.5, "multiview_image": 0.5},
+            "curriculum.schedule": [{"start_step": 0, "min_angle": 0, "max_angle": 60}],
+        },
+    )
     loader = build_loader(str(root), cfg, total_micro=6)
     kinds = set()
     for b in loader.dataloader():
@@ -174,8 +238,20 @@ def test_build_shards_appends_to_a_foreign_dataset(foreign, tmp_path):
         cams = []
         for v, seed in enumerate(seeds):
             (d / f"v{v:02d}.png").write_bytes(png(seed))
-            cams.append({"id": f"v{v:02d}", "image": f"v{v:02d}.png", "width": W, "height": H, "fx": K[0], "fy": K[1], "cx": K[2], "cy": K[3],
-                         "c2w": ring(v), "frame_index": v})
+            cams.append(
+                {
+                    "id": f"v{v:02d}",
+                    "image": f"v{v:02d}.png",
+                    "width": W,
+                    "height": H,
+                    "fx": K[0],
+                    "fy": K[1],
+                    "cx": K[2],
+                    "cy": K[3],
+                    "c2w": ring(v),
+                    "frame_index": v,
+                }
+            )
         (d / "cameras.json").write_text(json.dumps({"source": "realestate10k", "sequence": name, "cameras": cams}))
     res = runner.invoke(app, ["build-shards", "--out", str(root), "--frames", str(frames)])
     assert res.exit_code == 0, res.output

@@ -25,7 +25,6 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
-
 from typer.testing import CliRunner
 
 from syncam_data.cameras import Camera, c2w_to_opengl
@@ -33,7 +32,13 @@ from syncam_data.cli import app
 from syncam_data.sources.dl3dv import Dl3dvConfig, iter_scene_refs, open_scene, read_transforms
 from syncam_data.sources.export import export_dl3dv, export_realestate10k, realestate10k_timestamps
 from syncam_data.sources.frameset import SourceError
-from syncam_data.sources.realestate10k import Re10kConfig, infer_fps, iter_sequence_refs, open_sequence, read_camera_file
+from syncam_data.sources.realestate10k import (
+    Re10kConfig,
+    infer_fps,
+    iter_sequence_refs,
+    open_sequence,
+    read_camera_file,
+)
 from tests.test_sources_realestate10k import assert_camera_equal, groups, read_rgb, run_cli
 from tests.test_sources_scene import image_error, render, trajectory
 
@@ -73,7 +78,18 @@ def test_re10k_frames_of_another_aspect_are_refused_unless_told_how_they_were_ma
     _rewrite_frames(root / "crop", lambda im: cv2.resize(im, (96, 54), interpolation=cv2.INTER_AREA)[:, 21:75])
     # ... or squash to a square.
     _rewrite_frames(root / "squash", lambda im: cv2.resize(im, (64, 64), interpolation=cv2.INTER_AREA))
-    common = ["--source", "realestate10k", "--root", str(root), "--views", "3", "--max-gap", "9", "--image-format", "png"]
+    common = [
+        "--source",
+        "realestate10k",
+        "--root",
+        str(root),
+        "--views",
+        "3",
+        "--max-gap",
+        "9",
+        "--image-format",
+        "png",
+    ]
     res = cli(*common, "--out", str(tmp_path / "none"))
     assert res.exit_code == 1  # nothing could be used
     for seq, size in (("crop", "54x54"), ("squash", "64x64")):
@@ -91,7 +107,9 @@ def test_re10k_frames_of_another_aspect_are_refused_unless_told_how_they_were_ma
             assert_camera_equal(entry, truth)
             assert image_error(read_rgb(out / g["group_id"] / entry["image"]), truth) < 5.0
         if mode == "center-crop":  # the crop moves the principal point, and pixels stay square
-            assert g["cameras"][0]["cx"] == pytest.approx(27.0) and g["cameras"][0]["fx"] == pytest.approx(g["cameras"][0]["fy"])
+            assert g["cameras"][0]["cx"] == pytest.approx(27.0) and g["cameras"][0]["fx"] == pytest.approx(
+                g["cameras"][0]["fy"]
+            )
 
 
 def test_re10k_bom_jpg_frames_and_the_missing_file_named_as_it_is(tmp_path, fixtures_dir):
@@ -165,7 +183,9 @@ def _png(img: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def write_nerfstudio(folder: Path, cams, frames, names: list[str], order: list[int], top: dict, per_frame, downscales=(1, 2)) -> Path:
+def write_nerfstudio(
+    folder: Path, cams, frames, names: list[str], order: list[int], top: dict, per_frame, downscales=(1, 2)
+) -> Path:
     """A transforms.json + images written the way other tools do: ``names[i]`` is frame i's file_path."""
     folder.mkdir(parents=True, exist_ok=True)
     entries = []
@@ -197,15 +217,47 @@ def test_per_frame_intrinsics_sub_folders_and_numbers_from_the_stem(tmp_path, sc
     cams, frames = scene
     # colmap2nerf-style multi-camera export: per-frame w/h (as floats) and intrinsics, unsorted frames
     names = [f"./images/robot/{i + 20:06d}-color.png" for i in range(12)]
-    folder = write_nerfstudio(tmp_path / "root" / "robot_scene", cams, frames, names, SHUFFLED, {"aabb_scale": 32},
-                              lambda i: {"w": float(W), "h": float(H), **pinhole(cams[i]), "k1": 0, "k2": 0, "k3": 0, "k4": 0,
-                                         "p1": 0, "p2": 0, "is_fisheye": False, "sharpness": 500.0})
+    folder = write_nerfstudio(
+        tmp_path / "root" / "robot_scene",
+        cams,
+        frames,
+        names,
+        SHUFFLED,
+        {"aabb_scale": 32},
+        lambda i: {
+            "w": float(W),
+            "h": float(H),
+            **pinhole(cams[i]),
+            "k1": 0,
+            "k2": 0,
+            "k3": 0,
+            "k4": 0,
+            "p1": 0,
+            "p2": 0,
+            "is_fisheye": False,
+            "sharpness": 500.0,
+        },
+    )
     tr = read_transforms(folder / "transforms.json")
     assert tr.frame_numbers.tolist() == list(range(20, 32))  # "000026-color" is frame 26, wherever it is listed
     np.testing.assert_allclose(tr.c2w[6], cams[6].c2w, atol=1e-9)
     out = tmp_path / "out"
-    run_cli("--source", "dl3dv", "--root", str(tmp_path / "root"), "--out", str(out), "--views", "3", "--max-gap", "5",
-            "--image-folder", "images_2", "--image-format", "png")
+    run_cli(
+        "--source",
+        "dl3dv",
+        "--root",
+        str(tmp_path / "root"),
+        "--out",
+        str(out),
+        "--views",
+        "3",
+        "--max-gap",
+        "5",
+        "--image-folder",
+        "images_2",
+        "--image-format",
+        "png",
+    )
     (g,) = groups(out)
     for entry in g["cameras"]:
         truth = cams[entry["frame_index"] - 20].resized(W // 2, H // 2)
@@ -222,11 +274,21 @@ def test_per_frame_intrinsics_sub_folders_and_numbers_from_the_stem(tmp_path, sc
 def test_global_size_with_per_frame_focal_and_principal_point(tmp_path, scene):
     cams, frames = scene
     # a zooming camera: every frame has its own focal length and principal point; w/h are global
-    zoom = [Camera(W, H, c.fx * (1 + 0.05 * i), c.fy * (1 + 0.05 * i), c.cx + i, c.cy - i, c.c2w) for i, c in enumerate(cams)]
+    zoom = [
+        Camera(W, H, c.fx * (1 + 0.05 * i), c.fy * (1 + 0.05 * i), c.cx + i, c.cy - i, c.c2w)
+        for i, c in enumerate(cams)
+    ]
     shots = [render(c) for c in zoom]
     names = [f"images/frame_{i + 1:05d}" for i in range(12)]  # no extension: the loader finds frame_00001.png
-    folder = write_nerfstudio(tmp_path / "root" / "zoom", zoom, shots, names, SHUFFLED, {"w": W, "h": H, "camera_model": "PINHOLE"},
-                              lambda i: pinhole(zoom[i]))
+    folder = write_nerfstudio(
+        tmp_path / "root" / "zoom",
+        zoom,
+        shots,
+        names,
+        SHUFFLED,
+        {"w": W, "h": H, "camera_model": "PINHOLE"},
+        lambda i: pinhole(zoom[i]),
+    )
     tr = read_transforms(folder / "transforms.json")
     assert tr.frame_numbers.tolist() == list(range(1, 13))
     for k in range(12):
@@ -243,8 +305,16 @@ def test_names_without_numbers_use_colmap_ids_or_sorted_names_never_list_positio
     cams, frames = scene
     ids = [str(uuid.uuid5(uuid.NAMESPACE_URL, f"frame{i}")) for i in range(12)]  # random names, digits inside
     names = [f"images/{u}.png" for u in ids]
-    folder = write_nerfstudio(tmp_path / "a" / "uuid", cams, frames, names, SHUFFLED, {"w": W, "h": H, **pinhole(cams[0])},
-                              lambda i: {"colmap_im_id": 100 + i}, downscales=(1,))
+    folder = write_nerfstudio(
+        tmp_path / "a" / "uuid",
+        cams,
+        frames,
+        names,
+        SHUFFLED,
+        {"w": W, "h": H, **pinhole(cams[0])},
+        lambda i: {"colmap_im_id": 100 + i},
+        downscales=(1,),
+    )
     tr = read_transforms(folder / "transforms.json")
     assert tr.frame_numbers.tolist() == list(range(100, 112)) and tr.numbering == "colmap_im_id"
     np.testing.assert_allclose(tr.c2w[3], cams[3].c2w, atol=1e-9)
@@ -260,17 +330,46 @@ def test_names_without_numbers_use_colmap_ids_or_sorted_names_never_list_positio
     np.testing.assert_allclose(tr.c2w, np.stack([cams[i].c2w for i in by_name]), atol=1e-9)
     assert any("sorted file-name order" in w for w in tr.warnings)
     out = tmp_path / "out"
-    run_cli("--source", "dl3dv", "--root", str(tmp_path / "a"), "--out", str(out), "--views", "2", "--max-gap", "3", "--image-format", "png")
+    run_cli(
+        "--source",
+        "dl3dv",
+        "--root",
+        str(tmp_path / "a"),
+        "--out",
+        str(out),
+        "--views",
+        "2",
+        "--max-gap",
+        "3",
+        "--image-format",
+        "png",
+    )
     assert any("sorted file-name order" in w for w in report(out)["uuid"]["warnings"])
 
 
 def test_non_pinhole_camera_models_are_refused(tmp_path, scene):
     cams, frames = scene
     names = [f"images/image_360_{i}.jpg" for i in range(12)]
-    write_nerfstudio(tmp_path / "root" / "pano", cams, frames, names, list(range(12)), {"camera_model": "EQUIRECTANGULAR"},
-                     lambda i: {"w": W, "h": H, **pinhole(cams[i])}, downscales=(1,))
-    write_nerfstudio(tmp_path / "root" / "fish", cams, frames, [f"images/f_{i:03d}.png" for i in range(12)], list(range(12)),
-                     {"w": W, "h": H, **pinhole(cams[0]), "is_fisheye": True}, lambda i: {}, downscales=(1,))
+    write_nerfstudio(
+        tmp_path / "root" / "pano",
+        cams,
+        frames,
+        names,
+        list(range(12)),
+        {"camera_model": "EQUIRECTANGULAR"},
+        lambda i: {"w": W, "h": H, **pinhole(cams[i])},
+        downscales=(1,),
+    )
+    write_nerfstudio(
+        tmp_path / "root" / "fish",
+        cams,
+        frames,
+        [f"images/f_{i:03d}.png" for i in range(12)],
+        list(range(12)),
+        {"w": W, "h": H, **pinhole(cams[0]), "is_fisheye": True},
+        lambda i: {},
+        downscales=(1,),
+    )
     res = cli("--source", "dl3dv", "--root", str(tmp_path / "root"), "--out", str(tmp_path / "out"), "--views", "2")
     assert res.exit_code == 1
     rep = report(tmp_path / "out")
@@ -298,7 +397,20 @@ def test_exif_orientation_is_not_applied_as_colmap_and_nerfstudio_do(tmp_path, s
     for p in (tmp_path / "root" / "rotated" / "images_2").glob("*.jpg"):
         _with_exif_orientation(p, 6, rotate=True)  # pixels no longer the ones the poses were solved on
     out = tmp_path / "out"
-    res = cli("--source", "dl3dv", "--root", str(tmp_path / "root"), "--out", str(out), "--views", "3", "--max-gap", "4", "--image-format", "png")
+    res = cli(
+        "--source",
+        "dl3dv",
+        "--root",
+        str(tmp_path / "root"),
+        "--out",
+        str(out),
+        "--views",
+        "3",
+        "--max-gap",
+        "4",
+        "--image-format",
+        "png",
+    )
     assert res.exit_code == 0, res.output
     (g,) = groups(out)
     assert g["sequence"] == "phone"
@@ -314,7 +426,11 @@ def test_dl3dv_frames_of_another_aspect(tmp_path, scene):
     cams, frames = scene
     folder = export_dl3dv(tmp_path / "root", "sq", cams, frames, downscales=(2,))
     for p in (folder / "images_2").glob("*.png"):
-        p.write_bytes(_png(cv2.resize(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB), (48, 48), interpolation=cv2.INTER_AREA)))
+        p.write_bytes(
+            _png(
+                cv2.resize(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB), (48, 48), interpolation=cv2.INTER_AREA)
+            )
+        )
     ref = next(iter_scene_refs(tmp_path / "root"))
     with pytest.raises(SourceError, match=r"stored frame is 48x48 .*w x h = 128x96.*--frame-resize"):
         open_scene(ref, Dl3dvConfig()).load_frames([0])

@@ -52,20 +52,43 @@ def test_sample_frames_cameras_equal_ground_truth(tmp_path, scene, folder, size)
     export_dl3dv(tmp_path / "DL3DV-10K" / "2K", "scene02", cams[:8], frames[:8])
     out = tmp_path / "sets"
     run_cli(
-        "--source", "dl3dv", "--root", str(tmp_path / "DL3DV-10K"), "--out", str(out), "--views", "3",
-        "--max-gap", "6", "--sets-per-sequence", "2", "--min-angle", "3", "--image-folder", folder, "--image-format", "png",
+        "--source",
+        "dl3dv",
+        "--root",
+        str(tmp_path / "DL3DV-10K"),
+        "--out",
+        str(out),
+        "--views",
+        "3",
+        "--max-gap",
+        "6",
+        "--sets-per-sequence",
+        "2",
+        "--min-angle",
+        "3",
+        "--image-folder",
+        folder,
+        "--image-format",
+        "png",
     )
     gs = groups(out)
     assert {g["sequence"] for g in gs} == {"scene01", "scene02"}
     assert len(gs) == 4
     for g in gs:
         assert g["source"] == "dl3dv" and g["image_folder"] == folder
-        assert g["source_uri"].endswith("1K/scene01/nerfstudio") if g["sequence"] == "scene01" else g["source_uri"].endswith("2K/scene02")
+        assert (
+            g["source_uri"].endswith("1K/scene01/nerfstudio")
+            if g["sequence"] == "scene01"
+            else g["source_uri"].endswith("2K/scene02")
+        )
         fi = g["frame_indices"]
         assert fi[-1] - fi[0] <= 6 and min(fi) >= 1  # 1-based frame file numbers
         for k, entry in enumerate(g["cameras"]):
             assert entry["frame_index"] == fi[k] and "timestamp_us" not in entry
-            assert entry["raw"]["convention"] == "opengl_c2w" and entry["raw"]["file_path"] == f"images/frame_{fi[k]:05d}.png"  # as written in transforms.json
+            assert (
+                entry["raw"]["convention"] == "opengl_c2w"
+                and entry["raw"]["file_path"] == f"images/frame_{fi[k]:05d}.png"
+            )  # as written in transforms.json
             truth = cams[fi[k] - 1].resized(*size)
             assert_camera_equal(entry, truth)
             assert image_error(read_rgb(out / g["group_id"] / entry["image"]), truth) < 4.0
@@ -78,7 +101,18 @@ def test_distortion_is_undistorted_onto_the_pinhole_camera(tmp_path, scene):
     meta = json.loads((tmp_path / "root" / "dist" / "transforms.json").read_text())
     assert meta["k1"] == DIST["k1"] and meta["p2"] == DIST["p2"]
     out_u, out_d = tmp_path / "undistorted", tmp_path / "distorted"
-    common = ["--source", "dl3dv", "--root", str(tmp_path / "root"), "--views", "2", "--image-folder", "images_2", "--image-format", "png"]
+    common = [
+        "--source",
+        "dl3dv",
+        "--root",
+        str(tmp_path / "root"),
+        "--views",
+        "2",
+        "--image-folder",
+        "images_2",
+        "--image-format",
+        "png",
+    ]
     run_cli(*common, "--out", str(out_u))
     run_cli(*common, "--out", str(out_d), "--no-undistort")
     (gu,), (gd,) = groups(out_u), groups(out_d)
@@ -118,7 +152,10 @@ def test_discovery_finds_subsets_and_nerfstudio_folders(tmp_path, scene):
     export_dl3dv(tmp_path / "2K", "s2", cams[:4], frames[:4], downscales=(8,), nerfstudio_subfolder=True)
     (tmp_path / "notes").mkdir()
     refs = list(iter_scene_refs(tmp_path))
-    assert [(r.sequence_id, Path(r.path).relative_to(tmp_path).as_posix()) for r in refs] == [("s1", "1K/s1"), ("s2", "2K/s2/nerfstudio")]
+    assert [(r.sequence_id, Path(r.path).relative_to(tmp_path).as_posix()) for r in refs] == [
+        ("s1", "1K/s1"),
+        ("s2", "2K/s2/nerfstudio"),
+    ]
     # Only images_8 exists: auto falls back to it; asking for a missing folder names the file.
     assert open_scene(refs[0], Dl3dvConfig()).image_dir.name == "images_8"
     with pytest.raises(SourceError, match="transforms.json: no image folder"):
@@ -133,5 +170,7 @@ def test_bad_transforms_name_file_and_frame(tmp_path, scene):
     m[:3, :3] *= 1.2  # scaled, not a rotation
     meta["frames"][2]["transform_matrix"] = m.tolist()
     (folder / "transforms.json").write_text(json.dumps(meta))
-    with pytest.raises(SourceError, match=r"transforms.json: frames\[2\]: transform_matrix rotation is not orthonormal"):
+    with pytest.raises(
+        SourceError, match=r"transforms.json: frames\[2\]: transform_matrix rotation is not orthonormal"
+    ):
         read_transforms(folder / "transforms.json")

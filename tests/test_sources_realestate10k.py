@@ -46,7 +46,11 @@ def run_cli(*args: str) -> None:
 
 
 def groups(out: Path) -> list[dict]:
-    return [json.loads((p / "cameras.json").read_text()) for p in sorted(out.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    return [
+        json.loads((p / "cameras.json").read_text())
+        for p in sorted(out.iterdir())
+        if p.is_dir() and not p.name.startswith(".")
+    ]
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -105,7 +109,22 @@ def test_real_camera_file_is_read_correctly(fixtures_dir):
     cam = cf.camera(0, 640, 360)
     np.testing.assert_allclose(cam.intrinsics, (0.474812461 * 640, 0.844111024 * 360, 320.0, 180.0))
     np.testing.assert_allclose(cam.field_of_view()[0], 92.99, atol=0.05)  # a wide real-estate lens
-    w2c0 = np.array([0.780003667, 0.059620168, -0.622928321, 0.726968666, -0.062449891, 0.997897983, 0.017311305, 0.217967188, 0.622651041, 0.025398925, 0.782087326, -1.002211444]).reshape(3, 4)
+    w2c0 = np.array(
+        [
+            0.780003667,
+            0.059620168,
+            -0.622928321,
+            0.726968666,
+            -0.062449891,
+            0.997897983,
+            0.017311305,
+            0.217967188,
+            0.622651041,
+            0.025398925,
+            0.782087326,
+            -1.002211444,
+        ]
+    ).reshape(3, 4)
     np.testing.assert_allclose(cf.w2c[0], w2c0)
     for i in range(len(cf)):
         c = cf.camera(i, 640, 360)
@@ -127,7 +146,22 @@ def test_real_file_through_sampler_with_video_frame_gap(fixtures_dir, tmp_path):
     for ts in cf.timestamps_us:
         cv2.imwrite(str(root / "0bf152ef84195293" / f"{ts}.jpg"), np.full((36, 64, 3), 128, np.uint8))
     out = tmp_path / "out"
-    run_cli("--source", "realestate10k", "--root", str(tmp_path / "re10k"), "--out", str(out), "--views", "3", "--max-gap", "40", "--sets-per-sequence", "3", "--min-angle", "3")
+    run_cli(
+        "--source",
+        "realestate10k",
+        "--root",
+        str(tmp_path / "re10k"),
+        "--out",
+        str(out),
+        "--views",
+        "3",
+        "--max-gap",
+        "40",
+        "--sets-per-sequence",
+        "3",
+        "--min-angle",
+        "3",
+    )
     gs = groups(out)
     assert len(gs) == 3
     for g in gs:
@@ -163,8 +197,24 @@ def test_sample_frames_cameras_equal_ground_truth(tmp_path, scene, frames_as):
     _export(root, scene, "seq00", frames_as)
     out = tmp_path / "sets"
     run_cli(
-        "--source", "realestate10k", "--root", str(tmp_path / "RealEstate10K"), "--out", str(out),
-        "--views", "3", "--max-gap", "24", "--sets-per-sequence", "3", "--min-angle", "4", "--image-format", "png", "--seed", "7",
+        "--source",
+        "realestate10k",
+        "--root",
+        str(tmp_path / "RealEstate10K"),
+        "--out",
+        str(out),
+        "--views",
+        "3",
+        "--max-gap",
+        "24",
+        "--sets-per-sequence",
+        "3",
+        "--min-angle",
+        "4",
+        "--image-format",
+        "png",
+        "--seed",
+        "7",
     )
     report = json.loads((out / "sample_report.json").read_text())
     assert report["totals"]["sets_written"] == 3, report
@@ -192,7 +242,13 @@ def test_sample_frames_cameras_equal_ground_truth(tmp_path, scene, frames_as):
             err = image_error(read_rgb(folder / entry["image"]), cams[video_frame])
             assert err < (6.0 if frames_as == "video" else 1.0), (entry["id"], err)
             # ...and not the neighbouring video frame's view: frame matching by timestamp is exact.
-            assert image_error(read_rgb(folder / entry["image"]), cams[video_frame + 1 if video_frame + 1 < N_FRAMES else video_frame - 1]) > err + 4
+            assert (
+                image_error(
+                    read_rgb(folder / entry["image"]),
+                    cams[video_frame + 1 if video_frame + 1 < N_FRAMES else video_frame - 1],
+                )
+                > err + 4
+            )
         check_two_view_consistency(folder, g["cameras"])
 
 
@@ -200,7 +256,20 @@ def test_max_size_resizes_images_and_intrinsics(tmp_path, scene):
     cams, _ = scene
     _export(tmp_path / "root", scene, "seqS", "images")
     out = tmp_path / "out"
-    run_cli("--source", "realestate10k", "--root", str(tmp_path / "root"), "--out", str(out), "--views", "2", "--max-size", "32", "--image-format", "png")
+    run_cli(
+        "--source",
+        "realestate10k",
+        "--root",
+        str(tmp_path / "root"),
+        "--out",
+        str(out),
+        "--views",
+        "2",
+        "--max-size",
+        "32",
+        "--image-format",
+        "png",
+    )
     (g,) = groups(out)
     for entry in g["cameras"]:
         img = read_rgb(out / g["group_id"] / entry["image"])
@@ -218,10 +287,27 @@ def test_relative_video_time_and_gap_unit_index(tmp_path, scene):
     # Shift the camera file's timestamps as if the clip started 100 s into the YouTube video.
     txt = root / "cut.txt"
     lines = txt.read_text().splitlines()
-    shifted = [lines[0]] + [" ".join([str(int(l.split()[0]) + 100_000_000)] + l.split()[1:]) for l in lines[1:]]
+    shifted = [lines[0]] + [" ".join([str(int(ln.split()[0]) + 100_000_000)] + ln.split()[1:]) for ln in lines[1:]]
     txt.write_text("\n".join(shifted) + "\n")
     out = tmp_path / "out"
-    run_cli("--source", "realestate10k", "--root", str(root), "--out", str(out), "--views", "3", "--gap-unit", "index", "--max-gap", "3", "--sets-per-sequence", "2", "--image-format", "png")
+    run_cli(
+        "--source",
+        "realestate10k",
+        "--root",
+        str(root),
+        "--out",
+        str(out),
+        "--views",
+        "3",
+        "--gap-unit",
+        "index",
+        "--max-gap",
+        "3",
+        "--sets-per-sequence",
+        "2",
+        "--image-format",
+        "png",
+    )
     gs = groups(out)
     assert len(gs) == 2
     for g in gs:

@@ -76,7 +76,9 @@ def test_too_short_and_impossible_windows():
     with pytest.raises(TooShortError):
         choose_frame_sets(np.arange(3), c2w, SamplingConfig(views=4), sequence_rng(0, "x"))
     # Enough frames, but the gap allows only two per window.
-    sets = choose_frame_sets(np.arange(3) * 50, c2w, SamplingConfig(views=3, max_gap=60, min_angle_deg=0), sequence_rng(0, "x"))
+    sets = choose_frame_sets(
+        np.arange(3) * 50, c2w, SamplingConfig(views=3, max_gap=60, min_angle_deg=0), sequence_rng(0, "x")
+    )
     assert sets == []
 
 

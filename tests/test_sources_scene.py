@@ -68,7 +68,9 @@ def render(cam: Camera, supersample: int = 2) -> np.ndarray:
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
-def trajectory(num_frames: int, width: int = 64, height: int = 48, hfov_deg: float = 60.0, deg_per_frame: float = 1.5) -> list[Camera]:
+def trajectory(
+    num_frames: int, width: int = 64, height: int = 48, hfov_deg: float = 60.0, deg_per_frame: float = 1.5
+) -> list[Camera]:
     """A camera orbiting the scene centre (azimuth 200°+, gently rising) looking at it."""
     f = width / (2 * math.tan(math.radians(hfov_deg) / 2))
     cams = []

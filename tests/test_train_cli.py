@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from syncam_model.cli_train import app
@@ -30,7 +29,18 @@ def shards(tmp_path_factory) -> Path:
 def test_help_explains_every_option():
     res = CliRunner().invoke(app, ["--help"])
     assert res.exit_code == 0
-    for opt in ("--shards", "--pretrained", "--out", "--config", "--steps", "--resume", "--set", "--novel-view", "--stop-after", "cache"):
+    for opt in (
+        "--shards",
+        "--pretrained",
+        "--out",
+        "--config",
+        "--steps",
+        "--resume",
+        "--set",
+        "--novel-view",
+        "--stop-after",
+        "cache",
+    ):
         assert opt in res.output, opt
     res = CliRunner().invoke(app, ["cache", "--help"])
     assert res.exit_code == 0 and "--view-batch" in res.output and "--cache-dir" in res.output
@@ -39,16 +49,43 @@ def test_help_explains_every_option():
 def test_missing_options_and_bad_config_are_clear_errors(shards, tmp_path):
     res = CliRunner().invoke(app, ["--shards", str(shards)])
     assert res.exit_code == 2 and "--pretrained" in res.output and "--out" in res.output
-    res = CliRunner().invoke(app, ["--shards", str(shards), "--pretrained", "tiny", "--out", str(tmp_path / "r"), "--config", "tiny",
-                                   "--set", "data.frames=8"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "--shards",
+            str(shards),
+            "--pretrained",
+            "tiny",
+            "--out",
+            str(tmp_path / "r"),
+            "--config",
+            "tiny",
+            "--set",
+            "data.frames=8",
+        ],
+    )
     assert res.exit_code == 2 and "data.frames" in res.output
 
 
 @pytest.mark.slow
 def test_train_resume_and_generate_from_the_checkpoint(shards, tmp_path):
     run = tmp_path / "run"
-    args = ["--shards", str(shards), "--pretrained", "tiny", "--out", str(run), "--config", "tiny", *SMALL,
-            "--set", "optim.global_batch_size=1", "--set", "checkpoint.every=2", "--novel-view"]
+    args = [
+        "--shards",
+        str(shards),
+        "--pretrained",
+        "tiny",
+        "--out",
+        str(run),
+        "--config",
+        "tiny",
+        *SMALL,
+        "--set",
+        "optim.global_batch_size=1",
+        "--set",
+        "checkpoint.every=2",
+        "--novel-view",
+    ]
     res = CliRunner().invoke(app, [*args, "--steps", "3", "--stop-after", "2"])
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(app, [*args, "--steps", "3", "--resume", "latest"])
@@ -63,8 +100,30 @@ def test_train_resume_and_generate_from_the_checkpoint(shards, tmp_path):
     from syncam_model.cli_generate import app as gen_app
 
     out = tmp_path / "gen"
-    res = CliRunner().invoke(gen_app, ["--prompt", "a dancer", "--pretrained", "tiny", "--checkpoint", str(adapter), "--cameras", "azimuth:0,40",
-                                       "--frames", "9", "--resolution", "16x32", "--steps", "2", "--device", "cpu", "--out", str(out), "--no-progress"])
+    res = CliRunner().invoke(
+        gen_app,
+        [
+            "--prompt",
+            "a dancer",
+            "--pretrained",
+            "tiny",
+            "--checkpoint",
+            str(adapter),
+            "--cameras",
+            "azimuth:0,40",
+            "--frames",
+            "9",
+            "--resolution",
+            "16x32",
+            "--steps",
+            "2",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert len(list(out.rglob("*.mp4"))) >= 2
     # the adapter the generator loaded is the trained one (non-zero output projections after 3 steps)
@@ -80,10 +139,37 @@ def test_two_processes_under_accelerate_see_disjoint_samples(shards, tmp_path):
     accelerate = Path(sys.executable).with_name("accelerate")
     # On a machine without CUDA, `--multi_gpu` starts torchrun-style processes and the trainer joins them over gloo
     # (`--cpu` with several processes would need mpirun).
-    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "-m", "syncam_model.cli_train",
-           "--shards", str(shards), "--pretrained", "tiny", "--out", str(run), "--config", "tiny", *SMALL,
-           "--steps", "3", "--set", "optim.global_batch_size=2", "--set", "checkpoint.every=3", "--log-samples"]
+    cmd = [
+        str(accelerate),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "syncam_model.cli_train",
+        "--shards",
+        str(shards),
+        "--pretrained",
+        "tiny",
+        "--out",
+        str(run),
+        "--config",
+        "tiny",
+        *SMALL,
+        "--steps",
+        "3",
+        "--set",
+        "optim.global_batch_size=2",
+        "--set",
+        "checkpoint.every=3",
+        "--log-samples",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -98,4 +184,6 @@ def test_two_processes_under_accelerate_see_disjoint_samples(shards, tmp_path):
     steps = [r for r in log if "loss" in r]
     assert len(steps) == 3 and all(r["samples_per_s"] > 0 for r in steps)
     ck = run / "checkpoints" / "latest"
-    assert (ck / "loader_r0.json").exists() and (ck / "loader_r1.json").exists() and (ck / "rng_r1.safetensors").exists()
+    assert (
+        (ck / "loader_r0.json").exists() and (ck / "loader_r1.json").exists() and (ck / "rng_r1.safetensors").exists()
+    )

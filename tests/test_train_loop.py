@@ -17,7 +17,6 @@ from syncam_model.config import load_config
 from syncam_model.train import CheckpointError, Trainer, train
 from tests.test_data_loader import make_shards
 
-
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
@@ -64,7 +63,14 @@ def test_interrupted_and_resumed_run_gives_identical_losses(shards, tmp_path):
     final = ck / "latest"
     assert final.resolve().name == "step_000004"
     assert sorted(p.name for p in ck.glob("step_*")) == ["step_000002", "step_000004"]
-    for name in ("adapter.safetensors", "optimizer.safetensors", "optimizer.json", "trainer_state.json", "rng_r0.safetensors", "loader_r0.json"):
+    for name in (
+        "adapter.safetensors",
+        "optimizer.safetensors",
+        "optimizer.json",
+        "trainer_state.json",
+        "rng_r0.safetensors",
+        "loader_r0.json",
+    ):
         assert (final / name).exists(), name
     assert not list(ck.glob(".tmp-*"))
     # the same adapter tensors as the uninterrupted run
@@ -95,11 +101,22 @@ def test_checkpoint_of_another_base_is_refused(shards, tmp_path):
 
 def test_loss_falls_when_overfitting(tmp_path):
     root = make_shards(tmp_path / "one", mv_groups=1, views=3, img_groups=0, single_groups=0)
-    cfg = load_config("tiny", {
-        **SMALL, "curriculum.schedule": [{"start_step": 0, "min_angle": 0, "max_angle": 60}],
-        "steps": 30, "checkpoint.every": 1000, "optim.global_batch_size": 1, "optim.lr": 3e-3, "optim.warmup_steps": 0,
-        "diffusion.text_dropout": 0.0, "data.num_views": 2, "data.frame_sampling": "first", "diffusion.latents": "mean",
-    })
+    cfg = load_config(
+        "tiny",
+        {
+            **SMALL,
+            "curriculum.schedule": [{"start_step": 0, "min_angle": 0, "max_angle": 60}],
+            "steps": 30,
+            "checkpoint.every": 1000,
+            "optim.global_batch_size": 1,
+            "optim.lr": 3e-3,
+            "optim.warmup_steps": 0,
+            "diffusion.text_dropout": 0.0,
+            "data.num_views": 2,
+            "data.frame_sampling": "first",
+            "diffusion.latents": "mean",
+        },
+    )
     trainer = Trainer(str(root), "tiny", tmp_path / "run", cfg)
     probe = [trainer.loader.dataset[trainer.loader.sampler.plan()] for _ in range(3)]
     trainer.loader.sampler.load_state_dict({"micro_id": 0})
@@ -146,7 +163,9 @@ def test_log_records_what_monitoring_needs(shards, tmp_path):
     for r in steps:
         for key in ("lr", "grad_norm", "samples_per_s", "data_wait_s", "peak_memory_mb", "window", "skipped_window"):
             assert key in r, key
-        assert any(k.startswith("loss/t") for k in r) and any(k in r for k in ("loss/multiview_video", "loss/multiview_image", "loss/single_video"))
+        assert any(k.startswith("loss/t") for k in r) and any(
+            k in r for k in ("loss/multiview_video", "loss/multiview_image", "loss/single_video")
+        )
         assert r["grad_norm"] > 0
     # warm-up: lr rises over the first steps
     assert steps[0]["lr"] < steps[1]["lr"]
@@ -184,8 +203,16 @@ def test_novel_view_excludes_view_0_and_text_dropout_uses_the_empty_prompt(shard
 def test_validation_writes_a_grid_video(shards, tmp_path):
     from syncam_data.video import probe
 
-    cfg = cfg_for(steps=1, **{"validation.every": 1, "validation.prompts": ["a", "b"], "validation.cameras": "azimuth:0,30,60",
-                              "validation.steps": 1, "optim.global_batch_size": 1})
+    cfg = cfg_for(
+        steps=1,
+        **{
+            "validation.every": 1,
+            "validation.prompts": ["a", "b"],
+            "validation.cameras": "azimuth:0,30,60",
+            "validation.steps": 1,
+            "optim.global_batch_size": 1,
+        },
+    )
     train(str(shards), "tiny", tmp_path / "v", cfg)
     vids = sorted((tmp_path / "v" / "validation" / "step_000001").glob("*.mp4"))
     assert [v.name for v in vids] == ["prompt00.mp4", "prompt01.mp4"]
@@ -203,9 +230,15 @@ GOLDEN = Path(__file__).resolve().parent / "golden" / "train_tiny_losses.json"
 GOLDEN_RUNS = {
     "2b": {"steps": 4},
     "1.5-odd-latent-frames": {"steps": 3, "data.frames": 9, "model.tiny_config": {"variant": "1.5", "seed": 0}},
-    "5b-official-cogvideox-module": {"steps": 3, "model.tiny_config": {"variant": "5b", "seed": 0}, "model.mv_attention_text": "all_views",
-                                     "model.mv_position": "block_input", "diffusion.novel_view": True, "curriculum.pairwise": True,
-                                     "curriculum.schedule": [{"start_step": 0, "min_angle": 0, "max_angle": 60}]},
+    "5b-official-cogvideox-module": {
+        "steps": 3,
+        "model.tiny_config": {"variant": "5b", "seed": 0},
+        "model.mv_attention_text": "all_views",
+        "model.mv_position": "block_input",
+        "diffusion.novel_view": True,
+        "curriculum.pairwise": True,
+        "curriculum.schedule": [{"start_step": 0, "min_angle": 0, "max_angle": 60}],
+    },
 }
 
 
@@ -239,19 +272,30 @@ def test_per_step_losses_match_the_golden_file(shards, tmp_path):
         got[name] = {"config": over, "losses": [r["loss"] for r in records]}
     if os.environ.get("SYNCAM_UPDATE_GOLDEN") == "1":
         GOLDEN.parent.mkdir(exist_ok=True)
-        GOLDEN.write_text(json.dumps({"torch": torch.__version__, "diffusers": diffusers.__version__, "runs": got}, indent=1) + "\n")
+        GOLDEN.write_text(
+            json.dumps({"torch": torch.__version__, "diffusers": diffusers.__version__, "runs": got}, indent=1) + "\n"
+        )
     golden = json.loads(GOLDEN.read_text())["runs"]
     assert golden.keys() == got.keys()
     for name in got:
-        assert golden[name]["config"] == got[name]["config"], f"{name}: the pinned run's settings changed; regenerate the golden file"
+        assert golden[name]["config"] == got[name]["config"], (
+            f"{name}: the pinned run's settings changed; regenerate the golden file"
+        )
         # Same machine: bit-identical; other CPUs may round float32 matmuls a little differently.
         assert got[name]["losses"] == pytest.approx(golden[name]["losses"], rel=1e-5, abs=1e-7), name
 
 
 def test_cogvideox_15_trains_on_odd_latent_frame_counts_and_masks_the_padding(shards, tmp_path):
     """9 frames (3 latent frames) and one-frame image sets (1 latent frame) train on 1.5; the front padding is not in the loss."""
-    cfg = cfg_for(steps=2, **{"data.frames": 9, "model.tiny_config": {"variant": "1.5", "seed": 0},
-                              "data.mix": {"multiview_video": 0.5, "multiview_image": 0.5}, "optim.global_batch_size": 1})
+    cfg = cfg_for(
+        steps=2,
+        **{
+            "data.frames": 9,
+            "model.tiny_config": {"variant": "1.5", "seed": 0},
+            "data.mix": {"multiview_video": 0.5, "multiview_image": 0.5},
+            "optim.global_batch_size": 1,
+        },
+    )
     tr = Trainer(str(shards), "tiny", tmp_path / "r15", cfg)
     kinds = set()
     for _ in range(4):
@@ -259,11 +303,12 @@ def test_cogvideox_15_trains_on_odd_latent_frame_counts_and_masks_the_padding(sh
         kinds.add(batch["kind"])
         model = tr.model
 
-        def shifted(frame):
+        def shifted(frame, model=model):
             def run(noisy, *args):
                 out = model(noisy, *args).clone()
                 out[:, :, frame] += 100.0
                 return out
+
             return run
 
         with torch.no_grad():
@@ -304,7 +349,9 @@ def test_camera_rule_reaches_the_batches_and_the_checkpoint(shards, tmp_path):
     """Multi-view samples get max_distance-normalized translations; the adapter records the rule; another rule is refused."""
     from syncam_model.model import AdapterFileError, read_adapter_meta
 
-    cfg = cfg_for(steps=1, **{"optim.global_batch_size": 1, "data.mix": {"multiview_video": 1.0, "multiview_image": 1.0}})
+    cfg = cfg_for(
+        steps=1, **{"optim.global_batch_size": 1, "data.mix": {"multiview_video": 1.0, "multiview_image": 1.0}}
+    )
     tr = Trainer(str(shards), "tiny", tmp_path / "c", cfg)
     for _ in range(4):
         batch = tr.loader.dataset[tr.loader.sampler.plan()]
@@ -316,4 +363,10 @@ def test_camera_rule_reaches_the_batches_and_the_checkpoint(shards, tmp_path):
     assert meta["camera_rule"] == {"translation_normalization": "max_distance", "translation_scale": 1.0}
     fixed = cfg_for(steps=1, **{"optim.global_batch_size": 1, "data.translation_normalization": "fixed"})
     with pytest.raises(AdapterFileError, match="trained with camera translation rule max_distance"):
-        train(str(shards), "tiny", tmp_path / "d", fixed, init_adapter=str(tmp_path / "c" / "checkpoints" / "latest" / "adapter.safetensors"))
+        train(
+            str(shards),
+            "tiny",
+            tmp_path / "d",
+            fixed,
+            init_adapter=str(tmp_path / "c" / "checkpoints" / "latest" / "adapter.safetensors"),
+        )

@@ -26,11 +26,15 @@ def shards(tmp_path_factory) -> Path:
 
 
 def cfg(**over):
-    return load_config("tiny", {"steps": 4, "checkpoint.every": 2, "checkpoint.keep": 3, "optim.global_batch_size": 1, **SMALL, **over})
+    return load_config(
+        "tiny", {"steps": 4, "checkpoint.every": 2, "checkpoint.keep": 3, "optim.global_batch_size": 1, **SMALL, **over}
+    )
 
 
 def losses_in_order(run: Path) -> list[tuple[int, float]]:
-    return [(r["step"], r["loss"]) for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "loss" in r]
+    return [
+        (r["step"], r["loss"]) for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "loss" in r
+    ]
 
 
 def test_checkpoints_are_published_durably_and_list_their_files(shards, tmp_path, monkeypatch):
@@ -40,7 +44,11 @@ def test_checkpoints_are_published_durably_and_list_their_files(shards, tmp_path
     ck = run / "checkpoints" / "step_000002"
     ev.assert_published(ck)
     state = json.loads((ck / "trainer_state.json").read_text())
-    on_disk = {str(p.relative_to(ck)): p.stat().st_size for p in ck.rglob("*") if p.is_file() and p.name != "trainer_state.json"}
+    on_disk = {
+        str(p.relative_to(ck)): p.stat().st_size
+        for p in ck.rglob("*")
+        if p.is_file() and p.name != "trainer_state.json"
+    }
     assert state["files"] == on_disk and "adapter.safetensors" in on_disk and "loader_r0.json" in on_disk
 
 
@@ -106,7 +114,10 @@ def test_a_run_whose_only_checkpoint_is_damaged_is_a_clear_error(tmp_path):
     ck.mkdir(parents=True)
     (ck / "trainer_state.json").write_text('{"step": 10, ')
     (tmp_path / "run" / "checkpoints" / "latest").symlink_to("step_000010")
-    with pytest.raises(CheckpointError, match=r"trainer_state.json: not valid JSON.*no complete checkpoint|no complete checkpoint.*trainer_state.json: not valid JSON"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"trainer_state.json: not valid JSON.*no complete checkpoint|no complete checkpoint.*trainer_state.json: not valid JSON",
+    ):
         resolve_checkpoint(tmp_path / "run", "latest")
     with pytest.raises(CheckpointError, match="not valid JSON"):
         resolve_checkpoint(tmp_path / "run", str(ck))

@@ -69,41 +69,111 @@ def test_ray_address_without_a_cluster_is_one_line_in_every_data_command(small_i
     exe = str(BIN / "syncam-data")
     ray = ["--engine", "ray", "--ray-address", "auto"]
     commands = {
-        "render": ["render", "--scenes", "1", "--cameras", "1", "--frames", "1", "--resolution", "16x16", "--out", str(tmp_path / "r"), *ray],
-        "sample-frames": ["sample-frames", "--source", "realestate10k", "--root", str(small_inputs["re10k"]), "--out", str(tmp_path / "f"), *ray],
-        "filter-videos": ["filter-videos", str(small_inputs["web"]), "--out", str(tmp_path / "w"), "--min-short-side", "32", *ray],
+        "render": [
+            "render",
+            "--scenes",
+            "1",
+            "--cameras",
+            "1",
+            "--frames",
+            "1",
+            "--resolution",
+            "16x16",
+            "--out",
+            str(tmp_path / "r"),
+            *ray,
+        ],
+        "sample-frames": [
+            "sample-frames",
+            "--source",
+            "realestate10k",
+            "--root",
+            str(small_inputs["re10k"]),
+            "--out",
+            str(tmp_path / "f"),
+            *ray,
+        ],
+        "filter-videos": [
+            "filter-videos",
+            str(small_inputs["web"]),
+            "--out",
+            str(tmp_path / "w"),
+            "--min-short-side",
+            "32",
+            *ray,
+        ],
         "build-shards": ["build-shards", "--out", str(tmp_path / "s"), "--frames", str(small_inputs["frames"]), *ray],
         "eval": ["eval", str(small_inputs["frames"]), "--out", str(tmp_path / "e"), *ray],
     }
     for name, args in commands.items():
         proc = subprocess.run([exe, "-q", *args], env=env, capture_output=True, text=True, timeout=300)
-        line = _one_error_line(proc, f"RAY_ADDRESS=127.0.0.1:{port}", "no Ray cluster answers there", "ray start --head")
+        line = _one_error_line(
+            proc, f"RAY_ADDRESS=127.0.0.1:{port}", "no Ray cluster answers there", "ray start --head"
+        )
         assert proc.returncode == 1, (name, line)
     # The same through a recipe: the stage fails with that line, the run exits 1.
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(json.dumps({"name": "t", "stages": [{"name": "build-shards", "args": {"out": str(tmp_path / "s2"), "frames": [str(small_inputs["frames"])]}}]}))
+    recipe.write_text(
+        json.dumps(
+            {
+                "name": "t",
+                "stages": [
+                    {
+                        "name": "build-shards",
+                        "args": {"out": str(tmp_path / "s2"), "frames": [str(small_inputs["frames"])]},
+                    }
+                ],
+            }
+        )
+    )
     proc = subprocess.run([exe, "-q", "run", str(recipe), *ray], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and "no Ray cluster answers there" in proc.stderr
     # An address Ray cannot parse goes through Ray's own check, and still ends in one line.
     env.pop("RAY_ADDRESS")
-    proc = subprocess.run([exe, "-q", *commands["eval"][:-1], "not-an-address"], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [exe, "-q", *commands["eval"][:-1], "not-an-address"], env=env, capture_output=True, text=True, timeout=300
+    )
     _one_error_line(proc, "--ray-address not-an-address", "no Ray cluster could be reached")
 
 
 def test_sizes_need_a_unit_and_mix_is_a_training_setting(small_inputs, tmp_path):
     for opt in ("--shard-size", "--row-group-size", "--max-size"):
-        res = runner.invoke(app, ["build-shards", "--out", str(tmp_path / "s"), "--frames", str(small_inputs["frames"]), opt, "8"])
+        res = runner.invoke(
+            app, ["build-shards", "--out", str(tmp_path / "s"), "--frames", str(small_inputs["frames"]), opt, "8"]
+        )
         assert res.exit_code == 2 and f"{opt} '8': give a size with its unit" in res.output
     assert not (tmp_path / "s").exists()
-    res = runner.invoke(app, ["build-shards", "--out", str(tmp_path / "s"), "--frames", str(small_inputs["frames"]), "--mix", "image=0.4"])
-    assert res.exit_code == 2 and "--mix" in res.output  # no such option: the loader's mix is data.mix of the training config
-    res = runner.invoke(app, ["-q", "build-shards", "--out", str(tmp_path / "s"), "--frames", str(small_inputs["frames"]), "--shard-size", "1.5kb"])
+    res = runner.invoke(
+        app,
+        ["build-shards", "--out", str(tmp_path / "s"), "--frames", str(small_inputs["frames"]), "--mix", "image=0.4"],
+    )
+    assert (
+        res.exit_code == 2 and "--mix" in res.output
+    )  # no such option: the loader's mix is data.mix of the training config
+    res = runner.invoke(
+        app,
+        [
+            "-q",
+            "build-shards",
+            "--out",
+            str(tmp_path / "s"),
+            "--frames",
+            str(small_inputs["frames"]),
+            "--shard-size",
+            "1.5kb",
+        ],
+    )
     assert res.exit_code == 0, res.output
 
 
 def test_sample_frames_spells_workers_and_progress_like_the_other_commands(small_inputs, tmp_path):
     res = runner.invoke(app, ["sample-frames", "--help"])
-    assert "-w" in res.output and "--progress" in res.output and "--no-progress" in res.output and "-j" not in res.output.split()
+    assert (
+        "-w" in res.output
+        and "--progress" in res.output
+        and "--no-progress" in res.output
+        and "-j" not in res.output.split()
+    )
     root = tmp_path / "re10k"
     from syncam_data.sources.export import export_realestate10k
     from tests.test_sources_scene import render, trajectory
@@ -113,15 +183,30 @@ def test_sample_frames_spells_workers_and_progress_like_the_other_commands(small
     outs = {}
     for spelling in (["-w", "2", "--no-progress"], ["-j", "2", "--progress"], ["--workers", "1"]):
         out = tmp_path / f"out{len(outs)}"
-        res = runner.invoke(app, ["-q", "sample-frames", "--source", "realestate10k", "--root", str(root), "--out", str(out), "--views", "2", *spelling])
+        res = runner.invoke(
+            app,
+            [
+                "-q",
+                "sample-frames",
+                "--source",
+                "realestate10k",
+                "--root",
+                str(root),
+                "--out",
+                str(out),
+                "--views",
+                "2",
+                *spelling,
+            ],
+        )
         assert res.exit_code == 0, res.output
         outs[spelling[0]] = json.loads((out / "seqr_s000" / "cameras.json").read_text())["frame_indices"]
     assert len(set(map(tuple, outs.values()))) == 1  # the same sets whatever the spelling
 
 
 def test_bundled_config_names_are_not_hidden_by_folders(tmp_path, monkeypatch):
-    from syncam_model.config import CONFIG_DIR, ConfigError, load_config, resolve_config_path
     from syncam_model.cli_train import app as train_app
+    from syncam_model.config import CONFIG_DIR, ConfigError, load_config, resolve_config_path
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tiny").mkdir()
@@ -134,8 +219,21 @@ def test_bundled_config_names_are_not_hidden_by_folders(tmp_path, monkeypatch):
     (tmp_path / "paper").write_text("steps: 7\n")  # a file of that name is the user's file
     assert load_config("paper").steps == 7
     # Through the CLI: the bundled tiny config is read (its path is in the message about the bad override), not the folder.
-    res = CliRunner().invoke(train_app, ["--shards", str(tmp_path), "--pretrained", "tiny", "--out", str(tmp_path / "run"), "--config", "tiny",
-                                         "--set", "data.frames=8"])
+    res = CliRunner().invoke(
+        train_app,
+        [
+            "--shards",
+            str(tmp_path),
+            "--pretrained",
+            "tiny",
+            "--out",
+            str(tmp_path / "run"),
+            "--config",
+            "tiny",
+            "--set",
+            "data.frames=8",
+        ],
+    )
     assert res.exit_code == 2 and "IsADirectoryError" not in res.output and str(CONFIG_DIR / "tiny.yaml") in res.output
 
 
@@ -162,10 +260,27 @@ def test_generate_refuses_a_missing_model_folder_and_unsupported_sizes_in_one_me
     from syncam_model.cli_generate import app as gen_app
 
     def run(*args: str):
-        res = CliRunner().invoke(gen_app, [*args, "--prompt", "a cat", "--frames", "9", "--steps", "1", "--device", "cpu", "--no-progress",
-                                           "--out", str(tmp_path / "o")])
+        res = CliRunner().invoke(
+            gen_app,
+            [
+                *args,
+                "--prompt",
+                "a cat",
+                "--frames",
+                "9",
+                "--steps",
+                "1",
+                "--device",
+                "cpu",
+                "--no-progress",
+                "--out",
+                str(tmp_path / "o"),
+            ],
+        )
         # a usage error: exit 2, one message, no exception other than the exit itself
-        assert res.exit_code == 2 and isinstance(res.exception, SystemExit) and "Traceback" not in res.output, res.output
+        assert res.exit_code == 2 and isinstance(res.exception, SystemExit) and "Traceback" not in res.output, (
+            res.output
+        )
         return " ".join(re.sub(r"[\u2500-\u257f]", " ", res.output).split())  # the message, out of its box
 
     assert f"{tmp_path / 'CogVideoX-2b'}: no such folder" in run("--pretrained", str(tmp_path / "CogVideoX-2b"))
@@ -181,17 +296,38 @@ def test_generate_refuses_a_missing_model_folder_and_unsupported_sizes_in_one_me
 def test_rerendering_with_a_checkpoint_not_trained_for_it_warns(tmp_path, caplog):
     import logging
 
-    from syncam_model.cli_generate import app as gen_app
     from syncam_model.camera_input import CameraRule
+    from syncam_model.cli_generate import app as gen_app
     from syncam_model.model import load_components, save_adapter
 
     c = load_components("tiny", tiny_config={"variant": "2b"})
     src = tmp_path / "input.mp4"
     encode(smooth_frames(9, 32, 48), src, fps=8)
-    args = ["--pretrained", "tiny", "--prompt", "a cat", "--frames", "9", "--resolution", "32x48", "--steps", "1", "--device", "cpu",
-            "--no-progress", "--cameras", "azimuth:0,30", "--input-video", str(src)]
+    args = [
+        "--pretrained",
+        "tiny",
+        "--prompt",
+        "a cat",
+        "--frames",
+        "9",
+        "--resolution",
+        "32x48",
+        "--steps",
+        "1",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--cameras",
+        "azimuth:0,30",
+        "--input-video",
+        str(src),
+    ]
     for novel, out in ((False, "plain"), (True, "novel")):
-        ck = save_adapter(c.transformer, tmp_path / f"{out}.safetensors", {"base_id": c.base_id, **CameraRule().to_meta(), "train_config": {"diffusion": {"novel_view": novel}}})
+        ck = save_adapter(
+            c.transformer,
+            tmp_path / f"{out}.safetensors",
+            {"base_id": c.base_id, **CameraRule().to_meta(), "train_config": {"diffusion": {"novel_view": novel}}},
+        )
         caplog.clear()
         with caplog.at_level(logging.WARNING):
             res = CliRunner().invoke(gen_app, [*args, "--checkpoint", str(ck), "--out", str(tmp_path / out)])
@@ -217,11 +353,40 @@ def test_two_ranks_stop_cleanly_when_one_refuses_its_data(tmp_path):
     port = _closed_port()
     procs = []
     for rank in (0, 1):
-        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
-               "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        cmd = [sys.executable, "-m", "syncam_model.cli_train", "--shards", "shards", "--pretrained", "tiny", "--out", str(tmp_path / "run"),
-               "--config", "tiny", *SMALL, "--steps", "2", "--set", "optim.global_batch_size=2"]
-        procs.append(subprocess.Popen(cmd, cwd=tmp_path / f"r{rank}", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "OMP_NUM_THREADS": "1",
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "LOCAL_WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+        cmd = [
+            sys.executable,
+            "-m",
+            "syncam_model.cli_train",
+            "--shards",
+            "shards",
+            "--pretrained",
+            "tiny",
+            "--out",
+            str(tmp_path / "run"),
+            "--config",
+            "tiny",
+            *SMALL,
+            "--steps",
+            "2",
+            "--set",
+            "optim.global_batch_size=2",
+        ]
+        procs.append(
+            subprocess.Popen(
+                cmd, cwd=tmp_path / f"r{rank}", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
     results = []
     for p in procs:
         out, err = p.communicate(timeout=600)
@@ -241,11 +406,27 @@ def test_export_posed_writes_a_render_camera_path_in_the_dataset_formats(tmp_pat
 
     scene = make_render_scene(tmp_path / "renders", "path", cams=3, frames=4)
     cams = read_cameras_json(scene / "cameras.json")
-    res = runner.invoke(app, ["export-posed", str(scene), "--format", "realestate10k", "--frames-as", "images", "--id", "seq", "--out", str(tmp_path / "re10k"), "--fps", "10"])
+    res = runner.invoke(
+        app,
+        [
+            "export-posed",
+            str(scene),
+            "--format",
+            "realestate10k",
+            "--frames-as",
+            "images",
+            "--id",
+            "seq",
+            "--out",
+            str(tmp_path / "re10k"),
+            "--fps",
+            "10",
+        ],
+    )
     assert res.exit_code == 0, res.output
     lines = (tmp_path / "re10k" / "seq.txt").read_text().splitlines()
     assert len(lines) == 1 + len(cams)
-    for (cid, cam, _), line in zip(cams, lines[1:]):
+    for (_, cam, _), line in zip(cams, lines[1:]):
         ts, got = parse_realestate10k_line(line, cam.width, cam.height)
         assert abs(got.c2w - cam.c2w).max() < 1e-4
     images = sorted((tmp_path / "re10k" / "seq").iterdir(), key=lambda p: int(p.stem))

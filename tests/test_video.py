@@ -160,5 +160,9 @@ def test_decode_into_stops_at_the_frame_limit():
 def test_probe_without_decoding_frames_reads_the_same_header():
     blob = V.encode(smooth_frames(13, 48, 64), fps=12)
     full, quick = V.probe(blob, count_frames=True), V.probe(blob, count_frames=True, pixel_format=False)
-    assert (quick.num_frames, quick.width, quick.height, quick.fps, quick.codec) == (full.num_frames, full.width, full.height, full.fps, full.codec) == (13, 64, 48, 12.0, "h264")
+    assert (
+        (quick.num_frames, quick.width, quick.height, quick.fps, quick.codec)
+        == (full.num_frames, full.width, full.height, full.fps, full.codec)
+        == (13, 64, 48, 12.0, "h264")
+    )
     assert full.pix_fmt == "yuv420p" and quick.pix_fmt is None

@@ -100,9 +100,10 @@ import struct
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import cv2
 import numpy as np
@@ -111,7 +112,15 @@ log = logging.getLogger("unrealcv_standin")
 
 MAGIC = 0x9E2B83C1
 PLUGIN_ACTOR = "SynCamFrameSync"
-PLUGIN_HEADER = Path(__file__).resolve().parent.parent / "unreal_plugin" / "SynCamUnreal" / "Source" / "SynCamUnreal" / "Public" / "SynCamFrameSync.h"
+PLUGIN_HEADER = (
+    Path(__file__).resolve().parent.parent
+    / "unreal_plugin"
+    / "SynCamUnreal"
+    / "Source"
+    / "SynCamUnreal"
+    / "Public"
+    / "SynCamFrameSync.h"
+)
 SKY_DEPTH_CM = 65504.0  # the largest float16: what Unreal's half-float depth target holds for the sky
 GROUND_MASK = (60, 60, 60)
 SKY_RGB = (135, 180, 235)
@@ -122,6 +131,7 @@ MAX_REQUESTS_PER_TICK = 32  # FUnrealcvServer::ProcessPendingRequest at head
 
 
 # --- Unreal math, written out independently of syncam_data.cameras -----------------
+
 
 def rotator_axes(pitch: float, yaw: float, roll: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rows of FRotationMatrix(pitch, yaw, roll): forward (X), right (Y), up (Z) in the left-handed world."""
@@ -155,6 +165,7 @@ def float32(v: float) -> float:
 
 
 # --- project content -------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Asset:
@@ -197,6 +208,7 @@ class LevelConfig:
 
 
 # --- world state -----------------------------------------------------------------------
+
 
 @dataclass
 class Marker:
@@ -266,7 +278,9 @@ def level_markers(map_path: str) -> list[Marker]:
         rad = rng.uniform(120, 260)
         z = rng.uniform(20, 180)
         color = tuple(int(c) for c in rng.integers(60, 250, size=3))
-        out.append(Marker(f"Marker_{i}", (rad * math.cos(ang), rad * math.sin(ang), z), 14.0, color, (10 + 20 * i, 200, 40)))
+        out.append(
+            Marker(f"Marker_{i}", (rad * math.cos(ang), rad * math.sin(ang), z), 14.0, color, (10 + 20 * i, 200, 40))
+        )
     out.append(Marker("Marker_Centre", (0.0, 0.0, 100.0), 12.0, (250, 250, 250), (200, 10, 200)))
     return out
 
@@ -360,8 +374,16 @@ class World:
     def state_key(self, cam: StandinCamera) -> tuple:
         """Everything a render of ``cam`` depends on."""
         return (
-            self.level, tuple(cam.location), tuple(cam.rotation), cam.hfov(), cam.width, cam.height,
-            tuple((n, tuple(a.location), tuple(a.rotation), tuple(a.scale), a.mask, self.anim_time(a)) for n, a in self.actors.items()),
+            self.level,
+            tuple(cam.location),
+            tuple(cam.rotation),
+            cam.hfov(),
+            cam.width,
+            cam.height,
+            tuple(
+                (n, tuple(a.location), tuple(a.rotation), tuple(a.scale), a.mask, self.anim_time(a))
+                for n, a in self.actors.items()
+            ),
         )
 
     # --- rendering -----------------------------------------------------------------
@@ -408,7 +430,9 @@ class World:
             p = o + np.where(hit, t, 0.0)[..., None] * d
             checker = (np.floor(p[..., 0] / 100.0) + np.floor(p[..., 1] / 100.0)) % 2 == 0
             lit_depth = np.where(hit, t, np.inf).astype(np.float32)
-            shade = np.where(checker[..., None], np.array([170, 160, 140], np.uint8), np.array([110, 105, 95], np.uint8))
+            shade = np.where(
+                checker[..., None], np.array([170, 160, 140], np.uint8), np.array([110, 105, 95], np.uint8)
+            )
             rgb = np.where(hit[..., None], shade, rgb).astype(np.uint8)
             if self.level_config.ground == "static_mesh":
                 ann_depth = lit_depth.copy()
@@ -436,9 +460,20 @@ def _rays(axes: tuple[np.ndarray, ...], f: float, w: int, h: int, y0: int, y1: i
 _LIGHT = np.array([0.3, -0.4, 0.87])
 
 
-def _cast_sphere(c: np.ndarray, r: float, colour: np.ndarray, mcol: tuple[int, int, int] | None, o: np.ndarray,
-                 axes: tuple[np.ndarray, ...], f: float, rgb: np.ndarray, lit_depth: np.ndarray, ann_depth: np.ndarray,
-                 depth: np.ndarray, mask: np.ndarray) -> None:
+def _cast_sphere(
+    c: np.ndarray,
+    r: float,
+    colour: np.ndarray,
+    mcol: tuple[int, int, int] | None,
+    o: np.ndarray,
+    axes: tuple[np.ndarray, ...],
+    f: float,
+    rgb: np.ndarray,
+    lit_depth: np.ndarray,
+    ann_depth: np.ndarray,
+    depth: np.ndarray,
+    mask: np.ndarray,
+) -> None:
     """Draw one sphere into the buffers where it is nearer than what they hold (only pixels of its screen box)."""
     h, w = lit_depth.shape
     fwd, right, up = axes
@@ -469,8 +504,9 @@ def _cast_sphere(c: np.ndarray, r: float, colour: np.ndarray, mcol: tuple[int, i
         mask[win] = np.where(near_a[..., None], np.array(mcol, np.uint8), mask[win])
 
 
-def _screen_box(c: np.ndarray, r: float, o: np.ndarray, fwd: np.ndarray, right: np.ndarray, up: np.ndarray,
-                f: float, w: int, h: int) -> tuple[int, int, int, int] | None:
+def _screen_box(
+    c: np.ndarray, r: float, o: np.ndarray, fwd: np.ndarray, right: np.ndarray, up: np.ndarray, f: float, w: int, h: int
+) -> tuple[int, int, int, int] | None:
     """Pixel rows/columns a sphere can cover (a conservative bound), or None when it is behind the camera."""
     rel = c - o
     z = float(rel @ fwd)
@@ -493,6 +529,7 @@ def _screen_box(c: np.ndarray, r: float, o: np.ndarray, fwd: np.ndarray, right: 
 
 
 # --- encoding ----------------------------------------------------------------------------
+
 
 def encode_bmp(rgb: np.ndarray) -> bytes:
     """FImageUtil::ConvertToBmp: a 54-byte header, 32 bits per pixel BGRA, top-down (negative height)."""
@@ -526,6 +563,7 @@ def encode_npy(a: np.ndarray) -> bytes:
 
 
 # --- the vbp argument parser and the plugin's UFUNCTIONs ---------------------------------
+
 
 @dataclass(frozen=True)
 class Param:
@@ -621,6 +659,7 @@ def vbp_call(fn: UFunction, tokens: list[str], impl: Callable[..., Any] | None) 
 
 # --- command table ------------------------------------------------------------------------
 
+
 class CommandError(Exception):
     pass
 
@@ -653,7 +692,7 @@ class CaptureRecord:
 class Handler:
     """Executes one command string against the world, on the game thread."""
 
-    def __init__(self, server: "StandinServer") -> None:
+    def __init__(self, server: StandinServer) -> None:
         self.server = server
         self.table: list[tuple[str, re.Pattern, Callable[[list[str]], bytes | str]]] = []
         self._register()
@@ -702,7 +741,10 @@ class Handler:
         b("vset /action/game/resume", lambda a: self._pause(False))
         b("vset /action/game/level [str]", self._open_level)
         b("vget /action/game/is_paused", lambda a: "true" if self.world.paused else "false")
-        b("vget /objects", lambda a: "".join(f"{n} " for n in [m.name for m in self.world.markers] + list(self.world.actors)))
+        b(
+            "vget /objects",
+            lambda a: "".join(f"{n} " for n in [m.name for m in self.world.markers] + list(self.world.actors)),
+        )
         b("vset /objects/spawn_cube", lambda a: self._spawn_cube(None))
         b("vset /objects/spawn_cube [str]", lambda a: self._spawn_cube(a[0]))
         b("vset /objects/spawn [str]", lambda a: self._spawn_class(a[0], None))
@@ -778,7 +820,9 @@ class Handler:
 
     def _spawn_path(self, path: str, name: str | None) -> str:
         w = self.world
-        asset = w.content.get(path) or w.content.get(path + "_C") or w.content.get(f"{path}.{path.rsplit('/', 1)[-1]}_C")
+        asset = (
+            w.content.get(path) or w.content.get(path + "_C") or w.content.get(f"{path}.{path.rsplit('/', 1)[-1]}_C")
+        )
         if asset is None or asset.kind != "class":
             raise CommandError(f"Failed to load class from path '{path}'")
         w.loaded_classes.add(asset.path)
@@ -837,7 +881,9 @@ class Handler:
     def _set_illumination(self, a: list[str]) -> str:
         cam = self._camera(a[0])
         if a[1].lower() not in ("none", "lumen", "screen_space", "plugin"):
-            raise CommandError(f"Can not support global illumination method {a[1]}, available options are none, lumen, screen_space, plugin.")
+            raise CommandError(
+                f"Can not support global illumination method {a[1]}, available options are none, lumen, screen_space, plugin."
+            )
         cam.illumination = a[1].lower()
         return "ok"
 
@@ -872,9 +918,23 @@ class Handler:
         rgb, depth, mask = w.render_cache[key]
         srv.captures.append(
             CaptureRecord(
-                w.tick_count, cid, mode, w.time, w.paused, tuple(cam.location), tuple(cam.rotation),
-                {n: {"location": tuple(a.location), "rotation": tuple(a.rotation), "scale": tuple(a.scale),
-                     "animation": a.animation, "anim_time": w.anim_time(a)} for n, a in w.actors.items()},
+                w.tick_count,
+                cid,
+                mode,
+                w.time,
+                w.paused,
+                tuple(cam.location),
+                tuple(cam.rotation),
+                {
+                    n: {
+                        "location": tuple(a.location),
+                        "rotation": tuple(a.rotation),
+                        "scale": tuple(a.scale),
+                        "animation": a.animation,
+                        "anim_time": w.anim_time(a),
+                    }
+                    for n, a in w.actors.items()
+                },
             )
         )
         if mode == "depth":
@@ -911,7 +971,9 @@ class Handler:
         w = self.world
         return json.dumps({"ok": True, "time": round(w.time, 6), "frame": w.tick_count, "paused": w.paused})
 
-    def _plugin_SetActorTransformCm(self, ActorName: str, X: float, Y: float, Z: float, Pitch: float, Yaw: float, Roll: float, Scale: float) -> str:
+    def _plugin_SetActorTransformCm(
+        self, ActorName: str, X: float, Y: float, Z: float, Pitch: float, Yaw: float, Roll: float, Scale: float
+    ) -> str:
         a = self.world.actors.get(ActorName)
         if a is None:
             return json.dumps({"ok": False, "error": f"no actor named '{ActorName}'"})
@@ -935,7 +997,9 @@ class Handler:
         # Frozen at that time (play rate 0); a looping clip reports the unwrapped time, a one-shot clip its clamp.
         shown = t if Loop else min(t, length)
         a.anim_time = shown + self.server.fault_anim_offset
-        return json.dumps({"ok": True, "time": round(a.anim_time, 6), "clip_length": round(length, 6), "animation": a.animation})
+        return json.dumps(
+            {"ok": True, "time": round(a.anim_time, 6), "clip_length": round(length, 6), "animation": a.animation}
+        )
 
     def _plugin_SpawnActorFromPath(self, AssetPath: str, ActorName: str) -> str:
         w = self.world
@@ -948,6 +1012,7 @@ class Handler:
 
 
 # --- the server -----------------------------------------------------------------------------
+
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
     chunks, left = [], n
@@ -1041,7 +1106,7 @@ class StandinServer:
         self.capture_s = 0.0  # of which rendering and encoding captured images (the engine's own capture time)
         self.send_s = 0.0  # of which sending replies (waits while the client does not read)
         self.handler = Handler(self)
-        self._queue: "queue.Queue[_Request | None]" = queue.Queue()
+        self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._pending: list[_Request] = []
         self._batch: list[_Request] = []
         self._batch_left = 0
@@ -1051,7 +1116,7 @@ class StandinServer:
         self._threads: list[threading.Thread] = []
 
     # --- lifecycle -------------------------------------------------------------------
-    def start(self) -> "StandinServer":
+    def start(self) -> StandinServer:
         tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         tcp.bind((self.host, self.port))
@@ -1069,7 +1134,13 @@ class StandinServer:
         for ls in self._listeners:
             self._spawn(self._accept_loop, ls)
         self._spawn(self._game_loop)
-        log.info("UnrealCV stand-in (%s) listening on %s:%d%s", self.flavour, self.host, self.port, f" and {self.unix_socket}" if self.unix_socket else "")
+        log.info(
+            "UnrealCV stand-in (%s) listening on %s:%d%s",
+            self.flavour,
+            self.host,
+            self.port,
+            f" and {self.unix_socket}" if self.unix_socket else "",
+        )
         return self
 
     def _spawn(self, fn: Callable[..., None], *args: Any) -> None:
@@ -1088,7 +1159,7 @@ class StandinServer:
         if self.unix_socket and os.path.exists(self.unix_socket):
             os.unlink(self.unix_socket)
 
-    def __enter__(self) -> "StandinServer":
+    def __enter__(self) -> StandinServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -1164,7 +1235,7 @@ class StandinServer:
             r = self._pending.pop(0)
             if r.message.startswith("vbatch"):
                 try:
-                    self._batch_left = int(r.message[len("vbatch"):].strip() or 0)
+                    self._batch_left = int(r.message[len("vbatch") :].strip() or 0)
                 except ValueError:
                     self._batch_left = 0
                 self._reply(r, "ok")
@@ -1198,7 +1269,7 @@ class StandinServer:
             with self._serve_lock:
                 try:
                     conn, _ = ls.accept()
-                except socket.timeout:
+                except TimeoutError:
                     continue
                 except OSError:
                     return
@@ -1247,8 +1318,17 @@ class StandinServer:
         if self.stats_file:
             tmp = f"{self.stats_file}.tmp"
             with open(tmp, "w") as f:
-                json.dump({"busy_s": self.busy_s, "capture_s": self.capture_s, "send_s": self.send_s, "captures": len(self.captures),
-                           "requests": self.requests, "ticks": self.world.tick_count}, f)
+                json.dump(
+                    {
+                        "busy_s": self.busy_s,
+                        "capture_s": self.capture_s,
+                        "send_s": self.send_s,
+                        "captures": len(self.captures),
+                        "requests": self.requests,
+                        "ticks": self.world.tick_count,
+                    },
+                    f,
+                )
             os.replace(tmp, self.stats_file)
 
 
@@ -1264,16 +1344,31 @@ def main() -> None:
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on")
     ap.add_argument("--unix-socket", default=None, help="also listen on this Unix socket path ({port} is replaced)")
     ap.add_argument("--flavour", choices=FLAVOURS, default="oss-5.2", help="which server family to behave like")
-    ap.add_argument("--revision", choices=("2024", "head"), default="2024", help="oss-5.2: vbatch before 1f64480 (2024) or at head")
+    ap.add_argument(
+        "--revision", choices=("2024", "head"), default="2024", help="oss-5.2: vbatch before 1f64480 (2024) or at head"
+    )
     ap.add_argument("--no-plugin", action="store_true", help="run without the SynCam plugin's actor")
     ap.add_argument("--capture-delay", type=float, default=0.0, help="simulated render cost per captured image (s)")
     ap.add_argument("--tick-ms", type=float, default=0.0, help="engine frame time (0: tick whenever requests wait)")
     ap.add_argument("--drop-after", type=int, default=None, help="close the connection once at this request number")
     ap.add_argument("--project", default="SynCamStandin", help="project name sent in the connect greeting")
-    ap.add_argument("--stats-file", default=None, help="write the game thread's busy time here when a client disconnects")
-    ap.add_argument("--level", action="append", default=[], metavar="MAP=ASSET[,ASSET]",
-                    help="a map and the class asset paths it references (what `vset /objects/spawn CLASS` can spawn there); repeatable")
-    ap.add_argument("--landscape", action="append", default=[], metavar="MAP", help="this map's ground is a Landscape (sky in depth and masks)")
+    ap.add_argument(
+        "--stats-file", default=None, help="write the game thread's busy time here when a client disconnects"
+    )
+    ap.add_argument(
+        "--level",
+        action="append",
+        default=[],
+        metavar="MAP=ASSET[,ASSET]",
+        help="a map and the class asset paths it references (what `vset /objects/spawn CLASS` can spawn there); repeatable",
+    )
+    ap.add_argument(
+        "--landscape",
+        action="append",
+        default=[],
+        metavar="MAP",
+        help="this map's ground is a Landscape (sky in depth and masks)",
+    )
     a, unknown = ap.parse_known_args()  # an engine's other options (-RenderOffscreen, -nosound, ...) are not ours
     levels: dict[str, LevelConfig] = {}
     for spec in a.level:
@@ -1282,9 +1377,20 @@ def main() -> None:
     for name in a.landscape:
         levels[name] = LevelConfig(ground="landscape", references=levels.get(name, LevelConfig()).references)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    srv = StandinServer(a.port, a.host, a.unix_socket, a.project, plugin=not a.no_plugin, flavour=a.flavour, revision=a.revision,
-                        levels=levels, capture_delay=a.capture_delay, tick_s=a.tick_ms / 1000.0, drop_after=a.drop_after,
-                        stats_file=a.stats_file).start()
+    srv = StandinServer(
+        a.port,
+        a.host,
+        a.unix_socket,
+        a.project,
+        plugin=not a.no_plugin,
+        flavour=a.flavour,
+        revision=a.revision,
+        levels=levels,
+        capture_delay=a.capture_delay,
+        tick_s=a.tick_ms / 1000.0,
+        drop_after=a.drop_after,
+        stats_file=a.stats_file,
+    ).start()
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())

@@ -1,6 +1,5 @@
 """`syncam-data` command line. Importing this package registers every subcommand."""
 
-from syncam_data.cli.app import app
 from syncam_data.cli import (  # noqa: F401  (each module registers its command)
     build_shards,
     demo,
@@ -13,6 +12,7 @@ from syncam_data.cli import (  # noqa: F401  (each module registers its command)
     sample_frames,
     validate,
 )
+from syncam_data.cli.app import app
 
 
 def main() -> None:

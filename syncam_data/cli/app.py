@@ -7,7 +7,6 @@ import sys
 
 import typer
 
-
 # Option checks live in options.py; re-exported here for the command modules.
 from syncam_data.cli.options import (  # noqa: F401
     NAME_MAX,
@@ -20,6 +19,7 @@ from syncam_data.cli.options import (  # noqa: F401
     finite,
     float_in,
 )
+
 
 class _Group(SafeGroup):
     """The syncam-data group: besides SafeGroup's file-system errors, an engine that cannot run at all (no Ray
@@ -78,9 +78,7 @@ def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
     logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
-def fail(message: str, code: int = 1) -> "typer.Exit":
+def fail(message: str, code: int = 1) -> typer.Exit:
     """Print a one-line error and return an Exit to raise."""
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
-
-

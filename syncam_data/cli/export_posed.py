@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -24,12 +23,35 @@ class FramesAs(str, Enum):
 
 @app.command("export-posed")
 def export_posed(
-    scene: Path = typer.Argument(..., help="A render scene folder (cameras.json + videos/) whose cameras, in order, are the positions of one moving camera."),
-    fmt: PosedFormat = typer.Option(..., "--format", help="realestate10k (<id>.txt + frames), dl3dv (<id>/transforms.json + images*/) or video (<id>.mp4, no cameras: a panning clip)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Dataset folder to add the sequence to, e.g. a RealEstate10K split folder (train/) or a DL3DV subset folder (1K/)."),
-    sequence_id: Optional[str] = typer.Option(None, "--id", help="Sequence (or scene) id, i.e. the file or folder name (default: the scene folder's name)."),
-    frames_as: FramesAs = typer.Option(FramesAs.video, "--frames-as", help="RealEstate10K: the frames as one video <id>.mp4, or as images <id>/<timestamp>.png."),
-    fps: Optional[float] = typer.Option(None, "--fps", min=0.001, help="Frame rate of the written video and of the RealEstate10K timestamps (default: the scene's)."),
+    scene: Path = typer.Argument(
+        ...,
+        help="A render scene folder (cameras.json + videos/) whose cameras, in order, are the positions of one moving camera.",
+    ),
+    fmt: PosedFormat = typer.Option(
+        ...,
+        "--format",
+        help="realestate10k (<id>.txt + frames), dl3dv (<id>/transforms.json + images*/) or video (<id>.mp4, no cameras: a panning clip).",
+    ),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        "-o",
+        help="Dataset folder to add the sequence to, e.g. a RealEstate10K split folder (train/) or a DL3DV subset folder (1K/).",
+    ),
+    sequence_id: str | None = typer.Option(
+        None, "--id", help="Sequence (or scene) id, i.e. the file or folder name (default: the scene folder's name)."
+    ),
+    frames_as: FramesAs = typer.Option(
+        FramesAs.video,
+        "--frames-as",
+        help="RealEstate10K: the frames as one video <id>.mp4, or as images <id>/<timestamp>.png.",
+    ),
+    fps: float | None = typer.Option(
+        None,
+        "--fps",
+        min=0.001,
+        help="Frame rate of the written video and of the RealEstate10K timestamps (default: the scene's).",
+    ),
 ) -> None:
     """Write a rendered camera path in the on-disk format of RealEstate10K or DL3DV-10K (or as a plain video).
 

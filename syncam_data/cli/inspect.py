@@ -13,8 +13,14 @@ from syncam_data.cli.app import app, check_out_path, fail
 @app.command("inspect")
 def inspect(
     dataset: Path = typer.Argument(..., help="Shard dataset directory."),
-    plot: Path | None = typer.Option(None, "--plot", help="PNG file for the camera-rig plot (default: <dataset name>-cameras.png next to --json, else in the current folder; never inside the dataset)."),
-    groups: int = typer.Option(4, "--groups", min=1, max=64, help="How many multi-view groups to draw in the camera plot (at most 64)."),
+    plot: Path | None = typer.Option(
+        None,
+        "--plot",
+        help="PNG file for the camera-rig plot (default: <dataset name>-cameras.png next to --json, else in the current folder; never inside the dataset).",
+    ),
+    groups: int = typer.Option(
+        4, "--groups", min=1, max=64, help="How many multi-view groups to draw in the camera plot (at most 64)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Which groups to draw (random choice seed)."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the summary as JSON to this file."),
 ) -> None:
@@ -25,7 +31,7 @@ def inspect(
     try:
         reader = ShardReader(dataset)
     except ShardDatasetError as e:
-        raise fail(str(e))
+        raise fail(str(e)) from None
     # The dataset folder is an input: nothing is written into it (it may be read-only or shared).
     out_png = plot or ((json_out.parent if json_out else Path.cwd()) / f"{dataset.resolve().name}-cameras.png")
     check_out_path(out_png, "--plot", kind="file")

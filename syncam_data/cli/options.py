@@ -10,14 +10,16 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 import typer
 from typer.core import TyperCommand, TyperGroup
 
 from syncam_data.limits import SIDE, Limit, LimitError
+
 
 def describe_os_error(e: OSError) -> str:
     """'<file>: <reason>' for a file-system error (what a user can act on), without errno noise."""
@@ -91,7 +93,7 @@ def finite(value: float | None) -> float | None:
     return value
 
 
-def float_in(lo: float | None = None, hi: "float | Limit | None" = None, lo_open: bool = False) -> Callable[[Any], Any]:
+def float_in(lo: float | None = None, hi: float | Limit | None = None, lo_open: bool = False) -> Callable[[Any], Any]:
     """Typer callback: a finite float within [lo, hi] (``lo_open``: > lo); ``hi`` may be a ``Limit``."""
 
     def check(ctx: typer.Context, param: click.Parameter, value: float | None) -> float | None:
@@ -128,7 +130,9 @@ def bounded(limit: Limit) -> Callable[[Any], Any]:
     return check
 
 
-def parse_resolution(text: str, option: str = "--resolution", limit: Limit | None = SIDE, multiple: int = 1) -> tuple[int, int]:
+def parse_resolution(
+    text: str, option: str = "--resolution", limit: Limit | None = SIDE, multiple: int = 1
+) -> tuple[int, int]:
     """``"480x720"`` -> (height, width): each side at least 2, a multiple of ``multiple``, at most ``limit``.
 
     ``render``/``demo`` take any image size (``limits.SIDE``); ``syncam-generate`` passes

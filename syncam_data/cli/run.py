@@ -25,14 +25,24 @@ def parse_vars(items: list[str]) -> dict[str, str]:
 def run(
     recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. pipelines/paper.yaml (see pipelines/README.md)."),
     var: list[str] = typer.Option([], "--var", help="Override a recipe variable: NAME=VALUE (repeatable)."),
-    engine: str | None = typer.Option(None, "--engine", help="local or ray: overrides the engine of every stage that has one."),
-    ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster address (e.g. auto on a cluster node) for every stage that takes one."),
-    workers: int | None = typer.Option(None, "--workers", "-w", min=1, help="Overrides --workers of every stage that has one."),
+    engine: str | None = typer.Option(
+        None, "--engine", help="local or ray: overrides the engine of every stage that has one."
+    ),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="Ray cluster address (e.g. auto on a cluster node) for every stage that takes one."
+    ),
+    workers: int | None = typer.Option(
+        None, "--workers", "-w", min=1, help="Overrides --workers of every stage that has one."
+    ),
     only: list[str] = typer.Option([], "--only", help="Run only this stage (repeatable)."),
     start_at: str | None = typer.Option(None, "--from", help="Start at this stage (earlier stages are assumed done)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Check the recipe against the commands and print them; run nothing."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Check the recipe against the commands and print them; run nothing."
+    ),
     keep_going: bool = typer.Option(False, "--keep-going", help="Run the next stages even when one fails."),
-    json_out: Path | None = typer.Option(None, "--json", help="Write the run report (per stage: exit code, seconds, message) to this file."),
+    json_out: Path | None = typer.Option(
+        None, "--json", help="Write the run report (per stage: exit code, seconds, message) to this file."
+    ),
 ) -> None:
     """Run a declarative recipe: each stage is a syncam-data command run in order with the recipe's options.
 
@@ -44,9 +54,18 @@ def run(
         raise fail(f"--engine {engine!r}: use local or ray")
     try:
         rec = load_recipe(recipe)
-        stages = plan_recipe(rec, recipe, parse_vars(var), only=list(only) or None, start_at=start_at, engine=engine, ray_address=ray_address, workers=workers)
+        stages = plan_recipe(
+            rec,
+            recipe,
+            parse_vars(var),
+            only=list(only) or None,
+            start_at=start_at,
+            engine=engine,
+            ray_address=ray_address,
+            workers=workers,
+        )
     except RecipeError as e:
-        raise fail(str(e))
+        raise fail(str(e)) from None
     if dry_run:
         for st in stages:
             typer.echo(f"# {st.name}\n{st.shell()}")
@@ -55,7 +74,10 @@ def run(
     if json_out:
         from syncam_data import fsio
 
-        fsio.write_text(json_out, json.dumps({"recipe": rec.name, "ok": report.ok, "stages": [asdict(s) for s in report.stages]}, indent=2))
+        fsio.write_text(
+            json_out,
+            json.dumps({"recipe": rec.name, "ok": report.ok, "stages": [asdict(s) for s in report.stages]}, indent=2),
+        )
     for s in report.stages:
         status = "ok" if s.exit_code == 0 else f"FAILED (exit {s.exit_code}): {s.message}"
         typer.echo(f"stage {s.name} [{s.command}] {s.seconds:.1f}s {status}", err=s.exit_code != 0)

@@ -14,8 +14,14 @@ from syncam_data.cli.app import app, bounded
 @app.command("validate")
 def validate(
     dataset: Path = typer.Argument(..., help="Shard dataset directory (holds dataset.json and index.parquet)."),
-    quick: bool = typer.Option(False, "--quick", help="Skip decoding every media blob; check manifest, checksums, schema, index and cameras only."),
-    workers: int = typer.Option(1, "--workers", "-w", min=1, callback=bounded(limits.WORKERS), help="Processes checking shards in parallel."),
+    quick: bool = typer.Option(
+        False,
+        "--quick",
+        help="Skip decoding every media blob; check manifest, checksums, schema, index and cameras only.",
+    ),
+    workers: int = typer.Option(
+        1, "--workers", "-w", min=1, callback=bounded(limits.WORKERS), help="Processes checking shards in parallel."
+    ),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the full report as JSON to this file."),
 ) -> None:
     """Check a shard dataset: schema, row counts, checksums, that every media blob decodes to its stated size, and that cameras are valid. Exits 1 and lists the problems when anything is wrong."""

@@ -34,7 +34,9 @@ def load_clip(path: str, device: str = "cpu") -> tuple[Any, Any]:
 
     p = Path(path)
     if not (p / "config.json").is_file():
-        raise ClipWeightsError(f"{p}: not a CLIP model folder (no config.json); pass a save_pretrained folder of a CLIP model")
+        raise ClipWeightsError(
+            f"{p}: not a CLIP model folder (no config.json); pass a save_pretrained folder of a CLIP model"
+        )
     model = CLIPModel.from_pretrained(str(p), local_files_only=True).eval().to(device)
     processor = CLIPProcessor.from_pretrained(str(p), local_files_only=True)
     return model, processor
@@ -63,7 +65,11 @@ def text_embedding(model: Any, processor: Any, text: str, device: str) -> np.nda
 
     tok = processor(text=[text], return_tensors="pt", padding=True, truncation=True)
     with torch.inference_mode():
-        e = _projected(model.get_text_features(input_ids=tok["input_ids"].to(device), attention_mask=tok["attention_mask"].to(device))).float()
+        e = _projected(
+            model.get_text_features(
+                input_ids=tok["input_ids"].to(device), attention_mask=tok["attention_mask"].to(device)
+            )
+        ).float()
     return torch.nn.functional.normalize(e, dim=-1).cpu().numpy()[0]
 
 

@@ -98,5 +98,11 @@ def epipolar_lines(F: np.ndarray, pts_a: np.ndarray) -> np.ndarray:
 
 def relative_angle_deg(cam_a: Camera, cam_b: Camera) -> float:
     """Angle between the optical axes (Contract 1's relative angle)."""
-    c = float(np.clip(np.dot(cam_a.forward, cam_b.forward) / (np.linalg.norm(cam_a.forward) * np.linalg.norm(cam_b.forward)), -1.0, 1.0))
+    c = float(
+        np.clip(
+            np.dot(cam_a.forward, cam_b.forward) / (np.linalg.norm(cam_a.forward) * np.linalg.norm(cam_b.forward)),
+            -1.0,
+            1.0,
+        )
+    )
     return math.degrees(math.acos(c))

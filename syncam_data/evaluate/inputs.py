@@ -26,8 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from syncam_data.cameras import Camera
-from syncam_data.cameras import CAMERAS_JSON, read_cameras_json
+from syncam_data.cameras import CAMERAS_JSON, Camera, read_cameras_json
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +67,7 @@ class GroupRef:
 
 # --- detection --------------------------------------------------------------
 
+
 def classify_folder(folder: Path) -> str | None:
     """The input kind of one folder, or None if it is none of them."""
     if (folder / "dataset.json").is_file():
@@ -97,7 +97,9 @@ def find_groups(root: str | Path, cameras_override: Path | None = None) -> tuple
     if not root.exists():
         raise InputError(f"{root}: no such file or directory")
     if not root.is_dir():
-        raise InputError(f"{root}: INPUT must be a folder (a shard dataset, scene folder(s), frame set(s) or a generate output)")
+        raise InputError(
+            f"{root}: INPUT must be a folder (a shard dataset, scene folder(s), frame set(s) or a generate output)"
+        )
     errors: dict[str, str] = {}
     kind = classify_folder(root)
     if kind is not None:
@@ -140,6 +142,7 @@ def _groups_of(folder: Path, kind: str) -> list[GroupRef]:
 
 
 # --- folder inputs ------------------------------------------------------------
+
 
 def _video_folder_group(folder: Path, kind: str) -> GroupRef:
     cams = read_cameras_json(folder / CAMERAS_JSON)
@@ -191,10 +194,13 @@ def _frameset_group(folder: Path) -> GroupRef:
         views.append(ViewRef(cid, cam, "image", path=str(img)))
     dataset = str(top.get("source") or "frameset")
     extra = {"sequence": top.get("sequence")}
-    return GroupRef("frameset", str(folder), dataset, folder.name, "multiview_image", views, 1, str(top.get("caption", "")), extra)
+    return GroupRef(
+        "frameset", str(folder), dataset, folder.name, "multiview_image", views, 1, str(top.get("caption", "")), extra
+    )
 
 
 # --- shard inputs ---------------------------------------------------------------
+
 
 @functools.lru_cache(maxsize=4)
 def open_reader(root: str):
@@ -212,8 +218,22 @@ def _shard_groups(root: Path) -> list[GroupRef]:
     except ShardDatasetError as e:
         raise InputError(str(e)) from None
     if len(reader) == 0:
-        raise InputError(f"{root}: the shard dataset has no rows (dataset.json lists {len(reader.manifest.get('shards', []))} shard(s))")
-    cols = ["dataset", "kind", "group_id", "view_id", "K", "c2w", "num_frames", "width", "height", "media_format", "caption"]
+        raise InputError(
+            f"{root}: the shard dataset has no rows (dataset.json lists {len(reader.manifest.get('shards', []))} shard(s))"
+        )
+    cols = [
+        "dataset",
+        "kind",
+        "group_id",
+        "view_id",
+        "K",
+        "c2w",
+        "num_frames",
+        "width",
+        "height",
+        "media_format",
+        "caption",
+    ]
     rows = reader.index.select(cols).to_pylist()
     groups: list[GroupRef] = []
     for (ds, gid), idx in reader.groups().items():
@@ -243,6 +263,7 @@ def group_num_frames(group: GroupRef) -> int:
 
 
 # --- pixels -------------------------------------------------------------------------
+
 
 def frame_indices(num_frames: int, n: int) -> list[int]:
     """``n`` evenly spaced frame numbers in [0, num_frames): first and last included; one frame = the middle one."""

@@ -39,7 +39,9 @@ def _import_kornia():
     try:
         import kornia.feature as KF
     except ImportError as e:
-        raise MatcherWeightsError("--matcher loftr needs kornia: pip install -e '.[eval]' in the SynCam checkout (or pip install kornia)") from e
+        raise MatcherWeightsError(
+            "--matcher loftr needs kornia: pip install -e '.[eval]' in the SynCam checkout (or pip install kornia)"
+        ) from e
     return KF
 
 
@@ -62,7 +64,9 @@ def read_state_dict(path: Path) -> dict[str, Any]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # a pickle with code in it, or not a checkpoint at all
-        raise MatcherWeightsError(f"{path}: cannot read as a weights-only checkpoint ({type(e).__name__}: {e})") from None
+        raise MatcherWeightsError(
+            f"{path}: cannot read as a weights-only checkpoint ({type(e).__name__}: {e})"
+        ) from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
@@ -88,7 +92,9 @@ def load_loftr(weights: str, config_json: str | None, device: str) -> Any:
     try:
         missing, unexpected = model.load_state_dict(sd, strict=False)
     except RuntimeError as e:  # shape mismatches raise even when strict=False
-        raise MatcherWeightsError(f"{weights}: weights do not fit LoFTR (wrong file or --matcher-config?): {str(e)[:300]}") from None
+        raise MatcherWeightsError(
+            f"{weights}: weights do not fit LoFTR (wrong file or --matcher-config?): {str(e)[:300]}"
+        ) from None
     if missing or unexpected:
         raise MatcherWeightsError(
             f"{weights}: weights do not fit LoFTR ({len(missing)} missing keys, e.g. {missing[:3]}; "

@@ -12,7 +12,11 @@ from syncam_data.evaluate.matching import MATCHERS, MatchConfig, SiftMatcher
 
 
 def make_matcher(
-    name: str, config: MatchConfig | None = None, weights: str | None = None, config_json: str | None = None, device: str = "cpu"
+    name: str,
+    config: MatchConfig | None = None,
+    weights: str | None = None,
+    config_json: str | None = None,
+    device: str = "cpu",
 ) -> Any:
     """The matcher ``name``: ``sift``, or ``loftr`` (needs kornia and local ``weights``)."""
     config = config or MatchConfig()
@@ -20,7 +24,9 @@ def make_matcher(
         return SiftMatcher(config)
     if name == "loftr":
         if not weights:
-            raise ValueError("--matcher loftr needs local weights (--matcher-weights, e.g. loftr_outdoor.ckpt); nothing is downloaded")
+            raise ValueError(
+                "--matcher loftr needs local weights (--matcher-weights, e.g. loftr_outdoor.ckpt); nothing is downloaded"
+            )
         from syncam_data.evaluate.loftr import LoftrMatcher
 
         return LoftrMatcher(config, weights, config_json, device)

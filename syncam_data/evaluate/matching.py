@@ -26,7 +26,9 @@ class MatchConfig:
     """Settings of the SIFT path; each is a CLI option of `syncam-data eval`."""
 
     max_features: int = 4000  # SIFT keypoints kept per image (strongest first); 0 = all
-    contrast_threshold: float = 0.04  # SIFT's contrastThreshold; lower finds more keypoints in flat, low-texture renders
+    contrast_threshold: float = (
+        0.04  # SIFT's contrastThreshold; lower finds more keypoints in flat, low-texture renders
+    )
     ratio: float = 0.8  # Lowe's ratio test threshold
     ransac_px: float = 1.0  # RANSAC reprojection threshold for the fundamental matrix, pixels
     ransac_confidence: float = 0.999
@@ -76,7 +78,9 @@ class SiftMatcher:
 
     def __init__(self, config: MatchConfig | None = None) -> None:
         self.config = config or MatchConfig()
-        self._sift = cv2.SIFT_create(nfeatures=self.config.max_features, contrastThreshold=self.config.contrast_threshold)
+        self._sift = cv2.SIFT_create(
+            nfeatures=self.config.max_features, contrastThreshold=self.config.contrast_threshold
+        )
         # Exact nearest neighbours: at a few thousand features brute force is
         # as fast as FLANN and gives reproducible results.
         self._bf = cv2.BFMatcher(cv2.NORM_L2)

@@ -68,6 +68,7 @@ ROW_SCHEMA = pa.schema(
 
 # --- aggregation ------------------------------------------------------------------
 
+
 def _median(xs: list[float]) -> float | None:
     xs = [x for x in xs if x is not None and not math.isnan(x)]
     return float(np.median(xs)) if xs else None
@@ -148,7 +149,9 @@ def group_summary(g: GroupRef, rows: list[dict[str, Any]], cfg: EvalConfig) -> d
     }
 
 
-def build_summary(run: RunResult, cfg: EvalConfig, input_path: Path, extra: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def build_summary(
+    run: RunResult, cfg: EvalConfig, input_path: Path, extra: dict[str, Any]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     rows: list[dict[str, Any]] = []
     groups = []
     clip_t, clip_t_skips, skipped = {}, {}, {}
@@ -187,8 +190,16 @@ def build_summary(run: RunResult, cfg: EvalConfig, input_path: Path, extra: dict
         "groups_flagged": sum(g["flagged"] for g in groups),
     }
     scores = {
-        "clip_t": {"value": _mean(list(clip_t.values())), "groups": len(clip_t), "skipped": None if clip_t else _skip_reason(clip_t_skips, cfg.clip)},
-        "clip_f": {"value": _mean(clip_f), "rows": len(clip_f), "skipped": None if clip_f else ("no --clip weights given" if not cfg.clip else "no view pairs")},
+        "clip_t": {
+            "value": _mean(list(clip_t.values())),
+            "groups": len(clip_t),
+            "skipped": None if clip_t else _skip_reason(clip_t_skips, cfg.clip),
+        },
+        "clip_f": {
+            "value": _mean(clip_f),
+            "rows": len(clip_f),
+            "skipped": None if clip_f else ("no --clip weights given" if not cfg.clip else "no view pairs"),
+        },
         "fvd": run.fvd,
     }
     summary = {
@@ -199,7 +210,12 @@ def build_summary(run: RunResult, cfg: EvalConfig, input_path: Path, extra: dict
         "overall": overall,
         "scores": scores,
         "flagged_groups": [
-            {"key": g["key"], "epi_symmetric_median": g["epi_symmetric_median"], "flagged_views": g["flagged_views"], "worst_view": g["worst_view"]}
+            {
+                "key": g["key"],
+                "epi_symmetric_median": g["epi_symmetric_median"],
+                "flagged_views": g["flagged_views"],
+                "worst_view": g["worst_view"],
+            }
             for g in groups
             if g["flagged"]
         ],
@@ -218,13 +234,16 @@ def _skip_reason(counts: dict[str, int], weights: str | None) -> str:
 
 # --- writing ------------------------------------------------------------------------
 
+
 def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     table = pa.Table.from_pylist(rows, schema=ROW_SCHEMA) if rows else ROW_SCHEMA.empty_table()
     with fsio.atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
 
 
-def write_outputs(out: Path, run: RunResult, cfg: EvalConfig, input_path: Path, extra: dict[str, Any], report_groups: int = 5) -> dict[str, Any]:
+def write_outputs(
+    out: Path, run: RunResult, cfg: EvalConfig, input_path: Path, extra: dict[str, Any], report_groups: int = 5
+) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     summary, rows = build_summary(run, cfg, input_path, extra)
     write_rows(out / EVAL_PARQUET, rows)
@@ -244,8 +263,10 @@ def _json_default(o: Any) -> Any:
 
 # --- figures ----------------------------------------------------------------------------
 
+
 def worst_rows(summary: dict[str, Any], rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     """For the ``n`` worst groups (largest epipolar error, else fewest matched pixels), their worst row."""
+
     def group_badness(g: dict[str, Any]) -> tuple:
         e = g["epi_symmetric_median"]
         return (e is not None, e if e is not None else -g["matched_pixels_mean"])
@@ -255,11 +276,17 @@ def worst_rows(summary: dict[str, Any], rows: list[dict[str, Any]], n: int) -> l
     for g in worst:
         cand = [r for r in rows if f"{r['dataset']}/{r['group_id']}" == g["key"]]
         with_err = [r for r in cand if r["epi_symmetric_median"] is not None and r["camera_flagged"] is not None]
-        picked.append(max(with_err, key=lambda r: r["epi_symmetric_median"]) if with_err else min(cand, key=lambda r: r["inliers"]))
+        picked.append(
+            max(with_err, key=lambda r: r["epi_symmetric_median"])
+            if with_err
+            else min(cand, key=lambda r: r["inliers"])
+        )
     return picked
 
 
-def draw_worst(run: RunResult, summary: dict[str, Any], rows: list[dict[str, Any]], cfg: EvalConfig, n: int) -> list[dict[str, Any]]:
+def draw_worst(
+    run: RunResult, summary: dict[str, Any], rows: list[dict[str, Any]], cfg: EvalConfig, n: int
+) -> list[dict[str, Any]]:
     by_key = {g.key: g for g in run.groups}
     figs = []
     for r in worst_rows(summary, rows, n):
@@ -283,7 +310,16 @@ def _err_color(d: float) -> tuple[int, int, int]:
     return (240, 40, 40)
 
 
-def draw_pair(g: GroupRef, view_a: str, view_b: str, frame_index: int, cfg: EvalConfig, max_lines: int = 40, max_epilines: int = 10, min_width: int = 480) -> np.ndarray:
+def draw_pair(
+    g: GroupRef,
+    view_a: str,
+    view_b: str,
+    frame_index: int,
+    cfg: EvalConfig,
+    max_lines: int = 40,
+    max_epilines: int = 10,
+    min_width: int = 480,
+) -> np.ndarray:
     """Side-by-side RGB image: inlier matches coloured by stated-camera error, epipolar lines in view b."""
     views = {v.view_id: v for v in g.views}
     imgs, cams = [], []
@@ -300,10 +336,17 @@ def draw_pair(g: GroupRef, view_a: str, view_b: str, frame_index: int, cfg: Eval
             F = epipolar.fundamental_from_cameras(cams[0], cams[1])
         except ValueError:
             F = None
-    err = epipolar.symmetric_epipolar_distance(F, epipolar.to_continuous(pa), epipolar.to_continuous(pb)) if F is not None and len(pa) else np.zeros(len(pa))
+    err = (
+        epipolar.symmetric_epipolar_distance(F, epipolar.to_continuous(pa), epipolar.to_continuous(pb))
+        if F is not None and len(pa)
+        else np.zeros(len(pa))
+    )
     # Small frames are enlarged and dimmed so the lines stay readable; geometry is scaled to match.
     scale = max(1.0, min_width / max(imgs[0].shape[1], imgs[1].shape[1]))
-    shown = [_dim(cv2.resize(im, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR) if scale > 1 else im) for im in imgs]
+    shown = [
+        _dim(cv2.resize(im, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR) if scale > 1 else im)
+        for im in imgs
+    ]
     (ha, wa), (hb, wb) = shown[0].shape[:2], shown[1].shape[:2]
     canvas = np.zeros((max(ha, hb), wa + wb + GAP, 3), np.uint8)
     canvas[:ha, :wa], canvas[:hb, wa + GAP :] = shown[0], shown[1]
@@ -333,7 +376,9 @@ def _pt(p: np.ndarray, scale: float, x_off: int) -> tuple[int, int]:
     return (int(round((p[0] + 0.5) * scale - 0.5)) + x_off, int(round((p[1] + 0.5) * scale - 0.5)))
 
 
-def _draw_epilines(canvas: np.ndarray, F: np.ndarray, pa: np.ndarray, err: np.ndarray, x_off: int, wb: int, scale: float, n: int) -> None:
+def _draw_epilines(
+    canvas: np.ndarray, F: np.ndarray, pa: np.ndarray, err: np.ndarray, x_off: int, wb: int, scale: float, n: int
+) -> None:
     """The stated cameras' epipolar lines in view b for a few points of view a."""
     idx = np.linspace(0, len(pa) - 1, min(n, len(pa))).astype(int)
     lines = epipolar.epipolar_lines(F, epipolar.to_continuous(pa[idx]))
@@ -349,6 +394,7 @@ def _draw_epilines(canvas: np.ndarray, F: np.ndarray, pa: np.ndarray, err: np.nd
 
 
 # --- html ------------------------------------------------------------------------------------
+
 
 def _fmt(v: Any, nd: int = 2) -> str:
     if v is None:
@@ -373,18 +419,43 @@ def render_html(summary: dict[str, Any], figures: list[dict[str, Any]]) -> str:
         f"pairs with fewer than {cfg['min_inliers']} inliers give no verdict).</p>",
         "<h2>Overall</h2><table>",
     ]
-    for k in ("groups", "groups_evaluated", "groups_failed", "groups_skipped", "rows", "matched_pixels_mean", "matched_pixels_median",
-              "epi_symmetric_median", "epi_sampson_median", "within_1px", "within_2px", "groups_flagged"):
+    for k in (
+        "groups",
+        "groups_evaluated",
+        "groups_failed",
+        "groups_skipped",
+        "rows",
+        "matched_pixels_mean",
+        "matched_pixels_median",
+        "epi_symmetric_median",
+        "epi_sampson_median",
+        "within_1px",
+        "within_2px",
+        "groups_flagged",
+    ):
         parts.append(f"<tr><th>{k}</th><td>{_fmt(o.get(k))}</td></tr>")
     for k in ("clip_t", "clip_f"):
         v = s[k]
-        parts.append(f"<tr><th>{k}</th><td>{_fmt(v['value']) if v['value'] is not None else 'skipped: ' + html.escape(str(v['skipped']))}</td></tr>")
+        parts.append(
+            f"<tr><th>{k}</th><td>{_fmt(v['value']) if v['value'] is not None else 'skipped: ' + html.escape(str(v['skipped']))}</td></tr>"
+        )
     fv = s["fvd"]
-    parts.append(f"<tr><th>fvd</th><td>{_fmt(fv.get('fvd')) if fv.get('fvd') is not None else 'skipped: ' + html.escape(str(fv.get('skipped')))}</td></tr>")
+    parts.append(
+        f"<tr><th>fvd</th><td>{_fmt(fv.get('fvd')) if fv.get('fvd') is not None else 'skipped: ' + html.escape(str(fv.get('skipped')))}</td></tr>"
+    )
     parts.append("</table>")
-    parts.append("<h2>Groups (worst first)</h2><table><tr><th>group</th><th>views</th><th>matched px (mean)</th><th>epi median px</th>"
-                 "<th>≤1 px</th><th>≤2 px</th><th>flagged views</th><th>worst view (its best partner, px)</th><th>CLIP-T</th></tr>")
-    groups = sorted(summary["groups"], key=lambda g: (g["epi_symmetric_median"] is not None, g["epi_symmetric_median"] or -(g["matched_pixels_mean"] or 0)), reverse=True)
+    parts.append(
+        "<h2>Groups (worst first)</h2><table><tr><th>group</th><th>views</th><th>matched px (mean)</th><th>epi median px</th>"
+        "<th>≤1 px</th><th>≤2 px</th><th>flagged views</th><th>worst view (its best partner, px)</th><th>CLIP-T</th></tr>"
+    )
+    groups = sorted(
+        summary["groups"],
+        key=lambda g: (
+            g["epi_symmetric_median"] is not None,
+            g["epi_symmetric_median"] or -(g["matched_pixels_mean"] or 0),
+        ),
+        reverse=True,
+    )
     for g in groups:
         cls = " class='bad'" if g["flagged"] else ""
         parts.append(
@@ -396,12 +467,25 @@ def render_html(summary: dict[str, Any], figures: list[dict[str, Any]]) -> str:
         )
     parts.append("</table>")
     if summary["skipped_groups"]:
-        parts.append("<h2>Skipped groups</h2><ul>" + "".join(f"<li><code>{html.escape(k)}</code>: {html.escape(v)}</li>" for k, v in summary["skipped_groups"].items()) + "</ul>")
+        parts.append(
+            "<h2>Skipped groups</h2><ul>"
+            + "".join(
+                f"<li><code>{html.escape(k)}</code>: {html.escape(v)}</li>"
+                for k, v in summary["skipped_groups"].items()
+            )
+            + "</ul>"
+        )
     if summary["errors"]:
-        parts.append("<h2>Errors</h2><ul>" + "".join(f"<li><code>{html.escape(k)}</code>: {html.escape(v)}</li>" for k, v in summary["errors"].items()) + "</ul>")
-    parts.append("<h2>Worst groups, drawn</h2><p>Lines join RANSAC inlier matches; colour = symmetric epipolar distance under the stated cameras "
-                 "(green ≤ 1 px, yellow ≤ 2 px, red &gt; 2 px; blue when cameras are unknown). Long lines across view b are the stated cameras' "
-                 "epipolar lines of some view-a points: with correct cameras they pass through the matching points.</p>")
+        parts.append(
+            "<h2>Errors</h2><ul>"
+            + "".join(f"<li><code>{html.escape(k)}</code>: {html.escape(v)}</li>" for k, v in summary["errors"].items())
+            + "</ul>"
+        )
+    parts.append(
+        "<h2>Worst groups, drawn</h2><p>Lines join RANSAC inlier matches; colour = symmetric epipolar distance under the stated cameras "
+        "(green ≤ 1 px, yellow ≤ 2 px, red &gt; 2 px; blue when cameras are unknown). Long lines across view b are the stated cameras' "
+        "epipolar lines of some view-a points: with correct cameras they pass through the matching points.</p>"
+    )
     for f in figures:
         r = f["row"]
         parts.append(

@@ -76,6 +76,7 @@ class GroupResult:
 
 # --- one group --------------------------------------------------------------------
 
+
 def view_pairs(view_ids: list[str], max_pairs: int, seed: int, key: str) -> list[tuple[str, str]]:
     pairs = list(itertools.combinations(view_ids, 2))
     if max_pairs and len(pairs) > max_pairs:
@@ -94,7 +95,13 @@ def _fit_frames(frames: np.ndarray, camera: Camera | None, max_side: int) -> tup
         # without updating them is scaled back here rather than blamed on F; a
         # crop cannot be undone this way, so a changed aspect ratio is reported.
         if abs(camera.width / camera.height - w / h) > 0.01 * (w / h):
-            log.warning("camera states %dx%d but the frames are %dx%d (aspect ratio differs): intrinsics scaled anyway", camera.width, camera.height, w, h)
+            log.warning(
+                "camera states %dx%d but the frames are %dx%d (aspect ratio differs): intrinsics scaled anyway",
+                camera.width,
+                camera.height,
+                w,
+                h,
+            )
         camera = camera.resized(w, h)
         rescaled = True
     if max_side and max(h, w) > max_side:
@@ -146,7 +153,9 @@ def pair_metrics(m: MatchResult, cam_a: Camera | None, cam_b: Camera | None, cfg
     return out
 
 
-def _load_group(group: GroupRef, indices: list[int], cfg: EvalConfig) -> tuple[dict[str, np.ndarray], dict[str, Camera | None], bool]:
+def _load_group(
+    group: GroupRef, indices: list[int], cfg: EvalConfig
+) -> tuple[dict[str, np.ndarray], dict[str, Camera | None], bool]:
     frames, cams, rescaled_any = {}, {}, False
     for v in group.views:
         f, cam, rescaled = _fit_frames(load_view_frames(group, v, indices), v.camera, cfg.max_side)
@@ -214,7 +223,9 @@ def _num_keypoints(features: Any) -> int | None:
     return None if pts is None else int(len(pts))
 
 
-def _add_clip(res: GroupResult, group: GroupRef, frames: dict[str, np.ndarray], pairs: list[tuple[str, str]], cfg: EvalConfig) -> None:
+def _add_clip(
+    res: GroupResult, group: GroupRef, frames: dict[str, np.ndarray], pairs: list[tuple[str, str]], cfg: EvalConfig
+) -> None:
     from syncam_data.evaluate.clip_scores import clip_group_scores
 
     sc = clip_group_scores(frames, group.text, pairs, cfg.clip, cfg.device)
@@ -244,6 +255,7 @@ def evaluate_group_task(group: GroupRef, cfg: EvalConfig) -> GroupResult:
 
 
 # --- the whole run ------------------------------------------------------------------
+
 
 @dataclass
 class RunResult:
@@ -287,7 +299,9 @@ def _map_groups(groups, cfg, engine, workers, ray_address, desc) -> tuple[dict[s
     return results, errors
 
 
-def _fvd(results: dict[str, GroupResult], cfg: EvalConfig, reference: Path | None, engine, workers, ray_address) -> dict[str, Any]:
+def _fvd(
+    results: dict[str, GroupResult], cfg: EvalConfig, reference: Path | None, engine, workers, ray_address
+) -> dict[str, Any]:
     if not cfg.i3d:
         return {"fvd": None, "skipped": "no --i3d checkpoint given"}
     if reference is None:

@@ -31,7 +31,9 @@ def blob_texture(rng: np.random.Generator, size: int = 512, cells: int = 48) -> 
     """Random colour blobs at two scales (upsampled noise): corner- and blob-rich for SIFT."""
     coarse = rng.uniform(0, 255, (cells, cells, 3)).astype(np.float32)
     fine = rng.uniform(0, 255, (cells * 2, cells * 2, 3)).astype(np.float32)
-    t = 0.7 * cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC) + 0.3 * cv2.resize(fine, (size, size), interpolation=cv2.INTER_CUBIC)
+    t = 0.7 * cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC) + 0.3 * cv2.resize(
+        fine, (size, size), interpolation=cv2.INTER_CUBIC
+    )
     return np.clip(t, 0, 255).astype(np.uint8)
 
 
@@ -53,11 +55,36 @@ def textured_scene(seed: int = 0, half: float = 4.0, wall_h: float = 3.0) -> lis
     """Floor, three walls and two boxes of different heights; every surface textured differently."""
     rng = np.random.default_rng(seed)
     rects = [
-        Rect(np.array([-half, -half, 0.0]), np.array([2 * half, 0, 0]), np.array([0, 2 * half, 0.0]), blob_texture(rng, 1024, 40)),
-        Rect(np.array([-half, half, 0.0]), np.array([2 * half, 0, 0]), np.array([0, 0, wall_h]), blob_texture(rng, 1024, 40)),
-        Rect(np.array([-half, -half, 0.0]), np.array([0, 2 * half, 0]), np.array([0, 0, wall_h]), blob_texture(rng, 1024, 40)),
-        Rect(np.array([half, -half, 0.0]), np.array([0, 2 * half, 0]), np.array([0, 0, wall_h]), blob_texture(rng, 1024, 40)),
-        Rect(np.array([-half, -half, 0.0]), np.array([2 * half, 0, 0]), np.array([0, 0, wall_h]), blob_texture(rng, 1024, 40)),
+        Rect(
+            np.array([-half, -half, 0.0]),
+            np.array([2 * half, 0, 0]),
+            np.array([0, 2 * half, 0.0]),
+            blob_texture(rng, 1024, 40),
+        ),
+        Rect(
+            np.array([-half, half, 0.0]),
+            np.array([2 * half, 0, 0]),
+            np.array([0, 0, wall_h]),
+            blob_texture(rng, 1024, 40),
+        ),
+        Rect(
+            np.array([-half, -half, 0.0]),
+            np.array([0, 2 * half, 0]),
+            np.array([0, 0, wall_h]),
+            blob_texture(rng, 1024, 40),
+        ),
+        Rect(
+            np.array([half, -half, 0.0]),
+            np.array([0, 2 * half, 0]),
+            np.array([0, 0, wall_h]),
+            blob_texture(rng, 1024, 40),
+        ),
+        Rect(
+            np.array([-half, -half, 0.0]),
+            np.array([2 * half, 0, 0]),
+            np.array([0, 0, wall_h]),
+            blob_texture(rng, 1024, 40),
+        ),
     ]
     rects += _box(rng, (-0.6, -0.5, 0.0), (0.4, 0.5, 1.2))
     rects += _box(rng, (0.8, 0.6, 0.0), (1.5, 1.3, 0.6))
@@ -118,12 +145,18 @@ def ring_cameras(
     cams = []
     for i in range(n):
         a = math.radians(start_deg + i * step_deg)
-        eye = (target[0] + radius * math.sin(a), target[1] - radius * math.cos(a), height_m + height_jitter * math.sin(2.3 * i))
+        eye = (
+            target[0] + radius * math.sin(a),
+            target[1] - radius * math.cos(a),
+            height_m + height_jitter * math.sin(2.3 * i),
+        )
         cams.append(Camera(width, height, fx, fy, cx, cy, look_at(eye, target)))
     return cams
 
 
-def render_views(n: int, width: int, height: int, seed: int = 0, **ring: float) -> tuple[list[Camera], list[np.ndarray]]:
+def render_views(
+    n: int, width: int, height: int, seed: int = 0, **ring: float
+) -> tuple[list[Camera], list[np.ndarray]]:
     """``n`` cameras on an arc (see :func:`ring_cameras`) and their renders of ``textured_scene(seed)``."""
     scene = textured_scene(seed)
     cams = ring_cameras(n, width, height, **ring)

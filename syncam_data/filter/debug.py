@@ -14,14 +14,15 @@ thresholds before a ``--rescore``.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
 
-from syncam_data.ids import sanitize_id
 from syncam_data import fsio
+from syncam_data.ids import sanitize_id
 
 HISTOGRAM_FILE = "score_histogram.png"
 
@@ -54,7 +55,11 @@ def render_debug(
     img = cv2.resize(img.clip(0, 255).astype(np.uint8), None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
     # 0 -> blue (moves with the camera), >= 2x threshold -> red.
     level = np.nan_to_num(np.asarray(track_speed, np.float64) / max(2 * threshold, 1e-9), nan=0.0).clip(0, 1)
-    colors = cv2.applyColorMap((level * 255).astype(np.uint8).reshape(-1, 1), cv2.COLORMAP_JET).reshape(-1, 3) if len(level) else []
+    colors = (
+        cv2.applyColorMap((level * 255).astype(np.uint8).reshape(-1, 1), cv2.COLORMAP_JET).reshape(-1, 3)
+        if len(level)
+        else []
+    )
     for i in range(tracks.shape[1]):
         pts = (tracks[visible[:, i], i] * scale).round().astype(np.int32)
         if len(pts) == 0:
@@ -110,7 +115,9 @@ def write_score_histogram(rows: list[dict[str, Any]], settings: Any, path: Path)
         ax.set_ylabel("videos")
         ax.legend(fontsize=8)
     unscored = sum(1 for r in scored if r.get("camera_motion") is None and r.get("subject_motion") is None)
-    fig.suptitle(f"filter-videos scores: {len(scored)} videos ({unscored} without scores: errors or rejected before tracking)")
+    fig.suptitle(
+        f"filter-videos scores: {len(scored)} videos ({unscored} without scores: errors or rejected before tracking)"
+    )
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)

@@ -9,10 +9,10 @@ second does not depend on either.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -46,9 +46,6 @@ class Clip:
     info: VideoInfo  # the original stream
 
 
-
-
-
 def downsampled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     """(w, h) with the short side at most ``short_side`` (never upscales), aspect kept."""
     scale = min(1.0, short_side / min(width, height))
@@ -77,7 +74,9 @@ def decode_clip(
     if info is None:
         info = probe(path)
     if min(info.width, info.height) < min_short_side:
-        raise RejectedInput("too_small", f"{path}: {info.width}x{info.height} is below the minimum short side {min_short_side}", info)
+        raise RejectedInput(
+            "too_small", f"{path}: {info.width}x{info.height} is below the minimum short side {min_short_side}", info
+        )
     if info.duration_s and info.duration_s < min_duration_s:
         raise RejectedInput("too_short", f"{path}: {info.duration_s:.2f}s is shorter than {min_duration_s}s", info)
     stride = sample_stride(info.fps, sample_fps)
@@ -95,7 +94,9 @@ def decode_clip(
     # The margin tolerates containers whose frame count is only estimated from the duration.
     expected = -(-min(info.num_frames, last) // stride) if info.num_frames > 0 else 0
     if expected and len(frames) < TRUNCATION_RATIO * expected - 1:
-        raise TruncatedVideo(f"{path}: truncated or corrupt: decoded {len(frames)} of {expected} expected sampled frames")
+        raise TruncatedVideo(
+            f"{path}: truncated or corrupt: decoded {len(frames)} of {expected} expected sampled frames"
+        )
     if len(frames) < 2:
         if not frames:
             raise VideoError(f"{path}: no decodable frames")

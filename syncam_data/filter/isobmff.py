@@ -28,14 +28,33 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 # Box types that may appear at the top level of an MP4/MOV file (14496-12, QuickTime): a file whose
 # first box is none of these is not ISO BMFF, and a "box" of another type after a valid one is junk.
 TOP_LEVEL = {
-    b"ftyp", b"styp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pdin", b"meta", b"moof", b"mfra",
-    b"sidx", b"ssix", b"prft", b"uuid", b"pnot", b"emsg", b"meco", b"jP  ", b"junk",
+    b"ftyp",
+    b"styp",
+    b"moov",
+    b"mdat",
+    b"free",
+    b"skip",
+    b"wide",
+    b"pdin",
+    b"meta",
+    b"moof",
+    b"mfra",
+    b"sidx",
+    b"ssix",
+    b"prft",
+    b"uuid",
+    b"pnot",
+    b"emsg",
+    b"meco",
+    b"jP  ",
+    b"junk",
 }
 # Containers on the way from moov to the chunk offset tables.
 _PATH_TO_CHUNKS = (b"trak", b"mdia", b"minf", b"stbl")
@@ -137,8 +156,10 @@ def truncation(path: str | os.PathLike) -> str | None:
             if size < head:
                 return None  # a corrupt header, not a cut: the decoder reports it
             if offset + size > end:
-                return (f"the file ends inside the '{_name(kind)}' box: it declares {size} bytes from byte {offset}, "
-                        f"but the file has {end - offset} bytes from there ({end} in all)")
+                return (
+                    f"the file ends inside the '{_name(kind)}' box: it declares {size} bytes from byte {offset}, "
+                    f"but the file has {end - offset} bytes from there ({end} in all)"
+                )
             seen.add(kind)
             if kind == b"moov":
                 moov = (offset + head, offset + size)

@@ -14,15 +14,16 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import asdict
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from syncam_data.filter.decode import Clip
-from syncam_data.filter.stages import VideoItem, analyze_stage, base_row, decode_stage, error_row, time_limit
 from syncam_data.filter.settings import FilterConfig
+from syncam_data.filter.stages import VideoItem, analyze_stage, base_row, decode_stage, error_row, time_limit
 from syncam_data.video import VideoInfo
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,9 @@ class _Analyzer:
         s = self.settings
         try:
             frames, fps = _unpack(clip_bytes)
-            info = VideoInfo(row["num_frames"], row["fps"], row["width"], row["height"], row["codec"], row["duration_s"])
+            info = VideoInfo(
+                row["num_frames"], row["fps"], row["width"], row["height"], row["codec"], row["duration_s"]
+            )
             with time_limit(s.timeout_s, row["path"]) as check:
                 row = analyze_stage(row, Clip(frames, fps, 1, info), cut, s, check, self.debug_dir)
         except Exception as e:  # per-video failure
@@ -97,7 +100,9 @@ def ray_rows(
     ray = ray_init(address)
     settings_json = s.to_json()
     gpus = 1 if s.device.startswith("cuda") else 0
-    ds = ray.data.from_items([{"item": json.dumps(asdict(it))} for it in todo], override_num_blocks=min(len(todo), MAX_BLOCKS))
+    ds = ray.data.from_items(
+        [{"item": json.dumps(asdict(it))} for it in todo], override_num_blocks=min(len(todo), MAX_BLOCKS)
+    )
     ds = ds.map(_decode_task, fn_kwargs={"settings_json": settings_json}, num_cpus=1)
     ds = ds.map_batches(
         _Analyzer,
@@ -108,7 +113,9 @@ def ray_rows(
         num_gpus=gpus,
         num_cpus=0 if gpus else 1,
     )
-    with tqdm(total=len(todo), desc="filter-videos (ray)", unit="video", disable=not progress, dynamic_ncols=True) as bar:
+    with tqdm(
+        total=len(todo), desc="filter-videos (ray)", unit="video", disable=not progress, dynamic_ncols=True
+    ) as bar:
         for rec in ds.iter_rows():
             bar.update(1)
             yield json.loads(rec["row"])

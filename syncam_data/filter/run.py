@@ -24,11 +24,12 @@ import os
 import stat
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -103,8 +104,10 @@ class _Prefetch:
     def get(self) -> tuple[dict[str, Any], Clip | None, float, float, float]:
         self.thread.join(self.settings.timeout_s + 5.0)
         if self.result is None:  # still inside one call of the decoder after the time limit
-            row = error_row(base_row(self.item, self.settings),
-                            VideoTimeout(f"{self.item.path}: exceeded the per-video time limit of {self.settings.timeout_s:g}s"))
+            row = error_row(
+                base_row(self.item, self.settings),
+                VideoTimeout(f"{self.item.path}: exceeded the per-video time limit of {self.settings.timeout_s:g}s"),
+            )
             return row, None, 0.0, time.monotonic(), self.settings.timeout_s
         return self.result
 
@@ -125,13 +128,20 @@ def one_opencv_thread() -> Iterator[None]:
         cv2.setNumThreads(before)
 
 
-def _pipelined_rows(todo: list[VideoItem], s: FilterConfig, debug_dir: str | None, progress: bool) -> Iterator[dict[str, Any]]:
+def _pipelined_rows(
+    todo: list[VideoItem], s: FilterConfig, debug_dir: str | None, progress: bool
+) -> Iterator[dict[str, Any]]:
     """One worker: decode video i+1 in a thread while video i is analysed here (decode and tracking overlap)."""
     from tqdm import tqdm
 
     debug = Path(debug_dir) if debug_dir else None
     nxt = _Prefetch(todo[0], s) if todo else None
-    with one_opencv_thread(), tqdm(total=len(todo), desc="filter-videos", unit="video", disable=not progress or not todo, dynamic_ncols=True) as bar:
+    with (
+        one_opencv_thread(),
+        tqdm(
+            total=len(todo), desc="filter-videos", unit="video", disable=not progress or not todo, dynamic_ncols=True
+        ) as bar,
+    ):
         for i, item in enumerate(todo):
             row, clip, cut, started, decode_s = nxt.get()  # type: ignore[union-attr]
             nxt = _Prefetch(todo[i + 1], s) if i + 1 < len(todo) else None
@@ -185,8 +195,10 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[str]:
         if p.is_dir():
             found = [f for f in sorted(p.rglob("*")) if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS]
             if not found:
-                raise NoVideosError(f"{p}: no video files in this folder (searched recursively for "
-                                    f"{' '.join(sorted(VIDEO_EXTENSIONS))})")
+                raise NoVideosError(
+                    f"{p}: no video files in this folder (searched recursively for "
+                    f"{' '.join(sorted(VIDEO_EXTENSIONS))})"
+                )
             for f in found:
                 out[str(f.resolve())] = None
         elif p.suffix.lower() in LIST_EXTENSIONS and p.is_file():
@@ -195,14 +207,17 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[str]:
             except (OSError, UnicodeDecodeError) as e:
                 raise NoVideosError(f"{p}: cannot read this list of videos ({e})") from None
             if not entries:
-                raise NoVideosError(f"{p}: the list names no videos (expected one path per line, "
-                                    "or a 'path' column in a .csv)")
+                raise NoVideosError(
+                    f"{p}: the list names no videos (expected one path per line, or a 'path' column in a .csv)"
+                )
             for e in entries:
                 out[str(Path(e).resolve())] = None
         elif not p.exists() and not p.is_symlink():
             # Given on the command line, a path that does not exist is a typo, not a bad video: nothing to do.
-            raise NoVideosError(f"{p}: no such file or folder (expected a video file, a folder of videos, "
-                                f"or a {'/'.join(sorted(LIST_EXTENSIONS))} list of paths)")
+            raise NoVideosError(
+                f"{p}: no such file or folder (expected a video file, a folder of videos, "
+                f"or a {'/'.join(sorted(LIST_EXTENSIONS))} list of paths)"
+            )
         else:
             out[str(p.resolve())] = None  # an unreadable or non-video file becomes an error row, not a crash
     return list(out)
@@ -231,7 +246,9 @@ def _hash_all(paths: list[str], progress: bool) -> dict[str, str | OSError]:
 
     out: dict[str, str | OSError] = {}
     with ThreadPoolExecutor(max_workers=min(8, max(1, len(paths)))) as pool:
-        bar = tqdm(total=len(paths), desc="hashing", unit="file", disable=not progress or len(paths) < 100, dynamic_ncols=True)
+        bar = tqdm(
+            total=len(paths), desc="hashing", unit="file", disable=not progress or len(paths) < 100, dynamic_ncols=True
+        )
         for path, digest in zip(paths, pool.map(one, paths)):
             out[path] = digest
             bar.update(1)
@@ -240,8 +257,13 @@ def _hash_all(paths: list[str], progress: bool) -> dict[str, str | OSError]:
 
 
 def _file_kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
         if test(mode):
             return name
     return "not a file"
@@ -250,12 +272,24 @@ def _file_kind(mode: int) -> str:
 def duplicate_row(source: dict[str, Any], item: VideoItem) -> dict[str, Any]:
     """The row of ``item``, a copy of the content that ``source`` scored (nothing is recomputed)."""
     first = source.get("duplicate_of") or source["path"]
-    return dict(source, path=item.path, file_size=item.file_size, mtime_ns=item.mtime_ns, seconds=0.0,
-                duplicate_of=None if first == item.path else first, finished_at=utc_now("microseconds"))
+    return dict(
+        source,
+        path=item.path,
+        file_size=item.file_size,
+        mtime_ns=item.mtime_ns,
+        seconds=0.0,
+        duplicate_of=None if first == item.path else first,
+        finished_at=utc_now("microseconds"),
+    )
 
 
 def plan_work(
-    paths: list[str], done: dict[str, dict[str, Any]], s: FilterConfig, force: bool, retry_errors: bool, progress: bool = False
+    paths: list[str],
+    done: dict[str, dict[str, Any]],
+    s: FilterConfig,
+    force: bool,
+    retry_errors: bool,
+    progress: bool = False,
 ) -> Plan:
     """Skip what is done (same path, size and mtime) and process each content hash once.
 
@@ -284,7 +318,12 @@ def plan_work(
             continue
         prev = done.get(path)
         redo = force or (prev is not None and prev["status"] == "error" and retry_errors)
-        if prev is not None and not redo and prev.get("file_size") == st.st_size and prev.get("mtime_ns") == st.st_mtime_ns:
+        if (
+            prev is not None
+            and not redo
+            and prev.get("file_size") == st.st_size
+            and prev.get("mtime_ns") == st.st_mtime_ns
+        ):
             skipped += 1  # unchanged since it was scored: no need to read it again
             continue
         to_hash.append((path, st))
@@ -328,20 +367,26 @@ def _warn_if_settings_changed(done: dict[str, dict[str, Any]], s: FilterConfig) 
             except (ValueError, TypeError):
                 return
             if old.compute_key() != s.compute_key():
-                log.warning("existing rows in this output were computed with other decoding/tracking settings; "
-                            "they are kept as they are (use --force to recompute, --rescore to change thresholds)")
+                log.warning(
+                    "existing rows in this output were computed with other decoding/tracking settings; "
+                    "they are kept as they are (use --force to recompute, --rescore to change thresholds)"
+                )
             return
 
 
 # ---------------------------------------------------------------- run
 
 
-def _local_rows(todo: list[VideoItem], s: FilterConfig, workers: int, debug_dir: str | None, progress: bool) -> Iterator[dict[str, Any]]:
+def _local_rows(
+    todo: list[VideoItem], s: FilterConfig, workers: int, debug_dir: str | None, progress: bool
+) -> Iterator[dict[str, Any]]:
     if workers <= 1:
         yield from _pipelined_rows(todo, s, debug_dir, progress)
         return
     fn = partial(filter_video, settings=s, debug_dir=debug_dir)
-    for res in run_tasks(fn, todo, engine="local", workers=workers, desc="filter-videos", unit="video", progress=progress):
+    for res in run_tasks(
+        fn, todo, engine="local", workers=workers, desc="filter-videos", unit="video", progress=progress
+    ):
         if res.ok:
             yield res.value
         else:  # the worker process died (e.g. out of memory): still one row for the video
@@ -372,8 +417,15 @@ def run_filter(
     plan = plan_work(paths, done, settings, force, retry_errors, progress)
     if plan.todo:
         check_model_files(settings)
-    log.info("%d inputs: %d to process, %d already done, %d reused by content hash or failed early, %d copies of "
-             "content processed in this run", len(paths), len(plan.todo), plan.skipped, len(plan.ready), len(plan.waiting))
+    log.info(
+        "%d inputs: %d to process, %d already done, %d reused by content hash or failed early, %d copies of "
+        "content processed in this run",
+        len(paths),
+        len(plan.todo),
+        plan.skipped,
+        len(plan.ready),
+        len(plan.waiting),
+    )
     for row in plan.ready:
         store.append(row)
     waiting: dict[str, list[VideoItem]] = {}
@@ -442,14 +494,30 @@ def rescore(out: str | Path, debug: bool = False, **changes: Any) -> RunSummary:
                 stale += 1
             continue
         support = r.get("camera_support_per_pair")
-        d = decide(s, r["width"], r["height"], r["duration_s"], r["scene_cut_score"],
-                   np.asarray(r["camera_motion_per_pair"], np.float32), None if support is None else np.asarray(support, np.int64),
-                   np.asarray(r["track_speed"], np.float32), np.asarray(r["track_candidate"], bool))
-        r.update(status=d.status, reason=d.reason, subject_motion=d.subject_motion, camera_motion=d.camera_motion,
-                 measured_fraction=d.measured_fraction)
+        d = decide(
+            s,
+            r["width"],
+            r["height"],
+            r["duration_s"],
+            r["scene_cut_score"],
+            np.asarray(r["camera_motion_per_pair"], np.float32),
+            None if support is None else np.asarray(support, np.int64),
+            np.asarray(r["track_speed"], np.float32),
+            np.asarray(r["track_candidate"], bool),
+        )
+        r.update(
+            status=d.status,
+            reason=d.reason,
+            subject_motion=d.subject_motion,
+            camera_motion=d.camera_motion,
+            measured_fraction=d.measured_fraction,
+        )
     if stale:
-        log.warning("%d video(s) were rejected before tracking and now pass the size/duration checks: "
-                    "rerun filter-videos with --force on them to measure their motion", stale)
+        log.warning(
+            "%d video(s) were rejected before tracking and now pass the size/duration checks: "
+            "rerun filter-videos with --force on them to measure their motion",
+            stale,
+        )
     table = store.write_all(rows)
     if debug:
         _write_histogram(store, table.to_pylist(), last or FilterConfig().with_decisions(**changes))
@@ -460,4 +528,6 @@ def summary_text(s: RunSummary) -> str:
     counts = ", ".join(f"{k} {v}" for k, v in sorted(s.counts.items()))
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(s.reasons.items()))
     dup = f", {s.duplicates} duplicate(s) of other inputs" if s.duplicates else ""
-    return f"{s.total} inputs ({s.processed} processed now{dup}): {counts}" + (f"; reasons: {reasons}" if reasons else "")
+    return f"{s.total} inputs ({s.processed} processed now{dup}): {counts}" + (
+        f"; reasons: {reasons}" if reasons else ""
+    )

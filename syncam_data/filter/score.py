@@ -138,7 +138,9 @@ def score_tracks(
     return MotionScores(camera, support, speed, subjects, inliers / tested if tested else 0.0)
 
 
-def measured_pairs(camera_per_pair: np.ndarray, support_per_pair: np.ndarray | None, min_support_points: int) -> np.ndarray:
+def measured_pairs(
+    camera_per_pair: np.ndarray, support_per_pair: np.ndarray | None, min_support_points: int
+) -> np.ndarray:
     """Bool per pair: a homography was fitted and enough background points support it.
 
     ``support_per_pair`` is None for rows written before supports were stored: every fitted pair counts.
@@ -184,7 +186,11 @@ def camera_motion(
 
 
 def subject_motion(
-    track_speed: np.ndarray, track_candidate: np.ndarray, percentile: float, foreground_min_speed: float, min_foreground_tracks: int
+    track_speed: np.ndarray,
+    track_candidate: np.ndarray,
+    percentile: float,
+    foreground_min_speed: float,
+    min_foreground_tracks: int,
 ) -> float | None:
     speed = np.asarray(track_speed, np.float64)
     cand = np.asarray(track_candidate, bool) & np.isfinite(speed)
@@ -219,7 +225,9 @@ def decide(
 ) -> Decision:
     """Keep/reject from raw measurements; the checks run cheapest and most certain first."""
     cam, fraction = camera_motion(camera_per_pair, camera_support, s.min_support_points, s.camera_trim)
-    subj = subject_motion(track_speed, track_candidate, s.subject_percentile, s.foreground_min_speed, s.min_foreground_tracks)
+    subj = subject_motion(
+        track_speed, track_candidate, s.subject_percentile, s.foreground_min_speed, s.min_foreground_tracks
+    )
 
     def reject(reason: str) -> Decision:
         return Decision("rejected", reason, cam, subj, fraction)

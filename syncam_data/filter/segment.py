@@ -58,7 +58,9 @@ class SamSegmenter:
         try:
             from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
         except ImportError as e:  # the optional dependency group
-            raise RuntimeError("--segmenter sam needs segment-anything: pip install -e '.[filter]' in the SynCam checkout") from e
+            raise RuntimeError(
+                "--segmenter sam needs segment-anything: pip install -e '.[filter]' in the SynCam checkout"
+            ) from e
         if self.model_type not in sam_model_registry:
             raise ValueError(f"unknown SAM model {self.model_type!r}; choose one of {sorted(sam_model_registry)}")
         try:
@@ -66,7 +68,9 @@ class SamSegmenter:
         except FileNotFoundError:
             raise FileNotFoundError(f"SAM checkpoint not found: {self.checkpoint}") from None
         except RuntimeError as e:  # wrong model type for the checkpoint: state_dict key/shape mismatch
-            raise RuntimeError(f"{self.checkpoint}: not a SAM {self.model_type} checkpoint ({str(e).splitlines()[0]})") from None
+            raise RuntimeError(
+                f"{self.checkpoint}: not a SAM {self.model_type} checkpoint ({str(e).splitlines()[0]})"
+            ) from None
         sam.to(self.device).eval()
         self._generator = SamAutomaticMaskGenerator(
             sam,
@@ -81,7 +85,11 @@ class SamSegmenter:
         with torch.inference_mode():
             records = self._generator.generate(np.ascontiguousarray(frame))
         min_area = self.min_mask_fraction * frame.shape[0] * frame.shape[1]
-        masks = [np.asarray(r["segmentation"], bool) for r in sorted(records, key=lambda r: -r["area"]) if r["area"] >= min_area]
+        masks = [
+            np.asarray(r["segmentation"], bool)
+            for r in sorted(records, key=lambda r: -r["area"])
+            if r["area"] >= min_area
+        ]
         return masks
 
 
@@ -107,7 +115,9 @@ def _points_in_mask(mask: np.ndarray, k: int) -> np.ndarray:
     return np.stack([xs[pick] + 0.5, ys[pick] + 0.5], 1).astype(np.float32)
 
 
-def query_points(masks: list[np.ndarray], h: int, w: int, grid_size: int, points_per_mask: int) -> tuple[np.ndarray, np.ndarray]:
+def query_points(
+    masks: list[np.ndarray], h: int, w: int, grid_size: int, points_per_mask: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Points to track and their labels: 0 = background/unknown, k >= 1 = inside subject mask k.
 
     Without masks: the uniform grid, all labelled 0. With masks: grid points

@@ -17,10 +17,11 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -97,9 +98,23 @@ def get_models(s: FilterConfig) -> tuple[Segmenter, Tracker]:
     from syncam_data.filter.segment import GridSegmenter, SamSegmenter
     from syncam_data.filter.track import CoTrackerTracker, LKTracker, load_cotracker
 
-    key = (s.segmenter, s.sam_model, s.sam_checkpoint, s.sam_points_per_side, s.tracker, s.cotracker_repo,
-           s.cotracker_checkpoint, s.cotracker_entry, s.cotracker_query_every, s.grid_size, s.device, s.lk_window,
-           s.lk_levels, s.fb_threshold_px, s.reseed_fraction)
+    key = (
+        s.segmenter,
+        s.sam_model,
+        s.sam_checkpoint,
+        s.sam_points_per_side,
+        s.tracker,
+        s.cotracker_repo,
+        s.cotracker_checkpoint,
+        s.cotracker_entry,
+        s.cotracker_query_every,
+        s.grid_size,
+        s.device,
+        s.lk_window,
+        s.lk_levels,
+        s.fb_threshold_px,
+        s.reseed_fraction,
+    )
     if key not in _MODELS:
         if s.segmenter == "sam":
             seg: Segmenter = SamSegmenter(s.sam_model, s.sam_checkpoint, s.device, s.sam_points_per_side)
@@ -119,19 +134,43 @@ def get_models(s: FilterConfig) -> tuple[Segmenter, Tracker]:
 
 def base_row(item: VideoItem, s: FilterConfig) -> dict[str, Any]:
     return {
-        "path": item.path, "content_hash": item.content_hash, "status": "error", "reason": "", "subject_motion": None,
-        "camera_motion": None, "duration_s": 0.0, "fps": 0.0, "width": 0, "height": 0, "num_frames": 0, "codec": "",
-        "error": None, "settings": s.to_json(), "file_size": item.file_size, "mtime_ns": item.mtime_ns,
-        "camera_motion_per_pair": None, "camera_support_per_pair": None, "measured_fraction": None, "track_speed": None,
-        "track_candidate": None, "duplicate_of": None, "finished_at": utc_now("microseconds"),
+        "path": item.path,
+        "content_hash": item.content_hash,
+        "status": "error",
+        "reason": "",
+        "subject_motion": None,
+        "camera_motion": None,
+        "duration_s": 0.0,
+        "fps": 0.0,
+        "width": 0,
+        "height": 0,
+        "num_frames": 0,
+        "codec": "",
+        "error": None,
+        "settings": s.to_json(),
+        "file_size": item.file_size,
+        "mtime_ns": item.mtime_ns,
+        "camera_motion_per_pair": None,
+        "camera_support_per_pair": None,
+        "measured_fraction": None,
+        "track_speed": None,
+        "track_candidate": None,
+        "duplicate_of": None,
+        "finished_at": utc_now("microseconds"),
     }
 
 
 def _fill_info(row: dict[str, Any], info: VideoInfo | None) -> None:
     if info is None:
         return
-    row.update(duration_s=float(info.duration_s), fps=float(info.fps), width=int(info.width), height=int(info.height),
-               num_frames=int(info.num_frames), codec=info.codec)
+    row.update(
+        duration_s=float(info.duration_s),
+        fps=float(info.fps),
+        width=int(info.width),
+        height=int(info.height),
+        num_frames=int(info.num_frames),
+        codec=info.codec,
+    )
 
 
 def _error_reason(e: BaseException, path: str) -> str:
@@ -160,8 +199,12 @@ def _error_reason(e: BaseException, path: str) -> str:
 
 
 def error_row(row: dict[str, Any], e: BaseException) -> dict[str, Any]:
-    row.update(status="error", reason=_error_reason(e, row["path"]), error=str(e)
-               if isinstance(e, (VideoError, VideoTimeout, ModelError)) else f"{type(e).__name__}: {e}", finished_at=utc_now("microseconds"))
+    row.update(
+        status="error",
+        reason=_error_reason(e, row["path"]),
+        error=str(e) if isinstance(e, (VideoError, VideoTimeout, ModelError)) else f"{type(e).__name__}: {e}",
+        finished_at=utc_now("microseconds"),
+    )
     return row
 
 
@@ -188,7 +231,9 @@ def decode_stage(
     if cut_short:
         raise TruncatedVideo(f"{item.path}: truncated: {cut_short}")
     try:
-        clip = decode_clip(item.path, s.short_side, s.sample_fps, s.max_seconds, s.min_duration_s, s.min_short_side, check, info)
+        clip = decode_clip(
+            item.path, s.short_side, s.sample_fps, s.max_seconds, s.min_duration_s, s.min_short_side, check, info
+        )
     except RejectedInput as e:
         _fill_info(row, e.info)
         row.update(status="rejected", reason=e.reason, error=None)
@@ -217,7 +262,9 @@ def analyze_stage(
     try:
         segmenter, tracker = models if models is not None else get_models(s)
     except Exception as e:  # the same for every video: say so instead of blaming the file
-        raise ModelError(f"cannot build the {s.segmenter} segmenter / {s.tracker} tracker: {type(e).__name__}: {e}") from e
+        raise ModelError(
+            f"cannot build the {s.segmenter} segmenter / {s.tracker} tracker: {type(e).__name__}: {e}"
+        ) from e
     frames = clip.frames
     if cut_score > s.scene_cut_threshold:
         # Measure motion on the first shot only: tracks cannot cross a cut.
@@ -229,21 +276,45 @@ def analyze_stage(
     if len(frames) >= 2:
         tracks = tracker.track(frames, points)
     else:  # a cut right after the first frame: nothing to track
-        tracks = Tracks(points[None].astype(np.float32), np.ones((1, len(points)), bool), np.zeros(len(points), np.int32))
+        tracks = Tracks(
+            points[None].astype(np.float32), np.ones((1, len(points)), bool), np.zeros(len(points), np.int32)
+        )
     # Points seeded after frame 0 are background/unknown (label 0): subject masks exist for frame 0 only.
     labels = np.concatenate([labels, np.zeros(tracks.xy.shape[1] - len(labels), labels.dtype)])
     check()
     ms = score_tracks(tracks.xy, tracks.visible, labels, clip.fps, w, h, s.ransac_threshold_px, s.min_support_points)
-    d = decide(s, row["width"], row["height"], row["duration_s"], cut_score, ms.camera_per_pair, ms.support_per_pair,
-               ms.track_speed, ms.track_candidate)
+    d = decide(
+        s,
+        row["width"],
+        row["height"],
+        row["duration_s"],
+        cut_score,
+        ms.camera_per_pair,
+        ms.support_per_pair,
+        ms.track_speed,
+        ms.track_candidate,
+    )
     row.update(
-        status=d.status, reason=d.reason, subject_motion=d.subject_motion, camera_motion=d.camera_motion, error=None,
-        measured_fraction=d.measured_fraction, sampled_fps=float(clip.fps), analyzed_frames=int(len(frames)),
-        analyzed_width=int(w), analyzed_height=int(h), num_masks=len(masks), num_tracks=ms.num_tracks,
-        seeded_tracks=tracks.num_seeded, inlier_fraction=float(ms.inlier_fraction), scene_cut_score=cut_score,
+        status=d.status,
+        reason=d.reason,
+        subject_motion=d.subject_motion,
+        camera_motion=d.camera_motion,
+        error=None,
+        measured_fraction=d.measured_fraction,
+        sampled_fps=float(clip.fps),
+        analyzed_frames=int(len(frames)),
+        analyzed_width=int(w),
+        analyzed_height=int(h),
+        num_masks=len(masks),
+        num_tracks=ms.num_tracks,
+        seeded_tracks=tracks.num_seeded,
+        inlier_fraction=float(ms.inlier_fraction),
+        scene_cut_score=cut_score,
         camera_motion_per_pair=[float(v) for v in ms.camera_per_pair],
-        camera_support_per_pair=[int(v) for v in ms.support_per_pair], track_speed=[float(v) for v in ms.track_speed],
-        track_candidate=[bool(v) for v in ms.track_candidate], finished_at=utc_now("microseconds"),
+        camera_support_per_pair=[int(v) for v in ms.support_per_pair],
+        track_speed=[float(v) for v in ms.track_speed],
+        track_candidate=[bool(v) for v in ms.track_candidate],
+        finished_at=utc_now("microseconds"),
     )
     if debug_dir is not None:
         from syncam_data.filter.debug import (
@@ -253,8 +324,11 @@ def analyze_stage(
         )
 
         fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
-        title = (Path(row["path"]).name, f"{d.status} {d.reason} subj={fmt(d.subject_motion)} cam={fmt(d.camera_motion)} "
-                 f"measured={d.measured_fraction:.0%}")
+        title = (
+            Path(row["path"]).name,
+            f"{d.status} {d.reason} subj={fmt(d.subject_motion)} cam={fmt(d.camera_motion)} "
+            f"measured={d.measured_fraction:.0%}",
+        )
         img = render_debug(frames[0], masks, tracks.xy, tracks.visible, ms.track_speed, s.threshold, title)
         write_debug_png(debug_dir / debug_png_name(row["path"], row["content_hash"]), img)
     return row

@@ -69,7 +69,9 @@ class SyntheticSpec:
         if self.kind not in KINDS:
             raise ValueError(f"unknown synthetic video kind {self.kind!r}; choose one of {', '.join(KINDS)}")
         if self.fade not in ("background", "picture") or not 0 <= self.fade_at <= 1:
-            raise ValueError(f"synthetic video: fade must be 'background' or 'picture' and fade_at in [0, 1], got {self.fade!r}, {self.fade_at}")
+            raise ValueError(
+                f"synthetic video: fade must be 'background' or 'picture' and fade_at in [0, 1], got {self.fade!r}, {self.fade_at}"
+            )
         if self.width < 16 or self.height < 16 or self.seconds <= 0 or self.fps <= 0:
             raise ValueError(f"synthetic video needs width/height >= 16 and positive seconds/fps, got {self}")
 

@@ -80,19 +80,27 @@ class LKTracker:
     FAST_LEVELS = 0  # pyramid levels above full resolution in the predicted first pass (see _step)
     PREDICTION_TOLERANCE_PX = 2.0
 
-    def _flow(self, a: np.ndarray, b: np.ndarray, p: np.ndarray, guess: np.ndarray | None = None,
-              levels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def _flow(
+        self, a: np.ndarray, b: np.ndarray, p: np.ndarray, guess: np.ndarray | None = None, levels: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03)
         init = None if guess is None else np.ascontiguousarray(guess, np.float32).reshape(-1, 1, 2).copy()
         q, st, _ = cv2.calcOpticalFlowPyrLK(
-            a, b, p.reshape(-1, 1, 2), init, winSize=(self.window, self.window),
-            maxLevel=self.levels if levels is None else levels, criteria=criteria, minEigThreshold=self.min_eig_threshold,
+            a,
+            b,
+            p.reshape(-1, 1, 2),
+            init,
+            winSize=(self.window, self.window),
+            maxLevel=self.levels if levels is None else levels,
+            criteria=criteria,
+            minEigThreshold=self.min_eig_threshold,
             flags=cv2.OPTFLOW_USE_INITIAL_FLOW if guess is not None else 0,
         )
         return q.reshape(-1, 2), st.reshape(-1).astype(bool)
 
-    def _checked(self, a: np.ndarray, b: np.ndarray, p0: np.ndarray, velocity: np.ndarray | None,
-                 levels: int | None) -> tuple[np.ndarray, np.ndarray]:
+    def _checked(
+        self, a: np.ndarray, b: np.ndarray, p0: np.ndarray, velocity: np.ndarray | None, levels: int | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """One forward-backward pass; ``velocity`` (per point) seeds both directions' search."""
         h, w = a.shape
         p1, ok1 = self._flow(a, b, p0, None if velocity is None else p0 + velocity, levels)
@@ -103,7 +111,9 @@ class LKTracker:
         inside = (p1[:, 0] >= m) & (p1[:, 0] <= w - 1 - m) & (p1[:, 1] >= m) & (p1[:, 1] <= h - 1 - m)
         return p1, ok1 & ok2 & (fb < self.fb_threshold_px) & inside & np.isfinite(p1).all(1)
 
-    def _step(self, a: np.ndarray, b: np.ndarray, p0: np.ndarray, velocity: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def _step(
+        self, a: np.ndarray, b: np.ndarray, p0: np.ndarray, velocity: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Positions in ``b`` of points ``p0`` of ``a``, and which of them passed every check.
 
         Most points move about as they did in the previous pair (a still or
@@ -142,8 +152,14 @@ class LKTracker:
         radius = max(2, int(round(spacing / 2)))
         for x, y in np.round(live).astype(int):
             cv2.circle(mask, (int(x), int(y)), radius, 0, -1)
-        found = cv2.goodFeaturesToTrack(gray, maxCorners=int(count), qualityLevel=0.01, minDistance=max(2.0, spacing / 2),
-                                        mask=mask, blockSize=min(self.window, 7))
+        found = cv2.goodFeaturesToTrack(
+            gray,
+            maxCorners=int(count),
+            qualityLevel=0.01,
+            minDistance=max(2.0, spacing / 2),
+            mask=mask,
+            blockSize=min(self.window, 7),
+        )
         return np.zeros((0, 2), np.float32) if found is None else found.reshape(-1, 2).astype(np.float32)
 
     def track(self, frames: np.ndarray, points: np.ndarray) -> Tracks:
@@ -186,7 +202,9 @@ def _resolve_repo(repo: str | None) -> Path:
     if repo:
         p = Path(repo).expanduser()
         if not (p / "hubconf.py").is_file():
-            raise FileNotFoundError(f"--cotracker-repo {p}: no hubconf.py there (expected a clone of facebookresearch/co-tracker)")
+            raise FileNotFoundError(
+                f"--cotracker-repo {p}: no hubconf.py there (expected a clone of facebookresearch/co-tracker)"
+            )
         return p
     import torch
 
@@ -210,7 +228,9 @@ def _resolve_checkpoint(checkpoint: str | None, entry: str) -> Path:
     name = DEFAULT_CHECKPOINTS.get(entry)
     p = Path(torch.hub.get_dir()) / "checkpoints" / (name or f"{entry}.pth")
     if not p.is_file():
-        raise FileNotFoundError(f"no CoTracker checkpoint given and {p} is not in the hub cache: pass --cotracker-checkpoint FILE")
+        raise FileNotFoundError(
+            f"no CoTracker checkpoint given and {p} is not in the hub cache: pass --cotracker-checkpoint FILE"
+        )
     return p
 
 
@@ -219,7 +239,9 @@ def resolve_cotracker(repo: str | None, checkpoint: str | None, entry: str = "co
     return _resolve_repo(repo), _resolve_checkpoint(checkpoint, entry)
 
 
-def load_cotracker(repo: str | None, checkpoint: str | None, entry: str = "cotracker3_offline", device: str = "cpu") -> Any:
+def load_cotracker(
+    repo: str | None, checkpoint: str | None, entry: str = "cotracker3_offline", device: str = "cpu"
+) -> Any:
     """Build CoTracker from a local hub directory and load a local checkpoint into ``model.model``."""
     import torch
 
@@ -271,7 +293,9 @@ class CoTrackerTracker:
         if vis.dtype != bool:  # some versions return probabilities
             vis = vis > 0.5
         if tracks.shape != (t_len, len(pts), 2) or vis.shape != (t_len, len(pts)):
-            raise RuntimeError(f"CoTracker returned tracks {tracks.shape} / visibility {vis.shape}, expected ({t_len}, {len(pts)}, 2)")
+            raise RuntimeError(
+                f"CoTracker returned tracks {tracks.shape} / visibility {vis.shape}, expected ({t_len}, {len(pts)}, 2)"
+            )
         # Before its query frame a track is CoTracker's guess, not a track (no backward_tracking): not visible.
         before = np.arange(t_len)[:, None] < start[None, :]
         vis = vis & ~before

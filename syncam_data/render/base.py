@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from syncam_data.config import Config
 
@@ -64,10 +65,10 @@ class RenderBackend(ABC):
         self.slot = slot or WorkerSlot()
         self.config = self.config_class.parse(config or {})
 
-    def open(self) -> None:
+    def open(self) -> None:  # noqa: B027 (an optional hook: a backend without an engine to start keeps it empty)
         """Start or connect to the engine (called once per worker before the first scene)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (an optional hook, like open)
         """Release the engine (called once per worker)."""
 
     @abstractmethod
@@ -79,7 +80,7 @@ class RenderBackend(ABC):
         cameras. Do not call ``out.finish``: the job runner does.
         """
 
-    def __enter__(self) -> "RenderBackend":
+    def __enter__(self) -> RenderBackend:
         self.open()
         return self
 

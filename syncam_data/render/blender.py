@@ -41,8 +41,9 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import field_validator
@@ -76,7 +77,9 @@ def _import_bpy() -> Any:
     try:
         import bpy  # noqa: PLC0415  (the one place bpy is imported)
     except ImportError as e:
-        raise RuntimeError(f"the Blender backend needs the bpy module: pip install -e '.[blender]' in the SynCam checkout (bpy 5.0.1, Python 3.11); import failed: {e}") from e
+        raise RuntimeError(
+            f"the Blender backend needs the bpy module: pip install -e '.[blender]' in the SynCam checkout (bpy 5.0.1, Python 3.11); import failed: {e}"
+        ) from e
     return bpy
 
 
@@ -87,10 +90,14 @@ class BlenderConfig(BackendConfig):
     label: ClassVar[str] = "blender backend"
 
     samples: int = setting(16, "Cycles samples per pixel.", "--samples", ge=1)
-    device: Literal["cpu", "gpu"] = setting("cpu", "Render on the CPU or a GPU (CUDA/OptiX/HIP/oneAPI/Metal).", "--device")
+    device: Literal["cpu", "gpu"] = setting(
+        "cpu", "Render on the CPU or a GPU (CUDA/OptiX/HIP/oneAPI/Metal).", "--device"
+    )
     threads: int = setting(0, "CPU threads Cycles uses (0: all cores).", ge=0)
     max_bounces: int = setting(4, "Cycles max_bounces (diffuse, glossy and transmission bounces are at most 2).", ge=0)
-    tmp_dir: str | None = setting(None, "Folder for the render passes Blender writes and we read back (default: the system's temporary folder).")
+    tmp_dir: str | None = setting(
+        None, "Folder for the render passes Blender writes and we read back (default: the system's temporary folder)."
+    )
     blender_log: bool = setting(False, "Show Blender's own output (it is silenced by default).")
 
     @field_validator("device", mode="before")
@@ -103,7 +110,9 @@ class BlenderConfig(BackendConfig):
     def _at_most(cls, v: int) -> int:
         top = limits.SAMPLES.max
         if v > top:
-            raise ValueError(f"{v} is over the maximum of {top} {limits.SAMPLES.what} (set {limits.SAMPLES.env} to raise it)")
+            raise ValueError(
+                f"{v} is over the maximum of {top} {limits.SAMPLES.what} (set {limits.SAMPLES.env} to raise it)"
+            )
         return v
 
 
@@ -178,7 +187,13 @@ class BlenderBackend(RenderBackend):
             backend=self.name,
             versions={"blender": bpy.app.version_string},
             timings=timings,
-            info={"engine": "CYCLES", "samples": self.config.samples, "device": self.config.device, "max_bounces": self.config.max_bounces, "cycles_seed": scene.cycles.seed},
+            info={
+                "engine": "CYCLES",
+                "samples": self.config.samples,
+                "device": self.config.device,
+                "max_bounces": self.config.max_bounces,
+                "cycles_seed": scene.cycles.seed,
+            },
         )
 
     def _configure(self, scene: Any, spec: SceneSpec) -> None:
@@ -220,6 +235,7 @@ class BlenderBackend(RenderBackend):
 
 
 # --- render plumbing ---------------------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def _stdout_silenced(enabled: bool) -> Iterator[None]:
@@ -282,7 +298,9 @@ def _setup_passes(bpy: Any, scene: Any, tmp: Path) -> dict[str, Path]:
     return {"rgb": tmp / "rgb.png", "depth": tmp / "pass_depth.exr", "index": tmp / "pass_index.exr"}
 
 
-def _read_passes(bpy: Any, files: dict[str, Path], width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _read_passes(
+    bpy: Any, files: dict[str, Path], width: int, height: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rgb = _load_image(bpy, files["rgb"], width, height)
     rgb8 = np.clip(np.round(rgb[..., :3] * 255.0), 0, 255).astype(np.uint8)
     depth = _load_image(bpy, files["depth"], width, height)[..., 0].astype(np.float32)
@@ -311,6 +329,7 @@ def _load_image(bpy: Any, path: Path, width: int, height: int) -> np.ndarray:
 
 
 # --- cameras -------------------------------------------------------------------------------------
+
 
 def add_camera(bpy: Any, scene: Any, cam_id: str, cam: Any) -> Any:
     """A Blender camera object that reproduces the canonical camera exactly (pose and fx, fy, cx, cy)."""
@@ -343,7 +362,9 @@ def _pixel_aspect(fx: float, fy: float) -> tuple[float, float]:
 def _set_pixel_aspect(scene: Any, spec: SceneSpec) -> None:
     ratios = {round(c.fy / c.fx, 6) for c in spec.cameras}
     if len(ratios) > 1:
-        raise ValueError(f"scene {spec.scene_id}: Blender shares one pixel aspect per scene, but cameras have fy/fx ratios {sorted(ratios)}")
+        raise ValueError(
+            f"scene {spec.scene_id}: Blender shares one pixel aspect per scene, but cameras have fy/fx ratios {sorted(ratios)}"
+        )
     c = spec.cameras[0]
     scene.render.pixel_aspect_x, scene.render.pixel_aspect_y = _pixel_aspect(c.fx, c.fy)
 

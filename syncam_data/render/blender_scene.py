@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,6 +34,7 @@ class BlenderAssetError(RuntimeError):
 
 
 # --- materials -----------------------------------------------------------------------------------
+
 
 def _material(bpy: Any, name: str, color: Any, roughness: float = 0.6) -> Any:
     m = bpy.data.materials.new(name)
@@ -70,7 +72,16 @@ def _ground_material(bpy: Any, name: str, c1: Any, c2: Any, tiles: bool) -> Any:
     return m
 
 
-def _mesh_object(bpy: Any, scene: Any, name: str, mesh: Any, mat: Any | None, location: Any = (0, 0, 0), parent: Any = None, pass_index: int = 0) -> Any:
+def _mesh_object(
+    bpy: Any,
+    scene: Any,
+    name: str,
+    mesh: Any,
+    mat: Any | None,
+    location: Any = (0, 0, 0),
+    parent: Any = None,
+    pass_index: int = 0,
+) -> Any:
     obj = bpy.data.objects.new(name, mesh)
     if mat is not None and not mesh.materials:
         mesh.materials.append(mat)
@@ -115,7 +126,18 @@ class _Meshes:
         return mesh
 
 
-def _scaled(bpy: Any, scene: Any, meshes: _Meshes, kind: str, name: str, size: Any, mat: Any, location: Any, parent: Any = None, pass_index: int = 0) -> Any:
+def _scaled(
+    bpy: Any,
+    scene: Any,
+    meshes: _Meshes,
+    kind: str,
+    name: str,
+    size: Any,
+    mat: Any,
+    location: Any,
+    parent: Any = None,
+    pass_index: int = 0,
+) -> Any:
     obj = _mesh_object(bpy, scene, name, meshes.get(kind), None, location, parent, pass_index)
     obj.scale = size
     obj.material_slots[0].link = "OBJECT"
@@ -125,29 +147,65 @@ def _scaled(bpy: Any, scene: Any, meshes: _Meshes, kind: str, name: str, size: A
 
 # --- backgrounds ---------------------------------------------------------------------------------
 
+
 def build_background(bpy: Any, scene: Any, bg: BackgroundSpec, rng: np.random.Generator) -> None:
     """Ground, props, sky and sun for ``bg``; raises BlenderAssetError naming a broken asset file."""
     p = bg.params
     if bg.kind == "procedural":
         if bg.asset != "outdoor":
-            raise BlenderAssetError(f"background {bg.id!r}: unknown procedural generator {bg.asset!r} (available: 'outdoor')")
-        _gradient_sky(bpy, scene, p.get("sky_horizon", (0.8, 0.85, 0.9)), p.get("sky_zenith", (0.3, 0.45, 0.8)), float(p.get("sky_strength", 1.0)))
-        _sun(bpy, scene, float(p.get("sun_elevation", 45.0)), float(rng.uniform(0, 360)), float(p.get("sun_strength", 3.0)))
-        _ground(bpy, scene, p.get("ground", (0.3, 0.5, 0.2)), p.get("ground_alt", (0.4, 0.6, 0.25)), bool(p.get("tiles", False)), shadow_catcher=False)
+            raise BlenderAssetError(
+                f"background {bg.id!r}: unknown procedural generator {bg.asset!r} (available: 'outdoor')"
+            )
+        _gradient_sky(
+            bpy,
+            scene,
+            p.get("sky_horizon", (0.8, 0.85, 0.9)),
+            p.get("sky_zenith", (0.3, 0.45, 0.8)),
+            float(p.get("sky_strength", 1.0)),
+        )
+        _sun(
+            bpy,
+            scene,
+            float(p.get("sun_elevation", 45.0)),
+            float(rng.uniform(0, 360)),
+            float(p.get("sun_strength", 3.0)),
+        )
+        _ground(
+            bpy,
+            scene,
+            p.get("ground", (0.3, 0.5, 0.2)),
+            p.get("ground_alt", (0.4, 0.6, 0.25)),
+            bool(p.get("tiles", False)),
+            shadow_catcher=False,
+        )
         _props(bpy, scene, str(p.get("props", "trees")), rng, int(p.get("num_props", 40)))
     elif bg.kind in ("hdri", "image"):
         _environment_image(bpy, scene, bg, float(p.get("strength", 1.0)))
         if p.get("ground", True):
             _ground(bpy, scene, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), False, shadow_catcher=True)
-        _sun(bpy, scene, float(p.get("sun_elevation", 45.0)), float(rng.uniform(0, 360)), float(p.get("sun_strength", 2.0)))
+        _sun(
+            bpy,
+            scene,
+            float(p.get("sun_elevation", 45.0)),
+            float(rng.uniform(0, 360)),
+            float(p.get("sun_strength", 2.0)),
+        )
     elif bg.kind in ("blend", "gltf", "fbx"):
         objs = import_asset(bpy, scene, bg.kind, bg.asset, f"background {bg.id!r}", collection=p.get("collection"))
         if not any(o.type == "LIGHT" for o in objs):
-            _sun(bpy, scene, float(p.get("sun_elevation", 45.0)), float(rng.uniform(0, 360)), float(p.get("sun_strength", 3.0)))
+            _sun(
+                bpy,
+                scene,
+                float(p.get("sun_elevation", 45.0)),
+                float(rng.uniform(0, 360)),
+                float(p.get("sun_strength", 3.0)),
+            )
         if scene.world is None:
             _gradient_sky(bpy, scene, (0.8, 0.85, 0.9), (0.3, 0.45, 0.8), 1.0)
     else:
-        raise BlenderAssetError(f"background {bg.id!r}: kind {bg.kind!r} cannot be rendered by Blender (an Unreal level?)")
+        raise BlenderAssetError(
+            f"background {bg.id!r}: kind {bg.kind!r} cannot be rendered by Blender (an Unreal level?)"
+        )
 
 
 def _gradient_sky(bpy: Any, scene: Any, horizon: Any, zenith: Any, strength: float) -> None:
@@ -225,7 +283,16 @@ def _props(bpy: Any, scene: Any, kind: str, rng: np.random.Generator, count: int
         # Low pebbles between the subjects and the cameras: nearby texture, too low to hide a subject.
         r, a = float(rng.uniform(2.8, 9.0)), float(rng.uniform(0, 2 * math.pi))
         s = float(rng.uniform(0.1, 0.25))
-        _scaled(bpy, scene, meshes, "ico", f"pebble{i}", (s * 1.4, s, s * 0.6), stone, (r * math.cos(a), r * math.sin(a), s * 0.2))
+        _scaled(
+            bpy,
+            scene,
+            meshes,
+            "ico",
+            f"pebble{i}",
+            (s * 1.4, s, s * 0.6),
+            stone,
+            (r * math.cos(a), r * math.sin(a), s * 0.2),
+        )
 
 
 def _tree(bpy: Any, scene: Any, meshes: _Meshes, name: str, xy: Any, rng: np.random.Generator) -> None:
@@ -233,7 +300,9 @@ def _tree(bpy: Any, scene: Any, meshes: _Meshes, name: str, xy: Any, rng: np.ran
     bark = _material(bpy, f"{name}_bark", (0.3, 0.2, 0.1))
     leaf = _material(bpy, f"{name}_leaf", (0.1 + rng.uniform(0, 0.1), 0.35 + rng.uniform(0, 0.2), 0.08))
     _scaled(bpy, scene, meshes, "cylinder", f"{name}_trunk", (0.35, 0.35, h * 0.5), bark, (xy[0], xy[1], h * 0.25))
-    _scaled(bpy, scene, meshes, "sphere", f"{name}_crown", (h * 0.45, h * 0.45, h * 0.55), leaf, (xy[0], xy[1], h * 0.7))
+    _scaled(
+        bpy, scene, meshes, "sphere", f"{name}_crown", (h * 0.45, h * 0.45, h * 0.55), leaf, (xy[0], xy[1], h * 0.7)
+    )
 
 
 def _pine(bpy: Any, scene: Any, meshes: _Meshes, name: str, xy: Any, rng: np.random.Generator) -> None:
@@ -241,13 +310,24 @@ def _pine(bpy: Any, scene: Any, meshes: _Meshes, name: str, xy: Any, rng: np.ran
     bark = _material(bpy, f"{name}_bark", (0.25, 0.17, 0.1))
     needles = _material(bpy, f"{name}_needles", (0.05, 0.2 + rng.uniform(0, 0.1), 0.1))
     _scaled(bpy, scene, meshes, "cylinder", f"{name}_trunk", (0.3, 0.3, h * 0.3), bark, (xy[0], xy[1], h * 0.15))
-    _scaled(bpy, scene, meshes, "cone", f"{name}_cone", (h * 0.35, h * 0.35, h * 0.85), needles, (xy[0], xy[1], h * 0.55))
+    _scaled(
+        bpy, scene, meshes, "cone", f"{name}_cone", (h * 0.35, h * 0.35, h * 0.85), needles, (xy[0], xy[1], h * 0.55)
+    )
 
 
 def _rock(bpy: Any, scene: Any, meshes: _Meshes, name: str, xy: Any, rng: np.random.Generator) -> None:
     s = float(rng.uniform(0.8, 3.5))
     mat = _material(bpy, f"{name}_rock", (0.45 + rng.uniform(-0.1, 0.1), 0.33, 0.22), 0.9)
-    obj = _scaled(bpy, scene, meshes, "ico", f"{name}_rock", (s * rng.uniform(1, 1.8), s, s * rng.uniform(0.5, 1.0)), mat, (xy[0], xy[1], s * 0.25))
+    obj = _scaled(
+        bpy,
+        scene,
+        meshes,
+        "ico",
+        f"{name}_rock",
+        (s * rng.uniform(1, 1.8), s, s * rng.uniform(0.5, 1.0)),
+        mat,
+        (xy[0], xy[1], s * 0.25),
+    )
     obj.rotation_euler = (0.0, 0.0, float(rng.uniform(0, math.pi)))
 
 
@@ -259,6 +339,7 @@ def _building(bpy: Any, scene: Any, meshes: _Meshes, name: str, xy: Any, rng: np
 
 
 # --- asset import ---------------------------------------------------------------------------------
+
 
 def import_asset(bpy: Any, scene: Any, kind: str, path: str, what: str, collection: str | None = None) -> list[Any]:
     """Import a glTF/GLB, FBX or .blend file; returns the new objects. Errors name ``what`` and the file."""
@@ -310,6 +391,7 @@ def _append_blend(bpy: Any, scene: Any, p: Path, collection: str | None) -> set[
 
 # --- subjects ---------------------------------------------------------------------------------------
 
+
 def build_subject(bpy: Any, scene: Any, subj: SubjectSpec, spec: SceneSpec) -> None:
     """A subject whose root follows its trajectory and whose meshes carry its instance id."""
     root = bpy.data.objects.new(f"subject{subj.instance_id}_{subj.asset_id}", None)
@@ -347,7 +429,11 @@ def build_subject(bpy: Any, scene: Any, subj: SubjectSpec, spec: SceneSpec) -> N
 def _play_clip(bpy: Any, objs: list[Any], subj: SubjectSpec, spec: SceneSpec, what: str) -> None:
     """Play the animation clip on the imported armatures (or animated objects), retimed by speed and looped."""
     clip = subj.animation.clip
-    animated = [o for o in objs if o.animation_data is not None and (o.animation_data.action is not None or o.type == "ARMATURE")]
+    animated = [
+        o
+        for o in objs
+        if o.animation_data is not None and (o.animation_data.action is not None or o.type == "ARMATURE")
+    ]
     if not clip:
         return  # keep whatever the importer assigned
     action = _find_action(bpy, clip, objs)
@@ -380,7 +466,9 @@ def _find_action(bpy: Any, clip: str, objs: list[Any]) -> Any:
     if exact is not None:
         return exact
     cands = [a for a in bpy.data.actions if a.name.split("|")[-1] == clip]
-    used = {o.animation_data.action for o in objs if o.animation_data is not None and o.animation_data.action is not None}
+    used = {
+        o.animation_data.action for o in objs if o.animation_data is not None and o.animation_data.action is not None
+    }
     for pool in ([a for a in cands if a in used], cands):
         if len(pool) == 1:
             return pool[0]
@@ -397,11 +485,16 @@ class ProceduralFigure:
 
     def __init__(self, bpy: Any, scene: Any, subj: SubjectSpec, root: Any) -> None:
         if subj.asset not in ("biped", "quadruped"):
-            raise BlenderAssetError(f"subject {subj.asset_id!r}: unknown procedural figure {subj.asset!r} (available: biped, quadruped)")
+            raise BlenderAssetError(
+                f"subject {subj.asset_id!r}: unknown procedural figure {subj.asset!r} (available: biped, quadruped)"
+            )
         self.bpy, self.scene, self.subj = bpy, scene, subj
         self.fps = 24.0
         p = subj.params
-        self.mats = {k: _material(bpy, f"{subj.asset_id}{subj.instance_id}_{k}", p.get(k, d)) for k, d in (("body", (0.6, 0.6, 0.6)), ("limbs", (0.3, 0.3, 0.3)), ("head", (0.8, 0.6, 0.5)))}
+        self.mats = {
+            k: _material(bpy, f"{subj.asset_id}{subj.instance_id}_{k}", p.get(k, d))
+            for k, d in (("body", (0.6, 0.6, 0.6)), ("limbs", (0.3, 0.3, 0.3)), ("head", (0.8, 0.6, 0.5)))
+        }
         self.meshes = _Meshes(bpy)
         self.body = self._empty("body", root, (0, 0, 0))
         self.joints: dict[str, Any] = {}
@@ -415,7 +508,18 @@ class ProceduralFigure:
         return e
 
     def _part(self, kind: str, name: str, size: Any, mat: str, loc: Any, parent: Any) -> Any:
-        return _scaled(self.bpy, self.scene, self.meshes, kind, f"{self.subj.asset_id}{self.subj.instance_id}_{name}", size, self.mats[mat], loc, parent, self.subj.instance_id)
+        return _scaled(
+            self.bpy,
+            self.scene,
+            self.meshes,
+            kind,
+            f"{self.subj.asset_id}{self.subj.instance_id}_{name}",
+            size,
+            self.mats[mat],
+            loc,
+            parent,
+            self.subj.instance_id,
+        )
 
     def _limb(self, name: str, parent: Any, at: Any, length: float, width: float, mat: str = "limbs") -> None:
         j = self._empty(name, parent, at)
@@ -437,7 +541,11 @@ class ProceduralFigure:
         self._part("cube", "torso", (0.9, 0.35, 0.35), "body", (0, 0, 0.65), b)
         self._part("sphere", "head", (0.32, 0.26, 0.26), "head", (0.55, 0, 0.9), b)
         self._part("cube", "snout", (0.16, 0.12, 0.1), "limbs", (0.74, 0, 0.86), b)
-        self._part("cylinder", "tail", (0.07, 0.07, 0.4), "body", (-0.55, 0, 0.8), b).rotation_euler = (0, math.radians(-50), 0)
+        self._part("cylinder", "tail", (0.07, 0.07, 0.4), "body", (-0.55, 0, 0.8), b).rotation_euler = (
+            0,
+            math.radians(-50),
+            0,
+        )
         for side, y in (("L", 0.13), ("R", -0.13)):
             self._limb(f"front_{side}", b, (0.35, y, 0.55), 0.55, 0.09)
             self._limb(f"hind_{side}", b, (-0.35, y, 0.55), 0.55, 0.09)
@@ -462,7 +570,9 @@ class ProceduralFigure:
         return r.fps / r.fps_base
 
 
-def _clip_pose(clip: str, t: float, figure: str, loop: bool) -> tuple[float, float, float, dict[str, tuple[float, float]]]:
+def _clip_pose(
+    clip: str, t: float, figure: str, loop: bool
+) -> tuple[float, float, float, dict[str, tuple[float, float]]]:
     """(body lift m, body pitch deg, extra yaw deg, {joint: (rot_x, rot_y) deg}) of a procedural clip at t seconds.
 
     rot_y swings a limb forward/back (the figure faces +X); rot_x raises it sideways.
@@ -480,13 +590,21 @@ def _clip_pose(clip: str, t: float, figure: str, loop: bool) -> tuple[float, flo
         lift = 0.03 * abs(math.cos(two_pi * f * t)) * (2.0 if clip == "run" else 1.0)
     elif clip == "wave":
         w = 20.0 * math.sin(two_pi * 1.5 * t)
-        a = {"arm_R": (-150.0 + w, 0.0), "arm_L": (0.0, 5.0 * math.sin(two_pi * 0.5 * t))} if figure == "biped" else {"front_R": (0.0, -70.0 + w)}
+        a = (
+            {"arm_R": (-150.0 + w, 0.0), "arm_L": (0.0, 5.0 * math.sin(two_pi * 0.5 * t))}
+            if figure == "biped"
+            else {"front_R": (0.0, -70.0 + w)}
+        )
     elif clip == "jump":
         phase = (t * 0.8) % 1.0
         h = max(0.0, math.sin(two_pi * phase))
         lift = 0.45 * h
         tuck = 40.0 * h
-        a = {"leg_L": (0, -tuck), "leg_R": (0, -tuck), "arm_L": (-60 * h, 0), "arm_R": (60 * h, 0)} if figure == "biped" else {"front_L": (0, -tuck), "front_R": (0, -tuck), "hind_L": (0, tuck), "hind_R": (0, tuck)}
+        a = (
+            {"leg_L": (0, -tuck), "leg_R": (0, -tuck), "arm_L": (-60 * h, 0), "arm_R": (60 * h, 0)}
+            if figure == "biped"
+            else {"front_L": (0, -tuck), "front_R": (0, -tuck), "hind_L": (0, tuck), "hind_R": (0, tuck)}
+        )
     elif clip == "turn":
         spin = 360.0 * t / 3.0
         a = {"leg_L": (0, 10 * math.sin(two_pi * t)), "leg_R": (0, -10 * math.sin(two_pi * t))}

@@ -38,9 +38,10 @@ import socket
 import time
 import traceback
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from tqdm import tqdm
 
@@ -126,7 +127,9 @@ class RenderReport:
         elif o.status == "skipped":
             self.skipped.append(o.scene_id)
         else:
-            self.failed.append({"scene_id": o.scene_id, "error": o.error, "attempts": o.attempts, "traceback": o.traceback})
+            self.failed.append(
+                {"scene_id": o.scene_id, "error": o.error, "attempts": o.attempts, "traceback": o.traceback}
+            )
 
     def write(self) -> None:
         fsio.write_json(Path(self.out) / REPORT_JSON, asdict(self), allow_nan=True)
@@ -134,10 +137,20 @@ class RenderReport:
 
 # --- one worker: one backend, many scenes ---------------------------------------------------------
 
+
 class SceneRenderer:
     """Owns one backend instance (one worker slot) and renders scenes into ``out`` atomically."""
 
-    def __init__(self, backend: str, options: dict[str, Any], slot: WorkerSlot, out: Path, retries: int, depth_dtype: str = "float16", crf: int = 18) -> None:
+    def __init__(
+        self,
+        backend: str,
+        options: dict[str, Any],
+        slot: WorkerSlot,
+        out: Path,
+        retries: int,
+        depth_dtype: str = "float16",
+        crf: int = 18,
+    ) -> None:
         self.backend_name, self.options, self.slot = backend, dict(options), slot
         self.out, self.retries = Path(out), retries
         self.depth_dtype, self.crf = depth_dtype, crf
@@ -173,18 +186,36 @@ class SceneRenderer:
                 t1 = time.perf_counter()
                 out.finish(scene_json(spec, result, backend.config.record(), self.slot, attempt))
                 publish(tmp, final)
-                log.info("%s: rendered in %.1fs (attempt %d, finish %.1fs)", spec.scene_id, time.perf_counter() - t0, attempt, time.perf_counter() - t1)
-                return SceneOutcome(spec.scene_id, "done", attempt, time.perf_counter() - t0, spec.num_frames, worker=self.slot.index)
+                log.info(
+                    "%s: rendered in %.1fs (attempt %d, finish %.1fs)",
+                    spec.scene_id,
+                    time.perf_counter() - t0,
+                    attempt,
+                    time.perf_counter() - t1,
+                )
+                return SceneOutcome(
+                    spec.scene_id, "done", attempt, time.perf_counter() - t0, spec.num_frames, worker=self.slot.index
+                )
             except Exception as e:  # per-scene failure: retried, then recorded; the job goes on
                 error, tb = f"{type(e).__name__}: {e}", traceback.format_exc()
                 log.warning("%s: attempt %d/%d failed: %s", spec.scene_id, attempt, self.retries + 1, error)
                 out.abort()
                 shutil.rmtree(tmp, ignore_errors=True)
                 self.close()  # the next attempt starts from a fresh engine
-        return SceneOutcome(spec.scene_id, "failed", self.retries + 1, time.perf_counter() - t0, error=error, traceback=tb, worker=self.slot.index)
+        return SceneOutcome(
+            spec.scene_id,
+            "failed",
+            self.retries + 1,
+            time.perf_counter() - t0,
+            error=error,
+            traceback=tb,
+            worker=self.slot.index,
+        )
 
 
-def scene_json(spec: SceneSpec, result: Any, backend_config: dict[str, Any], slot: WorkerSlot, attempt: int) -> dict[str, Any]:
+def scene_json(
+    spec: SceneSpec, result: Any, backend_config: dict[str, Any], slot: WorkerSlot, attempt: int
+) -> dict[str, Any]:
     """scene.json (Contract 2): the spec plus everything about how it was rendered (every backend option, defaults included)."""
     import av
     import numpy as np
@@ -197,10 +228,23 @@ def scene_json(spec: SceneSpec, result: Any, backend_config: dict[str, Any], slo
         "spec": spec.model_dump(mode="json"),
         "backend": result.backend,
         "backend_options": backend_config,
-        "versions": {"syncam": syncam_version, "python": platform.python_version(), "numpy": np.__version__, "av": av.__version__, **result.versions},
+        "versions": {
+            "syncam": syncam_version,
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "av": av.__version__,
+            **result.versions,
+        },
         "timings": result.timings,
         "info": result.info,
-        "render": {"host": socket.gethostname(), "pid": os.getpid(), "worker": slot.index, "workers": slot.count, "attempt": attempt, "finished": utc_now()},
+        "render": {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "worker": slot.index,
+            "workers": slot.count,
+            "attempt": attempt,
+            "finished": utc_now(),
+        },
     }
 
 
@@ -248,7 +292,17 @@ _WORKER: SceneRenderer | None = None
 _PROGRESS: Any = None
 
 
-def _init_process_worker(slots: Any, progress: Any, backend: str, options: dict[str, Any], out: str, retries: int, count: int, depth_dtype: str, crf: int) -> None:
+def _init_process_worker(
+    slots: Any,
+    progress: Any,
+    backend: str,
+    options: dict[str, Any],
+    out: str,
+    retries: int,
+    count: int,
+    depth_dtype: str,
+    crf: int,
+) -> None:
     global _WORKER, _PROGRESS
     from syncam_data.cli.app import setup_logging
 
@@ -273,8 +327,17 @@ class _Progress:
 
     def __init__(self, specs: Sequence[SceneSpec], enabled: bool) -> None:
         self.frames_of = {s.scene_id: s.num_frames for s in specs}
-        self.scenes = tqdm(total=len(specs), desc="scenes", unit="scene", disable=not enabled, position=0, dynamic_ncols=True)
-        self.frames = tqdm(total=sum(self.frames_of.values()), desc="frames", unit="frame", disable=not enabled, position=1, dynamic_ncols=True)
+        self.scenes = tqdm(
+            total=len(specs), desc="scenes", unit="scene", disable=not enabled, position=0, dynamic_ncols=True
+        )
+        self.frames = tqdm(
+            total=sum(self.frames_of.values()),
+            desc="frames",
+            unit="frame",
+            disable=not enabled,
+            position=1,
+            dynamic_ncols=True,
+        )
         self.seen: dict[str, int] = {}
         self.failed = 0
 
@@ -300,8 +363,12 @@ class _Progress:
         self.scenes.close()
 
 
-def _run_in_process(specs: Sequence[SceneSpec], cfg: RenderJobConfig, emit: Callable[[SceneOutcome], None], bar: _Progress) -> None:
-    worker = SceneRenderer(cfg.backend, cfg.backend_config, WorkerSlot(0, 1), cfg.out, cfg.retries, cfg.depth_dtype, cfg.crf)
+def _run_in_process(
+    specs: Sequence[SceneSpec], cfg: RenderJobConfig, emit: Callable[[SceneOutcome], None], bar: _Progress
+) -> None:
+    worker = SceneRenderer(
+        cfg.backend, cfg.backend_config, WorkerSlot(0, 1), cfg.out, cfg.retries, cfg.depth_dtype, cfg.crf
+    )
     try:
         for spec in specs:
             emit(worker.render(spec, bar.frame))
@@ -309,7 +376,9 @@ def _run_in_process(specs: Sequence[SceneSpec], cfg: RenderJobConfig, emit: Call
         worker.close()
 
 
-def _run_processes(specs: Sequence[SceneSpec], cfg: RenderJobConfig, emit: Callable[[SceneOutcome], None], bar: _Progress) -> None:
+def _run_processes(
+    specs: Sequence[SceneSpec], cfg: RenderJobConfig, emit: Callable[[SceneOutcome], None], bar: _Progress
+) -> None:
     """K processes, one backend each. A crashed process breaks the pool: scenes it was rendering are
     retried in a fresh pool (counted as attempts); scenes that never started are simply resubmitted."""
     ctx = mp.get_context("spawn")
@@ -320,8 +389,20 @@ def _run_processes(specs: Sequence[SceneSpec], cfg: RenderJobConfig, emit: Calla
         for i in range(cfg.workers):
             slots.put(i)
         started: set[str] = set()
-        args = (slots, progress, cfg.backend, cfg.backend_config, str(cfg.out), cfg.retries, cfg.workers, cfg.depth_dtype, cfg.crf)
-        with cf.ProcessPoolExecutor(max_workers=min(cfg.workers, len(pending)), mp_context=ctx, initializer=_init_process_worker, initargs=args) as pool:
+        args = (
+            slots,
+            progress,
+            cfg.backend,
+            cfg.backend_config,
+            str(cfg.out),
+            cfg.retries,
+            cfg.workers,
+            cfg.depth_dtype,
+            cfg.crf,
+        )
+        with cf.ProcessPoolExecutor(
+            max_workers=min(cfg.workers, len(pending)), mp_context=ctx, initializer=_init_process_worker, initargs=args
+        ) as pool:
             futs = {pool.submit(_process_render, s.to_json()): sid for sid, s in pending.items()}
             waiting = set(futs)
             while waiting:
@@ -340,7 +421,9 @@ def _run_processes(specs: Sequence[SceneSpec], cfg: RenderJobConfig, emit: Calla
                             continue
                         o = SceneOutcome(sid, "failed", crashes[sid], error=f"worker process crashed: {e}")
                     except Exception as e:  # an unexpected error outside the renderer's own handling
-                        o = SceneOutcome(sid, "failed", 1, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+                        o = SceneOutcome(
+                            sid, "failed", 1, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()
+                        )
                     pending.pop(sid, None)
                     emit(o)
             _drain(progress, bar, started)
@@ -362,10 +445,21 @@ def _drain(progress: Any, bar: _Progress, started: set[str]) -> None:
 
 # --- Ray ------------------------------------------------------------------------------------------------
 
+
 class _RayRenderer:
     """The Ray actor body: one backend instance per actor (= per worker slot)."""
 
-    def __init__(self, backend: str, options: dict[str, Any], index: int, count: int, out: str, retries: int, depth_dtype: str, crf: int) -> None:
+    def __init__(
+        self,
+        backend: str,
+        options: dict[str, Any],
+        index: int,
+        count: int,
+        out: str,
+        retries: int,
+        depth_dtype: str,
+        crf: int,
+    ) -> None:
         self.worker = SceneRenderer(backend, options, WorkerSlot(index, count), Path(out), retries, depth_dtype, crf)
 
     def render(self, spec_json: str) -> dict[str, Any]:
@@ -375,7 +469,9 @@ class _RayRenderer:
         self.worker.close()
 
 
-def _run_ray(specs: Sequence[SceneSpec], cfg: RenderJobConfig, emit: Callable[[SceneOutcome], None], bar: _Progress) -> None:
+def _run_ray(
+    specs: Sequence[SceneSpec], cfg: RenderJobConfig, emit: Callable[[SceneOutcome], None], bar: _Progress
+) -> None:
     from syncam_data.engine import ray_init
 
     ray = ray_init(cfg.ray_address)
@@ -383,7 +479,9 @@ def _run_ray(specs: Sequence[SceneSpec], cfg: RenderJobConfig, emit: Callable[[S
     actor_cls = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_restarts=1)(_RayRenderer)
 
     def make(i: int) -> Any:
-        return actor_cls.remote(cfg.backend, cfg.backend_config, i, cfg.workers, str(cfg.out), cfg.retries, cfg.depth_dtype, cfg.crf)
+        return actor_cls.remote(
+            cfg.backend, cfg.backend_config, i, cfg.workers, str(cfg.out), cfg.retries, cfg.depth_dtype, cfg.crf
+        )
 
     actors = {i: make(i) for i in range(min(cfg.workers, len(specs)))}
     queue = list(specs)
@@ -418,11 +516,23 @@ def _run_ray(specs: Sequence[SceneSpec], cfg: RenderJobConfig, emit: Callable[[S
 
 # --- the job --------------------------------------------------------------------------------------------
 
-def run_render_job(items: Sequence[SceneSpec | SpecError], cfg: RenderJobConfig, args: dict[str, Any] | None = None, catalog_problems: Sequence[str] = ()) -> RenderReport:
+
+def run_render_job(
+    items: Sequence[SceneSpec | SpecError],
+    cfg: RenderJobConfig,
+    args: dict[str, Any] | None = None,
+    catalog_problems: Sequence[str] = (),
+) -> RenderReport:
     """Render every spec (invalid ones are recorded as failed); returns and writes the report."""
     cfg.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    report = RenderReport(out=str(cfg.out), backend=cfg.backend, args=args or {}, started=utc_now(), catalog_problems=list(catalog_problems))
+    report = RenderReport(
+        out=str(cfg.out),
+        backend=cfg.backend,
+        args=args or {},
+        started=utc_now(),
+        catalog_problems=list(catalog_problems),
+    )
     specs: list[SceneSpec] = []
     seen: set[str] = set()
     for it in items:
@@ -430,7 +540,9 @@ def run_render_job(items: Sequence[SceneSpec | SpecError], cfg: RenderJobConfig,
             # The report names the spec by its file:line; the error says only what is wrong with it.
             report.add(SceneOutcome(_spec_error_id(it), "failed", 0, error=it.detail if it.source else str(it)))
         elif it.scene_id in seen:
-            report.add(SceneOutcome(it.scene_id, "failed", 0, error=f"duplicate scene id {it.scene_id!r} in the spec list"))
+            report.add(
+                SceneOutcome(it.scene_id, "failed", 0, error=f"duplicate scene id {it.scene_id!r} in the spec list")
+            )
         else:
             seen.add(it.scene_id)
             specs.append(it)
@@ -465,11 +577,16 @@ def run_render_job(items: Sequence[SceneSpec | SpecError], cfg: RenderJobConfig,
         report.finished = utc_now()
         report.seconds = time.perf_counter() - t0
         report.write()
-    log.info("render: %d done, %d skipped, %d failed -> %s", len(report.done), len(report.skipped), len(report.failed), cfg.out / REPORT_JSON)
+    log.info(
+        "render: %d done, %d skipped, %d failed -> %s",
+        len(report.done),
+        len(report.skipped),
+        len(report.failed),
+        cfg.out / REPORT_JSON,
+    )
     return report
 
 
 def _spec_error_id(e: SpecError) -> str:
     # "file.jsonl:12: invalid scene spec: ..." -> "file.jsonl:12"
     return e.source or str(e).split(": ", 1)[0]
-

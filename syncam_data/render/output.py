@@ -48,7 +48,16 @@ class _CamStream:
     sits in RAM; ``finish`` turns the raw files into the Contract 2 npz arrays.
     """
 
-    def __init__(self, cam_id: str, camera: Camera, raw: dict[str, Any] | None, work: Path, fps: float, crf: int, depth_dtype: np.dtype) -> None:
+    def __init__(
+        self,
+        cam_id: str,
+        camera: Camera,
+        raw: dict[str, Any] | None,
+        work: Path,
+        fps: float,
+        crf: int,
+        depth_dtype: np.dtype,
+    ) -> None:
         self.cam_id, self.camera, self.raw = cam_id, camera, raw
         self.frames = 0
         self.depth_frames = 0
@@ -60,7 +69,9 @@ class _CamStream:
         self._depth_f: Any = None
         self._ids_f: Any = None
         # A short lookahead bounds memory: 36 open encoders with x264's default 40-frame lookahead hold ~2 GB at 480x720.
-        self._video: VideoWriter | None = VideoWriter(self.video_tmp, camera.width, camera.height, fps=fps, crf=crf, lookahead=10)
+        self._video: VideoWriter | None = VideoWriter(
+            self.video_tmp, camera.width, camera.height, fps=fps, crf=crf, lookahead=10
+        )
 
     def write(self, rgb: np.ndarray, depth: np.ndarray | None, ids: np.ndarray | None) -> None:
         assert self._video is not None, "camera stream already closed"
@@ -128,7 +139,9 @@ class SceneOutput:
         self._work.mkdir(parents=True, exist_ok=True)
         self.cams[cam_id] = _CamStream(cam_id, camera, raw, self._work, self.fps, self.crf, self.depth_dtype)
 
-    def add_frame(self, cam_id: str, rgb: np.ndarray, depth: np.ndarray | None = None, ids: np.ndarray | None = None) -> None:
+    def add_frame(
+        self, cam_id: str, rgb: np.ndarray, depth: np.ndarray | None = None, ids: np.ndarray | None = None
+    ) -> None:
         try:
             b = self.cams[cam_id]
         except KeyError:
@@ -158,16 +171,22 @@ class SceneOutput:
         for cam_id, b in self.cams.items():
             if b.depth_frames not in (0, n) or b.ids_frames not in (0, n):
                 self.abort()
-                raise ValueError(f"camera {cam_id}: {b.depth_frames} depth and {b.ids_frames} mask frames for {n} video frames")
+                raise ValueError(
+                    f"camera {cam_id}: {b.depth_frames} depth and {b.ids_frames} mask frames for {n} video frames"
+                )
         entries = []
         for cam_id, b in self.cams.items():
             b.close()
             (self.folder / "videos").mkdir(parents=True, exist_ok=True)
             os.replace(b.video_tmp, self.folder / "videos" / f"{cam_id}.mp4")
             if b.depth_frames:
-                _write_npz_streaming(self.folder / "depth" / f"{cam_id}.npz", "depth", b.raw_array(b.depth_raw, self.depth_dtype, n))
+                _write_npz_streaming(
+                    self.folder / "depth" / f"{cam_id}.npz", "depth", b.raw_array(b.depth_raw, self.depth_dtype, n)
+                )
             if b.ids_frames:
-                _write_npz_streaming(self.folder / "masks" / f"{cam_id}.npz", "ids", b.raw_array(b.ids_raw, np.dtype(np.uint8), n))
+                _write_npz_streaming(
+                    self.folder / "masks" / f"{cam_id}.npz", "ids", b.raw_array(b.ids_raw, np.dtype(np.uint8), n)
+                )
             entries.append(b.camera.to_dict(id=cam_id, raw=b.raw or {}))
         shutil.rmtree(self._work, ignore_errors=True)
         fsio.write_json(self.folder / CAMERAS_JSON, {"cameras": entries}, allow_nan=True)
@@ -197,6 +216,7 @@ def is_complete_scene(folder: Path) -> bool:
 
 # --- consistency check ----------------------------------------------------------------------------
 
+
 def reprojection_check(
     folder: Path,
     frames: list[int] | None = None,
@@ -224,7 +244,10 @@ def reprojection_check(
 
     folder = Path(folder)
     cams = cameras if cameras is not None else [(cid, cam) for cid, cam, _ in read_cameras_json(folder / CAMERAS_JSON)]
-    rgb = {cid: decode(folder / "videos" / f"{cid}.mp4")[:, : cam.height, : cam.width].astype(np.float32) for cid, cam in cams}
+    rgb = {
+        cid: decode(folder / "videos" / f"{cid}.mp4")[:, : cam.height, : cam.width].astype(np.float32)
+        for cid, cam in cams
+    }
     depth = {cid: load_npz_array(folder / "depth" / f"{cid}.npz", "depth").astype(np.float32) for cid, _ in cams}
     n = min(len(v) for v in rgb.values())
     frames = list(range(n)) if frames is None else frames

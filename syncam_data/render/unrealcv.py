@@ -58,8 +58,9 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import field_validator
@@ -131,6 +132,7 @@ class FrameSyncError(UnrealCVError):
 
 # --- conversions between the spec and Unreal -------------------------------------------------
 
+
 def subject_ue_transform(subject: SubjectSpec, frame: int, num_frames: int) -> tuple[list[float], list[float], float]:
     """(location cm, rotator pitch/yaw/roll, uniform scale) of a subject at ``frame`` in Unreal's world."""
     xyz, yaw = subject.trajectory.pose(frame, num_frames)
@@ -161,6 +163,7 @@ def ground_ray_mask(cam: Camera, below_deg: float = GROUND_RAY_DEG) -> np.ndarra
 
 
 # --- per-scene state --------------------------------------------------------------------------
+
 
 @dataclass
 class _Cam:
@@ -197,7 +200,7 @@ class _FrameWriter:
     def __init__(self, out: SceneOutput) -> None:
         self.out = out
         # One frame waiting while one is encoded: with 36 cameras at 480x720 a decoded frame is about 100 MB.
-        self.q: "queue.Queue[list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] | None]" = queue.Queue(maxsize=1)
+        self.q: queue.Queue[list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] | None] = queue.Queue(maxsize=1)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="unrealcv-writer", daemon=True)
         self.thread.start()
@@ -238,26 +241,60 @@ class UnrealCVConfig(BackendConfig):
     label: ClassVar[str] = "unrealcv backend"
 
     host: str = setting("127.0.0.1", "Host of the Unreal Engine instances.", "--host")
-    port: list[int] = setting([DEFAULT_PORT], "UnrealCV server port; repeat once per engine instance (worker i uses the i-th port; "
-                             "when launching more instances than ports, the first port plus i).", "--port", min_length=1)
-    unix_socket: str | None = setting(None, "Connect through this Unix socket instead of TCP (Linux); {port} is replaced, "
-                                     "'auto' means /tmp/unrealcv_{port}.socket.", "--unix-socket")
-    launch: str | None = setting(None, "Command template that starts an engine instance, with {port} (and {slot}), e.g. "
-                                "'./Game.sh -cvport {port} -RenderOffscreen' (-cvport PORT is the option UnrealCV's server reads).", "--launch")
-    connect_timeout: float | None = setting(None, "Seconds to wait for the server to answer (default: 300 when launching, else 15).", gt=0)
+    port: list[int] = setting(
+        [DEFAULT_PORT],
+        "UnrealCV server port; repeat once per engine instance (worker i uses the i-th port; "
+        "when launching more instances than ports, the first port plus i).",
+        "--port",
+        min_length=1,
+    )
+    unix_socket: str | None = setting(
+        None,
+        "Connect through this Unix socket instead of TCP (Linux); {port} is replaced, "
+        "'auto' means /tmp/unrealcv_{port}.socket.",
+        "--unix-socket",
+    )
+    launch: str | None = setting(
+        None,
+        "Command template that starts an engine instance, with {port} (and {slot}), e.g. "
+        "'./Game.sh -cvport {port} -RenderOffscreen' (-cvport PORT is the option UnrealCV's server reads).",
+        "--launch",
+    )
+    connect_timeout: float | None = setting(
+        None, "Seconds to wait for the server to answer (default: 300 when launching, else 15).", gt=0
+    )
     timeout: float = setting(120.0, "Seconds to wait for any one reply.", gt=0)
     level_timeout: float = setting(60.0, "Seconds to wait for a level to load.", gt=0)
-    retries: int = setting(2, "Reconnections per scene (a dropped or timed-out connection) before the scene fails.", "--retries", ge=0, le=100)
-    recaptures: int = setting(3, "Captures of a frame in which something moved, after the first, before the scene fails.", ge=0, le=100)
+    retries: int = setting(
+        2,
+        "Reconnections per scene (a dropped or timed-out connection) before the scene fails.",
+        "--retries",
+        ge=0,
+        le=100,
+    )
+    recaptures: int = setting(
+        3, "Captures of a frame in which something moved, after the first, before the scene fails.", ge=0, le=100
+    )
     image_format: Literal["bmp", "png"] = setting("bmp", "Format of the lit images on the wire.")
-    lens: Literal["auto", "fov", "cine"] = setting("auto", "auto uses the cine camera where the server has it (UnrealZoo v1.1), else the "
-                                                  "horizontal FOV; fov or cine force one (cine fails on servers without it).", "--lens")
+    lens: Literal["auto", "fov", "cine"] = setting(
+        "auto",
+        "auto uses the cine camera where the server has it (UnrealZoo v1.1), else the "
+        "horizontal FOV; fov or cine force one (cine fails on servers without it).",
+        "--lens",
+    )
     sensor_width_mm: float = setting(36.0, "Filmback width of the cine camera, mm.", gt=0)
-    depth_kind: Literal["plane", "point"] = setting("plane", "What the server's depth is: plane (z) depth, or point (ray) depth to convert.")
+    depth_kind: Literal["plane", "point"] = setting(
+        "plane", "What the server's depth is: plane (z) depth, or point (ray) depth to convert."
+    )
     illumination: Literal["lumen", "screen_space", "none"] | None = setting(
-        None, "Global illumination of every camera's captures (UE 5.5+ scene captures disable Lumen unless asked: lumen); "
-        "sent where the server has 'vset /camera/N/illumination', default: the server's.", "--illumination")
-    require_plugin: bool = setting(False, "Fail instead of rendering with approximate animation sync when the SynCam plugin is missing.")
+        None,
+        "Global illumination of every camera's captures (UE 5.5+ scene captures disable Lumen unless asked: lumen); "
+        "sent where the server has 'vset /camera/N/illumination', default: the server's.",
+        "--illumination",
+    )
+    require_plugin: bool = setting(
+        False, "Fail instead of rendering with approximate animation sync when the SynCam plugin is missing."
+    )
 
     @field_validator("port", mode="before")
     @classmethod
@@ -291,8 +328,13 @@ class UnrealCVBackend(RenderBackend):
             port = o.port[self.slot.index % len(o.port)]
         sock = "/tmp/unrealcv_{port}.socket" if o.unix_socket == "auto" else o.unix_socket
         self.engine = UnrealCVServer(
-            o.host, port, sock.format(port=port, slot=self.slot.index) if sock else None, o.launch, self.slot.index,
-            o.connect_timeout or (300.0 if o.launch else 15.0), o.timeout,
+            o.host,
+            port,
+            sock.format(port=port, slot=self.slot.index) if sock else None,
+            o.launch,
+            self.slot.index,
+            o.connect_timeout or (300.0 if o.launch else 15.0),
+            o.timeout,
         )
         self.plugin_version: str | None = None
         self._warned: set[str] = set()
@@ -332,7 +374,9 @@ class UnrealCVBackend(RenderBackend):
             )
         if self.config.lens == "fov" or (self.config.lens == "auto" and not cine):
             if not self.server.has("fov"):
-                raise CapabilityError(f"UnrealCV server at {self.endpoint}: cannot set the camera field of view (vset /camera/N/fov)")
+                raise CapabilityError(
+                    f"UnrealCV server at {self.endpoint}: cannot set the camera field of view (vset /camera/N/fov)"
+                )
             return "fov"
         return "cine"
 
@@ -351,7 +395,13 @@ class UnrealCVBackend(RenderBackend):
                     raise EngineLostError(
                         f"scene {spec.scene_id}: lost the UnrealCV server at {self.endpoint} {attempts} times; last: {e}"
                     ) from None
-                log.warning("scene %s: %s; reconnecting and retrying the scene (%d/%d)", spec.scene_id, e, attempts, self.config.retries)
+                log.warning(
+                    "scene %s: %s; reconnecting and retrying the scene (%d/%d)",
+                    spec.scene_id,
+                    e,
+                    attempts,
+                    self.config.retries,
+                )
                 self.engine.disconnect()
 
     def _check_spec(self, spec: SceneSpec) -> None:
@@ -362,10 +412,14 @@ class UnrealCVBackend(RenderBackend):
             )
         for s in spec.subjects:
             if s.kind != "unreal":
-                raise ValueError(f"scene {spec.scene_id}: subject {s.asset_id!r} is a {s.kind!r} asset; the unrealcv backend spawns kind 'unreal'")
+                raise ValueError(
+                    f"scene {spec.scene_id}: subject {s.asset_id!r} is a {s.kind!r} asset; the unrealcv backend spawns kind 'unreal'"
+                )
             for path in (s.asset, s.animation.clip or ""):
                 if any(ch.isspace() for ch in path):
-                    raise ValueError(f"scene {spec.scene_id}: subject {s.asset_id!r}: {path!r} contains whitespace, which UnrealCV commands cannot carry")
+                    raise ValueError(
+                        f"scene {spec.scene_id}: subject {s.asset_id!r}: {path!r} contains whitespace, which UnrealCV commands cannot carry"
+                    )
         if any(ch.isspace() for ch in spec.background.asset):
             raise ValueError(f"scene {spec.scene_id}: level path {spec.background.asset!r} contains whitespace")
         for c in spec.cameras:
@@ -376,7 +430,9 @@ class UnrealCVBackend(RenderBackend):
                     "Unreal renders only square pixels with a centred principal point"
                 )
 
-    def _render_once(self, spec: SceneSpec, out: SceneOutput, on_frame: FrameCallback | None, attempt: int) -> RenderResult:
+    def _render_once(
+        self, spec: SceneSpec, out: SceneOutput, on_frame: FrameCallback | None, attempt: int
+    ) -> RenderResult:
         t0 = time.perf_counter()
         self._load_level(spec.background.asset)
         self._pause()
@@ -389,9 +445,18 @@ class UnrealCVBackend(RenderBackend):
             out.abort()
             out.cams.clear()
         for c in cams:
-            out.add_camera(c.spec_id, c.camera, raw=ue_raw_pose(
-                c.location, c.rotation, camera_id=c.ue_id, actor=c.actor, hfov_deg=c.camera.field_of_view()[0], lens=lens,
-            ))
+            out.add_camera(
+                c.spec_id,
+                c.camera,
+                raw=ue_raw_pose(
+                    c.location,
+                    c.rotation,
+                    camera_id=c.ue_id,
+                    actor=c.actor,
+                    hfov_deg=c.camera.field_of_view()[0],
+                    lens=lens,
+                ),
+            )
         t_setup = time.perf_counter() - t0
         t1 = time.perf_counter()
         writer = _FrameWriter(out)
@@ -406,7 +471,11 @@ class UnrealCVBackend(RenderBackend):
         depth_info = self._depth_coverage(spec, cams)
         return RenderResult(
             backend=self.name,
-            versions={"unrealcv_client": client_version(), "unrealcv_server": self.server.version, "syncam_plugin": self.plugin_version or "absent"},
+            versions={
+                "unrealcv_client": client_version(),
+                "unrealcv_server": self.server.version,
+                "syncam_plugin": self.plugin_version or "absent",
+            },
             timings={"setup_s": t_setup, "frames_s": t_frames, "per_frame_s": t_frames / max(1, spec.num_frames)},
             info={
                 "endpoint": self.endpoint,
@@ -453,7 +522,9 @@ class UnrealCVBackend(RenderBackend):
                         f"UnrealCV server at {self.endpoint}: level {path!r} did not load: the engine is on {name!r} "
                         "(a map that does not exist makes Unreal fall back to the default map; check the background's asset path)"
                     )
-                raise UnrealCVError(f"UnrealCV server at {self.endpoint}: level {path!r} did not load within {self.config.level_timeout:.0f} s")
+                raise UnrealCVError(
+                    f"UnrealCV server at {self.endpoint}: level {path!r} did not load within {self.config.level_timeout:.0f} s"
+                )
             time.sleep(0.02)
 
     def _pause(self, wait_s: float = 5.0) -> None:
@@ -466,7 +537,9 @@ class UnrealCVBackend(RenderBackend):
             if as_text(paused).strip().lower() == "true":
                 return
             if time.monotonic() > deadline:
-                raise UnrealCVError(f"UnrealCV server at {self.endpoint}: the world did not pause ('vget /action/game/is_paused' = {as_text(paused)[:40]!r})")
+                raise UnrealCVError(
+                    f"UnrealCV server at {self.endpoint}: the world did not pause ('vget /action/game/is_paused' = {as_text(paused)[:40]!r})"
+                )
             time.sleep(0.05)
 
     def _detect_plugin(self) -> None:
@@ -485,8 +558,10 @@ class UnrealCVBackend(RenderBackend):
                     break
                 time.sleep(0.1)
             if version is not None and parse_version(version) < PLUGIN_MIN_VERSION:
-                problem = (f"the SynCam UE plugin {version} is too old: vbp cannot pass its functions' arguments "
-                           "(rebuild unreal_plugin/ from this release, 2.0.0 or newer)")
+                problem = (
+                    f"the SynCam UE plugin {version} is too old: vbp cannot pass its functions' arguments "
+                    "(rebuild unreal_plugin/ from this release, 2.0.0 or newer)"
+                )
             elif version is not None:
                 bad = self._plugin_selftest()
                 if bad:
@@ -500,8 +575,10 @@ class UnrealCVBackend(RenderBackend):
         if self.config.require_plugin:
             raise CapabilityError(msg + " and require_plugin is set")
         self._warn_once(
-            "plugin", "%s: animation sync is APPROXIMATE - subjects are posed with vset /object, but their animation "
-            "plays on engine time (stepped by wall-clock between frames) instead of being set per frame", msg,
+            "plugin",
+            "%s: animation sync is APPROXIMATE - subjects are posed with vset /object, but their animation "
+            "plays on engine time (stepped by wall-clock between frames) instead of being set per frame",
+            msg,
         )
 
     def _plugin_selftest(self) -> list[str]:
@@ -514,7 +591,7 @@ class UnrealCVBackend(RenderBackend):
             "SpawnActorFromPath": f"vbp {PLUGIN_ACTOR} SpawnActorFromPath {PROBE_ASSET} {PROBE_ACTOR}",
         }
         bad = []
-        for (fn, cmd), reply in zip(calls.items(), self.conn.batch(list(calls.values()))):
+        for fn, reply in zip(calls, self.conn.batch(list(calls.values()))):
             try:
                 data = plugin_call(reply, fn)
             except PluginCallError as e:
@@ -536,14 +613,21 @@ class UnrealCVBackend(RenderBackend):
         elif self.server.has("spawn_class"):
             method = "class_name"
         else:
-            raise CapabilityError(f"UnrealCV server at {self.endpoint}: no way to spawn {spec.subjects[0].asset!r} without the SynCam plugin")
+            raise CapabilityError(
+                f"UnrealCV server at {self.endpoint}: no way to spawn {spec.subjects[0].asset!r} without the SynCam plugin"
+            )
         out = []
         for s in spec.subjects:
             name = f"SynCamSubject_{s.instance_id}"
             where = f"scene {spec.scene_id}: subject {s.asset_id!r} ({s.asset})"
             if method == "plugin":
                 try:
-                    actor = str(plugin_reply(conn.request(f"vbp {PLUGIN_ACTOR} SpawnActorFromPath {s.asset} {name}"), "SpawnActorFromPath")["actor"])
+                    actor = str(
+                        plugin_reply(
+                            conn.request(f"vbp {PLUGIN_ACTOR} SpawnActorFromPath {s.asset} {name}"),
+                            "SpawnActorFromPath",
+                        )["actor"]
+                    )
                 except (PluginCallError, KeyError) as e:
                     raise SpawnError(f"{where}: the SynCam plugin cannot spawn it: {e}") from None
             elif method == "spawn_from_path":
@@ -564,7 +648,9 @@ class UnrealCVBackend(RenderBackend):
             colour = mask_colour(s.instance_id)
             # Setting the colour makes UnrealCV annotate the actor's meshes (FObjectAnnotator::SetAnnotationColor):
             # an actor spawned after world start is otherwise missing from depth and masks.
-            _, got = conn.batch([f"vset /object/{actor}/color {colour[0]} {colour[1]} {colour[2]}", f"vget /object/{actor}/color"])
+            _, got = conn.batch(
+                [f"vset /object/{actor}/color {colour[0]} {colour[1]} {colour[2]}", f"vget /object/{actor}/color"]
+            )
             if parse_colour(got) != colour:
                 raise SpawnError(
                     f"{where}: UnrealCV did not annotate {actor} (mask colour reads {as_text(got).strip()[:40]!r}, set {colour}): "
@@ -584,9 +670,15 @@ class UnrealCVBackend(RenderBackend):
         replies = conn.batch(cmds)
         placed: list[tuple[int, str, list[float], list[float]]] = []
         for i, c in enumerate(spec.cameras):
-            before, actor, after = camera_count(replies[2 * i]), as_text(replies[2 * i + 1]), camera_count(replies[2 * i + 2])
+            before, actor, after = (
+                camera_count(replies[2 * i]),
+                as_text(replies[2 * i + 1]),
+                camera_count(replies[2 * i + 2]),
+            )
             if is_error(actor):
-                raise UnrealCVError(f"UnrealCV server at {self.endpoint}: 'vset /cameras/spawn' failed: {actor.strip()}")
+                raise UnrealCVError(
+                    f"UnrealCV server at {self.endpoint}: 'vset /cameras/spawn' failed: {actor.strip()}"
+                )
             if after != before + 1:
                 raise UnrealCVError(
                     f"UnrealCV server at {self.endpoint}: spawning camera {c.id} changed 'vget /cameras' from {before} to "
@@ -599,17 +691,24 @@ class UnrealCVBackend(RenderBackend):
             if self.server.has("illumination"):
                 illumination = self.config.illumination
             else:
-                self._warn_once("illumination", "UnrealCV server at %s (version %s) cannot set a camera's illumination; "
-                                "captures use the server default (on UE 5.5+ scene captures disable Lumen)", self.endpoint, self.server.version)
+                self._warn_once(
+                    "illumination",
+                    "UnrealCV server at %s (version %s) cannot set a camera's illumination; "
+                    "captures use the server default (on UE 5.5+ scene captures disable Lumen)",
+                    self.endpoint,
+                    self.server.version,
+                )
         cmds = []
         for (cid, _, loc, rot), c in zip(placed, spec.cameras):
             cmds.append(f"vset /camera/{cid}/size {w} {h}")
             if lens == "cine":
                 focal_mm = c.fx * self.config.sensor_width_mm / w
                 # UnrealZoo v1.1: the cine path must be enabled first; filmback is width, height, offsets.
-                cmds += [f"vset /camera/{cid}/cine/enabled 1",
-                         f"vset /camera/{cid}/cine/filmback {fnum(self.config.sensor_width_mm, 6)} {fnum(self.config.sensor_width_mm * h / w, 6)} 0 0",
-                         f"vset /camera/{cid}/cine/lens {fnum(focal_mm, 6)} 2.8"]
+                cmds += [
+                    f"vset /camera/{cid}/cine/enabled 1",
+                    f"vset /camera/{cid}/cine/filmback {fnum(self.config.sensor_width_mm, 6)} {fnum(self.config.sensor_width_mm * h / w, 6)} 0 0",
+                    f"vset /camera/{cid}/cine/lens {fnum(focal_mm, 6)} 2.8",
+                ]
             else:
                 cmds.append(f"vset /camera/{cid}/fov {fnum(hfov_from_focal(w, c.fx), 6)}")
             if illumination != "server default":
@@ -647,8 +746,15 @@ class UnrealCVBackend(RenderBackend):
         self._pause()
 
     # --- frames -------------------------------------------------------------------------
-    def _capture_frames(self, spec: SceneSpec, subjects: list[_Subject], cams: list[_Cam], writer: _FrameWriter,
-                        stats: dict[str, int], on_frame: FrameCallback | None) -> None:
+    def _capture_frames(
+        self,
+        spec: SceneSpec,
+        subjects: list[_Subject],
+        cams: list[_Cam],
+        writer: _FrameWriter,
+        stats: dict[str, int],
+        on_frame: FrameCallback | None,
+    ) -> None:
         """Capture every frame on every camera, in order; a frame in which something moved is captured again.
 
         With the plugin every frame sets the whole state it shows, so the next
@@ -678,7 +784,9 @@ class UnrealCVBackend(RenderBackend):
                     continue
                 attempts += 1
                 if attempts > self.config.recaptures:
-                    raise FrameSyncError(f"frame {k}: {moved} in {self.config.recaptures + 1} captures in a row; the world does not hold still")
+                    raise FrameSyncError(
+                        f"frame {k}: {moved} in {self.config.recaptures + 1} captures in a row; the world does not hold still"
+                    )
                 log.warning("scene %s frame %d: %s; capturing the frame again", spec.scene_id, k, moved)
                 stats["recaptured_frames"] += 1
                 for _, _, later in inflight:  # frames sent after it are captured again too, in order
@@ -700,7 +808,9 @@ class UnrealCVBackend(RenderBackend):
                 c.ground_sky = float(sky[c.ground].mean())
         writer.put([(c.spec_id, *images[c.spec_id]) for c in cams])
 
-    def _frame_steps(self, spec: SceneSpec, k: int, subjects: list[_Subject], cams: list[_Cam], repose: bool) -> list[_Step]:
+    def _frame_steps(
+        self, spec: SceneSpec, k: int, subjects: list[_Subject], cams: list[_Cam], repose: bool
+    ) -> list[_Step]:
         plugin = self.plugin_version is not None
         steps: list[_Step] = []
         add = lambda cmd, kind, data=None: steps.append(_Step(cmd, kind, data))  # noqa: E731
@@ -710,10 +820,18 @@ class UnrealCVBackend(RenderBackend):
             loc, rot, scale = subject_ue_transform(s.spec, k, spec.num_frames)
             label = f"subject {s.actor}"
             if plugin:
-                add(f"vbp {PLUGIN_ACTOR} SetActorTransformCm {s.actor} {fnums(loc + rot + [scale])}", "xform", (label, loc, rot, scale))
+                add(
+                    f"vbp {PLUGIN_ACTOR} SetActorTransformCm {s.actor} {fnums(loc + rot + [scale])}",
+                    "xform",
+                    (label, loc, rot, scale),
+                )
                 clip = s.spec.animation.clip or "None"
                 t_anim = s.spec.animation_time(k, spec.fps)
-                add(f"vbp {PLUGIN_ACTOR} SetAnimationPose {s.actor} {clip} {fnum(t_anim, 6)} {int(s.spec.animation.loop)}", "anim", (s.actor, t_anim, s.spec.animation.loop))
+                add(
+                    f"vbp {PLUGIN_ACTOR} SetAnimationPose {s.actor} {clip} {fnum(t_anim, 6)} {int(s.spec.animation.loop)}",
+                    "anim",
+                    (s.actor, t_anim, s.spec.animation.loop),
+                )
             else:
                 add(f"vset /object/{s.actor}/location {fnums(loc)}", "ok")
                 add(f"vset /object/{s.actor}/rotation {fnums(rot)}", "ok")
@@ -747,7 +865,9 @@ class UnrealCVBackend(RenderBackend):
             cmds = [f"vbatch {len(steps)}", *cmds]
         return self.conn.send(cmds)
 
-    def _read_frame(self, k: int, steps: list[_Step], pending: Pending, subjects: list[_Subject], cams: list[_Cam]) -> tuple[dict[str, tuple], str | None, bool]:
+    def _read_frame(
+        self, k: int, steps: list[_Step], pending: Pending, subjects: list[_Subject], cams: list[_Cam]
+    ) -> tuple[dict[str, tuple], str | None, bool]:
         """Read and check one frame's replies as they arrive; (images per camera, what moved or None, one tick?)."""
         colours = {s.spec.instance_id: s.colour for s in subjects}
         images: dict[str, dict[str, np.ndarray]] = {c.spec_id: {} for c in cams}
@@ -777,12 +897,28 @@ class UnrealCVBackend(RenderBackend):
         if "clock0" in clocks:
             t0, t1 = float(clocks["clock0"]["time"]), float(clocks["clock1"]["time"])
             if abs(t1 - t0) > 1e-6:
-                moved.append(f"world time moved from {t0:.6f} to {t1:.6f} s during the captures (the world was not paused)")
+                moved.append(
+                    f"world time moved from {t0:.6f} to {t1:.6f} s during the captures (the world was not paused)"
+                )
             single_tick = clocks["clock0"].get("frame") == clocks["clock1"].get("frame")
-        return {c: (b["lit"], b["depth"], b["mask"]) for c, b in images.items()}, ("; ".join(moved) or None), single_tick
+        return (
+            {c: (b["lit"], b["depth"], b["mask"]) for c, b in images.items()},
+            ("; ".join(moved) or None),
+            single_tick,
+        )
 
-    def _read_step(self, k: int, step: _Step, reply: str | bytes, colours: dict[int, tuple[int, int, int]], images: dict[str, dict[str, np.ndarray]],
-                   pre: dict[str, tuple[list[float], list[float]]], post: dict[str, list[float]], clocks: dict[str, dict[str, Any]], moved: list[str]) -> None:
+    def _read_step(
+        self,
+        k: int,
+        step: _Step,
+        reply: str | bytes,
+        colours: dict[int, tuple[int, int, int]],
+        images: dict[str, dict[str, np.ndarray]],
+        pre: dict[str, tuple[list[float], list[float]]],
+        post: dict[str, list[float]],
+        clocks: dict[str, dict[str, Any]],
+        moved: list[str],
+    ) -> None:
         where = f"frame {k}: '{step.command[:80]}'"
         kind, data = step.kind, step.data
         if kind in ("lit", "depth", "mask"):
@@ -796,11 +932,15 @@ class UnrealCVBackend(RenderBackend):
             else:
                 size = image_size(raw)
                 if size is not None and size != (cam.width, cam.height):
-                    raise FrameSyncError(f"{where}: image is {size[0]}x{size[1]}, camera {data.spec_id} is {cam.width}x{cam.height}")
+                    raise FrameSyncError(
+                        f"{where}: image is {size[0]}x{size[1]}, camera {data.spec_id} is {cam.width}x{cam.height}"
+                    )
                 arr = decode_mask(raw, colours, where) if kind == "mask" else decode_image(raw, where)
                 shape = arr.shape[:2]
             if shape != (cam.height, cam.width):
-                raise FrameSyncError(f"{where}: image is {shape[1]}x{shape[0]}, camera {data.spec_id} is {cam.width}x{cam.height}")
+                raise FrameSyncError(
+                    f"{where}: image is {shape[1]}x{shape[0]}, camera {data.spec_id} is {cam.width}x{cam.height}"
+                )
             images[data.spec_id][kind] = arr
         elif is_error(reply):
             raise FrameSyncError(f"{where} failed: {as_text(reply).strip()[:200]}")
@@ -822,7 +962,9 @@ class UnrealCVBackend(RenderBackend):
             # A one-shot clip holds its last pose: the plugin reports the clip length beside the time.
             want = t_set if loop else min(t_set, float(got["clip_length"]))
             if abs(float(got["time"]) - want) > TIME_TOL_S:
-                raise FrameSyncError(f"{where}: {actor} animation time is {float(got['time']):.6f} s, expected {want:.6f} s")
+                raise FrameSyncError(
+                    f"{where}: {actor} animation time is {float(got['time']):.6f} s, expected {want:.6f} s"
+                )
         elif kind == "pre_loc":
             pre[data] = (parse_floats(reply, 3, where), [])
         elif kind == "pre_rot":
@@ -836,7 +978,9 @@ class UnrealCVBackend(RenderBackend):
             got_loc, got_rot = post[data], parse_floats(reply, 3, where)
             p_loc, p_rot = pre[data]
             if _loc_gap(p_loc, got_loc) > POSE_TOL_CM or rotation_gap(p_rot, got_rot) > AXIS_TOL:
-                moved.append(f"{data} moved during the captures (location {p_loc} -> {got_loc}, rotation {p_rot} -> {got_rot})")
+                moved.append(
+                    f"{data} moved during the captures (location {p_loc} -> {got_loc}, rotation {p_rot} -> {got_rot})"
+                )
         elif kind == "cam_loc":
             post[f"camera {data.spec_id}"] = parse_floats(reply, 3, where)
         elif kind == "cam_rot":
@@ -844,10 +988,14 @@ class UnrealCVBackend(RenderBackend):
             if _loc_gap(data.location, got_loc) > POSE_TOL_CM or rotation_gap(data.rotation, got_rot) > AXIS_TOL:
                 moved.append(f"camera {data.spec_id} (UE camera {data.ue_id}) moved to {got_loc} {got_rot}")
 
-    def _check_pose(self, what: str, loc: Sequence[float], rot: Sequence[float], got_loc: Sequence[float], got_rot: Sequence[float]) -> None:
+    def _check_pose(
+        self, what: str, loc: Sequence[float], rot: Sequence[float], got_loc: Sequence[float], got_rot: Sequence[float]
+    ) -> None:
         dl = _loc_gap(loc, got_loc)
         if dl > POSE_TOL_CM:
-            raise FrameSyncError(f"{what}: engine reports location {list(got_loc)} cm, set {list(loc)} ({dl:.3f} cm off)")
+            raise FrameSyncError(
+                f"{what}: engine reports location {list(got_loc)} cm, set {list(loc)} ({dl:.3f} cm off)"
+            )
         if rotation_gap(rot, [float(v) for v in got_rot]) > AXIS_TOL:
             raise FrameSyncError(f"{what}: engine reports rotation {list(got_rot)}, set {list(rot)}")
 
@@ -861,9 +1009,18 @@ class UnrealCVBackend(RenderBackend):
                 "scene %s: the ground reads as sky in %d of %d cameras (depth inf on rays %.0f° below the horizon; level %s). "
                 "UnrealCV's depth and masks show only meshes annotated at world start: Landscape terrain and actors "
                 "streamed in by World Partition come back as sky. Use a static-mesh ground or disable streaming for "
-                "capture (docs/unreal.md).", spec.scene_id, len(bad), len(ground), GROUND_RAY_DEG, spec.background.asset,
+                "capture (docs/unreal.md).",
+                spec.scene_id,
+                len(bad),
+                len(ground),
+                GROUND_RAY_DEG,
+                spec.background.asset,
             )
-        return {"sky_fraction": sky, "ground_sky_fraction": ground, "ground_reads_as_sky": bool(ground) and len(bad) * 2 >= len(ground)}
+        return {
+            "sky_fraction": sky,
+            "ground_sky_fraction": ground,
+            "ground_reads_as_sky": bool(ground) and len(bad) * 2 >= len(ground),
+        }
 
 
 def _loc_gap(a: Sequence[float], b: Sequence[float]) -> float:

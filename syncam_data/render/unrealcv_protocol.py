@@ -29,7 +29,8 @@ import json
 import math
 import re
 import struct
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -189,6 +190,7 @@ def rotation_gap(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 # --- images ---------------------------------------------------------------------------------
+
 
 def _bmp_bgra(data: bytes) -> np.ndarray | None:
     """UnrealCV's own BMP (uncompressed 32-bpp, top-down) as a BGRA view of ``data``; None for any other image."""

@@ -33,8 +33,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from syncam_data.render.unrealcv_protocol import as_text, is_binary_payload, is_error, is_missing_handler, parse_version
 
@@ -100,6 +101,7 @@ class EngineLostError(UnrealCVError, ConnectionError):
 
 # --- the wire: a thin layer over unrealcv.Client ---------------------------------------------
 
+
 class Connection:
     """One UnrealCV client connection: replies streamed as they arrive, a timeout per reply, clear errors."""
 
@@ -109,7 +111,7 @@ class Connection:
         self.timeout = timeout
 
     @classmethod
-    def open(cls, host: str, port: int, unix_socket: str | None, timeout: float, deadline: float) -> "Connection":
+    def open(cls, host: str, port: int, unix_socket: str | None, timeout: float, deadline: float) -> Connection:
         """Connect (retrying until ``deadline``, monotonic seconds): the server takes one client at a time."""
         # The client logs every connect at INFO, and a greeting that does not come at ERROR; we report
         # connection problems ourselves, once, with the endpoint.
@@ -127,7 +129,9 @@ class Connection:
                 # Client.connect blocks without a timeout until the greeting arrives; a server that
                 # accepts but never greets (an engine still loading, or busy with another client: the
                 # listener serves one client at a time) must not hang the worker.
-                greet = threading.Timer(min(GREETING_TIMEOUT_S, max(0.5, deadline - time.monotonic())), lambda c=client: c.disconnect())
+                greet = threading.Timer(
+                    min(GREETING_TIMEOUT_S, max(0.5, deadline - time.monotonic())), lambda c=client: c.disconnect()
+                )
                 greet.daemon = True
                 greet.start()
                 try:
@@ -145,7 +149,7 @@ class Connection:
     def close(self) -> None:
         self.client.disconnect()
 
-    def send(self, commands: Sequence[str], timeout: float | None = None) -> "Pending":
+    def send(self, commands: Sequence[str], timeout: float | None = None) -> Pending:
         """Send ``commands`` now; read their replies later, in order, from the returned ``Pending``.
 
         Several batches may be in flight: the server runs requests in the order
@@ -256,7 +260,9 @@ def _client_class() -> Any:
     if _CLIENT_CLASS is None:
         import unrealcv
 
-        if not all(hasattr(unrealcv.Client, a) for a in ("RECONNECT_ATTEMPTS", "RECONNECT_BASE_DELAY")) or not hasattr(unrealcv, "ApiVersionManager"):
+        if not all(hasattr(unrealcv.Client, a) for a in ("RECONNECT_ATTEMPTS", "RECONNECT_BASE_DELAY")) or not hasattr(
+            unrealcv, "ApiVersionManager"
+        ):
             raise CapabilityError(
                 f"the installed unrealcv client ({getattr(unrealcv, '__version__', 'unknown')}) is too old: "
                 "SynCam needs unrealcv>=1.3,<2 (pip install 'unrealcv>=1.3,<2')"
@@ -309,7 +315,6 @@ def _client_class() -> Any:
                     raise ConnectionError("connection closed while waiting for a reply")
                 return reply
 
-
         _CLIENT_CLASS = _Client
     return _CLIENT_CLASS
 
@@ -334,6 +339,7 @@ def _probe(host: str, port: int, unix_socket: str | None) -> bool:
 
 
 # --- what the server can do ----------------------------------------------------------------------
+
 
 @dataclass
 class ServerInfo:
@@ -362,7 +368,9 @@ def probe_server(conn: Connection) -> ServerInfo:
     info = ServerInfo()
     version, listing = conn.batch(["vget /unrealcv/version", "vget /unrealcv/commands"])
     if is_error(version) or parse_version(as_text(version)) is None:
-        raise CapabilityError(f"UnrealCV server at {conn.endpoint}: 'vget /unrealcv/version' replied {as_text(version)[:80]!r}")
+        raise CapabilityError(
+            f"UnrealCV server at {conn.endpoint}: 'vget /unrealcv/version' replied {as_text(version)[:80]!r}"
+        )
     info.version = as_text(version).strip()
     info.lists_commands = not is_error(listing)
     probes = {**REQUIRED_FEATURES, **{k: v for k, v in OPTIONAL_FEATURES.items() if k != "spawn_cube"}}
@@ -375,21 +383,30 @@ def probe_server(conn: Connection) -> ServerInfo:
             f"needs: {'; '.join(missing)}. Use the UnrealCV plugin from unrealcv/unrealcv branch 5.2 (1.0.1) or the UnrealZoo v1.1 build."
         )
     if not (info.has("spawn_class") or info.has("spawn_from_path") or info.has("vbp")):
-        raise CapabilityError(f"UnrealCV server at {conn.endpoint}: no way to spawn subjects (vset /objects/spawn, spawn_from_path or vbp)")
+        raise CapabilityError(
+            f"UnrealCV server at {conn.endpoint}: no way to spawn subjects (vset /objects/spawn, spawn_from_path or vbp)"
+        )
     # vbatch lives in the server loop: it is never listed, but any server that has it answers 'ok'.
     vb = conn.batch(["vbatch 1", "vget /unrealcv/version"])
     info.vbatch = not is_error(vb[0]) and not is_error(vb[1])
     if info.vbatch:
         info.vbatch_batches = conn.vbatch_batches()
     log.info(
-        "UnrealCV server at %s: version %s, %s; vbatch %s", conn.endpoint, info.version,
+        "UnrealCV server at %s: version %s, %s; vbatch %s",
+        conn.endpoint,
+        info.version,
         ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in info.features.items() if k in OPTIONAL_FEATURES),
-        "batches" if info.vbatch_batches else "accepted but does not batch (synchronization is checked instead)" if info.vbatch else "absent",
+        "batches"
+        if info.vbatch_batches
+        else "accepted but does not batch (synchronization is checked instead)"
+        if info.vbatch
+        else "absent",
     )
     return info
 
 
 # --- the engine instance -----------------------------------------------------------------------
+
 
 class UnrealCVServer:
     """One engine instance's UnrealCV server: started from a ``launch`` command or already running; connected,
@@ -398,8 +415,16 @@ class UnrealCVServer:
     ``slot`` is the worker's index (``{slot}`` in ``launch``); ``timeout`` is the wait for any one reply.
     """
 
-    def __init__(self, host: str, port: int, unix_socket: str | None = None, launch: str | None = None, slot: int = 0,
-                 connect_timeout: float = 15.0, timeout: float = 120.0) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        unix_socket: str | None = None,
+        launch: str | None = None,
+        slot: int = 0,
+        connect_timeout: float = 15.0,
+        timeout: float = 120.0,
+    ) -> None:
         self.host, self.port, self.unix_socket, self.launch, self.slot = host, port, unix_socket, launch, slot
         self.connect_timeout, self.timeout = connect_timeout, timeout
         self.conn: Connection | None = None
@@ -432,7 +457,11 @@ class UnrealCVServer:
         with os.fdopen(fd, "wb") as logf:
             # Its own session, so close() can stop the engine and anything it started.
             self.proc = subprocess.Popen(
-                shlex.split(cmd), stdout=logf, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent_fn(),
+                shlex.split(cmd),
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent_fn(),
             )
         if self._finalizer is None:
             # Worker processes of a pool exit without calling close(): stop the engine at their exit too.
@@ -468,7 +497,9 @@ class UnrealCVServer:
                 )
             try:
                 # Short slices so a dead launched engine is noticed while waiting.
-                self.conn = Connection.open(self.host, self.port, self.unix_socket, self.timeout, min(deadline, time.monotonic() + 2.0))
+                self.conn = Connection.open(
+                    self.host, self.port, self.unix_socket, self.timeout, min(deadline, time.monotonic() + 2.0)
+                )
                 break
             except ConnectionError:
                 if time.monotonic() > deadline:

@@ -37,20 +37,21 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import pyarrow as pa
 from tqdm import tqdm
 
+from syncam_data import fsio
 from syncam_data.engine import TaskResult, run_tasks
 from syncam_data.shards import adapters
 from syncam_data.shards.adapters import AdapterError, ConvertConfig, GroupPlan, GroupRef
 from syncam_data.shards.captions import Captions, load_captions
 from syncam_data.shards.schema import INDEX_SCHEMA, SMALL_COLUMNS, rows_to_table
-from syncam_data import fsio
 from syncam_data.shards.writer import AppendHash, ShardWriter, check_group_before_write, parquet_writer, parse_size
 
 log = logging.getLogger(__name__)
@@ -157,6 +158,7 @@ class BuildSummary:
 
 
 # --- tasks (top-level functions: they run in worker processes and on Ray) -------
+
 
 def scan_task(item: tuple[GroupRef, ConvertConfig]) -> GroupPlan:
     ref, options = item
@@ -276,7 +278,13 @@ def _write_batch(batch: Batch) -> BatchResult:
                 # validate's rules, before anything is written: committed shards are never rewritten.
                 check_group_before_write(rows)
             except Exception as e:  # one bad group is recorded and left out whole; the batch goes on
-                errors.append({"group": f"{plan.dataset}/{plan.group_id}", "input": plan.ref.label, "error": f"{type(e).__name__}: {e}"})
+                errors.append(
+                    {
+                        "group": f"{plan.dataset}/{plan.group_id}",
+                        "input": plan.ref.label,
+                        "error": f"{type(e).__name__}: {e}",
+                    }
+                )
                 log.warning("%s: %s", plan.ref.label, e)
                 continue
             part.add(rows, sum(r.nbytes() for r in records))
@@ -288,10 +296,13 @@ def _write_batch(batch: Batch) -> BatchResult:
         raise
     if not wrote:
         return BatchResult(batch.file, None, [], 0, None, errors, seconds=time.perf_counter() - t0)
-    return BatchResult(batch.file, str(tmp), part.index_rows, groups, part.sha256, errors, tmp.stat().st_size, time.perf_counter() - t0)
+    return BatchResult(
+        batch.file, str(tmp), part.index_rows, groups, part.sha256, errors, tmp.stat().st_size, time.perf_counter() - t0
+    )
 
 
 # --- driver -----------------------------------------------------------------------
+
 
 class BuildLock:
     """``<out>/.build.lock``: one build per output folder at a time (a stale lock of a dead local process is taken over)."""
@@ -299,7 +310,7 @@ class BuildLock:
     def __init__(self, out: Path) -> None:
         self.path = out / LOCK_FILE
 
-    def __enter__(self) -> "BuildLock":
+    def __enter__(self) -> BuildLock:
         me = {"pid": os.getpid(), "host": socket.gethostname()}
         for _ in range(2):
             try:
@@ -309,7 +320,9 @@ class BuildLock:
                     log.warning("%s: removing the lock of a build that is no longer running", self.path)
                     self.path.unlink(missing_ok=True)
                     continue
-                raise BuildError(f"{self.path}: another build is writing this dataset ({self.path.read_text().strip()}); delete the lock file if it is not running") from None
+                raise BuildError(
+                    f"{self.path}: another build is writing this dataset ({self.path.read_text().strip()}); delete the lock file if it is not running"
+                ) from None
             with os.fdopen(fd, "w") as f:
                 json.dump(me, f)
             return self
@@ -350,7 +363,9 @@ def discover_all(cfg: BuildConfig) -> list[GroupRef]:
     return refs
 
 
-def select_plans(plans: list[GroupPlan], writer: ShardWriter, summary: BuildSummary, max_groups: int | None) -> list[GroupPlan]:
+def select_plans(
+    plans: list[GroupPlan], writer: ShardWriter, summary: BuildSummary, max_groups: int | None
+) -> list[GroupPlan]:
     """Deterministic dedup: sorted by key; skip groups already committed or repeated (key or content hash)."""
     keys: set[tuple[str, str]] = set()
     hashes: set[str] = set()
@@ -411,7 +426,10 @@ def scan_all(refs: list[GroupRef], cfg: BuildConfig, run_kw: dict[str, Any]) -> 
     if cfg.engine == "ray" or cfg.workers <= 1:
         yield from run_tasks(scan_task, items, desc="scan", unit="group", **run_kw)
         return
-    with cf.ThreadPoolExecutor(max_workers=cfg.workers) as pool, tqdm(total=len(items), desc="scan", unit="group", disable=not cfg.progress or not items) as bar:
+    with (
+        cf.ThreadPoolExecutor(max_workers=cfg.workers) as pool,
+        tqdm(total=len(items), desc="scan", unit="group", disable=not cfg.progress or not items) as bar,
+    ):
         for res in pool.map(_scan_one, items):
             bar.update(1)
             yield res
@@ -437,7 +455,13 @@ def build_shards(cfg: BuildConfig) -> BuildSummary:
     run_kw = dict(engine=cfg.engine, workers=cfg.workers, ray_address=cfg.ray_address, progress=cfg.progress)
     with BuildLock(cfg.out):
         # Opening the writer deletes uncommitted shards and rebuilds an index that does not match dataset.json.
-        writer = ShardWriter(cfg.out, name=cfg.name, shard_size=cfg.shard_size, row_group_size=cfg.row_group_size, build_args=cfg.build_args())
+        writer = ShardWriter(
+            cfg.out,
+            name=cfg.name,
+            shard_size=cfg.shard_size,
+            row_group_size=cfg.row_group_size,
+            build_args=cfg.build_args(),
+        )
         todo = [r for r in refs if not (r.dataset and r.group_id and writer.has_group(r.dataset, r.group_id))]
         summary.skipped_existing += len(refs) - len(todo)
 
@@ -454,15 +478,29 @@ def build_shards(cfg: BuildConfig) -> BuildSummary:
         attach_captions(chosen, captions, summary)
         groups = pack_batches(chosen, cfg.shard_size)
         names = writer.reserve_shard_names(len(groups))
-        batches = [Batch(i, n, str(cfg.out), g, cfg.options, cfg.row_group_size) for i, (n, g) in enumerate(zip(names, groups))]
-        log.info("%d new group(s) in %d shard(s); %d already in the dataset, %d duplicate(s)", len(chosen), len(batches), summary.skipped_existing, summary.skipped_duplicate)
+        batches = [
+            Batch(i, n, str(cfg.out), g, cfg.options, cfg.row_group_size) for i, (n, g) in enumerate(zip(names, groups))
+        ]
+        log.info(
+            "%d new group(s) in %d shard(s); %d already in the dataset, %d duplicate(s)",
+            len(chosen),
+            len(batches),
+            summary.skipped_existing,
+            summary.skipped_duplicate,
+        )
 
         # No more processes than shards: a process pool costs seconds of start-up (imports) per worker.
         write_kw = {**run_kw, "workers": max(1, min(cfg.workers, len(batches)))}
         for res in run_tasks(write_batch, batches, desc="write shards", unit="shard", **write_kw):
             if not res.ok:
                 for p in res.item.plans:
-                    summary.errors.append({"group": f"{p.dataset}/{p.group_id}", "input": p.ref.label, "error": f"shard task failed: {res.error}"})
+                    summary.errors.append(
+                        {
+                            "group": f"{p.dataset}/{p.group_id}",
+                            "input": p.ref.label,
+                            "error": f"shard task failed: {res.error}",
+                        }
+                    )
                 log.error("shard %s failed: %s", res.item.file, res.error)
                 continue
             commit_batch(writer, res.value, summary)
@@ -487,7 +525,9 @@ def finish(writer: ShardWriter, summary: BuildSummary, cfg: BuildConfig) -> None
     """Record this build in dataset.json stats: the per-build summary (with its settings: groups of
     different builds may have been made with different options) and dataset-wide caption coverage."""
     prev = writer.manifest.get("stats", {})
-    builds = list(prev.get("builds", [])) + [{**summary.to_dict(), "build_args": cfg.build_args(), "sources": [f"{k}:{p}" for k, p in cfg.sources()]}]
+    builds = list(prev.get("builds", [])) + [
+        {**summary.to_dict(), "build_args": cfg.build_args(), "sources": [f"{k}:{p}" for k, p in cfg.sources()]}
+    ]
     caps = writer.index_table().column("caption").to_pylist()
     stats = {"builds": builds, "views": len(caps), "views_without_caption": sum(1 for c in caps if not c)}
     writer.close(stats)

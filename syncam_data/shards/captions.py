@@ -44,7 +44,9 @@ class Captions:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def lookup(self, dataset: str, group_id: str, view_id: str, view_source: str, group_source: str) -> tuple[str, str] | None:
+    def lookup(
+        self, dataset: str, group_id: str, view_id: str, view_source: str, group_source: str
+    ) -> tuple[str, str] | None:
         """(caption, origin) for one view, or None."""
         candidates = (
             (f"{dataset}/{group_id}/{view_id}", "sample"),
@@ -102,8 +104,7 @@ def _read_csv(p: Path, delimiter: str):
         reader = csv.DictReader(f, delimiter=delimiter)
         if not reader.fieldnames or "caption" not in reader.fieldnames:
             raise CaptionsError(f"{p}: the header must have a 'caption' column and one of {KEY_FIELDS}")
-        for i, row in enumerate(reader, 2):
-            yield i, row
+        yield from enumerate(reader, 2)
 
 
 def _add(caps: Captions, row: dict, p: Path, lineno: int) -> None:

@@ -20,8 +20,9 @@ row order, which the contract does not fix.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -92,7 +93,11 @@ def _locate(root: Path, index: pa.Table, need_media: bool, hashes: bool) -> dict
             t = pf.read_row_group(rg, columns=["sample_id", "media"] if need_media else ["sample_id"])
             ids = t.column("sample_id").to_pylist()
             sizes = pc.binary_length(t.column("media")).to_pylist() if need_media else [None] * len(ids)
-            digests = [hashlib.sha256(v.as_py() or b"").hexdigest() for v in t.column("media")] if hashes else [None] * len(ids)
+            digests = (
+                [hashlib.sha256(v.as_py() or b"").hexdigest() for v in t.column("media")]
+                if hashes
+                else [None] * len(ids)
+            )
             for pos, (sid, n, d) in enumerate(zip(ids, sizes, digests)):
                 out[(shard, sid)] = (rg, pos, n, d)
     return out
@@ -167,7 +172,9 @@ def read_index(root: Path, manifest: dict[str, Any]) -> tuple[pa.Table, str]:
                 index = pq.read_table(ipath)
                 listed = {s["file"]: int(s.get("num_rows", -1)) for s in shards}
                 if index.num_rows:
-                    index = index.filter(pc.is_in(index.column("shard"), value_set=pa.array(sorted(listed), pa.string())))
+                    index = index.filter(
+                        pc.is_in(index.column("shard"), value_set=pa.array(sorted(listed), pa.string()))
+                    )
                 counts: dict[str, int] = {}
                 if index.num_rows:
                     agg = index.group_by("shard").aggregate([("shard", "count")])

@@ -15,7 +15,9 @@ def summarize(reader: ShardReader) -> dict[str, Any]:
     """Counts per dataset/kind, resolution and frame-count histograms, caption coverage (index only)."""
     reader.ensure_columns("media_bytes")  # a dataset written by another tool may lack it
     idx = reader.index
-    rows = idx.select(["dataset", "kind", "group_id", "width", "height", "num_frames", "caption", "c2w", "media_bytes"]).to_pylist()
+    rows = idx.select(
+        ["dataset", "kind", "group_id", "width", "height", "num_frames", "caption", "c2w", "media_bytes"]
+    ).to_pylist()
     per: dict[str, dict[str, Any]] = {}
     for r in rows:
         key = f"{r['dataset']}/{r['kind']}"
@@ -53,7 +55,9 @@ def format_summary(s: dict[str, Any]) -> str:
     lines = [f"{s['root']}: {s['views']} views in {s['groups']} groups, {s['shards']} shard(s)", ""]
     lines.append(f"{'dataset/kind':40s} {'groups':>7s} {'views':>7s} {'MB':>9s} {'captions':>9s} {'cameras':>8s}")
     for k, v in s["by_source"].items():
-        lines.append(f"{k:40s} {v['groups']:7d} {v['views']:7d} {v['media_mb']:9.1f} {v['caption_coverage']:9.0%} {v['camera_coverage']:8.0%}")
+        lines.append(
+            f"{k:40s} {v['groups']:7d} {v['views']:7d} {v['media_mb']:9.1f} {v['caption_coverage']:9.0%} {v['camera_coverage']:8.0%}"
+        )
     lines += ["", "resolution (HxW): " + ", ".join(f"{k} x{v}" for k, v in s["resolutions"].items())]
     lines += ["frames per view:   " + ", ".join(f"{k} x{v}" for k, v in s["frames"].items())]
     lines += [f"caption coverage:  {s['caption_coverage']:.0%} of views"]

@@ -15,8 +15,9 @@ import logging
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -59,7 +60,11 @@ class ShardReader:
         except ValueError as e:
             raise ShardDatasetError(str(e)) from None
         if state == "rebuilt":
-            log.warning("%s: does not match %s; using an index rebuilt from the shards (re-run build-shards to repair the file)", self.root / INDEX_FILE, DATASET_JSON)
+            log.warning(
+                "%s: does not match %s; using an index rebuilt from the shards (re-run build-shards to repair the file)",
+                self.root / INDEX_FILE,
+                DATASET_JSON,
+            )
         self.ensure_columns("row_in_group")
         self._files: dict[str, pq.ParquetFile] = {}
         self._cache: OrderedDict[tuple[str, int, str], pa.Array] = OrderedDict()
@@ -74,7 +79,9 @@ class ShardReader:
         missing = missing_index_columns(self.index, names)
         if not missing:
             return
-        log.info("%s: index has no %s (written by another tool); deriving from the shards", self.root, ", ".join(missing))
+        log.info(
+            "%s: index has no %s (written by another tool); deriving from the shards", self.root, ", ".join(missing)
+        )
         try:
             self.index = complete_index(self.root, self.index, missing)
         except DeriveError as e:
@@ -165,8 +172,7 @@ class ShardReader:
         for s in self.manifest.get("shards", []):
             pf = self._file(s["file"])
             for rg in range(pf.num_row_groups):
-                for row in pf.read_row_group(rg, columns=list(columns) if columns else None).to_pylist():
-                    yield row
+                yield from pf.read_row_group(rg, columns=list(columns) if columns else None).to_pylist()
 
 
 def extra(row: dict[str, Any]) -> dict[str, Any]:

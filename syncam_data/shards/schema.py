@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pyarrow as pa
 
-from syncam_data.ids import check_id, sample_id as make_sample_id
+from syncam_data.ids import check_id
+from syncam_data.ids import sample_id as make_sample_id
 
 SCHEMA_VERSION = 1
 # The dataset folder: the manifest (written last: the commit point) and the index of every shard row.

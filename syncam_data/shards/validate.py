@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 
 from syncam_data.cameras import CameraError, check_rotation
 from syncam_data.engine import run_tasks
-from syncam_data.ids import UnsafeIdError, check_id
 from syncam_data.fsio import sha256_file
+from syncam_data.ids import UnsafeIdError, check_id
 from syncam_data.shards.schema import (
     DATASET_JSON,
     INDEX_FILE,
@@ -53,10 +53,19 @@ class ValidationReport:
         return not self.problems
 
     def to_dict(self) -> dict[str, Any]:
-        return {"root": self.root, "ok": self.ok, "rows_checked": self.rows_checked, "shards_checked": self.shards_checked, "problems": self.problems, "warnings": self.warnings}
+        return {
+            "root": self.root,
+            "ok": self.ok,
+            "rows_checked": self.rows_checked,
+            "shards_checked": self.shards_checked,
+            "problems": self.problems,
+            "warnings": self.warnings,
+        }
 
 
-def validate_dataset(root: str | Path, decode_media: bool = True, workers: int = 1, max_problems: int = 200) -> ValidationReport:
+def validate_dataset(
+    root: str | Path, decode_media: bool = True, workers: int = 1, max_problems: int = 200
+) -> ValidationReport:
     root = Path(root)
     rep = ValidationReport(str(root))
     mpath = root / DATASET_JSON
@@ -94,7 +103,9 @@ def validate_dataset(root: str | Path, decode_media: bool = True, workers: int =
         want = manifest.get("index_sha256")
         if want and sha256_file(ipath) != want:
             # The rows are also compared with the shards below, which says what differs.
-            rep.problems.append(f"{ipath}: sha256 differs from the one dataset.json records (damaged, or left by an interrupted build; re-running build-shards rebuilds it)")
+            rep.problems.append(
+                f"{ipath}: sha256 differs from the one dataset.json records (damaged, or left by an interrupted build; re-running build-shards rebuilds it)"
+            )
     if index is not None and not _check_index(index, shards, ipath, rep):
         index = None
 
@@ -139,7 +150,12 @@ def _check_index(index, shards, ipath: Path, rep: ValidationReport) -> bool:
         rep.problems.append(f"{ipath}: rows point at shards not in dataset.json: {sorted(unknown)[:5]}")
     # A group is one scene: its views must agree on kind and (for video groups) frame count.
     groups: dict[tuple[str, str], set] = {}
-    for d, g, k, n in zip(index.column("dataset").to_pylist(), index.column("group_id").to_pylist(), index.column("kind").to_pylist(), index.column("num_frames").to_pylist()):
+    for d, g, k, n in zip(
+        index.column("dataset").to_pylist(),
+        index.column("group_id").to_pylist(),
+        index.column("kind").to_pylist(),
+        index.column("num_frames").to_pylist(),
+    ):
         groups.setdefault((d, g), set()).add((k, n if k == "multiview_video" else 0))
     for (d, g), kinds in groups.items():
         if len(kinds) > 1:
@@ -194,7 +210,9 @@ def _check_shard(task: tuple[str, dict, bool, Any]) -> tuple[list[str], int]:
     if index_part is not None:
         # Rows are found by their position; an index without row_in_group (another tool's) by sample id.
         by_pos = "row_in_group" in index_part.column_names
-        index_rows = {(r["row_group"], r["row_in_group"] if by_pos else r["sample_id"]): r for r in index_part.to_pylist()}
+        index_rows = {
+            (r["row_group"], r["row_in_group"] if by_pos else r["sample_id"]): r for r in index_part.to_pylist()
+        }
         if len(index_rows) != index_part.num_rows:
             probs.append(f"{path}: index.parquet lists some rows of this shard twice")
     n = 0
@@ -203,9 +221,15 @@ def _check_shard(task: tuple[str, dict, bool, Any]) -> tuple[list[str], int]:
             n += 1
             probs.extend(f"{path}: {row.get('sample_id')}: {p}" for p in check_row(row, decode_media))
             if index_rows is not None:
-                probs.extend(_compare_with_index(path, rg, k, row, index_rows.pop((rg, k if by_pos else row.get("sample_id")), None)))
+                probs.extend(
+                    _compare_with_index(
+                        path, rg, k, row, index_rows.pop((rg, k if by_pos else row.get("sample_id")), None)
+                    )
+                )
     if index_rows:
-        probs.append(f"{path}: index.parquet has {len(index_rows)} row(s) that are not in this shard, e.g. {sorted(index_rows)[0]}")
+        probs.append(
+            f"{path}: index.parquet has {len(index_rows)} row(s) that are not in this shard, e.g. {sorted(index_rows)[0]}"
+        )
     return probs, n
 
 
@@ -259,7 +283,9 @@ def check_group_rows(rows: list[dict[str, Any]]) -> list[str]:
     probs = [f"{r.get('sample_id')}: {p}" for r in rows for p in check_row(r, decode_media=False)]
     kinds = {(r["kind"], r["num_frames"] if r["kind"] == "multiview_video" else 0) for r in rows}
     if len(kinds) > 1:
-        probs.append(f"group {rows[0].get('dataset')}/{rows[0].get('group_id')} mixes kinds or frame counts {sorted(kinds)}")
+        probs.append(
+            f"group {rows[0].get('dataset')}/{rows[0].get('group_id')} mixes kinds or frame counts {sorted(kinds)}"
+        )
     return probs
 
 
@@ -301,4 +327,3 @@ def _check_depth(row: dict[str, Any]) -> list[str]:
     if d.shape != (row["num_frames"], row["height"], row["width"]):
         return [f"depth shape {d.shape} != (frames, H, W) = {(row['num_frames'], row['height'], row['width'])}"]
     return []
-

@@ -121,7 +121,9 @@ class AppendHash:
         if end <= self._done:
             return
         if os.fstat(self._fd).st_size < end:
-            raise OSError(f"file shrank while it was being hashed (now {os.fstat(self._fd).st_size} bytes, hashed up to {end})")
+            raise OSError(
+                f"file shrank while it was being hashed (now {os.fstat(self._fd).st_size} bytes, hashed up to {end})"
+            )
         # Hash the new range through a memory map (no copy into Python buffers). The file is this
         # process's own temporary shard, written front to back and never truncated while open.
         start = self._done - self._done % mmap.ALLOCATIONGRANULARITY
@@ -212,7 +214,12 @@ class ShardWriter:
         self._remove_unlisted_shards()
         index, state = read_index(self.out, self.manifest)
         if state == "rebuilt":
-            log.warning("%s: did not match %s (an interrupted commit or damage); rebuilt from the %d listed shard(s)", self.out / INDEX_FILE, DATASET_JSON, len(self.shards))
+            log.warning(
+                "%s: did not match %s (an interrupted commit or damage); rebuilt from the %d listed shard(s)",
+                self.out / INDEX_FILE,
+                DATASET_JSON,
+                len(self.shards),
+            )
         # The on-disk index is rewritten at the next commit unless it is exactly the manifest's.
         self._index_sha: str | None = self.manifest.get("index_sha256") if state == "ok" else None
         # A dataset written by another tool may lack the columns added after schema version 1: derive them.
@@ -285,7 +292,9 @@ class ShardWriter:
             self._write_manifest(None, index_changed=False)
         return names
 
-    def adopt_shard(self, tmp_path: str | os.PathLike, file: str, index: pa.Table, num_groups: int, sha256: str | None = None) -> ShardInfo:
+    def adopt_shard(
+        self, tmp_path: str | os.PathLike, file: str, index: pa.Table, num_groups: int, sha256: str | None = None
+    ) -> ShardInfo:
         """Commit a complete shard written elsewhere under a temporary name in this folder.
 
         The file is fsynced and renamed to ``file`` (a reserved name), listed in
@@ -325,7 +334,7 @@ class ShardWriter:
             self._open = None
         self._buffer.clear()
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -459,5 +468,8 @@ def summarize_index(index: pa.Table) -> dict[str, Any]:
         return out
     t = index.group_by(["dataset", "kind"]).aggregate([("group_id", "count_distinct"), ("sample_id", "count")])
     for row in t.to_pylist():
-        out[f"{row['dataset']}/{row['kind']}"] = {"groups": row["group_id_count_distinct"], "views": row["sample_id_count"]}
+        out[f"{row['dataset']}/{row['kind']}"] = {
+            "groups": row["group_id_count_distinct"],
+            "views": row["sample_id_count"],
+        }
     return out

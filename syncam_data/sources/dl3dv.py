@@ -58,17 +58,18 @@ import logging
 import math
 import os
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import cv2
 import numpy as np
 
 from syncam_data.cameras import Camera, CameraError, c2w_from_opengl, check_rotation, orthonormalize
 from syncam_data.ids import UnsafeIdError, check_id, sanitize_id
-from syncam_data.sources.framing import FRAME_RESIZE, frame_camera, read_image
 from syncam_data.sources.frameset import SourceError, SourceFrame
+from syncam_data.sources.framing import FRAME_RESIZE, frame_camera, read_image
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +80,23 @@ IMAGE_FOLDERS = ("images", "images_2", "images_4", "images_8")
 # pixels to decode than the 4K originals.
 AUTO_ORDER = ("images_4", "images_2", "images", "images_8")
 APPLIED_TRANSFORM = ("keep", "undo")
-LAYOUT = "scene folders with transforms.json (or nerfstudio/transforms.json) beside images/ or images_N/, anywhere under it"
+LAYOUT = (
+    "scene folders with transforms.json (or nerfstudio/transforms.json) beside images/ or images_N/, anywhere under it"
+)
 DIST_KEYS = ("k1", "k2", "p1", "p2", "k3")
-INTRINSIC_KEYS = ("w", "h", "fl_x", "fl_y", "cx", "cy", "camera_model", "camera_angle_x", "camera_angle_y", "is_fisheye", "k4") + DIST_KEYS
+INTRINSIC_KEYS = (
+    "w",
+    "h",
+    "fl_x",
+    "fl_y",
+    "cx",
+    "cy",
+    "camera_model",
+    "camera_angle_x",
+    "camera_angle_y",
+    "is_fisheye",
+    "k4",
+) + DIST_KEYS
 PINHOLE_MODELS = ("PINHOLE", "SIMPLE_PINHOLE", "OPENCV")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 _DIGITS = re.compile(r"\d+")
@@ -201,7 +216,9 @@ def _intrinsics(d: dict[str, Any], where: str) -> Intrinsics:
     """Intrinsics from one frame's keys merged over the global ones (nerfstudio: a frame's own value wins)."""
     model = str(d.get("camera_model", "OPENCV")).upper()
     if model not in PINHOLE_MODELS:
-        raise SourceError(f"{where}: camera_model {model} is not a pinhole model (supported: {', '.join(PINHOLE_MODELS)})")
+        raise SourceError(
+            f"{where}: camera_model {model} is not a pinhole model (supported: {', '.join(PINHOLE_MODELS)})"
+        )
     if d.get("is_fisheye") is True:
         raise SourceError(f"{where}: is_fisheye is true: fisheye cameras are not supported (pinhole models only)")
     try:
@@ -236,7 +253,11 @@ def _intrinsics(d: dict[str, Any], where: str) -> Intrinsics:
 def frame_number(file_path: str) -> int | None:
     """The last run of digits in the file name's stem, with or without an extension; None when it has none (or is a UUID)."""
     name = PurePosixPath(str(file_path).replace("\\", "/")).name
-    stem = name[: -len(PurePosixPath(name).suffix)] if PurePosixPath(name).suffix.lower() in IMAGE_EXTS + _OTHER_IMAGE_EXTS else name
+    stem = (
+        name[: -len(PurePosixPath(name).suffix)]
+        if PurePosixPath(name).suffix.lower() in IMAGE_EXTS + _OTHER_IMAGE_EXTS
+        else name
+    )
     if _UUID.search(stem):
         return None  # the digits of a random name are no frame number
     runs = _DIGITS.findall(stem)
@@ -288,7 +309,14 @@ def read_transforms(path: str | Path, applied_transform: str = "keep") -> Transf
         except CameraError as e:
             raise SourceError(f"{where}: {e}") from None
         c2w_gl[:3, :3] = orthonormalize(c2w_gl[:3, :3])
-        rows.append((str(fr["file_path"]), c2w_from_opengl(c2w_gl), [float(v) for v in np.asarray(fr["transform_matrix"], float).reshape(-1)], intr))
+        rows.append(
+            (
+                str(fr["file_path"]),
+                c2w_from_opengl(c2w_gl),
+                [float(v) for v in np.asarray(fr["transform_matrix"], float).reshape(-1)],
+                intr,
+            )
+        )
     nums, numbering, warnings = _numbering([r[0] for r in rows], data["frames"], path)
     order = sorted(range(len(rows)), key=lambda k: nums[k])
     return Transforms(
@@ -380,7 +408,10 @@ class Dl3dvScene:
         return self.transforms.frame_numbers
 
     def header(self) -> dict[str, Any]:
-        h: dict[str, Any] = {"image_folder": self.image_dir.name if self.image_dir else "as listed", "undistorted": self.opts.undistort}
+        h: dict[str, Any] = {
+            "image_folder": self.image_dir.name if self.image_dir else "as listed",
+            "undistorted": self.opts.undistort,
+        }
         if self.transforms.numbering != "file name":
             h["frame_numbers_from"] = self.transforms.numbering
         if self.opts.frame_resize != "none":
@@ -399,8 +430,14 @@ class Dl3dvScene:
         h, w = img.shape[:2]
         intr = t.intrinsics[i]
         desc = f"w x h = {intr.w}x{intr.h} in {t.path}"
-        cam = frame_camera(intr.values, (intr.w, intr.h), (w, h), t.c2w[i], self.opts.frame_resize, str(path), desc, orientation)
-        raw: dict[str, Any] = {"convention": "opengl_c2w", "transform_matrix": t.raw_matrices[i], "file_path": t.files[i]}
+        cam = frame_camera(
+            intr.values, (intr.w, intr.h), (w, h), t.c2w[i], self.opts.frame_resize, str(path), desc, orientation
+        )
+        raw: dict[str, Any] = {
+            "convention": "opengl_c2w",
+            "transform_matrix": t.raw_matrices[i],
+            "file_path": t.files[i],
+        }
         extra: dict[str, Any] = {"source_uri": str(path)}
         if intr.has_distortion:
             # The coefficients act on normalized coordinates, which a resize or crop (with K updated) leaves as they are.
@@ -461,7 +498,9 @@ def open_scene(ref: SceneRef, opts: Dl3dvConfig) -> Dl3dvScene:
     paths = _resolve_images(tr, base, image_dir)
     scene = Dl3dvScene(ref, tr, image_dir, opts, paths, list(tr.warnings))
     if not opts.undistort and any(i.has_distortion for i in tr.intrinsics):
-        scene.warnings.append("images kept distorted (--no-undistort): coefficients recorded per camera under 'distortion'")
+        scene.warnings.append(
+            "images kept distorted (--no-undistort): coefficients recorded per camera under 'distortion'"
+        )
     return scene
 
 
@@ -494,5 +533,3 @@ def _resolve_images(tr: Transforms, base: Path, image_dir: Path | None) -> list[
 def _usual_ext(names: set[str]) -> str:
     counts = {e: sum(1 for n in names if n.lower().endswith(e)) for e in IMAGE_EXTS}
     return max(IMAGE_EXTS, key=lambda e: counts[e]) if any(counts.values()) else IMAGE_EXTS[0]
-
-

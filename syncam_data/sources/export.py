@@ -27,8 +27,9 @@ when complete.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -48,7 +49,9 @@ def _check_frames(cameras: Sequence[Camera], frames: Sequence[np.ndarray]) -> No
         raise ValueError(f"need one camera per frame, got {len(cameras)} cameras and {len(frames)} frames")
     for i, (cam, img) in enumerate(zip(cameras, frames)):
         if img.dtype != np.uint8 or img.shape != (cam.height, cam.width, 3):
-            raise ValueError(f"frame {i}: expected uint8 {cam.height}x{cam.width}x3 for its camera, got {img.dtype} {img.shape}")
+            raise ValueError(
+                f"frame {i}: expected uint8 {cam.height}x{cam.width}x3 for its camera, got {img.dtype} {img.shape}"
+            )
 
 
 def realestate10k_timestamps(num_frames: int, fps: float) -> np.ndarray:
@@ -86,7 +89,9 @@ def export_realestate10k(
     if frames_as == "video":
         encode(np.stack(frames), out / f"{sequence_id}.mp4", fps=fps, crf=crf)
     else:
-        _write_folder_atomically(out / sequence_id, {f"{int(ts[i])}.{image_ext}": encode_image(frames[i], _fmt(image_ext), 95) for i in kept})
+        _write_folder_atomically(
+            out / sequence_id, {f"{int(ts[i])}.{image_ext}": encode_image(frames[i], _fmt(image_ext), 95) for i in kept}
+        )
     lines = [url or f"https://www.youtube.com/watch?v={sequence_id}"]
     lines += [format_realestate10k_line(int(ts[i]), cameras[i]) for i in kept]
     txt = out / f"{sequence_id}.txt"
@@ -136,7 +141,9 @@ def distortion_maps(camera: Camera, distortion: dict[str, float]) -> np.ndarray:
     return cv2.undistortPointsIter(grid, K, dist, None, K, criteria).reshape(h, w, 2).astype(np.float32)
 
 
-def distort_image(image: np.ndarray, camera: Camera, distortion: dict[str, float], maps: np.ndarray | None = None) -> np.ndarray:
+def distort_image(
+    image: np.ndarray, camera: Camera, distortion: dict[str, float], maps: np.ndarray | None = None
+) -> np.ndarray:
     """Resample a pinhole image of ``camera`` as the OpenCV-model lens (k1 k2 p1 p2) would have seen it."""
     m = distortion_maps(camera, distortion) if maps is None else maps
     return cv2.remap(image, m[..., 0], m[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
@@ -200,7 +207,9 @@ def export_dl3dv(
             img = distort_image(img, c0, distortion, maps)
         for f in downscales:
             folder = "images" if f == 1 else f"images_{f}"
-            small = img if f == 1 else cv2.resize(img, _dl3dv_size(c0.width, c0.height, f), interpolation=cv2.INTER_AREA)
+            small = (
+                img if f == 1 else cv2.resize(img, _dl3dv_size(c0.width, c0.height, f), interpolation=cv2.INTER_AREA)
+            )
             files[f"{folder}/{name}"] = encode_image(small, fmt, 95)
     files["transforms.json"] = json.dumps(meta, indent=2).encode()
     scene = Path(out_dir) / scene_id

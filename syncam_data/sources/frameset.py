@@ -111,7 +111,9 @@ def encode_image(image: np.ndarray, fmt: str, jpeg_quality: int) -> bytes:
     return buf.tobytes()
 
 
-def build_cameras_json(header: dict[str, Any], frames: list[SourceFrame], image_names: list[str], cameras: list[Camera]) -> dict[str, Any]:
+def build_cameras_json(
+    header: dict[str, Any], frames: list[SourceFrame], image_names: list[str], cameras: list[Camera]
+) -> dict[str, Any]:
     entries = []
     for i, (fr, name, cam) in enumerate(zip(frames, image_names, cameras)):
         entry: dict[str, Any] = cam.to_dict(id=view_id(i), image=name)
@@ -122,7 +124,9 @@ def build_cameras_json(header: dict[str, Any], frames: list[SourceFrame], image_
     return {**header, "frame_indices": [int(f.frame_index) for f in frames], "cameras": entries}
 
 
-def write_frame_set(out_dir: Path, group_id: str, header: dict[str, Any], frames: list[SourceFrame], options: OutputConfig) -> Path:
+def write_frame_set(
+    out_dir: Path, group_id: str, header: dict[str, Any], frames: list[SourceFrame], options: OutputConfig
+) -> Path:
     """Write one group folder atomically: a hidden temporary folder, renamed when complete.
 
     ``header`` holds the top-level keys (source, sequence, source_uri, ...);
@@ -239,4 +243,3 @@ class RunReport:
 
 def _iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-

@@ -102,7 +102,9 @@ def frame_camera(
                 "(SynCam reads stored pixels, as COLMAP and nerfstudio do)"
             )
         if mode == "none":
-            raise SourceError(f"{where}: {found}; if the frames were made from the camera's frames, say how with --frame-resize squash|center-crop")
+            raise SourceError(
+                f"{where}: {found}; if the frames were made from the camera's frames, say how with --frame-resize squash|center-crop"
+            )
     if mode == "center-crop":
         s = max(w / W0, h / H0)
         x0, y0 = (W0 * s - w) / 2, (H0 * s - h) / 2

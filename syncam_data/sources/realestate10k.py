@@ -37,16 +37,17 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
 from syncam_data.cameras import Camera, CameraError, parse_realestate10k_line
 from syncam_data.ids import UnsafeIdError, check_id, sanitize_id
-from syncam_data.sources.framing import FRAME_RESIZE, frame_camera, read_image
 from syncam_data.sources.frameset import SourceError, SourceFrame
+from syncam_data.sources.framing import FRAME_RESIZE, frame_camera, read_image
 from syncam_data.video import VideoError, decode, probe
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,12 @@ class Re10kConfig:
     frame_resize: str = "none"  # how stored frames of another aspect were made (sources/framing.py)
 
     def __post_init__(self) -> None:
-        for name, allowed in (("frames_from", FRAMES_FROM), ("video_time", VIDEO_TIME), ("gap_unit", GAP_UNITS), ("frame_resize", FRAME_RESIZE)):
+        for name, allowed in (
+            ("frames_from", FRAMES_FROM),
+            ("video_time", VIDEO_TIME),
+            ("gap_unit", GAP_UNITS),
+            ("frame_resize", FRAME_RESIZE),
+        ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name.replace('_', '-')} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.fps is not None and not self.fps > 0:
@@ -212,7 +218,9 @@ def read_camera_file(path: str | Path) -> CameraFile:
         nums.append(n)
     if not ts:
         raise SourceError(f"{path}: no pose lines")
-    return CameraFile(path, lines[0].strip(), np.array(ts, np.int64), np.array(intr), np.stack(c2w), np.stack(w2c), np.array(nums))
+    return CameraFile(
+        path, lines[0].strip(), np.array(ts, np.int64), np.array(intr), np.stack(c2w), np.stack(w2c), np.array(nums)
+    )
 
 
 def youtube_id(url: str) -> str | None:
@@ -287,7 +295,9 @@ def infer_fps(ts_us: np.ndarray) -> tuple[float | None, str]:
     return None, "irregular timestamps (neither one frame period apart nor on a standard rate's frame grid)"
 
 
-def timestamps_to_video_frames(ts_us: np.ndarray, fps: float, num_frames: int, mode: str, name: str) -> tuple[np.ndarray, str]:
+def timestamps_to_video_frames(
+    ts_us: np.ndarray, fps: float, num_frames: int, mode: str, name: str
+) -> tuple[np.ndarray, str]:
     """Nearest video frame for each timestamp; ``auto`` picks absolute time when it fits the video."""
     tried = ("absolute", "relative") if mode == "auto" else (mode,)
     for m in tried:
@@ -341,7 +351,11 @@ class Re10kSequence:
         return np.arange(len(self.cameras))
 
     def header(self) -> dict[str, Any]:
-        h: dict[str, Any] = {"url": self.cameras.url, "frames_from": self.frames_kind, "frames_uri": str(self.frames_path)}
+        h: dict[str, Any] = {
+            "url": self.cameras.url,
+            "frames_from": self.frames_kind,
+            "frames_uri": str(self.frames_path),
+        }
         if self.video_fps:
             h["video_fps"] = self.video_fps
             h["video_time"] = self.video_time
@@ -369,9 +383,13 @@ class Re10kSequence:
 
     def _frame_from_image(self, i: int) -> SourceFrame:
         ts = int(self.cameras.timestamps_us[i])
-        path = next((self.frames_path / f"{ts}{ext}" for ext in IMAGE_EXTS if (self.frames_path / f"{ts}{ext}").is_file()), None)
+        path = next(
+            (self.frames_path / f"{ts}{ext}" for ext in IMAGE_EXTS if (self.frames_path / f"{ts}{ext}").is_file()), None
+        )
         if path is None:
-            raise SourceError(f"{self.frames_path}/{ts}{self.image_ext}: image file is missing (frame {i}, {self.describe_entry(i)})")
+            raise SourceError(
+                f"{self.frames_path}/{ts}{self.image_ext}: image file is missing (frame {i}, {self.describe_entry(i)})"
+            )
         img, orientation = read_image(path)
         h, w = img.shape[:2]
         cam = self.cameras.stored_camera(i, w, h, self.frame_resize, str(path), orientation)
@@ -386,7 +404,13 @@ class Re10kSequence:
         out = {}
         for i, k, img in zip(entries, wanted, imgs):
             uri = f"{self.frames_path}#frame={k}"
-            out[i] = SourceFrame(i, img, self.cameras.stored_camera(i, w, h, self.frame_resize, uri), self.cameras.raw(i), self._extra(i, uri))
+            out[i] = SourceFrame(
+                i,
+                img,
+                self.cameras.stored_camera(i, w, h, self.frame_resize, uri),
+                self.cameras.raw(i),
+                self._extra(i, uri),
+            )
         return out
 
 
@@ -401,11 +425,15 @@ def open_sequence(ref: SequenceRef, opts: Re10kConfig) -> Re10kSequence:
         fps = info.fps
         if not fps > 0:
             raise SourceError(f"{path}: video has no frame rate")
-        video_frames, used = timestamps_to_video_frames(cf.timestamps_us, fps, info.num_frames, opts.video_time, str(path))
+        video_frames, used = timestamps_to_video_frames(
+            cf.timestamps_us, fps, info.num_frames, opts.video_time, str(path)
+        )
         time_mode = used
         if np.any(np.diff(video_frames) <= 0):
             dup = int(np.argmax(np.diff(video_frames) <= 0)) + 1
-            raise SourceError(f"{ref.path}: line {int(cf.line_numbers[dup])}: timestamp maps to the same video frame as the previous line in {path}")
+            raise SourceError(
+                f"{ref.path}: line {int(cf.line_numbers[dup])}: timestamp maps to the same video frame as the previous line in {path}"
+            )
     image_fps, fps_from, image_ext = None, None, ".png"
     if kind == "images":
         fps = None
@@ -420,12 +448,26 @@ def open_sequence(ref: SequenceRef, opts: Re10kConfig) -> Re10kSequence:
         if np.any(np.diff(video_frames) <= 0):
             video_frames = None  # timestamps closer than one frame at that rate: no usable video frame numbers
             if opts.gap_unit == "video-frames":
-                raise SourceError(f"{ref.path}: timestamps are closer than one frame at {image_fps:g} fps ({fps_from}); use --gap-unit index or --fps")
+                raise SourceError(
+                    f"{ref.path}: timestamps are closer than one frame at {image_fps:g} fps ({fps_from}); use --gap-unit index or --fps"
+                )
         image_ext = _check_images(cf, path)
     gap = video_frames if opts.gap_unit == "video-frames" else np.arange(len(cf))
     assert gap is not None
     return Re10kSequence(
-        ref, cf, kind, path, video_frames, np.asarray(gap, np.int64), fps, time_mode, warnings, image_fps, fps_from, opts.frame_resize, image_ext
+        ref,
+        cf,
+        kind,
+        path,
+        video_frames,
+        np.asarray(gap, np.int64),
+        fps,
+        time_mode,
+        warnings,
+        image_fps,
+        fps_from,
+        opts.frame_resize,
+        image_ext,
     )
 
 
@@ -441,7 +483,9 @@ def _check_images(cf: CameraFile, folder: Path) -> str:
     ext = max(IMAGE_EXTS, key=lambda e: counts[e]) if any(counts.values()) else IMAGE_EXTS[0]
     for i, ts in enumerate(cf.timestamps_us):
         if not any(f"{int(ts)}{e}" in names for e in IMAGE_EXTS):
-            raise SourceError(f"{folder}/{int(ts)}{ext}: image file is missing (frame {i}, line {int(cf.line_numbers[i])} of {cf.path})")
+            raise SourceError(
+                f"{folder}/{int(ts)}{ext}: image file is missing (frame {i}, line {int(cf.line_numbers[i])} of {cf.path})"
+            )
     return ext
 
 

@@ -12,9 +12,10 @@ import functools
 import itertools
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm import tqdm
@@ -81,7 +82,13 @@ class SampleFramesJob:
             raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
 
     def settings(self) -> dict[str, Any]:
-        s: dict[str, Any] = {"source": self.source, "root": self.root, "out": self.out, "sampling": asdict(self.sampling), "output": asdict(self.output)}
+        s: dict[str, Any] = {
+            "source": self.source,
+            "root": self.root,
+            "out": self.out,
+            "sampling": asdict(self.sampling),
+            "output": asdict(self.output),
+        }
         s["reader"] = asdict(self.re10k if self.source == realestate10k.SOURCE else self.dl3dv)
         return s
 
@@ -127,7 +134,8 @@ def _sample_and_write(seq: PosedSequence, job: SampleFramesJob, outcome: Sequenc
         outcome.status = "skipped"
         outcome.reason = (
             f"{seq.source_uri}: no set of {cfg.views} views within max gap {cfg.max_gap} ({job.gap_unit()}) "
-            f"with min angle {cfg.min_angle_deg} deg" + (f" or min baseline {cfg.min_baseline}" if cfg.min_baseline is not None else "")
+            f"with min angle {cfg.min_angle_deg} deg"
+            + (f" or min baseline {cfg.min_baseline}" if cfg.min_baseline is not None else "")
             + f" among {len(seq.gap_positions)} frames"
         )
         return
@@ -145,7 +153,9 @@ def _sample_and_write(seq: PosedSequence, job: SampleFramesJob, outcome: Sequenc
         elif existing == planned:
             outcome.sets_existing.append(gid)
         else:
-            outcome.warnings.append(f"{gid} already exists with frames {existing}, not {planned}: kept (sample into a new --out to change settings)")
+            outcome.warnings.append(
+                f"{gid} already exists with frames {existing}, not {planned}: kept (sample into a new --out to change settings)"
+            )
             outcome.sets_existing.append(gid)
     if not todo:
         return
@@ -155,7 +165,12 @@ def _sample_and_write(seq: PosedSequence, job: SampleFramesJob, outcome: Sequenc
     frames = seq.load_frames(needed)
     base_header = {"source": seq.source, "sequence": seq.sequence_id, "source_uri": seq.source_uri, **seq.header()}
     for k, gid, entries in todo:
-        header = {**base_header, "group_id": gid, "set_index": k, "sampling": {**asdict(cfg), "gap_unit": job.gap_unit()}}
+        header = {
+            **base_header,
+            "group_id": gid,
+            "set_index": k,
+            "sampling": {**asdict(cfg), "gap_unit": job.gap_unit()},
+        }
         try:
             write_frame_set(out, gid, header, [frames[e] for e in entries], job.output)
         except OSError as e:
@@ -202,7 +217,14 @@ def run_sample_frames(
             unique = []
             for ref in chunk:
                 if ref.sequence_id in seen:
-                    report.add(SequenceOutcome(ref.sequence_id, ref.uri, "skipped", reason=f"{ref.uri}: duplicate sequence id {ref.sequence_id!r} (also {seen[ref.sequence_id]})"))
+                    report.add(
+                        SequenceOutcome(
+                            ref.sequence_id,
+                            ref.uri,
+                            "skipped",
+                            reason=f"{ref.uri}: duplicate sequence id {ref.sequence_id!r} (also {seen[ref.sequence_id]})",
+                        )
+                    )
                     bar.update(1)
                 else:
                     seen[ref.sequence_id] = ref.uri
@@ -217,7 +239,11 @@ def run_sample_frames(
                     log.warning("skipped %s: %s", outcome.sequence, outcome.reason)
                 report.add(outcome)
                 bar.update(1)
-                bar.set_postfix(sets=report.totals["sets_written"], skipped=report.totals["skipped"] + report.totals["error"], refresh=False)
+                bar.set_postfix(
+                    sets=report.totals["sets_written"],
+                    skipped=report.totals["skipped"] + report.totals["error"],
+                    refresh=False,
+                )
             report.write()
     finally:
         bar.close()

@@ -79,7 +79,9 @@ def pairwise_distinct(c2w: np.ndarray, cfg: SamplingConfig) -> np.ndarray:
     return ok
 
 
-def choose_frame_sets(gap_positions: np.ndarray, c2w: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator) -> list[tuple[int, ...]]:
+def choose_frame_sets(
+    gap_positions: np.ndarray, c2w: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator
+) -> list[tuple[int, ...]]:
     """Up to ``cfg.sets_per_sequence`` distinct sets of ``cfg.views`` entry indices (each sorted).
 
     ``gap_positions`` (N,) must be strictly increasing; ``c2w`` is (N, 3, 4).
@@ -109,7 +111,9 @@ def choose_frame_sets(gap_positions: np.ndarray, c2w: np.ndarray, cfg: SamplingC
     return found
 
 
-def _grow_set(anchor: int, end: int, distinct: np.ndarray | None, views: int, rng: np.random.Generator) -> tuple[int, ...] | None:
+def _grow_set(
+    anchor: int, end: int, distinct: np.ndarray | None, views: int, rng: np.random.Generator
+) -> tuple[int, ...] | None:
     if views == 1:
         return (anchor,)
     candidates = np.arange(anchor + 1, end)

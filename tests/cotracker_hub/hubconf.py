@@ -41,8 +41,14 @@ class LKTrackerCore(nn.Module):
     def flow(self, a: np.ndarray, b: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         w = int(self.window.item())
         q, st, _ = cv2.calcOpticalFlowPyrLK(
-            a, b, p.reshape(-1, 1, 2).astype(np.float32), None, winSize=(w, w), maxLevel=int(self.levels.item()),
-            criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03), minEigThreshold=1e-3,
+            a,
+            b,
+            p.reshape(-1, 1, 2).astype(np.float32),
+            None,
+            winSize=(w, w),
+            maxLevel=int(self.levels.item()),
+            criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03),
+            minEigThreshold=1e-3,
         )
         return q.reshape(-1, 2), st.reshape(-1).astype(bool)
 

@@ -49,4 +49,15 @@ def convert(plan: GroupPlan, options: ConvertConfig) -> list[ViewRecord]:
     return records
 
 
-__all__ = ["ADAPTERS", "AdapterError", "ConvertConfig", "GroupPlan", "GroupRef", "ViewPlan", "adapter", "convert", "discover", "scan"]
+__all__ = [
+    "ADAPTERS",
+    "AdapterError",
+    "ConvertConfig",
+    "GroupPlan",
+    "GroupRef",
+    "ViewPlan",
+    "adapter",
+    "convert",
+    "discover",
+    "scan",
+]

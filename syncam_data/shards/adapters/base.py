@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 
 
-
 class AdapterError(ValueError):
     """An input that cannot become a group; the message names the file and the problem."""
 

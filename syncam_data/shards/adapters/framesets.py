@@ -14,9 +14,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from syncam_data.ids import UnsafeIdError, check_id
 from syncam_data.cameras import CAMERAS_JSON, read_cameras_json
 from syncam_data.fsio import sha256_file
+from syncam_data.ids import UnsafeIdError, check_id
 from syncam_data.shards.adapters.base import (
     AdapterError,
     ConvertConfig,
@@ -86,7 +86,9 @@ def _image_path(folder: Path, cid: str, entry: dict[str, Any]) -> Path:
         name = str(entry["image"])
         p = (folder / name).resolve()
         if folder.resolve() not in p.parents:
-            raise AdapterError(f"{folder / CAMERAS_JSON}: image {name!r} of camera {cid} points outside the frame-set folder")
+            raise AdapterError(
+                f"{folder / CAMERAS_JSON}: image {name!r} of camera {cid} points outside the frame-set folder"
+            )
         return p
     for ext in IMAGE_EXTS:
         if (folder / f"{cid}{ext}").is_file():

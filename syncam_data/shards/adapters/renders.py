@@ -14,10 +14,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from syncam_data.ids import UnsafeIdError, check_id
 from syncam_data.cameras import CAMERAS_JSON, read_cameras_json
-from syncam_data.render.output import SCENE_JSON
 from syncam_data.fsio import sha256_file
+from syncam_data.ids import UnsafeIdError, check_id
+from syncam_data.render.output import SCENE_JSON
 from syncam_data.shards.adapters.base import (
     AdapterError,
     ConvertConfig,
@@ -76,7 +76,9 @@ def dataset_for_backend(scene: dict[str, Any], where: Path) -> str:
     backend = str(scene.get("backend") or (scene.get("spec") or {}).get("backend") or "").lower()
     ds = BACKEND_DATASETS.get(backend)
     if ds is None:
-        raise AdapterError(f"{where / SCENE_JSON}: unknown backend {backend!r} (expected one of {sorted(BACKEND_DATASETS)})")
+        raise AdapterError(
+            f"{where / SCENE_JSON}: unknown backend {backend!r} (expected one of {sorted(BACKEND_DATASETS)})"
+        )
     return ds
 
 
@@ -108,7 +110,15 @@ def scan(ref: GroupRef, options: ConvertConfig) -> GroupPlan:
         if depth.is_file():
             nbytes += depth.stat().st_size
         views.append(ViewPlan(cid, str(video)))
-    return GroupPlan(ref, dataset_for_backend(scene, folder), gid, group_hash(KIND, digests), views, nbytes, caption=scene_caption(scene))
+    return GroupPlan(
+        ref,
+        dataset_for_backend(scene, folder),
+        gid,
+        group_hash(KIND, digests),
+        views,
+        nbytes,
+        caption=scene_caption(scene),
+    )
 
 
 def convert(plan: GroupPlan, options: ConvertConfig) -> list[ViewRecord]:
@@ -126,7 +136,9 @@ def convert(plan: GroupPlan, options: ConvertConfig) -> list[ViewRecord]:
         info = probe_clip(media, str(video), pixel_format=False)
         if (info.width, info.height) != (cam.width, cam.height):
             # Intrinsics are in pixels of the stored media: a mismatch means the cameras are wrong for it.
-            raise AdapterError(f"{video}: video is {info.width}x{info.height} but cameras.json says {cam.width}x{cam.height} for {cid}")
+            raise AdapterError(
+                f"{video}: video is {info.width}x{info.height} but cameras.json says {cam.width}x{cam.height} for {cid}"
+            )
         frames_seen[cid] = info.num_frames
         depth_blob = None
         depth_path = folder / "depth" / f"{cid}.npz"
@@ -134,7 +146,9 @@ def convert(plan: GroupPlan, options: ConvertConfig) -> list[ViewRecord]:
             depth_blob = read_bytes(depth_path, "depth")
             shape = npz_array_shape(depth_blob, "depth", str(depth_path))
             if shape != (info.num_frames, info.height, info.width):
-                raise AdapterError(f"{depth_path}: depth shape {shape} != (frames, H, W) {(info.num_frames, info.height, info.width)} of the video")
+                raise AdapterError(
+                    f"{depth_path}: depth shape {shape} != (frames, H, W) {(info.num_frames, info.height, info.width)} of the video"
+                )
         extra: dict[str, Any] = {"raw": entry.get("raw") or {}, "scene_folder": str(folder)}
         if (folder / "masks" / f"{cid}.npz").is_file():
             extra["mask_path"] = str(folder / "masks" / f"{cid}.npz")

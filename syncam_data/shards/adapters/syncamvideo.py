@@ -43,9 +43,15 @@ from typing import Any
 
 import numpy as np
 
-from syncam_data.cameras import CameraError, c2w_from_ue_row_matrix, intrinsics_from_filmback, intrinsics_from_hfov, parse_ue_row_matrix
-from syncam_data.ids import sanitize_id
+from syncam_data.cameras import (
+    CameraError,
+    c2w_from_ue_row_matrix,
+    intrinsics_from_filmback,
+    intrinsics_from_hfov,
+    parse_ue_row_matrix,
+)
 from syncam_data.fsio import sha256_file
+from syncam_data.ids import sanitize_id
 from syncam_data.shards.adapters.base import (
     AdapterError,
     ConvertConfig,
@@ -113,7 +119,12 @@ def scene_parts(scene: Path) -> dict[str, str | None]:
     for up, split_dir in enumerate((scene.parent, scene.parent.parent)):
         if split_dir.name.lower() in SPLITS:
             subset = scene.name if up == 0 else scene.parent.name  # val/basic: the scene is the subset
-            return {"archive": split_dir.parent.name or None, "split": split_dir.name, "subset": subset, "scene": scene.name}
+            return {
+                "archive": split_dir.parent.name or None,
+                "split": split_dir.name,
+                "subset": subset,
+                "scene": scene.name,
+            }
     return {"archive": None, "split": None, "subset": scene.parent.name, "scene": scene.name}
 
 
@@ -183,7 +194,9 @@ def lens_from_subset(subset: str | None) -> float | None:
     return float(m.group(1)) if m else None
 
 
-def intrinsics_for(width: int, height: int, options: ConvertConfig, subset: str | None = None) -> tuple[tuple[float, float, float, float], str]:
+def intrinsics_for(
+    width: int, height: int, options: ConvertConfig, subset: str | None = None
+) -> tuple[tuple[float, float, float, float], str]:
     if options.intrinsics is not None:
         return tuple(float(v) for v in options.intrinsics), "given"  # type: ignore[return-value]
     if options.fov_deg is not None:
@@ -194,10 +207,14 @@ def intrinsics_for(width: int, height: int, options: ConvertConfig, subset: str 
         focal, where = named, f"from subset {subset}"
     else:
         focal, where = DEFAULT_FOCAL_MM, "SynCamVideo default"
-    return intrinsics_from_filmback(width, height, focal, options.sensor_mm), f"lens {focal:g} mm ({where}) on {options.sensor_mm:g} mm filmback"
+    return intrinsics_from_filmback(
+        width, height, focal, options.sensor_mm
+    ), f"lens {focal:g} mm ({where}) on {options.sensor_mm:g} mm filmback"
 
 
-def camera_track(scene: Path, extr: dict[int, dict[str, str]], cam: str, options: ConvertConfig) -> tuple[np.ndarray, list[list[float]] | None]:
+def camera_track(
+    scene: Path, extr: dict[int, dict[str, str]], cam: str, options: ConvertConfig
+) -> tuple[np.ndarray, list[list[float]] | None]:
     """(first-frame canonical c2w, per-frame c2w list when the camera moves else None)."""
     where = scene / EXTRINSICS
     try:
@@ -212,7 +229,13 @@ def camera_track(scene: Path, extr: dict[int, dict[str, str]], cam: str, options
     c2w0 = c2w_from_ue_row_matrix(mats[0])
     if dt <= options.static_tol_cm and dr <= options.static_tol_rot:
         return c2w0, None
-    log.warning("%s: camera %s moves (up to %.3g cm, %.3g rotation) — storing per-frame poses in extra.c2w_per_frame", where, cam, dt, dr)
+    log.warning(
+        "%s: camera %s moves (up to %.3g cm, %.3g rotation) — storing per-frame poses in extra.c2w_per_frame",
+        where,
+        cam,
+        dt,
+        dr,
+    )
     return c2w0, [[float(v) for v in c2w_from_ue_row_matrix(m).reshape(-1)] for m in mats]
 
 

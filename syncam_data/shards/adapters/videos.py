@@ -19,8 +19,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from syncam_data.ids import sanitize_id
 from syncam_data.fsio import sha256_file
+from syncam_data.ids import sanitize_id
 from syncam_data.shards.adapters.base import (
     AdapterError,
     ConvertConfig,
@@ -90,7 +90,9 @@ def discover(path: Path, options: ConvertConfig) -> list[GroupRef]:
         data["row"] = i
         data["scores_file"] = str(path.resolve())
         gid = group_id_for(str(row["content_hash"])) if row.get("content_hash") else None
-        refs.append(GroupRef(SOURCE, str(_resolve(str(row["path"]), path.resolve())), data, dataset=DATASET, group_id=gid))
+        refs.append(
+            GroupRef(SOURCE, str(_resolve(str(row["path"]), path.resolve())), data, dataset=DATASET, group_id=gid)
+        )
     log.info("%s: %d kept rows (%d rejected or failed rows ignored)", path, len(refs), skipped)
     return refs
 
@@ -102,12 +104,26 @@ def group_id_for(content_hash: str) -> str:
 def scan(ref: GroupRef, options: ConvertConfig) -> GroupPlan:
     video = Path(ref.path)
     if not video.is_file():
-        raise AdapterError(f"{video}: kept video from {ref.data.get('scores_file')} (row {ref.data.get('row')}) does not exist")
+        raise AdapterError(
+            f"{video}: kept video from {ref.data.get('scores_file')} (row {ref.data.get('row')}) does not exist"
+        )
     digest = sha256_file(video)
     content_hash = str(ref.data.get("content_hash") or digest)
     if ref.data.get("content_hash") and content_hash != digest:
-        log.warning("%s: file changed since it was filtered (content_hash %s..., now %s...)", video, content_hash[:12], digest[:12])
-    return GroupPlan(ref, DATASET, group_id_for(content_hash), group_hash(KIND, [digest]), [ViewPlan(VIEW_ID, str(video))], video.stat().st_size)
+        log.warning(
+            "%s: file changed since it was filtered (content_hash %s..., now %s...)",
+            video,
+            content_hash[:12],
+            digest[:12],
+        )
+    return GroupPlan(
+        ref,
+        DATASET,
+        group_id_for(content_hash),
+        group_hash(KIND, [digest]),
+        [ViewPlan(VIEW_ID, str(video))],
+        video.stat().st_size,
+    )
 
 
 def copy_decision(data: bytes, info, options: ConvertConfig) -> str | None:
