@@ -27,7 +27,9 @@ def setting(default: Any, description: str, flag: str | None = None, **constrain
 class Config(BaseModel):
     """Base of the command-line-facing configs: unknown keys, NaN and infinity refused; immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # defer_build: the validator is built on first use, so a command line that only reads the fields for its
+    # --help does not pay for it.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, defer_build=True)
     label: ClassVar[str] = "config"  # names the config in messages ("blender backend", "generation")
 
     @classmethod

@@ -44,14 +44,21 @@ class Limit:
             raise LimitError(f"{self.env}={raw!r}: must be at least 1")
         return value
 
+    def over(self, value: float) -> str | None:
+        """Why ``value`` is refused ("N is over the maximum of M ... (set SYNCAM_MAX_... to raise it)"), or None."""
+        top = self.max
+        if value > top:
+            shown = f"{value:g}" if isinstance(value, float) else str(value)
+            return f"{shown} is over the maximum of {top} {self.what} (set {self.env} to raise it)"
+        return None
+
     def check(self, value: float, name: str) -> float:
         """``value`` when it is at most the maximum; LimitError naming ``name`` otherwise."""
         if isinstance(value, float) and not math.isfinite(value):
             raise LimitError(f"{name}: {value} is not a finite number")
-        top = self.max
-        if value > top:
-            shown = f"{value:g}" if isinstance(value, float) else str(value)
-            raise LimitError(f"{name} {shown} is over the maximum of {top} {self.what} (set {self.env} to raise it)")
+        problem = self.over(value)
+        if problem:
+            raise LimitError(f"{name} {problem}")
         return value
 
 

@@ -161,9 +161,9 @@ class GenerationConfig(Config):
 
 
 def _at_most(value: int, limit: limits.Limit) -> int:
-    top = limit.max
-    if value > top:
-        raise ValueError(f"{value} is over the maximum of {top} {limit.what} (set {limit.env} to raise it)")
+    problem = limit.over(value)
+    if problem:
+        raise ValueError(problem)
     return value
 
 

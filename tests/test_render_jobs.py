@@ -18,7 +18,7 @@ pytest.importorskip("bpy", reason="the Blender backend needs bpy (pip install -e
 
 from syncam_data.cameras import read_cameras_json  # noqa: E402
 from syncam_data.cli import app  # noqa: E402
-from syncam_data.render.blender import BlenderConfig  # noqa: E402
+from syncam_data.render.blender_config import BlenderConfig  # noqa: E402
 from syncam_data.render.jobs import REPORT_JSON, SPECS_JSONL, publish  # noqa: E402
 from syncam_data.render.output import is_complete_scene, reprojection_check  # noqa: E402
 from syncam_data.scenes import SamplerConfig, load_catalog, read_specs_jsonl, sample_scene  # noqa: E402

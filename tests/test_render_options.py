@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 from syncam_data.cli import app
 from syncam_data.config import ConfigError
 from syncam_data.render.base import backend_config, get_backend
-from syncam_data.render.blender import BlenderConfig
-from syncam_data.render.unrealcv import UnrealCVConfig
+from syncam_data.render.blender_config import BlenderConfig
+from syncam_data.render.unrealcv_config import UnrealCVConfig
 
 runner = CliRunner()
 
@@ -127,7 +127,7 @@ def test_render_help_and_defaults_come_from_the_options():
 def test_the_command_line_loads_no_heavy_library():
     """`syncam-data --help` stays fast: engines, media and model libraries load only inside the commands."""
     code = (
-        "import sys, syncam_data.cli; heavy = ['bpy', 'unrealcv', 'torch', 'av', 'cv2', 'pyarrow', 'ray', 'segment_anything', "
+        "import sys, syncam_data.cli; heavy = ['bpy', 'unrealcv', 'numpy', 'torch', 'av', 'cv2', 'pyarrow', 'ray', 'segment_anything', "
         "'kornia', 'diffusers', 'transformers', 'syncam_data.scenes', 'syncam_data.render.output']; "
         "print(sorted(m for m in heavy if m in sys.modules))"
     )

@@ -14,8 +14,8 @@ from syncam_data import limits
 from syncam_data.cli.app import app, bounded, check_out_path, fail, float_in
 from syncam_data.cli.options import parse_resolution
 from syncam_data.render.base import BackendConfig
-from syncam_data.render.blender import BlenderConfig
-from syncam_data.render.unrealcv import UnrealCVConfig
+from syncam_data.render.blender_config import BlenderConfig
+from syncam_data.render.unrealcv_config import UnrealCVConfig
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 A backend turns one ``SceneSpec`` into the frames of a Contract 2 scene
 folder. Each backend declares its options next to it (``BlenderConfig`` in
-``render/blender.py``, ``UnrealCVConfig`` in ``render/unrealcv.py``): a
+``render/blender_config.py``, ``UnrealCVConfig`` in ``render/unrealcv_config.py``): a
 ``BackendConfig`` (``syncam_data.config.Config``) that refuses unknown keys,
 describes every field (the ``render`` command's ``--help`` shows those
 descriptions) and names the command-line flag in its errors. ``get_backend``

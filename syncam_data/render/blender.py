@@ -2,7 +2,8 @@
 
 This is the only module that imports ``bpy`` (lazily, in ``BlenderBackend.open``); the
 scene content (background, props, assets, subjects, the procedural figure) is built by
-``render/blender_scene.py`` with the module it is handed. Its config (options): ``BlenderConfig``.
+``render/blender_scene.py`` with the module it is handed. Its options are ``BlenderConfig``,
+declared beside it in ``render/blender_config.py``.
 
 Per scene: factory settings (no user preferences or startup file), then the
 background (procedural, HDRI/image, .blend, glTF or FBX), the subjects
@@ -43,15 +44,13 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import field_validator
 
-from syncam_data import limits
 from syncam_data.cameras import c2w_to_blender
-from syncam_data.config import setting
-from syncam_data.render.base import BackendConfig, FrameCallback, RenderBackend, RenderResult, WorkerSlot
+from syncam_data.render.base import FrameCallback, RenderBackend, RenderResult, WorkerSlot
+from syncam_data.render.blender_config import BlenderConfig
 from syncam_data.render.blender_scene import build_background, build_subject
 
 if TYPE_CHECKING:  # type hints only: `syncam-data --help` imports BlenderConfig without the scene and video stack
@@ -81,39 +80,6 @@ def _import_bpy() -> Any:
             f"the Blender backend needs the bpy module: pip install -e '.[blender]' in the SynCam checkout (bpy 5.0.1, Python 3.11); import failed: {e}"
         ) from e
     return bpy
-
-
-class BlenderConfig(BackendConfig):
-    """Options of the ``blender`` backend (``get_backend("blender", **options)``; ``render --backend blender``)."""
-
-    backend: ClassVar[str] = "blender"
-    label: ClassVar[str] = "blender backend"
-
-    samples: int = setting(16, "Cycles samples per pixel.", "--samples", ge=1)
-    device: Literal["cpu", "gpu"] = setting(
-        "cpu", "Render on the CPU or a GPU (CUDA/OptiX/HIP/oneAPI/Metal).", "--device"
-    )
-    threads: int = setting(0, "CPU threads Cycles uses (0: all cores).", ge=0)
-    max_bounces: int = setting(4, "Cycles max_bounces (diffuse, glossy and transmission bounces are at most 2).", ge=0)
-    tmp_dir: str | None = setting(
-        None, "Folder for the render passes Blender writes and we read back (default: the system's temporary folder)."
-    )
-    blender_log: bool = setting(False, "Show Blender's own output (it is silenced by default).")
-
-    @field_validator("device", mode="before")
-    @classmethod
-    def _lower(cls, v: Any) -> Any:
-        return v.lower() if isinstance(v, str) else v
-
-    @field_validator("samples")
-    @classmethod
-    def _at_most(cls, v: int) -> int:
-        top = limits.SAMPLES.max
-        if v > top:
-            raise ValueError(
-                f"{v} is over the maximum of {top} {limits.SAMPLES.what} (set {limits.SAMPLES.env} to raise it)"
-            )
-        return v
 
 
 class BlenderBackend(RenderBackend):

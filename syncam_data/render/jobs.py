@@ -66,7 +66,7 @@ class RenderJobConfig:
 
     out: Path
     backend: str = "blender"
-    # The backend's options (render/blender.py BlenderConfig, render/unrealcv.py UnrealCVConfig): validated
+    # The backend's options (render/blender_config.py BlenderConfig, render/unrealcv_config.py UnrealCVConfig): validated
     # here, before any work starts (ConfigError names the option), and kept complete, defaults included.
     backend_config: dict[str, Any] = field(default_factory=dict)
     workers: int = 1

@@ -41,7 +41,6 @@ from syncam_data.render.unrealcv_protocol import as_text, is_binary_payload, is_
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PORT = 9000
 GREETING_TIMEOUT_S = 10.0
 # Probes address a camera and an actor that do not exist: the reply proves the handler exists
 # ("Invalid sensor id", "Cannot find object") without changing the world.
