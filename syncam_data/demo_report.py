@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from syncam_data import fsio
+from syncam_data.images import decode_rgb
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,6 @@ def _tile(images: list[np.ndarray], cols: int, height: int = 120) -> np.ndarray:
 
 def source_sheets(out: Path) -> list[dict[str, Any]]:
     """One contact sheet per (dataset, kind) from the shards: a group's views (first and last frame)."""
-    import cv2
-
     from syncam_data.shards.reader import ShardReader
     from syncam_data.video import decode
 
@@ -79,8 +78,7 @@ def source_sheets(out: Path) -> list[dict[str, Any]]:
                 imgs.append(np.concatenate(list(fr), axis=0))
                 labels.append(f"{row['view_id']} (frames 0, {last})")
             else:
-                img = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
-                imgs.append(img)
+                imgs.append(decode_rgb(blob))
                 labels.append(f"{row['view_id']} (frame {row['frame_indices'][0]})")
         sheet = _tile(imgs, cols=min(6, len(imgs)), height=180 if kind != "multiview_image" else 110)
         path = _save_png(out / ASSETS / f"source_{ds}_{kind}.png", sheet)

@@ -51,6 +51,7 @@ import numpy as np
 import torch
 
 from syncam_data.cameras import Camera
+from syncam_data.images import decode_rgb
 from syncam_data.shards.reader import ShardReader
 from syncam_model.camera_input import CameraRule
 from syncam_model.config import KINDS, TrainConfig
@@ -485,11 +486,11 @@ def decode_view(
         return out
     import cv2
 
-    img = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR)
+    img = decode_rgb(blob)  # stored pixels, as K describes them (syncam_data/images.py)
     if img is None:
         raise DataError(f"{name}: not a decodable {media_format} image")
     rw, rh, x0, y0 = crop_box(img.shape[:2], dst_hw)
-    img = cv2.resize(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), (rw, rh), interpolation=cv2.INTER_AREA)
+    img = cv2.resize(img, (rw, rh), interpolation=cv2.INTER_AREA)
     out[:] = img[y0 : y0 + H, x0 : x0 + W].transpose(2, 0, 1)  # the still image is every frame
     return out
 

@@ -333,6 +333,40 @@ def test_frame_set_without_cameras_json_is_an_error_row_not_skipped(tmp_path):
     assert {g for _, g in ShardReader(tmp_path / "ds").groups()} == {"good"}
 
 
+def _phone_jpeg(path: Path) -> np.ndarray:
+    """Re-save ``path`` as a phone does: the same stored pixels plus EXIF Orientation 6 ("rotate 90 to display")."""
+    from PIL import Image
+
+    img = Image.open(path).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=95, exif=exif.tobytes())
+    path.write_bytes(buf.getvalue())
+    return np.asarray(img)
+
+
+def test_exif_rotated_frames_are_read_as_stored_by_validate_and_the_loader(tmp_path):
+    """The cameras describe the stored pixels (COLMAP and nerfstudio ignore EXIF); every reader must agree."""
+    from syncam_model.data import decode_view
+
+    folder = make_frameset(tmp_path / "frames", "phone", seed=0)
+    stored = {p.stem: _phone_jpeg(p) for p in folder.glob("*.jpg")}
+    h, w = next(iter(stored.values())).shape[:2]
+    assert h != w  # a 90-degree turn would show as a size change
+    out = tmp_path / "ds"
+    res = runner.invoke(app, ["build-shards", "--out", str(out), "--frames", str(tmp_path / "frames")])
+    assert res.exit_code == 0, res.output
+    rep = validate_dataset(out)
+    assert rep.ok, rep.problems  # before: "media is 1 frames of 48x64, row says 1 of 64x48"
+    r = ShardReader(out)
+    for i in range(len(r)):
+        row = r.row(i)
+        got = decode_view(r.read_blob(i), row["media_format"], [0], (h, w), row["view_id"])
+        assert got.shape == (1, 3, h, w)
+        assert np.abs(got[0].transpose(1, 2, 0).astype(int) - stored[row["view_id"]]).mean() < 3.0
+
+
 # --- 5. decode memory: bounded by what is decoded, not by what the header says ----------------
 
 

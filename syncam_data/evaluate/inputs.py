@@ -23,10 +23,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from syncam_data.cameras import CAMERAS_JSON, Camera, read_cameras_json
+from syncam_data.images import decode_rgb
 
 log = logging.getLogger(__name__)
 
@@ -275,11 +275,10 @@ def frame_indices(num_frames: int, n: int) -> list[int]:
 
 
 def _decode_image(data: bytes, name: str) -> np.ndarray:
-    # Stored pixels, never rotated by an EXIF Orientation tag: the cameras describe them (sources/framing.py).
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    img = decode_rgb(data)  # the stored pixels, never turned by EXIF: the cameras describe them
     if img is None:
         raise InputError(f"{name}: not a decodable image")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return img
 
 
 def load_view_frames(group: GroupRef, view: ViewRef, indices: list[int]) -> np.ndarray:

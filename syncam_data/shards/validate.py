@@ -23,6 +23,7 @@ from syncam_data.cameras import CameraError, check_rotation
 from syncam_data.engine import run_tasks
 from syncam_data.fsio import sha256_file
 from syncam_data.ids import UnsafeIdError, check_id
+from syncam_data.images import decode_rgb
 from syncam_data.shards.schema import (
     DATASET_JSON,
     INDEX_FILE,
@@ -302,9 +303,7 @@ def _check_media(row: dict[str, Any]) -> list[str]:
         except VideoError as e:
             return [f"media does not decode: {e}"]
     else:
-        import cv2
-
-        img = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR)
+        img = decode_rgb(blob)  # stored pixels: the row's width/height and K describe them, not EXIF's turn
         if img is None:
             return [f"{fmt} media does not decode"]
         if fmt == "jpeg" and not blob.startswith(b"\xff\xd8"):

@@ -35,10 +35,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from syncam_data.cameras import Camera
+from syncam_data.images import decode_rgb
 from syncam_data.sources.frameset import SourceError
 
 FRAME_RESIZE = ("none", "squash", "center-crop")
@@ -50,12 +50,11 @@ def read_image(path: Path) -> tuple[np.ndarray, int]:
     """(RGB uint8 of the pixels as stored, EXIF Orientation tag or 1); SourceError naming the file when unusable."""
     if not path.is_file():
         raise SourceError(f"{path}: image file is missing")
-    data = np.fromfile(path, dtype=np.uint8)
     # OpenCV applies the EXIF orientation by default; COLMAP and nerfstudio do not (module docstring).
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if data.size else None
+    img = decode_rgb(np.fromfile(path, dtype=np.uint8))
     if img is None:
         raise SourceError(f"{path}: not a readable image")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB), exif_orientation(path)
+    return img, exif_orientation(path)
 
 
 def exif_orientation(path: Path) -> int:
