@@ -17,6 +17,7 @@ from typing import BinaryIO
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from syncam_data import fsio
 
@@ -181,13 +182,6 @@ def _checked_stream(container, name: str, limits: VideoLimits | None):
     return info, stream
 
 
-def _frame_index(frame, stream, fps: float, start: float) -> int:
-    if frame.pts is None or stream.time_base is None:
-        return -1
-    t = float(frame.pts * stream.time_base) - start
-    return int(round(t * fps))
-
-
 class _Budget:
     """Bytes of decoded frames kept so far, checked against ``max_decoded_bytes`` as frames arrive.
 
@@ -231,18 +225,23 @@ def decode(
     try:
         info, stream = _checked_stream(container, name, limits)
         out_w, out_h = size if size else (info.width, info.height)
-        fmt = dict(format="rgb24", width=out_w, height=out_h)
         frame_bytes = out_w * out_h * 3
         frames_needed = info.num_frames if indices is None else len(indices)
         if limits is not None and frames_needed * frame_bytes > limits.max_decoded_bytes:
             raise VideoError(f"{name}: decoding {frames_needed} frames at {out_w}x{out_h} exceeds the memory limit")
         budget = _Budget(limits, name)
 
+        # One scaler context for every frame: frame.to_ndarray(format=...) builds one per frame (see decode_into).
+        scaler = VideoReformatter()
+
+        def rgb(frame) -> np.ndarray:
+            return scaler.reformat(frame, width=out_w, height=out_h, format="rgb24").to_ndarray()
+
         if indices is None:
             frames = []
             for frame in container.decode(stream):
                 budget.take(frame_bytes, len(frames) + 1)
-                frames.append(frame.to_ndarray(**fmt))
+                frames.append(rgb(frame))
                 if limits is not None and len(frames) > limits.max_frames:
                     raise VideoError(f"{name}: more than {limits.max_frames} frames")
             if not frames:
@@ -254,7 +253,11 @@ def decode(
             raise VideoError(f"{name}: negative frame index {wanted[0]}")
         # Duplicated indices are copies of kept frames: the output's size counts against the limit too.
         budget.take(frame_bytes * (len(indices) - len(wanted)), 0)
-        got = _decode_sorted(container, stream, info, wanted, fmt, name, budget, frame_bytes)
+        got: dict[int, np.ndarray] = {}
+        max_frames = limits.max_frames if limits is not None else None
+        for idx, frame in _wanted_frames(container, stream, info, wanted, max_frames, name):
+            budget.take(frame_bytes, len(got) + 1)
+            got[idx] = rgb(frame)
         missing = [i for i in wanted if i not in got]
         if missing:
             raise VideoError(f"{name}: frame(s) {missing[:5]} not in video ({info.num_frames} frames)")
@@ -289,45 +292,6 @@ def count_decoded(src: Source, limits: VideoLimits | None = DEFAULT_LIMITS) -> t
         container.close()
 
 
-def _decode_sorted(
-    container, stream, info: VideoInfo, wanted: list[int], fmt: dict, name: str, budget: _Budget, frame_bytes: int
-) -> dict[int, np.ndarray]:
-    fps = info.fps or 1.0
-    tb = stream.time_base
-    start = float(stream.start_time * tb) if (stream.start_time is not None and tb is not None) else 0.0
-    got: dict[int, np.ndarray] = {}
-    pos = 0
-    # Seek only when the next wanted frame is far ahead; nearby frames decode faster forward.
-    seek_gap = 32
-    current = -1
-    while pos < len(wanted):
-        target = wanted[pos]
-        if current < 0 or target - current > seek_gap:
-            ts = int((target / fps + start) / tb) if tb else 0
-            container.seek(max(ts, 0), stream=stream, backward=True, any_frame=False)
-        progressed = False
-        for frame in container.decode(stream):
-            idx = _frame_index(frame, stream, fps, start)
-            current = idx
-            progressed = True
-            if idx < target:
-                continue
-            while pos < len(wanted) and wanted[pos] <= idx:
-                if wanted[pos] == idx:
-                    budget.take(frame_bytes, len(got) + 1)
-                    got[idx] = frame.to_ndarray(**fmt)
-                pos += 1
-            if pos >= len(wanted):
-                break
-            if wanted[pos] - idx > seek_gap:
-                break
-        else:
-            break  # end of stream
-        if not progressed:
-            break
-    return got
-
-
 def decode_into(
     src: Source,
     indices: Sequence[int],
@@ -349,8 +313,6 @@ def decode_into(
     held, so memory is ``out`` plus the decoder's own. ``threads`` is the
     decoder's thread count (0: FFmpeg picks one per core).
     """
-    from av.video.reformatter import VideoReformatter
-
     name = _name(src)
     n, c, H, W = out.shape
     if c != 3 or out.dtype != np.uint8 or n != len(indices):
