@@ -18,7 +18,7 @@ def decode_rgb(data: bytes | np.ndarray) -> np.ndarray | None:
     """JPEG/PNG bytes -> RGB uint8 (H, W, 3) of the stored pixels; None when they do not decode."""
     import cv2  # on first use: syncam-data's start-up does not load OpenCV
 
-    buf = np.frombuffer(data, np.uint8) if isinstance(data, bytes | bytearray | memoryview) else data
+    buf = np.frombuffer(data, np.uint8)  # bytes, or the uint8 array np.fromfile gives: no copy
     if buf.size == 0:
         return None
     # IMREAD_IGNORE_ORIENTATION (OpenCV imgcodecs): "do not rotate the image according to EXIF's orientation flag"
