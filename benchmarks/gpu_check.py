@@ -66,35 +66,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from syncam_model.components import RELEASED_TRANSFORMERS  # noqa: E402
+
 log = logging.getLogger("gpu_check")
 
-# CogVideoX transformers as released (diffusers configs of THUDM/CogVideoX-2b and -5b): overrides of the tiny config.
-REAL_TRANSFORMERS: dict[str, dict[str, Any]] = {
-    "2b": dict(
-        num_layers=30,
-        num_attention_heads=30,
-        attention_head_dim=64,
-        time_embed_dim=512,
-        text_embed_dim=4096,
-        in_channels=16,
-        out_channels=16,
-        sample_frames=49,
-        sample_height=60,
-        sample_width=90,
-    ),
-    "5b": dict(
-        num_layers=42,
-        num_attention_heads=48,
-        attention_head_dim=64,
-        time_embed_dim=512,
-        text_embed_dim=4096,
-        in_channels=16,
-        out_channels=16,
-        sample_frames=49,
-        sample_height=60,
-        sample_width=90,
-    ),
-}
 # CogVideoX's VAE (diffusers AutoencoderKLCogVideoX defaults = the released 2B/5B VAE), undoing the tiny overrides.
 REAL_VAE: dict[str, Any] = dict(
     block_out_channels=(128, 256, 256, 512),
@@ -151,7 +126,9 @@ class Shapes:
 
     def transformer(self, model: str) -> dict[str, Any]:
         """``tiny_config`` for ``load_components("tiny", ...)``: variant plus transformer overrides."""
-        return {"variant": model} if self.tiny else {"variant": model, "transformer": dict(REAL_TRANSFORMERS[model])}
+        return (
+            {"variant": model} if self.tiny else {"variant": model, "transformer": dict(RELEASED_TRANSFORMERS[model])}
+        )
 
     def with_vae(self, model: str) -> dict[str, Any]:
         cfg = self.transformer(model)
@@ -817,7 +794,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args.modes_5b = [m for m in args.modes_5b.split(",") if m]
     args.sections = [s for s in args.sections.split(",") if s]
     for name, values, allowed in (
-        ("--models", args.models, REAL_TRANSFORMERS),
+        ("--models", args.models, RELEASED_TRANSFORMERS),
         ("--modes", args.modes + args.modes_5b, MODES),
         ("--sections", args.sections, ("train", "generate", "loader")),
     ):

@@ -38,6 +38,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from syncam_model.components import RELEASED_TRANSFORMERS, TINY_VARIANTS  # noqa: E402
+
 PRESETS = {
     # the tests' tiny model
     "tiny": dict(
@@ -59,27 +61,9 @@ PRESETS = {
         in_channels=16,
         out_channels=16,
     ),
-    # CogVideoX-2B's transformer shapes (random weights)
-    "2b-real": dict(
-        num_layers=30,
-        num_attention_heads=30,
-        attention_head_dim=64,
-        time_embed_dim=512,
-        text_embed_dim=4096,
-        in_channels=16,
-        out_channels=16,
-    ),
-    # CogVideoX-5B's transformer shapes (random weights)
-    "5b-real": dict(
-        num_layers=42,
-        num_attention_heads=48,
-        attention_head_dim=64,
-        time_embed_dim=512,
-        text_embed_dim=4096,
-        in_channels=16,
-        out_channels=16,
-        use_rotary_positional_embeddings=True,
-    ),
+    # CogVideoX-2B's and -5B's transformer shapes (random weights); 2B's positions follow --rope
+    "2b-real": dict(RELEASED_TRANSFORMERS["2b"]),
+    "5b-real": {**RELEASED_TRANSFORMERS["5b"], **TINY_VARIANTS["5b"]},
 }
 MODES = ("base", "adapted", "adapted+base")
 

@@ -52,6 +52,34 @@ TINY_VARIANTS: dict[str, dict[str, Any]] = {
     "5b": dict(use_rotary_positional_embeddings=True),
     "1.5": dict(use_rotary_positional_embeddings=True, patch_size_t=2, patch_bias=False),
 }
+# The transformer shapes of the released CogVideoX-2b and -5b (their diffusers configs on the Hub): overrides of the
+# tiny config, for benchmarks at the real shapes with random weights (the variant adds RoPE etc.: TINY_VARIANTS).
+RELEASED_TRANSFORMERS: dict[str, dict[str, Any]] = {
+    "2b": dict(
+        num_layers=30,
+        num_attention_heads=30,
+        attention_head_dim=64,
+        time_embed_dim=512,
+        text_embed_dim=4096,
+        in_channels=16,
+        out_channels=16,
+        sample_frames=49,
+        sample_height=60,
+        sample_width=90,
+    ),
+    "5b": dict(
+        num_layers=42,
+        num_attention_heads=48,
+        attention_head_dim=64,
+        time_embed_dim=512,
+        text_embed_dim=4096,
+        in_channels=16,
+        out_channels=16,
+        sample_frames=49,
+        sample_height=60,
+        sample_width=90,
+    ),
+}
 TINY_VAE: dict[str, Any] = dict(
     block_out_channels=(8, 8, 8, 8),
     latent_channels=4,
